@@ -1,0 +1,182 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// A block value is an envelope: [version][flags][crc32c of body, 4 bytes BE][body].
+// With flagZstd the body is zstd-compressed. The decompressed body is
+//
+//	stored unix millis (8 bytes BE) | count (uvarint) |
+//	count × ( uvarint len | writeKey | uvarint len | dest | uvarint len | data )
+//
+// FORMAT.md describes the same layout for people.
+const (
+	blockVersion = 1
+	flagZstd     = 1 << 0
+	envelopeLen  = 6
+)
+
+var (
+	castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+	// Encoders and decoders are costly to build and hold window buffers; a
+	// pool keeps one per concurrent user instead of one per block.
+	encoders = sync.Pool{New: func() any {
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault),
+			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		if err != nil {
+			panic(err) // only on invalid options, which are constant here
+		}
+		return e
+	}}
+	decoders = sync.Pool{New: func() any {
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxMemory(maxBlockRawBytes))
+		if err != nil {
+			panic(err)
+		}
+		return d
+	}}
+)
+
+// maxBlockRawBytes bounds what a decoder will inflate, so a corrupt or
+// hostile length can never make one block eat the memory budget.
+const maxBlockRawBytes = 64 << 20
+
+// errCorrupt is wrapped by every decoding failure.
+var errCorrupt = errors.New("corrupt block")
+
+// encodeBody appends the uncompressed body of a block holding events.
+func encodeBody(dst []byte, stored time.Time, events []Event) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, uint64(stored.UnixMilli()))
+	dst = binary.AppendUvarint(dst, uint64(len(events)))
+	for i := range events {
+		e := &events[i]
+		dst = binary.AppendUvarint(dst, uint64(len(e.WriteKey)))
+		dst = append(dst, e.WriteKey...)
+		dst = binary.AppendUvarint(dst, uint64(len(e.Dest)))
+		dst = append(dst, e.Dest...)
+		dst = binary.AppendUvarint(dst, uint64(len(e.Data)))
+		dst = append(dst, e.Data...)
+	}
+	return dst
+}
+
+// sealBlock compresses body into a fresh envelope.
+func sealBlock(body []byte) []byte {
+	enc := encoders.Get().(*zstd.Encoder)
+	out := make([]byte, envelopeLen, envelopeLen+len(body)/3+64)
+	out = enc.EncodeAll(body, out)
+	encoders.Put(enc)
+	out[0] = blockVersion
+	out[1] = flagZstd
+	binary.BigEndian.PutUint32(out[2:6], crc32.Checksum(out[envelopeLen:], castagnoli))
+	return out
+}
+
+// decodedBlock is a block's events as a reader sees them.
+type decodedBlock struct {
+	first  uint64
+	stored time.Time
+	dests  []string // parallel to recs; "" for every consumer
+	recs   []Record
+	bytes  int // sum of len(Data), for cache accounting
+}
+
+// openBlock checks the envelope and returns the decompressed body.
+func openBlock(val []byte) ([]byte, error) {
+	if len(val) < envelopeLen {
+		return nil, fmt.Errorf("%w: %d bytes, shorter than its envelope", errCorrupt, len(val))
+	}
+	if val[0] != blockVersion {
+		return nil, fmt.Errorf("%w: unknown version %d", errCorrupt, val[0])
+	}
+	body := val[envelopeLen:]
+	if got, want := crc32.Checksum(body, castagnoli), binary.BigEndian.Uint32(val[2:6]); got != want {
+		return nil, fmt.Errorf("%w: checksum %08x, want %08x", errCorrupt, got, want)
+	}
+	if val[1]&flagZstd == 0 {
+		return body, nil
+	}
+	dec := decoders.Get().(*zstd.Decoder)
+	raw, err := dec.DecodeAll(body, nil)
+	decoders.Put(dec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: decompress: %v", errCorrupt, err)
+	}
+	return raw, nil
+}
+
+// decodeBody parses a decompressed body whose first event has sequence
+// number first. Record.Data slices into body, which is never reused.
+func decodeBody(first uint64, body []byte) (*decodedBlock, error) {
+	if len(body) < 8 {
+		return nil, fmt.Errorf("%w: body of %d bytes", errCorrupt, len(body))
+	}
+	stored := time.UnixMilli(int64(binary.BigEndian.Uint64(body)))
+	p := body[8:]
+	count, n := binary.Uvarint(p)
+	if n <= 0 || count > uint64(len(p)) {
+		return nil, fmt.Errorf("%w: bad event count", errCorrupt)
+	}
+	p = p[n:]
+	b := &decodedBlock{first: first, stored: stored, recs: make([]Record, 0, count), dests: make([]string, 0, count)}
+	var keys internTable
+	for i := uint64(0); i < count; i++ {
+		var key, dest, data []byte
+		var err error
+		if key, p, err = readField(p); err != nil {
+			return nil, fmt.Errorf("event %d write key: %w", i, err)
+		}
+		if dest, p, err = readField(p); err != nil {
+			return nil, fmt.Errorf("event %d destination: %w", i, err)
+		}
+		if data, p, err = readField(p); err != nil {
+			return nil, fmt.Errorf("event %d data: %w", i, err)
+		}
+		b.recs = append(b.recs, Record{Seq: first + i, WriteKey: keys.intern(key), Data: data, Stored: stored})
+		b.dests = append(b.dests, keys.intern(dest))
+		b.bytes += len(data)
+	}
+	if len(p) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(p))
+	}
+	return b, nil
+}
+
+func readField(p []byte) (field, rest []byte, err error) {
+	l, n := binary.Uvarint(p)
+	if n <= 0 || l > uint64(len(p)-n) {
+		return nil, nil, fmt.Errorf("%w: bad field length", errCorrupt)
+	}
+	end := n + int(l)
+	return p[n:end:end], p[end:], nil
+}
+
+// internTable shares one string among the many events of a block that
+// carry the same write key, instead of allocating one per event.
+type internTable struct{ last []string }
+
+func (t *internTable) intern(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	for _, s := range t.last {
+		if s == string(b) {
+			return s
+		}
+	}
+	s := string(b)
+	if len(t.last) < 8 {
+		t.last = append(t.last, s)
+	}
+	return s
+}

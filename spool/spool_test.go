@@ -1,0 +1,359 @@
+package spool
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// Badger's and ristretto's process-wide helpers outlive any one DB.
+		goleak.IgnoreAnyFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+		goleak.IgnoreTopFunction("github.com/dgraph-io/ristretto/v2.(*defaultPolicy[...]).processItems"),
+		goleak.IgnoreTopFunction("github.com/dgraph-io/ristretto/v2.(*Cache[...]).processItems"),
+	)
+}
+
+func openTest(t testing.TB, dir string, consumers ...string) *Spool {
+	t.Helper()
+	s, err := Open(Config{Dir: dir, Consumers: consumers}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return s
+}
+
+func events(from, n int) []Event {
+	out := make([]Event, n)
+	for i := range out {
+		out[i] = Event{WriteKey: "wk", Data: []byte(fmt.Sprintf(`{"n":%d}`, from+i))}
+	}
+	return out
+}
+
+func readAll(t *testing.T, s *Spool, consumer string) []Record {
+	t.Helper()
+	var all []Record
+	for {
+		recs, err := s.Read(consumer, 7, 1<<20)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if len(recs) == 0 {
+			return all
+		}
+		all = append(all, recs...)
+	}
+}
+
+func TestAppendThenReadReturnsEveryEventInOrderToEachConsumer(t *testing.T) {
+	s := openTest(t, t.TempDir(), "a", "b")
+	defer s.Close(context.Background())
+	for i := 0; i < 5; i++ {
+		if err := s.Append(t.Context(), events(i*10, 10), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []string{"a", "b"} {
+		got := readAll(t, s, c)
+		if len(got) != 50 {
+			t.Fatalf("%s read %d events, want 50", c, len(got))
+		}
+		for i, r := range got {
+			if want := fmt.Sprintf(`{"n":%d}`, i); string(r.Data) != want || r.Seq != uint64(i) || r.WriteKey != "wk" {
+				t.Fatalf("%s record %d = %d %q %q, want seq %d %s", c, i, r.Seq, r.WriteKey, r.Data, i, want)
+			}
+		}
+	}
+}
+
+func TestRestartResumesEachConsumerFromItsCursor(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "fast", "slow")
+	if err := s.Append(t.Context(), events(0, 30), nil); err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, s, "fast")
+	if err := s.Ack("fast", 30); err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := s.Read("slow", 10, 1<<20)
+	if err := s.Ack("slow", recs[len(recs)-1].Seq+1); err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, s, "slow") // read but never acknowledged: must come again
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openTest(t, dir, "fast", "slow")
+	defer s.Close(context.Background())
+	if got := readAll(t, s, "fast"); len(got) != 0 {
+		t.Fatalf("fast got %d events after restart, want 0", len(got))
+	}
+	got := readAll(t, s, "slow")
+	if len(got) != 20 || got[0].Seq != 10 {
+		t.Fatalf("slow got %d events from seq %d, want 20 from 10", len(got), got[0].Seq)
+	}
+	if err := s.Append(t.Context(), events(30, 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, s, "fast"); len(got) != 1 || got[0].Seq != 30 {
+		t.Fatalf("new event after restart: %+v, want seq 30", got)
+	}
+}
+
+func TestConcurrentAppendsShareCommits(t *testing.T) {
+	s := openTest(t, t.TempDir(), "a")
+	defer s.Close(context.Background())
+	const writers, each = 32, 20
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				if err := s.Append(context.Background(), events(0, 3), nil); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := len(readAll(t, s, "a")); got != writers*each*3 {
+		t.Fatalf("read %d events, want %d", got, writers*each*3)
+	}
+	if blocks := testutil.ToFloat64(s.metrics.blocks); blocks >= writers*each {
+		t.Fatalf("%v blocks for %d appends: group commit is not sharing fsyncs", blocks, writers*each)
+	}
+}
+
+func TestReplayedEventGoesOnlyToItsDestination(t *testing.T) {
+	s := openTest(t, t.TempDir(), "a", "b")
+	defer s.Close(context.Background())
+	dl := DeadLetter{Destination: "b", Reason: ReasonRejected, Status: 400, Error: "bad", WriteKey: "wk2", Event: []byte(`{"x":1}`)}
+	if err := s.DeadLetter(t.Context(), []DeadLetter{dl}); err != nil {
+		t.Fatal(err)
+	}
+	var listed []DeadLetter
+	if err := s.DeadLetters(Filter{Destination: "b"}, func(d DeadLetter) error { listed = append(listed, d); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != 1 || listed[0].Status != 400 || string(listed[0].Event) != `{"x":1}` || listed[0].At.IsZero() {
+		t.Fatalf("listed %+v", listed)
+	}
+	n, err := s.Replay(t.Context(), Filter{Destination: "b"})
+	if err != nil || n != 1 {
+		t.Fatalf("replay = %d, %v", n, err)
+	}
+	if got := readAll(t, s, "a"); len(got) != 0 {
+		t.Fatalf("a got %d replayed events meant for b", len(got))
+	}
+	got := readAll(t, s, "b")
+	if len(got) != 1 || string(got[0].Data) != `{"x":1}` || got[0].WriteKey != "wk2" {
+		t.Fatalf("b got %+v", got)
+	}
+	if n, _ := s.Purge(Filter{}); n != 0 {
+		t.Fatalf("store still held %d after replay", n)
+	}
+}
+
+func TestPurgeRemovesOnlySelectedDeadLetters(t *testing.T) {
+	s := openTest(t, t.TempDir(), "a")
+	defer s.Close(context.Background())
+	err := s.Append(t.Context(), nil, []DeadLetter{
+		{Reason: ReasonInvalid, Event: []byte(`1`)},
+		{Destination: "a", Reason: ReasonExpired, Event: []byte(`2`)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Purge(Filter{Reason: ReasonInvalid}); n != 1 || err != nil {
+		t.Fatalf("purge = %d, %v", n, err)
+	}
+	var left []string
+	_ = s.DeadLetters(Filter{}, func(d DeadLetter) error { left = append(left, d.Reason); return nil })
+	if len(left) != 1 || left[0] != ReasonExpired {
+		t.Fatalf("left %v", left)
+	}
+}
+
+func TestCorruptBlockIsQuarantinedAndReadingGoesOn(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	for i := 0; i < 3; i++ {
+		if err := s.Append(t.Context(), events(i*5, 5), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close(t.Context())
+
+	// Damage the middle block through a raw Badger transaction.
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(txn *badger.Txn) error {
+		return txn.Set(blockKey(5, 5, time.UnixMilli(0)), []byte("garbage that is not a block"))
+	})
+	if err == nil {
+		// Replace the real key (its stored time differs) so exactly one block is bad.
+		err = db.Update(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}})
+			defer it.Close()
+			var real []byte
+			for it.Rewind(); it.Valid(); it.Next() {
+				if m, _ := parseBlockKey(it.Item().Key()); m.first == 5 && m.stored.UnixMilli() != 0 {
+					real = it.Item().KeyCopy(nil)
+				}
+			}
+			if err := txn.Delete(blockKey(5, 5, time.UnixMilli(0))); err != nil {
+				return err
+			}
+			return txn.Set(real, []byte{blockVersion, flagZstd, 0, 0, 0, 0, 1, 2, 3})
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s = openTest(t, dir, "a")
+	defer s.Close(context.Background())
+	got := readAll(t, s, "a")
+	if len(got) != 10 || got[4].Seq != 4 || got[5].Seq != 10 {
+		t.Fatalf("read %d events (%v); want the 10 of the intact blocks", len(got), seqs(got))
+	}
+	var dls []DeadLetter
+	_ = s.DeadLetters(Filter{Reason: ReasonCorrupt}, func(d DeadLetter) error { dls = append(dls, d); return nil })
+	if len(dls) != 1 || testutil.ToFloat64(s.metrics.corrupt) != 1 {
+		t.Fatalf("quarantined %d blocks (counter %v), want 1", len(dls), testutil.ToFloat64(s.metrics.corrupt))
+	}
+}
+
+func seqs(rs []Record) []uint64 {
+	out := make([]uint64, len(rs))
+	for i, r := range rs {
+		out[i] = r.Seq
+	}
+	return out
+}
+
+func TestDeliveredBlocksAreReclaimedAndNumberingSurvives(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	if err := s.Append(t.Context(), events(0, 10), nil); err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, s, "a")
+	if err := s.Ack("a", 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.reclaim(); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.countKeys(prefixBlock); n != 0 {
+		t.Fatalf("%d blocks left after every consumer passed them", n)
+	}
+	s.Close(t.Context())
+	s = openTest(t, dir, "a")
+	defer s.Close(context.Background())
+	if err := s.Append(t.Context(), events(10, 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, s, "a")
+	if len(got) != 1 || got[0].Seq != 10 {
+		t.Fatalf("after reclaiming everything, new event has seq %v, want 10", seqs(got))
+	}
+}
+
+func TestFullSpoolRefusesAppend(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir(), MaxBytes: 1, Consumers: []string{"a"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	if err := s.Append(t.Context(), events(0, 1), nil); err != ErrFull {
+		t.Fatalf("append to a full spool = %v, want ErrFull", err)
+	}
+	if s.Ready() != ErrFull {
+		t.Fatal("full spool reports ready")
+	}
+}
+
+func TestClosedSpoolRefusesAppendAndCloseIsIdempotent(t *testing.T) {
+	s := openTest(t, t.TempDir(), "a")
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	if err := s.Append(t.Context(), events(0, 1), nil); err != ErrClosed {
+		t.Fatalf("append after close = %v", err)
+	}
+}
+
+func TestBacklogCountsUnacknowledgedEventsAndTheirAge(t *testing.T) {
+	s := openTest(t, t.TempDir(), "a")
+	defer s.Close(context.Background())
+	before := time.Now().Add(-time.Millisecond)
+	if err := s.Append(t.Context(), events(0, 4), nil); err != nil {
+		t.Fatal(err)
+	}
+	b := s.Backlog("a")
+	if b.Events != 4 || b.Oldest.Before(before.Truncate(time.Millisecond)) {
+		t.Fatalf("backlog %+v", b)
+	}
+	_ = s.Ack("a", 4)
+	if b := s.Backlog("a"); b.Events != 0 {
+		t.Fatalf("backlog after ack %+v", b)
+	}
+}
+
+func BenchmarkAppend(b *testing.B) {
+	for _, size := range []int{1, 100} {
+		for _, mode := range []SyncMode{SyncAlways, SyncInterval} {
+			for _, writers := range []int{1, 16} {
+				name := "events=" + strconv.Itoa(size) + "/fsync=" + mode.String() + "/writers=" + strconv.Itoa(writers)
+				b.Run(name, func(b *testing.B) {
+					s, err := Open(Config{Dir: b.TempDir(), Sync: mode, Consumers: []string{"a"}}, nil, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					evs := make([]Event, size)
+					data := make([]byte, 750)
+					for i := range data {
+						data[i] = byte('a' + i%26)
+					}
+					for i := range evs {
+						evs[i] = Event{WriteKey: "wk", Data: data}
+					}
+					b.ReportAllocs()
+					b.SetBytes(int64(size * len(data)))
+					b.SetParallelism(writers)
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							if err := s.Append(context.Background(), evs, nil); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+					b.StopTimer()
+					s.Close(context.Background())
+				})
+			}
+		}
+	}
+}
