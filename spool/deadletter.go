@@ -102,4 +102,3 @@ func (s *Spool) deleteDead(dls []DeadLetter, keep func(DeadLetter) bool) error {
 	s.metrics.deadLetters.Sub(float64(n))
 	return nil
 }
-

@@ -59,7 +59,7 @@ type DeadLetter struct {
 	ID          uint64    `json:"id"`
 	Destination string    `json:"destination"` // empty for ingest-time rejects
 	Reason      string    `json:"reason"`
-	Status      int       `json:"status,omitempty"`   // the destination's HTTP status, if any
+	Status      int       `json:"status,omitempty"` // the destination's HTTP status, if any
 	Attempts    int       `json:"attempts"`
 	Error       string    `json:"error"`
 	At          time.Time `json:"dead_lettered_at"`
