@@ -90,3 +90,15 @@ type Backlog struct {
 	// the backlog is empty.
 	Oldest time.Time
 }
+
+// MaskWriteKey shows enough of a write key to tell keys apart in a
+// listing, never the key itself.
+func MaskWriteKey(k string) string {
+	if k == "" {
+		return ""
+	}
+	if len(k) <= 8 {
+		return "…"
+	}
+	return k[:4] + "…"
+}

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spillwayhq/spillway/spool"
+)
+
+const defaultAdminAddr = "127.0.0.1:8080"
+
+// adminClient talks to a running server's admin API.
+type adminClient struct {
+	base string
+	http *http.Client
+}
+
+func newAdminClient(addr string) *adminClient {
+	base := addr
+	if u, err := url.Parse(addr); err != nil || u.Scheme == "" || u.Host == "" {
+		base = "http://" + addr
+	}
+	return &adminClient{base: base, http: &http.Client{Timeout: 10 * time.Second}}
+}
+
+func (a *adminClient) do(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
+	u := a.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	if token := os.Getenv(envName("admin-token")); token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reach spillway at %s: %w", a.base, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, body)
+	}
+	return resp, nil
+}
+
+// destinationStatus mirrors the admin API's status rows.
+type destinationStatus struct {
+	Name         string  `json:"name"`
+	Kind         string  `json:"kind"`
+	State        string  `json:"state"`
+	Backlog      int64   `json:"backlog_events"`
+	LagSeconds   float64 `json:"lag_seconds"`
+	Delivered    uint64  `json:"delivered"`
+	Retried      uint64  `json:"retried"`
+	DeadLettered uint64  `json:"dead_lettered"`
+	LastError    string  `json:"last_error"`
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("spillway status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", defaultAdminAddr, "admin address of the running spillway")
+	asJSON := fs.Bool("json", false, "print the admin API's JSON")
+	watch := fs.Bool("watch", false, "refresh every second")
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "spillway status: %v\n", err)
+		return 2
+	}
+	client := newAdminClient(*addr)
+	for {
+		if err := printStatus(ctx, client, *asJSON, stdout); err != nil {
+			fmt.Fprintf(stderr, "spillway status: %v\n", err)
+			return 1
+		}
+		if !*watch {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-time.After(time.Second):
+		}
+		if !*asJSON {
+			fmt.Fprint(stdout, "\033[H\033[2J")
+		}
+	}
+}
+
+func printStatus(ctx context.Context, client *adminClient, asJSON bool, w io.Writer) error {
+	resp, err := client.do(ctx, http.MethodGet, "/admin/status", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		_, err := fmt.Fprintf(w, "%s\n", body)
+		return err
+	}
+	var rows []destinationStatus
+	if err := json.Unmarshal(body, &rows); err != nil {
+		return fmt.Errorf("decode status: %w", err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DESTINATION\tKIND\tSTATE\tBACKLOG\tLAG\tDELIVERED\tRETRIED\tDEAD-LETTERED\tLAST ERROR")
+	for _, r := range rows {
+		lag := time.Duration(r.LagSeconds * float64(time.Second)).Round(time.Millisecond)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", r.Name, r.Kind, r.State, r.Backlog, lag,
+			r.Delivered, r.Retried, r.DeadLettered, r.LastError)
+	}
+	return tw.Flush()
+}
+
+func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "spillway dlq: want list, replay or purge")
+		return 2
+	}
+	action, args := args[0], args[1:]
+	if action != "list" && action != "replay" && action != "purge" {
+		fmt.Fprintf(stderr, "spillway dlq: unknown action %q (want list, replay or purge)\n", action)
+		return 2
+	}
+	fs := flag.NewFlagSet("spillway dlq "+action, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", defaultAdminAddr, "admin address of the running spillway")
+	dir := fs.String("spool-dir", "", "work on this stopped spool directory instead of a running server")
+	var f spool.Filter
+	fs.StringVar(&f.Destination, "destination", "", "only this destination's dead letters")
+	fs.StringVar(&f.Reason, "reason", "", "only dead letters with this reason (invalid, rejected, expired, corrupt)")
+	fs.IntVar(&f.Limit, "limit", 0, "at most this many (0: all)")
+	if err := parseFlags(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "spillway dlq: %v\n", err)
+		return 2
+	}
+	if f.Limit < 0 {
+		fmt.Fprintln(stderr, "spillway dlq: --limit must be >= 0")
+		return 2
+	}
+	var err error
+	if *dir != "" {
+		err = dlqOnDir(ctx, action, *dir, f, stdout)
+	} else {
+		err = dlqOnServer(ctx, action, newAdminClient(*addr), f, stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "spillway dlq %s: %v\n", action, err)
+		return 1
+	}
+	return 0
+}
+
+func filterQuery(f spool.Filter) url.Values {
+	q := url.Values{}
+	if f.Destination != "" {
+		q.Set("destination", f.Destination)
+	}
+	if f.Reason != "" {
+		q.Set("reason", f.Reason)
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	return q
+}
+
+func dlqOnServer(ctx context.Context, action string, client *adminClient, f spool.Filter, w io.Writer) error {
+	if action == "list" {
+		resp, err := client.do(ctx, http.MethodGet, "/admin/dlq", filterQuery(f))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		_, err = io.Copy(w, resp.Body)
+		return err
+	}
+	resp, err := client.do(ctx, http.MethodPost, "/admin/dlq/"+action, filterQuery(f))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Count int `json:"count"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return fmt.Errorf("decode answer: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "%s: %d\n", pastTense(action), out.Count)
+	return err
+}
+
+func pastTense(action string) string {
+	if action == "replay" {
+		return "replayed"
+	}
+	return "purged"
+}
+
+// dlqOnDir works on a stopped spool. Badger's directory lock refuses a
+// spool that a running server holds, so the two never race.
+func dlqOnDir(ctx context.Context, action, dir string, f spool.Filter, w io.Writer) error {
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("--spool-dir: %w", err)
+	}
+	sp, err := spool.Open(spool.Config{Dir: dir}, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer sp.Close(context.WithoutCancel(ctx))
+	switch action {
+	case "list":
+		bw := bufio.NewWriter(w)
+		err := sp.DeadLetters(f, func(d spool.DeadLetter) error {
+			d.WriteKey = spool.MaskWriteKey(d.WriteKey)
+			line, err := json.Marshal(d)
+			if err != nil {
+				return err
+			}
+			bw.Write(line)
+			return bw.WriteByte('\n')
+		})
+		if err != nil {
+			return err
+		}
+		return bw.Flush()
+	case "replay":
+		n, err := sp.Replay(ctx, f)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "replayed: %d\n", n)
+		return err
+	default:
+		n, err := sp.Purge(f)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "purged: %d\n", n)
+		return err
+	}
+}

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is spillway built once for the tests that run it as a process.
+var binary string
+
+func buildBinary() (cleanup func(), err error) {
+	dir, err := os.MkdirTemp("", "spillway-e2e-")
+	if err != nil {
+		return nil, err
+	}
+	binary = filepath.Join(dir, "spillway")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return func() { os.RemoveAll(dir) }, nil
+}
+
+// process is a running spillway.
+type process struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	addr   string
+	stderr *lockedBuffer
+	done   chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startSpillway runs the binary with args plus a free --listen address and
+// waits until it is ready. addr, when not empty, reuses an address.
+func startSpillway(t testing.TB, addr string, stdout io.Writer, args ...string) *process {
+	t.Helper()
+	if addr == "" {
+		addr = freeAddr(t)
+	}
+	p := &process{t: t, addr: addr, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binary, append([]string{"run", "--listen", addr}, args...)...)
+	p.cmd.Stdout = stdout
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { p.kill() })
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("spillway exited at start-up: %s", p.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("spillway not ready after 20s: %s", p.stderr)
+	return nil
+}
+
+func (p *process) url() string { return "http://" + p.addr }
+
+func (p *process) kill() {
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// stop sends SIGTERM and returns the exit status.
+func (p *process) stop(timeout time.Duration) int {
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		p.t.Fatalf("spillway did not stop within %v: %s", timeout, p.stderr)
+		return -1
+	}
+}
+
+// sink is a webhook destination that records every event it receives.
+type sink struct {
+	srv *httptest.Server
+
+	mu       sync.Mutex
+	byID     map[string]map[string]any
+	received int // events, duplicates included
+	requests int
+	status   int // answer; 0 means 200
+}
+
+func newSink(t testing.TB) *sink {
+	s := &sink{byID: map[string]map[string]any{}}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *sink) serve(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), 400)
+		return
+	}
+	s.mu.Lock()
+	status := s.status
+	s.mu.Unlock()
+	if status != 0 && status != 200 {
+		w.WriteHeader(status)
+		return
+	}
+	var events []map[string]any
+	if err := json.Unmarshal(body, &events); err != nil {
+		http.Error(w, "not a JSON array: "+err.Error(), 400)
+		return
+	}
+	s.mu.Lock()
+	s.requests++
+	for _, e := range events {
+		id, _ := e["messageId"].(string)
+		s.received++
+		s.byID[id] = e
+	}
+	s.mu.Unlock()
+	w.WriteHeader(200)
+}
+
+func (s *sink) setStatus(code int) {
+	s.mu.Lock()
+	s.status = code
+	s.mu.Unlock()
+}
+
+func (s *sink) counts() (unique, received int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byID), s.received
+}
+
+func (s *sink) has(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.byID[id]
+	return ok
+}
+
+func (s *sink) event(id string) map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byID[id]
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// readNDJSON reads a file:// destination's events by messageId.
+func readNDJSON(t testing.TB, path string) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return out
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var e map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("file destination line %q: %v", sc.Text(), err)
+		}
+		out[e["messageId"].(string)] = e
+	}
+	return out
+}
+
+// postBatch sends one /v1/batch and returns the HTTP status.
+func postBatch(ctx context.Context, client *http.Client, base, writeKey string, events []map[string]any) (int, error) {
+	body, _ := json.Marshal(map[string]any{"batch": events, "sentAt": time.Now().UTC().Format(time.RFC3339Nano)})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/batch", bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.SetBasicAuth(writeKey, "")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func trackEvents(prefix string, n int) []map[string]any {
+	out := make([]map[string]any, n)
+	for i := range out {
+		out[i] = map[string]any{
+			"type": "track", "event": "Order Completed", "userId": fmt.Sprintf("user-%d", i%17),
+			"messageId":  fmt.Sprintf("%s-%d", prefix, i),
+			"properties": map[string]any{"revenue": 12.5, "sku": strings.Repeat("x", 40)},
+		}
+	}
+	return out
+}

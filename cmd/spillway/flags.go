@@ -1,0 +1,87 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+)
+
+// byteSize is a flag.Value taking sizes such as 32KiB, 500KB or 1GiB.
+type byteSize int64
+
+var _ flag.Value = (*byteSize)(nil)
+
+func (b *byteSize) String() string { return humanize.IBytes(uint64(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return fmt.Errorf("not a size: %q (try 32KiB, 500KB, 1GiB)", s)
+	}
+	if n > 1<<62 {
+		return fmt.Errorf("size %q is too large", s)
+	}
+	*b = byteSize(n)
+	return nil
+}
+
+// stringList is a repeatable flag. From the environment, its values are
+// separated by white space, so a multi-line YAML value lists one per line.
+type stringList []string
+
+var _ flag.Value = (*stringList)(nil)
+
+func (l *stringList) String() string { return strings.Join(*l, " ") }
+
+func (l *stringList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
+// envPrefix is where every flag is also read from: --spool-max-bytes is
+// SPILLWAY_SPOOL_MAX_BYTES. A flag given on the command line wins.
+const envPrefix = "SPILLWAY_"
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags parses args, then fills every flag not given on the command
+// line from its environment variable.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		v, ok := os.LookupEnv(envName(f.Name))
+		if !ok {
+			return
+		}
+		values := []string{v}
+		if _, repeatable := f.Value.(*stringList); repeatable {
+			values = strings.Fields(v)
+		}
+		for _, v := range values {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("invalid value %q for %s (--%s): %v", v, envName(f.Name), f.Name, err))
+			}
+		}
+	})
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}

@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/spillwayhq/spillway/forwarders"
+	"github.com/spillwayhq/spillway/proxy"
+	"github.com/spillwayhq/spillway/spool"
+)
+
+const (
+	defaultListen          = "127.0.0.1:8080"
+	defaultShutdownTimeout = 25 * time.Second
+)
+
+// serverConfig is everything the server's flags say.
+type serverConfig struct {
+	listen, adminListen string
+	logFormat, logLevel string
+	shutdownTimeout     time.Duration
+	syncMode            string
+	destinations        stringList
+	spool               spool.Config
+	proxy               proxy.Config
+	defaults            forwarders.Defaults
+}
+
+func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
+	c := &serverConfig{}
+	fs := flag.NewFlagSet("spillway run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+
+	fs.StringVar(&c.listen, "listen", defaultListen, "address for the Segment-compatible API (and the admin endpoints, unless --admin-listen)")
+	fs.StringVar(&c.adminListen, "admin-listen", "", "separate address for /metrics, /healthz, /readyz and /admin (default: the main listener)")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout, "how long destinations may drain after SIGTERM")
+
+	fs.StringVar(&c.spool.Dir, "spool-dir", spool.DefaultDir, "spool directory")
+	fs.StringVar(&c.syncMode, "sync", "always", "always: fsync before answering 200 (survives power loss); interval: fsync every --sync-interval (survives a process crash)")
+	fs.DurationVar(&c.spool.SyncInterval, "sync-interval", spool.DefaultSyncInterval, "fsync period with --sync=interval")
+	c.spool.MaxBytes = spool.DefaultMaxBytes
+	fs.Var((*byteSize)(&c.spool.MaxBytes), "spool-max-bytes", "bound on the spool's size on disk; beyond it new events get 503")
+
+	fs.Var(&c.destinations, "destination", "NAME=URL, repeatable; none means stdout://")
+	fs.Var((*stringList)(&c.proxy.WriteKeys), "write-key", "accepted write key, repeatable; none means any key is accepted")
+	fs.BoolVar(&c.proxy.Strict, "strict", false, "answer 400 to a request holding a spec-invalid event, storing nothing of it")
+	fs.StringVar(&c.proxy.AdminToken, "admin-token", "", "bearer token that allows dead-letter replay and purge from non-loopback clients")
+	c.proxy.MaxEventBytes = proxy.DefaultMaxEventBytes
+	c.proxy.MaxRequestBytes = proxy.DefaultMaxRequestBytes
+	fs.Var((*intSize)(&c.proxy.MaxEventBytes), "max-event-bytes", "largest event accepted")
+	fs.Var((*intSize)(&c.proxy.MaxRequestBytes), "max-request-bytes", "largest request body accepted, after decompression")
+	fs.IntVar(&c.proxy.MaxBatchEvents, "max-batch-events", proxy.DefaultMaxBatchEvents, "most events accepted in one batch")
+
+	d := &c.defaults
+	*d = forwarders.DefaultDefaults()
+	fs.IntVar(&d.BatchEvents, "batch-max-events", d.BatchEvents, "most events in one delivery (per destination: ?batch_events=)")
+	fs.Var((*intSize)(&d.BatchBytes), "batch-max-bytes", "largest delivery body (per destination: ?batch_bytes=)")
+	fs.DurationVar(&d.Flush, "flush-interval", d.Flush, "longest wait before a partial batch goes (per destination: ?flush=)")
+	fs.IntVar(&d.Concurrency, "concurrency", d.Concurrency, "deliveries in flight per destination (per destination: ?concurrency=)")
+	fs.DurationVar(&d.Timeout, "request-timeout", d.Timeout, "timeout of one delivery request (per destination: ?timeout=)")
+	fs.DurationVar(&d.BackoffMin, "backoff-min", d.BackoffMin, "first retry delay (per destination: ?backoff_min=)")
+	fs.DurationVar(&d.BackoffMax, "backoff-max", d.BackoffMax, "longest retry delay (per destination: ?backoff_max=)")
+	fs.DurationVar(&d.MaxAge, "max-age", d.MaxAge, "undelivered events older than this are dead-lettered as expired (per destination: ?max_age=)")
+	return fs, c
+}
+
+// intSize is a byteSize for int fields.
+type intSize int
+
+var _ flag.Value = (*intSize)(nil)
+
+func (i *intSize) String() string { b := byteSize(*i); return b.String() }
+func (i *intSize) Set(s string) error {
+	var b byteSize
+	if err := b.Set(s); err != nil {
+		return err
+	}
+	if int64(b) > int64(^uint32(0)>>1) {
+		return fmt.Errorf("size %q is too large", s)
+	}
+	*i = intSize(b)
+	return nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %q is not debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is not text or json", format)
+}
+
+// configure parses and validates the server's flags into the packages'
+// configurations. Every error names the flag at fault.
+func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Destination, *slog.Logger, error) {
+	fs, c := serverFlags(stderr)
+	if err := parseFlags(fs, args); err != nil {
+		return nil, nil, nil, err
+	}
+	logger, err := newLogger(stderr, c.logFormat, c.logLevel)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if c.spool.Sync, err = spool.ParseSyncMode(c.syncMode); err != nil {
+		return nil, nil, nil, fmt.Errorf("--sync: %w", err)
+	}
+	if c.shutdownTimeout <= 0 {
+		return nil, nil, nil, errors.New("--shutdown-timeout must be > 0")
+	}
+	if err := c.proxy.Validate(); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := c.defaults.Validate(); err != nil {
+		return nil, nil, nil, err
+	}
+	specs := c.destinations
+	if len(specs) == 0 {
+		specs = stringList{"stdout=stdout://"}
+	}
+	var dests []forwarders.Destination
+	for _, spec := range specs {
+		d, err := forwarders.ParseDestination(spec, c.defaults)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--destination %s: %w", redactURL(spec), err)
+		}
+		dests = append(dests, d)
+		c.spool.Consumers = append(c.spool.Consumers, d.Name)
+	}
+	if err := c.spool.Validate(); err != nil {
+		return nil, nil, nil, err
+	}
+	return c, dests, logger, nil
+}
+
+// redactURL keeps credentials in a destination URL out of error messages.
+func redactURL(spec string) string {
+	if i := strings.Index(spec, "@"); i >= 0 {
+		if j := strings.Index(spec, "://"); j >= 0 && j < i {
+			return spec[:j+3] + "…" + spec[i:]
+		}
+	}
+	return spec
+}
+
+func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	c, dests, logger, err := configure(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "spillway: %v\n", err)
+		return 2
+	}
+	if err := serve(ctx, c, dests, logger); err != nil {
+		logger.Error("spillway stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs the server until ctx ends or a signal arrives. The order of
+// start-up and shutdown is the durability contract: nothing is answered
+// 200 before the spool holds it, and the spool closes last.
+func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination, logger *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	sp, err := spool.Open(c.spool, logger, reg)
+	if err != nil {
+		return err
+	}
+	closeSpool := func() error {
+		// Cleanup must finish even when the caller's context is gone.
+		return sp.Close(context.WithoutCancel(ctx))
+	}
+
+	group, err := forwarders.New(dests, sp, logger, reg)
+	if err != nil {
+		_ = closeSpool()
+		return err
+	}
+	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv, err := proxy.New(c.proxy, sp, proxy.Options{
+		Metrics: metrics,
+		Status:  func() any { return group.Status() },
+		DLQ:     sp,
+	}, logger, reg)
+	if err != nil {
+		_ = closeSpool()
+		return err
+	}
+
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		_ = closeSpool()
+		return fmt.Errorf("--listen %s: %w", c.listen, err)
+	}
+	var adminLn net.Listener
+	if c.adminListen != "" {
+		if adminLn, err = net.Listen("tcp", c.adminListen); err != nil {
+			ln.Close()
+			_ = closeSpool()
+			return fmt.Errorf("--admin-listen %s: %w", c.adminListen, err)
+		}
+	}
+
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(signals)
+
+	group.Start()
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- srv.Serve(ln) }()
+	if adminLn != nil {
+		go func() { serveErr <- srv.ServeAdmin(adminLn) }()
+	}
+	names := make([]string, len(dests))
+	for i, d := range dests {
+		names[i] = d.Name + "=" + d.Kind
+	}
+	logger.Info("spillway started", "version", version, "listen", ln.Addr().String(),
+		"spool_dir", c.spool.Dir, "sync", c.spool.Sync.String(), "destinations", strings.Join(names, ","))
+
+	var runErr error
+	select {
+	case sig := <-signals:
+		logger.Info("shutting down", "signal", sig.String(), "timeout", c.shutdownTimeout)
+	case <-ctx.Done():
+		logger.Info("shutting down", "reason", context.Cause(ctx))
+	case runErr = <-serveErr:
+		logger.Error("listener failed", "err", runErr)
+	}
+
+	// A second signal abandons the graceful drain at once.
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.shutdownTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case sig := <-signals:
+			logger.Warn("second signal: stopping now", "signal", sig.String())
+			cancel()
+		case <-shutdownCtx.Done():
+		}
+	}()
+
+	logger.Info("shutdown: refusing new events")
+	srv.BeginShutdown()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		logger.Warn("shutdown: http server", "err", err)
+	}
+	logger.Info("shutdown: draining destinations")
+	if err := group.Shutdown(shutdownCtx); err != nil {
+		logger.Warn("shutdown: destinations did not drain; the rest stays in the spool", "err", err)
+	}
+	logger.Info("shutdown: closing spool")
+	if err := closeSpool(); err != nil {
+		return err
+	}
+	logger.Info("shutdown complete")
+	return runErr
+}

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	analytics "github.com/segmentio/analytics-go/v3"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	cleanup, err := buildBinary()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := func() int {
+		defer cleanup()
+		// The analytics-go client leaves no goroutine once closed; httptest
+		// servers' idle connections close with them.
+		return goleakRun(m)
+	}()
+	os.Exit(code)
+}
+
+func goleakRun(m *testing.M) int {
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait")); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			return 1
+		}
+	}
+	return code
+}
+
+type collectingCallback struct {
+	mu      sync.Mutex
+	ok, bad int
+	errs    []error
+}
+
+func (c *collectingCallback) Success(analytics.Message) { c.mu.Lock(); c.ok++; c.mu.Unlock() }
+func (c *collectingCallback) Failure(_ analytics.Message, err error) {
+	c.mu.Lock()
+	c.bad++
+	c.errs = append(c.errs, err)
+	c.mu.Unlock()
+}
+
+func TestAnalyticsGoSendsAllSixCallsThroughToWebhookAndFile(t *testing.T) {
+	hook := newSink(t)
+	file := filepath.Join(t.TempDir(), "events.ndjson")
+	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(),
+		"--destination", "hook="+hook.srv.URL+"/ingest", "--destination", "file=file://"+file,
+		"--flush-interval", "50ms")
+
+	cb := &collectingCallback{}
+	client, err := analytics.NewWithConfig("wk-e2e", analytics.Config{Endpoint: p.url(), Interval: 50 * time.Millisecond, BatchSize: 10, Callback: cb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	msgs := []analytics.Message{
+		analytics.Track{MessageId: "m-track", UserId: "u1", Event: "Signed Up", Timestamp: ts, Properties: analytics.NewProperties().Set("plan", "pro")},
+		analytics.Identify{MessageId: "m-identify", UserId: "u1", Timestamp: ts, Traits: analytics.NewTraits().SetEmail("u1@example.com")},
+		analytics.Page{MessageId: "m-page", AnonymousId: "a1", Name: "Pricing", Timestamp: ts, Properties: analytics.NewProperties().SetURL("https://example.com/pricing")},
+		analytics.Screen{MessageId: "m-screen", UserId: "u1", Name: "Home", Timestamp: ts},
+		analytics.Group{MessageId: "m-group", UserId: "u1", GroupId: "g1", Timestamp: ts, Traits: analytics.NewTraits().SetName("Acme")},
+		analytics.Alias{MessageId: "m-alias", UserId: "u1", PreviousId: "a1", Timestamp: ts},
+	}
+	for _, m := range msgs {
+		if err := client.Enqueue(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if cb.bad != 0 || cb.ok != len(msgs) {
+		t.Fatalf("client callbacks: %d ok, %d failed: %v", cb.ok, cb.bad, cb.errs)
+	}
+
+	want := map[string]string{"m-track": "track", "m-identify": "identify", "m-page": "page", "m-screen": "screen", "m-group": "group", "m-alias": "alias"}
+	waitFor(t, 10*time.Second, "six events at the webhook", func() bool { u, _ := hook.counts(); return u == 6 })
+	waitFor(t, 10*time.Second, "six events in the file", func() bool { return len(readNDJSON(t, file)) == 6 })
+	fromFile := readNDJSON(t, file)
+	if _, received := hook.counts(); received != 6 {
+		t.Errorf("webhook received %d events, want each of the 6 once", received)
+	}
+	for id, typ := range want {
+		for where, e := range map[string]map[string]any{"webhook": hook.event(id), "file": fromFile[id]} {
+			if e == nil {
+				t.Errorf("%s: %s missing", where, id)
+				continue
+			}
+			if e["type"] != typ {
+				t.Errorf("%s: %s has type %v, want %s", where, id, e["type"], typ)
+			}
+			if e["receivedAt"] == nil || e["timestamp"] == nil {
+				t.Errorf("%s: %s lacks receivedAt or timestamp: %v", where, id, e)
+			}
+			if _, leaked := e["writeKey"]; leaked {
+				t.Errorf("%s: %s carries its write key", where, id)
+			}
+		}
+	}
+	if got := hook.event("m-track"); got != nil {
+		props, _ := got["properties"].(map[string]any)
+		if got["userId"] != "u1" || got["event"] != "Signed Up" || props["plan"] != "pro" {
+			t.Errorf("track arrived as %v", got)
+		}
+	}
+	if got := hook.event("m-group"); got != nil && got["groupId"] != "g1" {
+		t.Errorf("group arrived as %v", got)
+	}
+	if got := hook.event("m-alias"); got != nil && got["previousId"] != "a1" {
+		t.Errorf("alias arrived as %v", got)
+	}
+	if got := hook.event("m-identify"); got != nil {
+		traits, _ := got["traits"].(map[string]any)
+		if traits["email"] != "u1@example.com" {
+			t.Errorf("identify arrived as %v", got)
+		}
+	}
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM: %s", code, p.stderr)
+	}
+}
+
+func TestFailingDestinationDoesNotDelayTheOther(t *testing.T) {
+	healthy, failing := newSink(t), newSink(t)
+	failing.setStatus(503)
+	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--flush-interval", "50ms",
+		"--destination", "healthy="+healthy.srv.URL, "--destination", "failing="+failing.srv.URL+"?backoff_min=50ms")
+	const batches = 20
+	for i := 0; i < batches; i++ {
+		if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", trackEvents(fmt.Sprintf("b%d", i), 50)); err != nil || code != 200 {
+			t.Fatalf("batch %d: %d %v", i, code, err)
+		}
+	}
+	start := time.Now()
+	waitFor(t, 5*time.Second, "every event at the healthy destination", func() bool { u, _ := healthy.counts(); return u == batches*50 })
+	t.Logf("healthy destination had all %d events %v after the last ack", batches*50, time.Since(start))
+	if u, _ := failing.counts(); u != 0 {
+		t.Fatalf("failing destination recorded %d events while answering 503", u)
+	}
+	failing.setStatus(200)
+	waitFor(t, 15*time.Second, "the failing destination to catch up once it recovers", func() bool { u, _ := failing.counts(); return u == batches*50 })
+}
+
+// TestKilledProcessLosesNoAcknowledgedEvent kills spillway with SIGKILL at
+// a random moment under concurrent load, restarts it on the same spool,
+// and checks that every event answered 200 reaches the destination.
+func TestKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
+	cycles := 3
+	if testing.Short() {
+		cycles = 1
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	hook := newSink(t)
+	dir := t.TempDir()
+	args := []string{"--spool-dir", dir, "--flush-interval", "20ms", "--destination", "hook=" + hook.srv.URL}
+
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	for cycle := 0; cycle < cycles; cycle++ {
+		p := startSpillway(t, "", nil, args...)
+		ctx, cancel := context.WithCancel(t.Context())
+		var wg sync.WaitGroup
+		var sent atomic.Int64
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				client := &http.Client{Timeout: 5 * time.Second}
+				defer client.CloseIdleConnections()
+				for i := 0; ctx.Err() == nil; i++ {
+					evs := trackEvents(fmt.Sprintf("c%d-w%d-%d", cycle, w, i), 20)
+					code, err := postBatch(ctx, client, p.url(), "wk", evs)
+					if err != nil || code != 200 {
+						continue // not acknowledged: the client would retry; not ours to check
+					}
+					mu.Lock()
+					for _, e := range evs {
+						acked[e["messageId"].(string)] = true
+					}
+					mu.Unlock()
+					sent.Add(1)
+				}
+			}()
+		}
+		time.Sleep(time.Duration(100+rng.IntN(700)) * time.Millisecond)
+		p.kill()
+		cancel()
+		wg.Wait()
+		t.Logf("cycle %d: killed after %d acknowledged batches", cycle, sent.Load())
+	}
+	p := startSpillway(t, "", nil, args...)
+	mu.Lock()
+	total := len(acked)
+	mu.Unlock()
+	if total == 0 {
+		t.Fatal("no request was acknowledged: the test proves nothing")
+	}
+	waitFor(t, 60*time.Second, fmt.Sprintf("all %d acknowledged events at the destination", total), func() bool {
+		for id := range acked {
+			if !hook.has(id) {
+				return false
+			}
+		}
+		return true
+	})
+	unique, received := hook.counts()
+	t.Logf("%d acknowledged, %d unique delivered, %d duplicates", total, unique, received-unique)
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d: %s", code, p.stderr)
+	}
+}
+
+func TestShutdownDrainsAndExitsZero(t *testing.T) {
+	hook := newSink(t)
+	var out bytes.Buffer
+	p := startSpillway(t, "", &out, "--spool-dir", t.TempDir(), "--flush-interval", "10s", "--destination", "hook="+hook.srv.URL)
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", trackEvents("s", 30)); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	// The flush interval is far longer than the test: only the drain at
+	// shutdown can deliver these.
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d: %s", code, p.stderr)
+	}
+	if u, _ := hook.counts(); u != 30 {
+		t.Fatalf("destination had %d of 30 events after a graceful shutdown", u)
+	}
+	for _, step := range []string{"refusing new events", "draining destinations", "closing spool"} {
+		if !strings.Contains(p.stderr.String(), step) {
+			t.Errorf("shutdown log lacks %q", step)
+		}
+	}
+}
+
+func TestNoFlagsPrintsEventsToStdout(t *testing.T) {
+	var out lockedBuffer
+	dir := t.TempDir()
+	p := startSpillway(t, "", &out, "--spool-dir", filepath.Join(dir, "data"))
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", trackEvents("stdout", 3)); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	waitFor(t, 5*time.Second, "three events on stdout", func() bool { return strings.Count(out.String(), "\n") >= 3 })
+	if !strings.Contains(out.String(), `"stdout-2"`) {
+		t.Fatalf("stdout: %s", out.String())
+	}
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d", code)
+	}
+}
+
+func TestBadFlagsExitTwoNamingTheFlag(t *testing.T) {
+	cases := map[string]struct {
+		args []string
+		want string
+	}{
+		"an unknown sync mode":          {[]string{"--sync", "sometimes"}, "--sync"},
+		"a size that is not a size":     {[]string{"--max-event-bytes", "lots"}, "max-event-bytes"},
+		"a destination without a name":  {[]string{"--destination", "http://x"}, "--destination"},
+		"a destination of unknown kind": {[]string{"--destination", "x=gopher://x"}, "--destination"},
+		"an unknown log format":         {[]string{"--log-format", "xml"}, "--log-format"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			code := run(t.Context(), append([]string{"run", "--spool-dir", t.TempDir()}, c.args...), &bytes.Buffer{}, &stderr)
+			if code != 2 || !strings.Contains(stderr.String(), c.want) {
+				t.Fatalf("exit %d, stderr %q; want 2 naming %s", code, stderr.String(), c.want)
+			}
+		})
+	}
+}
+
+func TestFlagsAreReadFromTheEnvironment(t *testing.T) {
+	t.Setenv("SPILLWAY_SYNC", "interval")
+	t.Setenv("SPILLWAY_MAX_EVENT_BYTES", "16KiB")
+	t.Setenv("SPILLWAY_DESTINATION", "a=stdout:// b=http://127.0.0.1:1/x")
+	c, dests, _, err := configure([]string{"--max-batch-events", "10"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.spool.Sync.String() != "interval" || c.proxy.MaxEventBytes != 16<<10 || len(dests) != 2 || c.proxy.MaxBatchEvents != 10 {
+		t.Fatalf("config from env: sync %v, max event %d, %d destinations", c.spool.Sync, c.proxy.MaxEventBytes, len(dests))
+	}
+	t.Setenv("SPILLWAY_MAX_BATCH_EVENTS", "99")
+	c, _, _, _ = configure([]string{"--max-batch-events", "10"}, &bytes.Buffer{})
+	if c.proxy.MaxBatchEvents != 10 {
+		t.Fatalf("the command line must win over the environment, got %d", c.proxy.MaxBatchEvents)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(t.Context(), []string{"version"}, &out, &out); code != 0 || !strings.HasPrefix(out.String(), "spillway ") {
+		t.Fatalf("version: %d %q", code, out.String())
+	}
+}
