@@ -17,7 +17,7 @@ func (s *Spool) DeadLetter(ctx context.Context, dls []DeadLetter) error {
 // f.Limit. An error from fn stops the walk and is returned.
 func (s *Spool) DeadLetters(f Filter, fn func(DeadLetter) error) error {
 	n := 0
-	return s.db.View(func(txn *badger.Txn) error {
+	return s.meta.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDead}, PrefetchValues: true, PrefetchSize: 16})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -79,7 +79,7 @@ func (s *Spool) Purge(f Filter) (int, error) {
 }
 
 func (s *Spool) deleteDead(dls []DeadLetter, keep func(DeadLetter) bool) error {
-	wb := s.db.NewWriteBatch()
+	wb := s.meta.NewWriteBatch()
 	defer wb.Cancel()
 	n := 0
 	for _, d := range dls {
@@ -95,7 +95,7 @@ func (s *Spool) deleteDead(dls []DeadLetter, keep func(DeadLetter) bool) error {
 		return fmt.Errorf("delete dead letters: %w", err)
 	}
 	if s.cfg.Sync == SyncAlways {
-		if err := s.db.Sync(); err != nil {
+		if err := s.meta.Sync(); err != nil {
 			return fmt.Errorf("sync dead letter deletes: %w", err)
 		}
 	}

@@ -9,31 +9,32 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 )
 
-const (
-	maintenanceEvery = time.Second
-	valueLogGCEvery  = time.Minute
-)
+const maintenanceEvery = time.Second
 
-// maintenanceLoop reclaims delivered blocks, keeps the size accounting
-// that --spool-max-bytes needs, and runs value-log GC.
+// maintenanceLoop saves cursors, removes generations every consumer has
+// passed, closes idle ones, and keeps the size accounting that
+// --spool-max-bytes and the free-space reserve need.
 func (s *Spool) maintenanceLoop() {
+	save := time.NewTicker(cursorSaveEvery)
+	defer save.Stop()
 	tick := time.NewTicker(maintenanceEvery)
 	defer tick.Stop()
-	lastGC := time.Now()
 	for {
 		select {
 		case <-s.quit:
 			return
+		case <-save.C:
+			if err := s.saveCursors(); err != nil {
+				s.log.Error("save cursors", "err", err)
+			}
+			continue
 		case <-tick.C:
 		}
-		if err := s.reclaim(); err != nil {
-			s.log.Warn("reclaim delivered blocks", "err", err)
-		}
-		if time.Since(lastGC) >= valueLogGCEvery {
-			s.valueLogGC()
-			lastGC = time.Now()
-		}
+		s.reclaim()
 		s.refreshSize()
+		if s.overMax.Load() && s.cfg.WhenFull == DropOldest {
+			s.dropOldest()
+		}
 	}
 }
 
@@ -49,61 +50,109 @@ func (s *Spool) minCursor() uint64 {
 	return low
 }
 
-// reclaim deletes blocks that every consumer has passed.
-func (s *Spool) reclaim() error {
+// reclaim removes every generation whose events all consumers have passed,
+// closes the idle ones, and asks for a new generation when the active one
+// is fully delivered and old enough, so its space comes back too.
+func (s *Spool) reclaim() {
 	low := s.minCursor()
-	var keys [][]byte
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			m, ok := parseBlockKey(it.Item().Key())
-			if !ok || m.end() > low {
-				break
-			}
-			keys = append(keys, it.Item().KeyCopy(nil))
+	s.genMu.Lock()
+	gens := append([]*generation(nil), s.gens...)
+	active := s.active
+	s.genMu.Unlock()
+	var removed []*generation
+	for i, g := range gens {
+		if g == active {
+			break
 		}
-		return nil
-	})
-	if err != nil || len(keys) == 0 {
-		return err
-	}
-	wb := s.db.NewWriteBatch()
-	defer wb.Cancel()
-	for _, k := range keys {
-		if err := wb.Delete(k); err != nil {
-			return err
-		}
-	}
-	if err := wb.Flush(); err != nil {
-		return err
-	}
-	s.metrics.blocks.Sub(float64(len(keys)))
-	s.mu.Lock()
-	for len(s.recent) > 0 && s.recent[0].first+uint64(len(s.recent[0].recs)) <= low {
-		s.recentLen -= s.recent[0].bytes
-		s.recent[0] = nil
-		s.recent = s.recent[1:]
-	}
-	s.mu.Unlock()
-	return nil
-}
-
-func (s *Spool) valueLogGC() {
-	for {
-		err := s.db.RunValueLogGC(0.5)
-		if err == nil {
+		if gens[i+1].first > low {
+			g.closeIfIdle(genIdle, s.log)
 			continue
 		}
-		if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-			s.log.Warn("value log gc", "err", err)
+		if err := g.remove(); err != nil {
+			if !errors.Is(err, errGenerationBusy) {
+				s.log.Error("remove delivered generation", "dir", g.dir, "err", err)
+			}
+			continue
+		}
+		removed = append(removed, g)
+	}
+	if len(removed) > 0 {
+		s.forget(removed)
+	}
+	s.mu.Lock()
+	next := s.next
+	s.mu.Unlock()
+	if low == next && next > active.first && time.Since(active.created) >= genMaxAge {
+		select {
+		case s.rotate <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// forget drops removed generations from the list and their blocks from
+// the gauge.
+func (s *Spool) forget(removed []*generation) {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	kept := s.gens[:0]
+	for _, g := range s.gens {
+		gone := false
+		for _, r := range removed {
+			gone = gone || r == g
+		}
+		if gone {
+			s.metrics.blocks.Sub(float64(g.blocks))
+			continue
+		}
+		kept = append(kept, g)
+	}
+	clear(s.gens[len(kept):])
+	s.gens = kept
+}
+
+// dropOldest makes room in a full spool by removing its oldest
+// generation, undelivered or not, and counting what each consumer lost.
+func (s *Spool) dropOldest() {
+	s.genMu.Lock()
+	if len(s.gens) < 2 {
+		s.genMu.Unlock()
+		select { // the active generation holds everything: cut it first
+		case s.rotate <- struct{}{}:
+		default:
 		}
 		return
 	}
+	g, end := s.gens[0], s.gens[1].first
+	s.genMu.Unlock()
+	if err := g.remove(); err != nil {
+		if !errors.Is(err, errGenerationBusy) {
+			s.log.Error("drop oldest generation", "dir", g.dir, "err", err)
+		}
+		return
+	}
+	dropped := map[string]uint64{}
+	for _, c := range s.consumers {
+		c.mu.Lock()
+		if cur := c.cursor.Load(); cur < end {
+			n := end - max(cur, g.first)
+			dropped[c.name] = n
+			s.metrics.dropped.WithLabelValues(c.name, "spool_full").Add(float64(n))
+			c.cursor.Store(end)
+			c.pos = max(c.pos, end)
+			c.cur = nil
+		}
+		c.mu.Unlock()
+	}
+	s.forget([]*generation{g})
+	if !s.fullEpisode {
+		s.fullEpisode = true
+		s.log.Error("spool full: dropped the oldest undelivered events", "dropped", dropped, "max_bytes", s.cfg.MaxBytes)
+	}
 }
 
-// refreshSize measures the spool directory and flips the full flag that
-// Append and Ready consult.
+// refreshSize measures the spool directory and the free space on its file
+// system, and sets the flags that Append and Ready consult.
 func (s *Spool) refreshSize() {
 	var total int64
 	_ = filepath.WalkDir(s.cfg.Dir, func(_ string, d fs.DirEntry, err error) error {
@@ -116,12 +165,20 @@ func (s *Spool) refreshSize() {
 		return nil
 	})
 	s.metrics.bytes.Set(float64(total))
-	full := s.cfg.MaxBytes > 0 && total >= s.cfg.MaxBytes
-	if full != s.full.Swap(full) {
-		if full {
+	over := s.cfg.MaxBytes > 0 && total >= s.cfg.MaxBytes
+	if over != s.overMax.Swap(over) {
+		switch {
+		case over && s.cfg.WhenFull == Block:
 			s.log.Warn("spool full: refusing new events", "bytes", total, "max_bytes", s.cfg.MaxBytes)
-		} else {
+		case !over:
+			s.fullEpisode = false
 			s.log.Info("spool has room again", "bytes", total, "max_bytes", s.cfg.MaxBytes)
+		}
+	}
+	if free, err := freeBytes(s.cfg.Dir); err == nil {
+		low := free < uint64(s.cfg.MinFreeBytes)
+		if was := s.lowDisk.Swap(low); was && !low {
+			s.log.Info("disk has room again: accepting events", "free_bytes", free)
 		}
 	}
 }
@@ -135,19 +192,27 @@ func (s *Spool) syncLoop() {
 		case <-s.quit:
 			return
 		case <-tick.C:
-			start := time.Now()
-			if err := s.db.Sync(); err != nil {
-				s.log.Error("background fsync", "err", err)
-				continue
-			}
-			s.metrics.fsync.Observe(time.Since(start).Seconds())
 		}
+		start := time.Now()
+		s.genMu.Lock()
+		active := s.active
+		s.genMu.Unlock()
+		db, err := active.acquire(s.openGeneration)
+		if err == nil {
+			err = errors.Join(db.Sync(), s.meta.Sync())
+			active.release()
+		}
+		if err != nil {
+			s.log.Error("background fsync", "err", err)
+			continue
+		}
+		s.metrics.fsync.Observe(time.Since(start).Seconds())
 	}
 }
 
-func (s *Spool) countKeys(prefix byte) int {
+func countKeys(db *badger.DB, prefix byte) int {
 	n := 0
-	_ = s.db.View(func(txn *badger.Txn) error {
+	_ = db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -8,6 +8,8 @@ type metrics struct {
 	blocks      prometheus.Gauge
 	deadLetters prometheus.Gauge
 	corrupt     prometheus.Counter
+	generations prometheus.Counter
+	dropped     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
@@ -33,11 +35,26 @@ func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
 			Name: "spillway_spool_corrupt_blocks_total",
 			Help: "Blocks that failed their checksum or decoding and were quarantined.",
 		}),
+		generations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "spillway_spool_generations_started_total",
+			Help: "Generations started; each is removed whole once every destination has passed it.",
+		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_events_dropped_total",
+			Help: "Undelivered events dropped to make room (--when-full=drop-oldest).",
+		}, []string{"destination", "reason"}),
 	}
-	m.blocks.Set(float64(s.countKeys(prefixBlock)))
-	m.deadLetters.Set(float64(s.countKeys(prefixDead)))
+	blocks := 0
+	for _, g := range s.gens {
+		blocks += g.blocks
+	}
+	m.blocks.Set(float64(blocks))
+	m.deadLetters.Set(float64(countKeys(s.meta, prefixDead)))
+	for _, name := range s.cfg.Consumers {
+		m.dropped.WithLabelValues(name, "spool_full")
+	}
 	if reg != nil {
-		reg.MustRegister(m.fsync, m.bytes, m.blocks, m.deadLetters, m.corrupt)
+		reg.MustRegister(m.fsync, m.bytes, m.blocks, m.deadLetters, m.corrupt, m.generations, m.dropped)
 	}
 	return m
 }

@@ -70,27 +70,32 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 	}
 	s.mu.Unlock()
 	for {
-		m, ok := s.blockAtOrAfter(seq)
+		g, m, ok := s.blockAtOrAfter(seq)
 		if !ok {
 			return nil, nil
 		}
-		b, err := s.loadBlock(m)
+		b, err := s.loadBlock(g, m)
 		if err == nil {
 			return b, nil
 		}
 		if !errors.Is(err, errCorrupt) {
 			return nil, err
 		}
-		if err := s.quarantine(m, err); err != nil {
+		if err := s.quarantine(g, m, err); err != nil {
 			return nil, err
 		}
 		seq = m.end()
 	}
 }
 
-func (s *Spool) loadBlock(m blockMeta) (*decodedBlock, error) {
+func (s *Spool) loadBlock(g *generation, m blockMeta) (*decodedBlock, error) {
+	db, err := g.acquire(s.openGeneration)
+	if err != nil {
+		return nil, err
+	}
+	defer g.release()
 	var val []byte
-	err := s.db.View(func(txn *badger.Txn) error {
+	err = db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(blockKey(m.first, m.count, m.stored))
 		if err != nil {
 			return err
@@ -99,7 +104,7 @@ func (s *Spool) loadBlock(m blockMeta) (*decodedBlock, error) {
 		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		// Reclaimed or quarantined between the lookup and now.
+		// Quarantined between the lookup and now.
 		return &decodedBlock{first: m.first, stored: m.stored}, nil
 	}
 	if err != nil {
@@ -129,61 +134,95 @@ type corruptEvent struct {
 // quarantine moves a block that fails its checksum or decoding to the
 // dead-letter store, so delivery goes on with the next one instead of
 // failing on it forever.
-func (s *Spool) quarantine(m blockMeta, cause error) error {
+func (s *Spool) quarantine(g *generation, m blockMeta, cause error) error {
 	s.quarantineMu.Lock()
 	defer s.quarantineMu.Unlock()
-	key := blockKey(m.first, m.count, m.stored)
-	ev, _ := json.Marshal(corruptEvent{FirstSeq: m.first, Events: m.count})
-	err := s.db.Update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
-			return nil // another consumer quarantined it first
-		}
-		id := s.nextDead.Add(1) - 1
-		dl := DeadLetter{ID: id, Reason: ReasonCorrupt, Error: cause.Error(), At: time.Now(), Event: ev}
-		v, err := json.Marshal(&dl)
-		if err != nil {
-			return err
-		}
-		if err := txn.Set(deadKey(id), v); err != nil {
-			return err
-		}
-		s.metrics.corrupt.Inc()
-		s.metrics.blocks.Dec()
-		s.log.Error("quarantined corrupt block", "first_seq", m.first, "events", m.count, "err", cause)
-		return txn.Delete(key)
-	})
+	db, err := g.acquire(s.openGeneration)
 	if err != nil {
+		return err
+	}
+	defer g.release()
+	key := blockKey(m.first, m.count, m.stored)
+	err = db.View(func(txn *badger.Txn) error { _, err := txn.Get(key); return err })
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil // another consumer quarantined it first
+	}
+	ev, _ := json.Marshal(corruptEvent{FirstSeq: m.first, Events: m.count})
+	dl := DeadLetter{Reason: ReasonCorrupt, Error: cause.Error(), Event: ev}
+	if err := s.storeDeadLetters([]DeadLetter{dl}, time.Now()); err != nil {
 		return fmt.Errorf("quarantine block %d: %w", m.first, err)
 	}
+	if err := db.Update(func(txn *badger.Txn) error { return txn.Delete(key) }); err != nil {
+		return fmt.Errorf("quarantine block %d: %w", m.first, err)
+	}
+	g.mu.Lock()
+	g.blocks--
+	g.mu.Unlock()
+	s.metrics.corrupt.Inc()
+	s.metrics.blocks.Dec()
+	s.log.Error("quarantined corrupt block", "first_seq", m.first, "events", m.count, "err", cause)
 	return nil
 }
 
-// Ack durably records that every event below upTo is done for consumer.
+// cursorSaveEvery is how often acknowledged cursors are written to disk.
+// A crash re-delivers at most this much more than the in-flight window:
+// at-least-once either way, and one fsync per interval instead of one per
+// delivered batch.
+const cursorSaveEvery = 100 * time.Millisecond
+
+// Ack records that every event below upTo is done for consumer. It is
+// saved to disk within cursorSaveEvery, and at Close.
 func (s *Spool) Ack(consumer string, upTo uint64) error {
 	c, err := s.consumer(consumer)
 	if err != nil {
 		return err
-	}
-	if s.closing.Load() && s.db.IsClosed() {
-		return ErrClosed
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if upTo <= c.cursor.Load() {
 		return nil
 	}
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], upTo)
-	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(cursorKey(consumer), v[:]) }); err != nil {
-		return fmt.Errorf("save cursor %s: %w", consumer, err)
-	}
 	c.cursor.Store(upTo)
 	c.pos = max(c.pos, upTo)
 	return nil
 }
 
-// Rewind moves the consumer's read position back to its durable cursor,
-// so that what was read but never acknowledged is read again.
+// saveCursors writes every cursor that moved since it was last saved.
+func (s *Spool) saveCursors() error {
+	type dirty struct {
+		c *consumer
+		v uint64
+	}
+	var moved []dirty
+	for _, c := range s.consumers {
+		if v := c.cursor.Load(); v != c.saved.Load() {
+			moved = append(moved, dirty{c, v})
+		}
+	}
+	if len(moved) == 0 {
+		return nil
+	}
+	err := s.meta.Update(func(txn *badger.Txn) error {
+		for _, d := range moved {
+			var v [8]byte
+			binary.BigEndian.PutUint64(v[:], d.v)
+			if err := txn.Set(cursorKey(d.c.name), v[:]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save cursors: %w", err)
+	}
+	for _, d := range moved {
+		d.c.saved.Store(d.v)
+	}
+	return nil
+}
+
+// Rewind moves the consumer's read position back to its cursor, so that
+// what was read but never acknowledged is read again.
 func (s *Spool) Rewind(consumer string) error {
 	c, err := s.consumer(consumer)
 	if err != nil {
@@ -196,7 +235,7 @@ func (s *Spool) Rewind(consumer string) error {
 	return nil
 }
 
-// Cursor returns consumer's durable cursor: every event below it is done.
+// Cursor returns consumer's cursor: every event below it is done.
 func (s *Spool) Cursor(consumer string) (uint64, error) {
 	c, err := s.consumer(consumer)
 	if err != nil {

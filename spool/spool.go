@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -49,11 +52,37 @@ func ParseSyncMode(s string) (SyncMode, error) {
 	return 0, fmt.Errorf("unknown sync mode %q (want always or interval)", s)
 }
 
+// WhenFull says what a full spool does with new events.
+type WhenFull int
+
+const (
+	// Block answers new events with ErrFull until space returns.
+	Block WhenFull = iota
+	// DropOldest drops the oldest undelivered generation to make room,
+	// counting every dropped event per destination.
+	DropOldest
+)
+
+// ParseWhenFull reads the flag spelling of a WhenFull.
+func ParseWhenFull(s string) (WhenFull, error) {
+	switch s {
+	case "block":
+		return Block, nil
+	case "drop-oldest":
+		return DropOldest, nil
+	}
+	return 0, fmt.Errorf("unknown policy %q (want block or drop-oldest)", s)
+}
+
 // Defaults for Config.
 const (
 	DefaultDir          = "./spillway-data"
 	DefaultSyncInterval = 50 * time.Millisecond
 	DefaultMaxBytes     = 1 << 30
+	// DefaultMinFreeBytes keeps room on the file system for what Badger
+	// may still write into files it has already sized: it writes through
+	// mmap, where a full disk is a SIGBUS, not an error.
+	DefaultMinFreeBytes = 48 << 20
 )
 
 // maxBlockBytes bounds how much event data one group commit gathers: large
@@ -63,7 +92,16 @@ const maxBlockBytes = 1 << 20
 
 // recentCacheBytes bounds the freshly written blocks kept decoded in memory,
 // so destinations that keep up never read back from disk.
-const recentCacheBytes = 8 << 20
+const recentCacheBytes = 4 << 20
+
+// Generation sizing: a generation is rotated once it holds genMaxBytes of
+// blocks or is genMaxAge old, so that a drained backlog gives its space
+// back within about a minute.
+const (
+	genMaxBytes = 16 << 20
+	genMaxAge   = time.Minute
+	genIdle     = 5 * time.Second // a reader-less old generation is closed after this
+)
 
 // Config configures a Spool.
 type Config struct {
@@ -74,9 +112,13 @@ type Config struct {
 	// SyncInterval is how often SyncInterval mode fsyncs. Zero means
 	// DefaultSyncInterval.
 	SyncInterval time.Duration
-	// MaxBytes bounds the spool's size on disk; Append answers ErrFull
-	// beyond it. Zero means no bound.
+	// MaxBytes bounds the spool's size on disk. Zero means no bound.
 	MaxBytes int64
+	// WhenFull is what happens beyond MaxBytes. Zero is Block.
+	WhenFull WhenFull
+	// MinFreeBytes is the free space the file system must keep; below it
+	// Append answers ErrFull. Zero means DefaultMinFreeBytes.
+	MinFreeBytes int64
 	// Consumers names every destination; each has a durable cursor.
 	Consumers []string
 }
@@ -92,6 +134,10 @@ func (c *Config) Validate() error {
 		return errors.New("--sync-interval must be >= 0")
 	case c.MaxBytes < 0:
 		return errors.New("--spool-max-bytes must be >= 0")
+	case c.WhenFull != Block && c.WhenFull != DropOldest:
+		return errors.New("--when-full must be block or drop-oldest")
+	case c.MinFreeBytes < 0:
+		return errors.New("min free bytes must be >= 0")
 	}
 	seen := make(map[string]bool, len(c.Consumers))
 	for _, name := range c.Consumers {
@@ -108,29 +154,39 @@ func (c *Config) Validate() error {
 // consumer's single delivery loop.
 type Spool struct {
 	cfg     Config
-	db      *badger.DB
+	meta    *badger.DB // cursors and dead letters
 	log     *slog.Logger
 	metrics *metrics
 
-	reqs chan *appendReq // unbuffered: a send succeeds only while the writer runs
-	quit chan struct{}
-	wg   sync.WaitGroup
+	reqs   chan *appendReq // unbuffered: a send succeeds only while the writer runs
+	rotate chan struct{}   // asks the writer to start a new generation
+	quit   chan struct{}
+	wg     sync.WaitGroup
 
 	closing   atomic.Bool
-	full      atomic.Bool
+	overMax   atomic.Bool // beyond MaxBytes
+	lowDisk   atomic.Bool // the file system is below MinFreeBytes
 	closeOnce sync.Once
 	closeErr  error
 
 	nextDead atomic.Uint64
 
+	genMu  sync.Mutex
+	gens   []*generation // oldest first; the last one is the writer's
+	active *generation   // only the writer goroutine replaces it
+	// activeBytes is what the writer has put in the active generation.
+	activeBytes int64
+
 	mu        sync.Mutex
 	next      uint64        // sequence number of the next event appended
 	changed   chan struct{} // closed at the next commit
-	consumers map[string]*consumer
-	recent    []*decodedBlock // newest last, contiguous with next
+	recent    []*decodedBlock // newest last, contiguous up to next
 	recentLen int             // bytes held by recent
 
+	consumers map[string]*consumer // never written after Open
+
 	quarantineMu sync.Mutex
+	fullEpisode  bool // maintenance loop only: logs a drop-oldest episode once
 }
 
 type consumer struct {
@@ -138,18 +194,21 @@ type consumer struct {
 	mu     sync.Mutex
 	pos    uint64 // next seq Read returns; only the consumer's loop moves it
 	cursor atomic.Uint64
+	saved  atomic.Uint64 // the cursor as last written to disk
 	cur    *decodedBlock
 }
 
 // Open opens or creates the spool in cfg.Dir, recovering after a crash
-// whatever Badger had made durable. A nil logger discards; a nil reg
-// registers nowhere.
+// whatever was durable. A nil logger discards; a nil reg registers nowhere.
 func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.SyncInterval == 0 {
 		cfg.SyncInterval = DefaultSyncInterval
+	}
+	if cfg.MinFreeBytes == 0 {
+		cfg.MinFreeBytes = DefaultMinFreeBytes
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -158,21 +217,24 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create spool dir: %w", err)
 	}
-	db, err := badger.Open(badgerOptions(cfg, logger))
-	if err != nil {
-		return nil, fmt.Errorf("open spool %s: %w", cfg.Dir, err)
-	}
 	s := &Spool{
 		cfg:       cfg,
-		db:        db,
 		log:       logger,
 		reqs:      make(chan *appendReq),
+		rotate:    make(chan struct{}, 1),
 		quit:      make(chan struct{}),
 		changed:   make(chan struct{}),
 		consumers: make(map[string]*consumer, len(cfg.Consumers)),
 	}
+	meta, err := badger.Open(s.badgerOptions(filepath.Join(cfg.Dir, "meta")).
+		WithValueThreshold(64 << 10).WithMemTableSize(2 << 20).WithValueLogFileSize(4 << 20))
+	if err != nil {
+		return nil, fmt.Errorf("open spool %s: %w", cfg.Dir, err)
+	}
+	s.meta = meta
 	if err := s.recover(); err != nil {
-		_ = db.Close()
+		s.closeGenerations()
+		_ = meta.Close()
 		return nil, err
 	}
 	s.metrics = newMetrics(reg, s)
@@ -182,18 +244,18 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	if cfg.Sync == SyncInterval {
 		s.spawn(s.syncLoop)
 	}
-	logger.Info("spool open", "dir", cfg.Dir, "sync", cfg.Sync.String(), "next_seq", s.next)
+	logger.Info("spool open", "dir", cfg.Dir, "sync", cfg.Sync.String(), "generations", len(s.gens), "next_seq", s.next)
 	return s, nil
 }
 
-func badgerOptions(cfg Config, logger *slog.Logger) badger.Options {
-	return badger.DefaultOptions(cfg.Dir).
-		WithLogger(badgerLogger{logger}).
+func (s *Spool) badgerOptions(dir string) badger.Options {
+	return badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{s.log}).
 		WithLoggingLevel(badger.WARNING).
 		// One fsync per transaction, and we commit one transaction per
 		// group: this is what makes an acknowledged block durable. db.Sync
 		// alone would miss value-log and memtable files just rotated out.
-		WithSyncWrites(cfg.Sync == SyncAlways).
+		WithSyncWrites(s.cfg.Sync == SyncAlways).
 		WithMetricsEnabled(false).
 		WithDetectConflicts(false).
 		// Blocks go to the value log: kept in the LSM tree their
@@ -203,29 +265,72 @@ func badgerOptions(cfg Config, logger *slog.Logger) badger.Options {
 		WithCompression(options.None).
 		WithBlockCacheSize(0).
 		WithIndexCacheSize(0).
-		// A sidecar lives under a memory limit: small memtables and value
-		// log files (both are mmapped, so they count toward RSS).
-		WithMemTableSize(8 << 20).
+		// A sidecar lives under a memory limit: memtables and value-log
+		// files are mmapped, so what is written to them counts toward RSS.
+		// Keys are all a memtable holds, so a small one lasts long.
+		WithMemTableSize(4 << 20).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
 		WithBaseTableSize(2 << 20).
-		WithValueLogFileSize(32 << 20).
+		WithValueLogFileSize(genMaxBytes + maxBlockBytes).
 		WithNumCompactors(2).
 		WithNumGoroutines(2)
 }
 
-// recover rebuilds the in-memory state: the next sequence number and every
-// consumer's cursor. A consumer without a cursor starts at the oldest
-// stored event, so a newly added destination receives the backlog.
-func (s *Spool) recover() error {
-	oldest, last, found, err := s.blockBounds()
+func (s *Spool) openGeneration(dir string) (*badger.DB, error) {
+	db, err := badger.Open(s.badgerOptions(dir))
 	if err != nil {
-		return fmt.Errorf("scan blocks: %w", err)
+		return nil, fmt.Errorf("open generation %s: %w", filepath.Base(dir), err)
 	}
+	return db, nil
+}
+
+// recover rebuilds the in-memory state from disk: the generations, the
+// next sequence number and every consumer's cursor. A consumer without a
+// cursor starts at the oldest stored event, so a newly added destination
+// receives the backlog. A generation that cannot be opened stops the
+// start-up with its name: guessing past damage could lose intact data.
+func (s *Spool) recover() error {
+	if err := sweepRemovals(s.cfg.Dir); err != nil {
+		return err
+	}
+	gens, err := listGenerations(s.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("list generations: %w", err)
+	}
+	var oldest blockMeta
+	found := false
+	for i, g := range gens {
+		db, err := s.openGeneration(g.dir)
+		if err != nil {
+			return fmt.Errorf("%w (move the directory aside to start without it)", err)
+		}
+		g.db = db
+		first, last, n, err := scanBlocks(db)
+		if err != nil {
+			return fmt.Errorf("scan generation %s: %w", filepath.Base(g.dir), err)
+		}
+		g.blocks = n
+		if n > 0 {
+			if !found {
+				oldest, found = first, true
+			}
+			s.next = max(s.next, last.end())
+		}
+		s.next = max(s.next, g.first)
+		if i < len(gens)-1 {
+			// Only the newest generation stays open for writing.
+			if err := db.Close(); err != nil {
+				return fmt.Errorf("close generation %s: %w", filepath.Base(g.dir), err)
+			}
+			g.db = nil
+		}
+	}
+	s.gens = gens
+
 	cursors := make(map[string]uint64)
-	var maxCursor uint64
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.meta.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixCursor}})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -238,24 +343,21 @@ func (s *Spool) recover() error {
 			}
 			c := binary.BigEndian.Uint64(v)
 			cursors[string(it.Item().Key()[1:])] = c
-			maxCursor = max(maxCursor, c)
+			// Cursors are a lower bound too: once every generation is
+			// removed, numbering must not restart below an acknowledged
+			// position.
+			s.next = max(s.next, c)
 		}
-		it2 := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDead}, Reverse: true})
-		defer it2.Close()
-		it2.Seek([]byte{prefixDead, 0xff})
-		if it2.Valid() {
-			s.nextDead.Store(binary.BigEndian.Uint64(it2.Item().Key()[1:]) + 1)
+		rit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDead}, Reverse: true})
+		defer rit.Close()
+		rit.Seek([]byte{prefixDead, 0xff})
+		if rit.Valid() {
+			s.nextDead.Store(binary.BigEndian.Uint64(rit.Item().Key()[1:]) + 1)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("read cursors: %w", err)
-	}
-	// Cursors are a lower bound too: once every block is reclaimed, the
-	// numbering must not restart below what consumers have acknowledged.
-	s.next = maxCursor
-	if found {
-		s.next = max(s.next, last.end())
 	}
 	for _, name := range s.cfg.Consumers {
 		c := &consumer{name: name}
@@ -267,33 +369,83 @@ func (s *Spool) recover() error {
 			}
 		}
 		c.cursor.Store(start)
+		c.saved.Store(start)
 		c.pos = start
 		s.consumers[name] = c
+	}
+	if len(s.gens) == 0 || s.gens[len(s.gens)-1].blocks > 0 {
+		// Writing continues in a fresh generation: the newest one may have
+		// been cut short by a crash, and starting anew keeps the
+		// numbering of every generation a clean range.
+		return s.startGeneration()
+	}
+	s.active = s.gens[len(s.gens)-1]
+	s.active.created = time.Now()
+	s.active.refs++ // the writer's, for as long as it is active
+	return nil
+}
+
+// sweepRemovals finishes removals that a crash interrupted.
+func sweepRemovals(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read spool dir: %w", err)
+	}
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".removing") {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return fmt.Errorf("sweep %s: %w", e.Name(), err)
+			}
+		}
 	}
 	return nil
 }
 
-// blockBounds returns the oldest and newest stored blocks.
-func (s *Spool) blockBounds() (oldest, newest blockMeta, found bool, err error) {
-	err = s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}})
-		it.Rewind()
-		if it.Valid() {
-			oldest, found = parseBlockKey(it.Item().Key())
+// startGeneration opens a new generation for the writer, numbered from
+// s.next. Only the writer (or recover, before it runs) calls it.
+func (s *Spool) startGeneration() error {
+	g := &generation{first: s.next, dir: filepath.Join(s.cfg.Dir, genDirName(s.next)), created: time.Now()}
+	db, err := s.openGeneration(g.dir)
+	if err != nil {
+		return err
+	}
+	if err := syncDir(s.cfg.Dir); err != nil {
+		_ = db.Close()
+		return err
+	}
+	g.db = db
+	g.refs = 1 // the writer's
+	s.genMu.Lock()
+	prev := s.active
+	s.gens = append(s.gens, g)
+	s.active = g
+	s.activeBytes = 0
+	s.genMu.Unlock()
+	if prev != nil {
+		if s.cfg.Sync == SyncInterval {
+			// The background fsync follows the active generation only.
+			if err := prev.db.Sync(); err != nil {
+				s.log.Error("sync finished generation", "err", err)
+			}
 		}
-		it.Close()
-		if !found {
-			return nil
+		prev.release()
+	}
+	return nil
+}
+
+func (s *Spool) closeGenerations() {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	for _, g := range s.gens {
+		g.mu.Lock()
+		if g.db != nil {
+			if err := g.db.Close(); err != nil && s.closeErr == nil {
+				s.closeErr = fmt.Errorf("close generation: %w", err)
+			}
+			g.db = nil
 		}
-		rit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}, Reverse: true})
-		defer rit.Close()
-		rit.Seek(seekBlockKey(^uint64(0)))
-		if rit.Valid() {
-			newest, _ = parseBlockKey(rit.Item().Key())
-		}
-		return nil
-	})
-	return oldest, newest, found, err
+		g.mu.Unlock()
+	}
 }
 
 func (s *Spool) spawn(f func()) {
@@ -309,7 +461,7 @@ func (s *Spool) Ready() error {
 	if s.closing.Load() {
 		return ErrClosed
 	}
-	if s.full.Load() {
+	if s.lowDisk.Load() || (s.overMax.Load() && s.cfg.WhenFull == Block) {
 		return ErrFull
 	}
 	return nil
@@ -323,8 +475,8 @@ func (s *Spool) Changed() <-chan struct{} {
 }
 
 // Close stops accepting events, commits those already handed to the
-// writer, and closes Badger. Cursors are already durable: Ack writes them.
-// It may be called more than once and returns the first call's error.
+// writer, saves every cursor and closes the databases. It may be called
+// more than once and returns the first call's error.
 func (s *Spool) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.closing.Store(true)
@@ -339,13 +491,12 @@ func (s *Spool) Close(ctx context.Context) error {
 			s.log.Warn("spool close waits for in-flight writes past its deadline")
 			<-done
 		}
-		if s.cfg.Sync == SyncInterval {
-			if err := s.db.Sync(); err != nil {
-				s.closeErr = fmt.Errorf("sync spool: %w", err)
-			}
+		if err := s.saveCursors(); err != nil {
+			s.closeErr = err
 		}
-		if err := s.db.Close(); err != nil && s.closeErr == nil {
-			s.closeErr = fmt.Errorf("close badger: %w", err)
+		s.closeGenerations()
+		if err := s.meta.Close(); err != nil && s.closeErr == nil {
+			s.closeErr = fmt.Errorf("close spool meta: %w", err)
 		}
 		s.log.Info("spool closed")
 	})
@@ -353,7 +504,7 @@ func (s *Spool) Close(ctx context.Context) error {
 }
 
 func (s *Spool) consumer(name string) (*consumer, error) {
-	c, ok := s.consumers[name] // never written after Open
+	c, ok := s.consumers[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownConsumer, name)
 	}
@@ -378,18 +529,44 @@ func (s *Spool) Backlog(consumer string) Backlog {
 		return Backlog{}
 	}
 	if oldest.IsZero() && !s.closing.Load() {
-		if m, ok := s.blockAtOrAfter(cursor); ok {
+		if _, m, ok := s.blockAtOrAfter(cursor); ok {
 			oldest = m.stored
 		}
 	}
 	return Backlog{Events: int64(next - cursor), Oldest: oldest}
 }
 
-// blockAtOrAfter returns the stored block holding seq, or else the first after it.
-func (s *Spool) blockAtOrAfter(seq uint64) (blockMeta, bool) {
-	var m blockMeta
-	var ok bool
-	_ = s.db.View(func(txn *badger.Txn) error {
+// generationsFrom returns the generations that may hold seq or later.
+func (s *Spool) generationsFrom(seq uint64) []*generation {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	i := sort.Search(len(s.gens), func(i int) bool { return s.gens[i].first > seq })
+	if i > 0 {
+		i--
+	}
+	return slices.Clone(s.gens[i:])
+}
+
+// blockAtOrAfter returns the stored block holding seq, or else the first
+// after it, and its generation.
+func (s *Spool) blockAtOrAfter(seq uint64) (*generation, blockMeta, bool) {
+	for _, g := range s.generationsFrom(seq) {
+		db, err := g.acquire(s.openGeneration)
+		if err != nil {
+			s.log.Error("open generation to read", "err", err)
+			return nil, blockMeta{}, false
+		}
+		m, ok := findBlock(db, seq)
+		g.release()
+		if ok {
+			return g, m, true
+		}
+	}
+	return nil, blockMeta{}, false
+}
+
+func findBlock(db *badger.DB, seq uint64) (m blockMeta, ok bool) {
+	_ = db.View(func(txn *badger.Txn) error {
 		rit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}, Reverse: true})
 		rit.Seek(seekBlockKey(seq))
 		if rit.Valid() {
@@ -402,10 +579,9 @@ func (s *Spool) blockAtOrAfter(seq uint64) (blockMeta, bool) {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}})
 		defer it.Close()
 		it.Seek(blockKey(seq, 0, time.UnixMilli(0)))
+		ok = false
 		if it.Valid() {
 			m, ok = parseBlockKey(it.Item().Key())
-		} else {
-			ok = false
 		}
 		return nil
 	})

@@ -199,30 +199,24 @@ func TestCorruptBlockIsQuarantinedAndReadingGoesOn(t *testing.T) {
 	s.Close(t.Context())
 
 	// Damage the middle block through a raw Badger transaction.
-	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
+	gens, err := listGenerations(dir)
+	if err != nil || len(gens) == 0 {
+		t.Fatalf("generations: %v %v", gens, err)
+	}
+	db, err := badger.Open(badger.DefaultOptions(gens[0].dir).WithLogger(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = db.Update(func(txn *badger.Txn) error {
-		return txn.Set(blockKey(5, 5, time.UnixMilli(0)), []byte("garbage that is not a block"))
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if m, _ := parseBlockKey(it.Item().Key()); m.first == 5 {
+				return txn.Set(it.Item().KeyCopy(nil), []byte{blockVersion, flagZstd, 0, 0, 0, 0, 1, 2, 3})
+			}
+		}
+		return fmt.Errorf("no block at seq 5")
 	})
-	if err == nil {
-		// Replace the real key (its stored time differs) so exactly one block is bad.
-		err = db.Update(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}})
-			defer it.Close()
-			var real []byte
-			for it.Rewind(); it.Valid(); it.Next() {
-				if m, _ := parseBlockKey(it.Item().Key()); m.first == 5 && m.stored.UnixMilli() != 0 {
-					real = it.Item().KeyCopy(nil)
-				}
-			}
-			if err := txn.Delete(blockKey(5, 5, time.UnixMilli(0))); err != nil {
-				return err
-			}
-			return txn.Set(real, []byte{blockVersion, flagZstd, 0, 0, 0, 0, 1, 2, 3})
-		})
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,21 +243,26 @@ func seqs(rs []Record) []uint64 {
 	return out
 }
 
-func TestDeliveredBlocksAreReclaimedAndNumberingSurvives(t *testing.T) {
+func TestDeliveredGenerationsAreRemovedAndNumberingSurvives(t *testing.T) {
 	dir := t.TempDir()
 	s := openTest(t, dir, "a")
 	if err := s.Append(t.Context(), events(0, 10), nil); err != nil {
 		t.Fatal(err)
 	}
+	first := s.active
+	s.rotate <- struct{}{}
+	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != first })
+	s.reclaim()
+	if gens, _ := listGenerations(dir); len(gens) != 2 {
+		t.Fatalf("%d generations before delivery, want the old and the new", len(gens))
+	}
 	readAll(t, s, "a")
 	if err := s.Ack("a", 10); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.reclaim(); err != nil {
-		t.Fatal(err)
-	}
-	if n := s.countKeys(prefixBlock); n != 0 {
-		t.Fatalf("%d blocks left after every consumer passed them", n)
+	s.reclaim()
+	if gens, _ := listGenerations(dir); len(gens) != 1 || gens[0].first != 10 {
+		t.Fatalf("generations after every consumer passed the first: %v", gens)
 	}
 	s.Close(t.Context())
 	s = openTest(t, dir, "a")
@@ -273,7 +272,18 @@ func TestDeliveredBlocksAreReclaimedAndNumberingSurvives(t *testing.T) {
 	}
 	got := readAll(t, s, "a")
 	if len(got) != 1 || got[0].Seq != 10 {
-		t.Fatalf("after reclaiming everything, new event has seq %v, want 10", seqs(got))
+		t.Fatalf("after removing everything delivered, new event has seq %v, want 10", seqs(got))
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

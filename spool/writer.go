@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"syscall"
 	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
 )
 
 type appendReq struct {
@@ -52,13 +54,33 @@ func (s *Spool) writeLoop() {
 		select {
 		case r := <-s.reqs:
 			group = append(group[:0], r)
+		case <-s.rotate:
+			s.rotateGeneration()
+			continue
 		case <-s.quit:
 			s.drainOnClose()
 			return
 		}
 		group = s.gather(group)
 		s.commit(group)
+		if s.activeBytes >= genMaxBytes || time.Since(s.active.created) >= genMaxAge {
+			s.rotateGeneration()
+		}
 	}
+}
+
+func (s *Spool) rotateGeneration() {
+	if s.activeBytes == 0 {
+		s.active.created = time.Now() // nothing to give back yet
+		return
+	}
+	if err := s.startGeneration(); err != nil {
+		// Writing on in the current generation is safe; it only delays
+		// reclaiming space.
+		s.log.Error("start new generation", "err", err)
+		return
+	}
+	s.metrics.generations.Inc()
 }
 
 // gather adds already-waiting requests to group, up to maxBlockBytes.
@@ -106,48 +128,39 @@ func (s *Spool) commitGroup(group []*appendReq) error {
 			dead = append(dead, r.dead...)
 		}
 	}
+	if err := s.checkDiskRoom(); err != nil {
+		return err
+	}
 	stored := time.Now()
+	if len(dead) > 0 {
+		// Dead letters first: if the block then fails, the client retries
+		// and at worst a dead letter is stored twice, never lost.
+		if err := s.storeDeadLetters(dead, stored); err != nil {
+			return err
+		}
+	}
+	if len(events) == 0 {
+		return nil
+	}
 	s.mu.Lock()
 	first := s.next
 	s.mu.Unlock()
 
 	start := time.Now()
-	txn := s.db.NewTransaction(true)
-	defer txn.Discard()
-	var body []byte
-	if len(events) > 0 {
-		body = encodeBody(make([]byte, 0, 64+len(events)*8+sizeOf(group)), stored, events)
-		if err := txn.Set(blockKey(first, uint32(len(events)), stored), sealBlock(body)); err != nil {
-			return s.writeError(err)
-		}
-	}
-	firstDead := s.nextDead.Load()
-	for i := range dead {
-		d := dead[i]
-		d.ID = firstDead + uint64(i)
-		if d.At.IsZero() {
-			d.At = stored
-		}
-		v, err := json.Marshal(&d)
-		if err != nil {
-			return fmt.Errorf("encode dead letter: %w", err)
-		}
-		if err := txn.Set(deadKey(d.ID), v); err != nil {
-			return s.writeError(err)
-		}
-	}
-	if err := txn.Commit(); err != nil {
+	body := encodeBody(make([]byte, 0, 64+len(events)*8+sizeOf(group)), stored, events)
+	val := sealBlock(body)
+	err := s.active.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(blockKey(first, uint32(len(events)), stored), val)
+	})
+	if err != nil {
 		return s.writeError(err)
 	}
 	s.metrics.fsync.Observe(time.Since(start).Seconds())
-	s.nextDead.Add(uint64(len(dead)))
-	if len(dead) > 0 {
-		s.metrics.deadLetters.Add(float64(len(dead)))
-	}
-	if len(events) == 0 {
-		return nil
-	}
 	s.metrics.blocks.Inc()
+	s.activeBytes += int64(len(val))
+	s.active.mu.Lock()
+	s.active.blocks++
+	s.active.mu.Unlock()
 	// The block is decoded from our own fresh body buffer, so consumers
 	// that keep up read it from memory, never from disk.
 	blk, err := decodeBody(first, body)
@@ -169,6 +182,32 @@ func (s *Spool) commitGroup(group []*appendReq) error {
 	return nil
 }
 
+func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time) error {
+	firstID := s.nextDead.Add(uint64(len(dead))) - uint64(len(dead))
+	err := s.meta.Update(func(txn *badger.Txn) error {
+		for i := range dead {
+			d := dead[i]
+			d.ID = firstID + uint64(i)
+			if d.At.IsZero() {
+				d.At = at
+			}
+			v, err := json.Marshal(&d)
+			if err != nil {
+				return fmt.Errorf("encode dead letter: %w", err)
+			}
+			if err := txn.Set(deadKey(d.ID), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return s.writeError(err)
+	}
+	s.metrics.deadLetters.Add(float64(len(dead)))
+	return nil
+}
+
 func sizeOf(group []*appendReq) int {
 	n := 0
 	for _, r := range group {
@@ -177,12 +216,38 @@ func sizeOf(group []*appendReq) int {
 	return n
 }
 
+// checkDiskRoom refuses a write when the file system is nearly full.
+// Badger writes through mmapped files, where running out of space is a
+// SIGBUS rather than an error, so we stop while room remains.
+func (s *Spool) checkDiskRoom() error {
+	free, err := freeBytes(s.cfg.Dir)
+	if err != nil {
+		return nil // unknown: let the write itself find out
+	}
+	if free < uint64(s.cfg.MinFreeBytes) {
+		if !s.lowDisk.Swap(true) {
+			s.log.Error("disk nearly full: refusing events until space returns", "free_bytes", free, "min_free_bytes", s.cfg.MinFreeBytes)
+		}
+		return fmt.Errorf("%w: %d bytes free on the spool's file system", ErrFull, free)
+	}
+	return nil
+}
+
 // writeError maps a failed write. A full disk is ErrFull so that clients
 // retry later instead of giving up.
 func (s *Spool) writeError(err error) error {
 	if errors.Is(err, syscall.ENOSPC) {
+		s.lowDisk.Store(true)
 		s.log.Error("disk full: refusing events until space returns", "err", err)
 		return fmt.Errorf("%w: %v", ErrFull, err)
 	}
 	return fmt.Errorf("write block: %w", err)
+}
+
+func freeBytes(dir string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
 }

@@ -1,0 +1,159 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// A generation is one Badger database holding the blocks of a range of
+// sequence numbers. Space comes back by removing a whole generation once
+// every consumer has passed it: Badger used as a queue does not reliably
+// return the space of deleted keys (dgraph-io/badger#1995).
+type generation struct {
+	first   uint64 // the first sequence number it may hold
+	dir     string
+	created time.Time
+
+	mu      sync.Mutex
+	db      *badger.DB // nil while closed
+	refs    int        // readers using db
+	lastUse time.Time
+	blocks  int // stored blocks, for the spillway_spool_blocks gauge
+}
+
+const genPrefix = "gen-"
+
+func genDirName(first uint64) string { return fmt.Sprintf("%s%020d", genPrefix, first) }
+
+func parseGenDir(name string) (uint64, bool) {
+	if !strings.HasPrefix(name, genPrefix) || len(name) != len(genPrefix)+20 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(name[len(genPrefix):], 10, 64)
+	return n, err == nil
+}
+
+// listGenerations returns the generation directories in dir, oldest first.
+func listGenerations(dir string) ([]*generation, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var gens []*generation
+	for _, e := range entries {
+		if first, ok := parseGenDir(e.Name()); ok && e.IsDir() {
+			gens = append(gens, &generation{first: first, dir: filepath.Join(dir, e.Name())})
+		}
+	}
+	sort.Slice(gens, func(i, j int) bool { return gens[i].first < gens[j].first })
+	return gens, nil
+}
+
+// acquire returns the generation's database, opening it if closed. Every
+// acquire must be paired with a release.
+func (g *generation) acquire(open func(dir string) (*badger.DB, error)) (*badger.DB, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.db == nil {
+		db, err := open(g.dir)
+		if err != nil {
+			return nil, err
+		}
+		g.db = db
+	}
+	g.refs++
+	g.lastUse = time.Now()
+	return g.db, nil
+}
+
+func (g *generation) release() {
+	g.mu.Lock()
+	g.refs--
+	g.lastUse = time.Now()
+	g.mu.Unlock()
+}
+
+// closeIfIdle closes the database if nobody uses it and it has been idle
+// for at least idle: closing unmaps its files, which a sidecar under a
+// memory limit needs once the writer has moved on.
+func (g *generation) closeIfIdle(idle time.Duration, log *slog.Logger) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.db == nil || g.refs > 0 || time.Since(g.lastUse) < idle {
+		return
+	}
+	if err := g.db.Close(); err != nil {
+		log.Warn("close idle generation", "dir", g.dir, "err", err)
+	}
+	g.db = nil
+}
+
+// remove closes and deletes the generation. It fails while a reader holds it.
+func (g *generation) remove() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.refs > 0 {
+		return errGenerationBusy
+	}
+	if g.db != nil {
+		if err := g.db.Close(); err != nil {
+			return fmt.Errorf("close generation: %w", err)
+		}
+		g.db = nil
+	}
+	// Rename first so that a crash half-way through RemoveAll leaves a
+	// directory Open ignores and sweeps, never a damaged generation.
+	trash := g.dir + ".removing"
+	if err := os.Rename(g.dir, trash); err != nil {
+		return fmt.Errorf("remove generation: %w", err)
+	}
+	if err := syncDir(filepath.Dir(g.dir)); err != nil {
+		return err
+	}
+	return os.RemoveAll(trash)
+}
+
+var errGenerationBusy = errors.New("generation in use")
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// scan returns the generation's oldest and newest block.
+func scanBlocks(db *badger.DB) (oldest, newest blockMeta, count int, err error) {
+	err = db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			m, ok := parseBlockKey(it.Item().Key())
+			if !ok {
+				return fmt.Errorf("%w: malformed block key %x", errCorrupt, it.Item().Key())
+			}
+			if count == 0 {
+				oldest = m
+			}
+			newest = m
+			count++
+		}
+		return nil
+	})
+	return oldest, newest, count, err
+}
