@@ -8,9 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,8 +178,8 @@ type Spool struct {
 	activeBytes int64
 
 	mu        sync.Mutex
-	next      uint64        // sequence number of the next event appended
-	changed   chan struct{} // closed at the next commit
+	next      uint64          // sequence number of the next event appended
+	changed   chan struct{}   // closed at the next commit
 	recent    []*decodedBlock // newest last, contiguous up to next
 	recentLen int             // bytes held by recent
 
