@@ -8,9 +8,10 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 )
 
-// DeadLetter stores dead letters, fsynced like a block.
+// DeadLetter stores dead letters, fsynced like a block. Unlike Append it
+// works in a full spool: see appendReq.force.
 func (s *Spool) DeadLetter(ctx context.Context, dls []DeadLetter) error {
-	return s.Append(ctx, nil, dls)
+	return s.append(ctx, &appendReq{dead: dls, force: true})
 }
 
 // DeadLetters calls fn for each dead letter f selects, oldest first, up to

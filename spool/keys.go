@@ -10,6 +10,8 @@ const (
 	prefixBlock  = 'b' // 'b' | first seq (8) | count (4) | stored unix millis (8)
 	prefixCursor = 'c' // 'c' | consumer name -> next seq to deliver (8)
 	prefixDead   = 'd' // 'd' | id (8) -> JSON DeadLetter
+	// 'q' | first seq (8): a quarantined block, skipped by readers. Meta store.
+	prefixQuarantine = 'q'
 )
 
 const blockKeyLen = 1 + 8 + 4 + 8
@@ -62,5 +64,12 @@ func deadKey(id uint64) []byte {
 	k := make([]byte, 9)
 	k[0] = prefixDead
 	binary.BigEndian.PutUint64(k[1:], id)
+	return k
+}
+
+func quarantineKey(first uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = prefixQuarantine
+	binary.BigEndian.PutUint64(k[1:], first)
 	return k
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/y"
 )
 
 // Read returns up to maxEvents records (and about maxBytes of Data, always
@@ -74,6 +75,10 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 		if !ok {
 			return nil, nil
 		}
+		if s.isQuarantined(m.first) {
+			seq = m.end()
+			continue
+		}
 		b, err := s.loadBlock(g, m)
 		if err == nil {
 			return b, nil
@@ -89,7 +94,7 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 }
 
 func (s *Spool) loadBlock(g *generation, m blockMeta) (*decodedBlock, error) {
-	db, err := g.acquire(s.openGeneration)
+	db, err := g.acquire(s.openFinished)
 	if err != nil {
 		return nil, err
 	}
@@ -104,8 +109,10 @@ func (s *Spool) loadBlock(g *generation, m blockMeta) (*decodedBlock, error) {
 		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		// Quarantined between the lookup and now.
 		return &decodedBlock{first: m.first, stored: m.stored}, nil
+	}
+	if errors.Is(err, y.ErrChecksumMismatch) {
+		return nil, fmt.Errorf("%w: %v", errCorrupt, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read block %d: %w", m.first, err)
@@ -133,28 +140,20 @@ type corruptEvent struct {
 
 // quarantine moves a block that fails its checksum or decoding to the
 // dead-letter store, so delivery goes on with the next one instead of
-// failing on it forever.
+// failing on it forever. The block stays where it is, in a generation
+// that is read-only by then; a 'q' key in the meta store says to skip it.
 func (s *Spool) quarantine(g *generation, m blockMeta, cause error) error {
 	s.quarantineMu.Lock()
 	defer s.quarantineMu.Unlock()
-	db, err := g.acquire(s.openGeneration)
-	if err != nil {
-		return err
-	}
-	defer g.release()
-	key := blockKey(m.first, m.count, m.stored)
-	err = db.View(func(txn *badger.Txn) error { _, err := txn.Get(key); return err })
-	if errors.Is(err, badger.ErrKeyNotFound) {
+	if s.quarantined[m.first] {
 		return nil // another consumer quarantined it first
 	}
 	ev, _ := json.Marshal(corruptEvent{FirstSeq: m.first, Events: m.count})
 	dl := DeadLetter{Reason: ReasonCorrupt, Error: cause.Error(), Event: ev}
-	if err := s.storeDeadLetters([]DeadLetter{dl}, time.Now()); err != nil {
+	if err := s.storeDeadLetters([]DeadLetter{dl}, time.Now(), quarantineKey(m.first)); err != nil {
 		return fmt.Errorf("quarantine block %d: %w", m.first, err)
 	}
-	if err := db.Update(func(txn *badger.Txn) error { return txn.Delete(key) }); err != nil {
-		return fmt.Errorf("quarantine block %d: %w", m.first, err)
-	}
+	s.quarantined[m.first] = true
 	g.mu.Lock()
 	g.blocks--
 	g.mu.Unlock()
@@ -162,6 +161,26 @@ func (s *Spool) quarantine(g *generation, m blockMeta, cause error) error {
 	s.metrics.blocks.Dec()
 	s.log.Error("quarantined corrupt block", "first_seq", m.first, "events", m.count, "err", cause)
 	return nil
+}
+
+func (s *Spool) isQuarantined(first uint64) bool {
+	s.quarantineMu.Lock()
+	defer s.quarantineMu.Unlock()
+	return s.quarantined[first]
+}
+
+func (s *Spool) loadQuarantined() error {
+	s.quarantined = map[uint64]bool{}
+	return s.meta.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixQuarantine}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if k := it.Item().Key(); len(k) == 9 {
+				s.quarantined[binary.BigEndian.Uint64(k[1:])] = true
+			}
+		}
+		return nil
+	})
 }
 
 // cursorSaveEvery is how often acknowledged cursors are written to disk.
@@ -233,6 +252,20 @@ func (s *Spool) Rewind(consumer string) error {
 	c.cur = nil
 	c.mu.Unlock()
 	return nil
+}
+
+// Position returns the consumer's read position: the sequence number the
+// next Read starts from. Once everything read is done, acknowledging it
+// also covers events Read skipped because they were meant for another
+// consumer.
+func (s *Spool) Position(consumer string) uint64 {
+	c, err := s.consumer(consumer)
+	if err != nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pos
 }
 
 // Cursor returns consumer's cursor: every event below it is done.

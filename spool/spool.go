@@ -186,7 +186,8 @@ type Spool struct {
 	consumers map[string]*consumer // never written after Open
 
 	quarantineMu sync.Mutex
-	fullEpisode  bool // maintenance loop only: logs a drop-oldest episode once
+	quarantined  map[uint64]bool // first seqs of quarantined blocks
+	fullEpisode  bool            // maintenance loop only: logs a drop-oldest episode once
 }
 
 type consumer struct {
@@ -286,6 +287,43 @@ func (s *Spool) openGeneration(dir string) (*badger.DB, error) {
 	return db, nil
 }
 
+// openFinished opens a generation the writer has left, read-only. Opened
+// for writing, Badger would truncate its newest value-log file at the
+// first damaged entry, losing the intact blocks behind it; read-only, a
+// damaged block fails its own checksum and is quarantined alone.
+func (s *Spool) openFinished(dir string) (*badger.DB, error) {
+	// Badger checks a value's own checksum before decoding its header, so
+	// damage is an error here rather than a panic inside Badger.
+	db, err := badger.Open(s.badgerOptions(dir).WithReadOnly(true).WithVerifyValueChecksum(true))
+	if err != nil {
+		return nil, fmt.Errorf("open generation %s: %w", filepath.Base(dir), err)
+	}
+	return db, nil
+}
+
+// settleGeneration makes a finished generation openable read-only: after
+// a crash its memtable must first be replayed by a read-write open, which
+// also trims a write torn by the crash.
+func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
+	db, err := s.openFinished(dir)
+	if err == nil {
+		return db, nil
+	}
+	rw, rwErr := s.openGeneration(dir)
+	if rwErr != nil {
+		return nil, fmt.Errorf("%w (move the directory aside to start without it)", rwErr)
+	}
+	if err := rw.Close(); err != nil {
+		return nil, fmt.Errorf("close generation %s: %w", filepath.Base(dir), err)
+	}
+	s.log.Info("recovered generation after an unclean stop", "dir", filepath.Base(dir))
+	db, err = s.openFinished(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w (move the directory aside to start without it)", err)
+	}
+	return db, nil
+}
+
 // recover rebuilds the in-memory state from disk: the generations, the
 // next sequence number and every consumer's cursor. A consumer without a
 // cursor starts at the oldest stored event, so a newly added destination
@@ -301,12 +339,11 @@ func (s *Spool) recover() error {
 	}
 	var oldest blockMeta
 	found := false
-	for i, g := range gens {
-		db, err := s.openGeneration(g.dir)
+	for _, g := range gens {
+		db, err := s.settleGeneration(g.dir)
 		if err != nil {
-			return fmt.Errorf("%w (move the directory aside to start without it)", err)
+			return err
 		}
-		g.db = db
 		first, last, n, err := scanBlocks(db)
 		if err != nil {
 			return fmt.Errorf("scan generation %s: %w", filepath.Base(g.dir), err)
@@ -319,12 +356,8 @@ func (s *Spool) recover() error {
 			s.next = max(s.next, last.end())
 		}
 		s.next = max(s.next, g.first)
-		if i < len(gens)-1 {
-			// Only the newest generation stays open for writing.
-			if err := db.Close(); err != nil {
-				return fmt.Errorf("close generation %s: %w", filepath.Base(g.dir), err)
-			}
-			g.db = nil
+		if err := db.Close(); err != nil {
+			return fmt.Errorf("close generation %s: %w", filepath.Base(g.dir), err)
 		}
 	}
 	s.gens = gens
@@ -373,16 +406,12 @@ func (s *Spool) recover() error {
 		c.pos = start
 		s.consumers[name] = c
 	}
-	if len(s.gens) == 0 || s.gens[len(s.gens)-1].blocks > 0 {
-		// Writing continues in a fresh generation: the newest one may have
-		// been cut short by a crash, and starting anew keeps the
-		// numbering of every generation a clean range.
-		return s.startGeneration()
+	if err := s.loadQuarantined(); err != nil {
+		return err
 	}
-	s.active = s.gens[len(s.gens)-1]
-	s.active.created = time.Now()
-	s.active.refs++ // the writer's, for as long as it is active
-	return nil
+	// Writing always continues in a fresh generation, so that every
+	// generation the writer has left is only ever opened read-only.
+	return s.startGeneration()
 }
 
 // sweepRemovals finishes removals that a crash interrupted.
@@ -551,7 +580,7 @@ func (s *Spool) generationsFrom(seq uint64) []*generation {
 // after it, and its generation.
 func (s *Spool) blockAtOrAfter(seq uint64) (*generation, blockMeta, bool) {
 	for _, g := range s.generationsFrom(seq) {
-		db, err := g.acquire(s.openGeneration)
+		db, err := g.acquire(s.openFinished)
 		if err != nil {
 			s.log.Error("open generation to read", "err", err)
 			return nil, blockMeta{}, false

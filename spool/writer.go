@@ -16,6 +16,10 @@ type appendReq struct {
 	dead   []DeadLetter
 	size   int
 	done   chan error
+	// force skips the size bound and the free-space reserve: dead letters
+	// from delivery must be storable in a full spool, or the events they
+	// hold up could never be acknowledged and their space never freed.
+	force bool
 }
 
 // Append stores events, and in the same commit the dead letters (events
@@ -23,13 +27,21 @@ type appendReq struct {
 // Concurrent calls share one block and one fsync. On ErrFull or ErrClosed
 // nothing of the call was stored.
 func (s *Spool) Append(ctx context.Context, events []Event, dead []DeadLetter) error {
-	if len(events) == 0 && len(dead) == 0 {
+	return s.append(ctx, &appendReq{events: events, dead: dead})
+}
+
+func (s *Spool) append(ctx context.Context, r *appendReq) error {
+	if len(r.events) == 0 && len(r.dead) == 0 {
 		return nil
 	}
-	if err := s.Ready(); err != nil {
+	if s.closing.Load() {
+		return ErrClosed
+	}
+	if err := s.Ready(); err != nil && !r.force {
 		return err
 	}
-	r := &appendReq{events: events, dead: dead, done: make(chan error, 1)}
+	r.done = make(chan error, 1)
+	events := r.events
 	for i := range events {
 		r.size += len(events[i].Data) + len(events[i].WriteKey) + len(events[i].Dest)
 	}
@@ -111,6 +123,19 @@ func (s *Spool) drainOnClose() {
 }
 
 func (s *Spool) commit(group []*appendReq) {
+	if err := s.checkDiskRoom(); err != nil {
+		var forced []*appendReq
+		for _, r := range group {
+			if r.force {
+				forced = append(forced, r)
+			} else {
+				r.done <- err
+			}
+		}
+		if group = forced; len(group) == 0 {
+			return
+		}
+	}
 	err := s.commitGroup(group)
 	for _, r := range group {
 		r.done <- err
@@ -128,14 +153,11 @@ func (s *Spool) commitGroup(group []*appendReq) error {
 			dead = append(dead, r.dead...)
 		}
 	}
-	if err := s.checkDiskRoom(); err != nil {
-		return err
-	}
 	stored := time.Now()
 	if len(dead) > 0 {
 		// Dead letters first: if the block then fails, the client retries
 		// and at worst a dead letter is stored twice, never lost.
-		if err := s.storeDeadLetters(dead, stored); err != nil {
+		if err := s.storeDeadLetters(dead, stored, nil); err != nil {
 			return err
 		}
 	}
@@ -182,9 +204,16 @@ func (s *Spool) commitGroup(group []*appendReq) error {
 	return nil
 }
 
-func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time) error {
+// storeDeadLetters commits dead letters, and the marker key when given, in
+// one meta transaction.
+func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte) error {
 	firstID := s.nextDead.Add(uint64(len(dead))) - uint64(len(dead))
 	err := s.meta.Update(func(txn *badger.Txn) error {
+		if marker != nil {
+			if err := txn.Set(marker, nil); err != nil {
+				return err
+			}
+		}
 		for i := range dead {
 			d := dead[i]
 			d.ID = firstID + uint64(i)

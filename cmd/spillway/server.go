@@ -34,7 +34,7 @@ type serverConfig struct {
 	listen, adminListen string
 	logFormat, logLevel string
 	shutdownTimeout     time.Duration
-	syncMode            string
+	syncMode, whenFull  string
 	destinations        stringList
 	spool               spool.Config
 	proxy               proxy.Config
@@ -56,7 +56,8 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	fs.StringVar(&c.syncMode, "sync", "always", "always: fsync before answering 200 (survives power loss); interval: fsync every --sync-interval (survives a process crash)")
 	fs.DurationVar(&c.spool.SyncInterval, "sync-interval", spool.DefaultSyncInterval, "fsync period with --sync=interval")
 	c.spool.MaxBytes = spool.DefaultMaxBytes
-	fs.Var((*byteSize)(&c.spool.MaxBytes), "spool-max-bytes", "bound on the spool's size on disk; beyond it new events get 503")
+	fs.Var((*byteSize)(&c.spool.MaxBytes), "spool-max-bytes", "bound on the spool's size on disk")
+	fs.StringVar(&c.whenFull, "when-full", "block", "beyond --spool-max-bytes: block (answer 503) or drop-oldest (drop the oldest undelivered events, counted)")
 
 	fs.Var(&c.destinations, "destination", "NAME=URL, repeatable; none means stdout://")
 	fs.Var((*stringList)(&c.proxy.WriteKeys), "write-key", "accepted write key, repeatable; none means any key is accepted")
@@ -69,7 +70,11 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	fs.IntVar(&c.proxy.MaxBatchEvents, "max-batch-events", proxy.DefaultMaxBatchEvents, "most events accepted in one batch")
 
 	d := &c.defaults
-	*d = forwarders.DefaultDefaults()
+	*d = forwarders.Defaults{
+		BatchEvents: forwarders.DefaultBatchEvents, BatchBytes: forwarders.DefaultBatchBytes,
+		Flush: forwarders.DefaultFlush, Concurrency: forwarders.DefaultConcurrency, Timeout: forwarders.DefaultTimeout,
+		BackoffMin: forwarders.DefaultBackoffMin, BackoffMax: forwarders.DefaultBackoffMax, MaxAge: forwarders.DefaultMaxAge,
+	}
 	fs.IntVar(&d.BatchEvents, "batch-max-events", d.BatchEvents, "most events in one delivery (per destination: ?batch_events=)")
 	fs.Var((*intSize)(&d.BatchBytes), "batch-max-bytes", "largest delivery body (per destination: ?batch_bytes=)")
 	fs.DurationVar(&d.Flush, "flush-interval", d.Flush, "longest wait before a partial batch goes (per destination: ?flush=)")
@@ -127,6 +132,9 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	}
 	if c.spool.Sync, err = spool.ParseSyncMode(c.syncMode); err != nil {
 		return nil, nil, nil, fmt.Errorf("--sync: %w", err)
+	}
+	if c.spool.WhenFull, err = spool.ParseWhenFull(c.whenFull); err != nil {
+		return nil, nil, nil, fmt.Errorf("--when-full: %w", err)
 	}
 	if c.shutdownTimeout <= 0 {
 		return nil, nil, nil, errors.New("--shutdown-timeout must be > 0")

@@ -1,0 +1,416 @@
+package forwarders
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+)
+
+// Defaults of the per-destination options, used where neither the URL nor a
+// global flag sets one.
+const (
+	DefaultBatchEvents = 500
+	DefaultBatchBytes  = 500_000 // Segment's limit per batch request: 500 KB
+	DefaultFlush       = time.Second
+	DefaultConcurrency = 4
+	DefaultTimeout     = 10 * time.Second
+	DefaultBackoffMin  = 500 * time.Millisecond
+	DefaultBackoffMax  = 60 * time.Second
+	DefaultMaxAge      = 4 * time.Hour // Centrifuge's retry horizon
+)
+
+// Destination kinds, chosen by the URL scheme.
+const (
+	KindSegment = "segment" // segment+https://host, segment+http://host
+	KindWebhook = "webhook" // https://..., http://...
+	KindStdout  = "stdout"  // stdout://
+	KindFile    = "file"    // file:///path
+)
+
+// Webhook body formats (?format=).
+const (
+	FormatJSON    = "json"    // a JSON array of events (the default)
+	FormatNDJSON  = "ndjson"  // one event per line
+	FormatSegment = "segment" // {"batch":[...],"sentAt":"..."}
+)
+
+// Defaults holds the global values of the per-destination options (the
+// flags), which a destination's URL parameters override. A zero field means
+// the package default constant.
+type Defaults struct {
+	BatchEvents int           // most events in one batch; default 500
+	BatchBytes  int           // most bytes of events in one batch; default 500KiB
+	Flush       time.Duration // longest wait before a partial batch goes; default 1s
+	Concurrency int           // batches in flight; default 4
+	Timeout     time.Duration // per request; default 10s
+	BackoffMin  time.Duration // first retry wait; default 500ms
+	BackoffMax  time.Duration // longest retry wait, and the misconfigured retry period; default 60s
+	MaxAge      time.Duration // an event not delivered by then is dead-lettered; default 4h
+}
+
+// Validate checks the global values, naming the flag at fault.
+func (d Defaults) Validate() error {
+	d = d.withDefaults()
+	var errs []error
+	check := func(ok bool, flag, want string) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("--%s %s", flag, want))
+		}
+	}
+	check(d.BatchEvents > 0, "batch-max-events", "must be > 0")
+	check(d.BatchBytes > 0, "batch-max-bytes", "must be > 0")
+	check(d.Flush >= 0, "flush-interval", "must be >= 0")
+	check(d.Concurrency > 0 && d.Concurrency <= maxConcurrency, "concurrency", fmt.Sprintf("must be in 1..%d", maxConcurrency))
+	check(d.Timeout > 0, "request-timeout", "must be > 0")
+	check(d.BackoffMin > 0, "backoff-min", "must be > 0")
+	check(d.BackoffMax >= d.BackoffMin, "backoff-max", "must be >= --backoff-min")
+	check(d.MaxAge > 0, "max-age", "must be > 0")
+	return errors.Join(errs...)
+}
+
+const maxConcurrency = 256
+
+func (d Defaults) withDefaults() Defaults {
+	set := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setD := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	set(&d.BatchEvents, DefaultBatchEvents)
+	set(&d.BatchBytes, DefaultBatchBytes)
+	setD(&d.Flush, DefaultFlush)
+	set(&d.Concurrency, DefaultConcurrency)
+	setD(&d.Timeout, DefaultTimeout)
+	setD(&d.BackoffMin, DefaultBackoffMin)
+	setD(&d.BackoffMax, DefaultBackoffMax)
+	setD(&d.MaxAge, DefaultMaxAge)
+	return d
+}
+
+func parseBytes(s string) (int, error) {
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return 0, fmt.Errorf("want a size such as 500KiB, got %q", s)
+	}
+	if n > math.MaxInt32 {
+		return 0, fmt.Errorf("%q is over 2GiB", s)
+	}
+	return int(n), nil
+}
+
+// Destination is one parsed --destination NAME=URL.
+type Destination struct {
+	Name string // [a-z0-9_-]+, unique; the metrics label and the spool consumer
+	Kind string // KindSegment, KindWebhook, KindStdout or KindFile
+	// URL is where the kind delivers, without spillway's own parameters: the
+	// webhook URL (its other query parameters kept), the Segment API base
+	// (https://host, /v1/batch is appended), the file path; empty for stdout.
+	URL string
+
+	BatchEvents int
+	BatchBytes  int
+	Flush       time.Duration // zero sends what is read without waiting
+	Concurrency int
+	Timeout     time.Duration
+	BackoffMin  time.Duration
+	BackoffMax  time.Duration
+	MaxAge      time.Duration
+
+	// Filters on the event's "type" and "event" fields; an empty include
+	// list includes everything. Events filtered out are acknowledged and
+	// not delivered.
+	IncludeTypes, ExcludeTypes   []string
+	IncludeEvents, ExcludeEvents []string
+
+	// WriteKey (segment) replaces every event's own write key. Never logged.
+	WriteKey string
+	// Format (webhook) is FormatJSON, FormatNDJSON or FormatSegment.
+	Format string
+	// Output (stdout) receives the lines; nil means os.Stdout. Not settable
+	// from the URL: it is for tests and embedding.
+	Output io.Writer
+}
+
+// String describes d without secrets (write key, URL password).
+func (d Destination) String() string {
+	u := d.URL
+	if p, err := url.Parse(u); err == nil {
+		u = p.Redacted()
+	}
+	return d.Name + "=" + d.Kind + " " + u
+}
+
+// LogValue keeps write keys and URL passwords out of logs.
+func (d Destination) LogValue() slog.Value {
+	return slog.StringValue(d.String())
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9_-]+$`)
+
+// ParseDestinations parses every spec and checks that names are unique.
+func ParseDestinations(specs []string, d Defaults) ([]Destination, error) {
+	out := make([]Destination, 0, len(specs))
+	for _, s := range specs {
+		dest, err := ParseDestination(s, d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, dest)
+	}
+	if err := checkUnique(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func checkUnique(dests []Destination) error {
+	seen := make(map[string]bool, len(dests))
+	for _, d := range dests {
+		if seen[d.Name] {
+			return fmt.Errorf("destination %s: name used twice", d.Name)
+		}
+		seen[d.Name] = true
+	}
+	return nil
+}
+
+// ParseDestination parses NAME=URL. The scheme picks the kind; the query
+// parameters batch_events, batch_bytes, flush, concurrency, timeout,
+// backoff_min, backoff_max, max_age, include_types, exclude_types,
+// include_events and exclude_events override d, plus write_key (segment)
+// and format (webhook). Any other parameter is an error, except on a
+// webhook, whose URL keeps it: it belongs to the endpoint.
+func ParseDestination(spec string, d Defaults) (Destination, error) {
+	name, raw, ok := strings.Cut(spec, "=")
+	if !ok {
+		return Destination{}, fmt.Errorf("destination %q: want NAME=URL", spec)
+	}
+	if !nameRE.MatchString(name) {
+		return Destination{}, fmt.Errorf("destination %q: name must match [a-z0-9_-]+", name)
+	}
+	fail := func(format string, a ...any) (Destination, error) {
+		return Destination{}, fmt.Errorf("destination %s: "+format, append([]any{name}, a...)...)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Error repeats the URL, which may hold a password.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fail("parse URL: %v", err)
+	}
+	def := d.withDefaults()
+	dest := Destination{
+		Name:        name,
+		BatchEvents: def.BatchEvents,
+		BatchBytes:  def.BatchBytes,
+		Flush:       def.Flush,
+		Concurrency: def.Concurrency,
+		Timeout:     def.Timeout,
+		BackoffMin:  def.BackoffMin,
+		BackoffMax:  def.BackoffMax,
+		MaxAge:      def.MaxAge,
+	}
+	switch scheme := strings.ToLower(u.Scheme); scheme {
+	case "segment+https", "segment+http":
+		dest.Kind = KindSegment
+		u.Scheme = strings.TrimPrefix(scheme, "segment+")
+	case "https", "http":
+		dest.Kind = KindWebhook
+		dest.Format = FormatJSON
+	case "stdout":
+		dest.Kind = KindStdout
+	case "file":
+		dest.Kind = KindFile
+	default:
+		return fail("unsupported scheme %q (want segment+https, segment+http, https, http, stdout or file)", u.Scheme)
+	}
+
+	kept, err := dest.applyParams(u.RawQuery)
+	if err != nil {
+		return Destination{}, fmt.Errorf("destination %s: %w", name, err)
+	}
+	u.RawQuery = kept
+	u.ForceQuery = false
+
+	switch dest.Kind {
+	case KindSegment, KindWebhook:
+		if u.Host == "" {
+			return fail("URL has no host")
+		}
+		u.Fragment, u.RawFragment = "", ""
+		if dest.Kind == KindSegment {
+			if u.User != nil {
+				return fail("a segment URL takes the write key as ?write_key=, not in the URL")
+			}
+			u.Path = strings.TrimSuffix(u.Path, "/")
+			u.RawPath = ""
+		}
+		dest.URL = u.String()
+	case KindStdout:
+		if u.Host != "" || (u.Path != "" && u.Path != "/") || u.Opaque != "" {
+			return fail("stdout takes no host or path, write stdout://")
+		}
+	case KindFile:
+		path := u.Path
+		switch {
+		case u.Opaque != "": // file:events.ndjson
+			path = u.Opaque
+		case u.Host != "" && u.Host != "localhost": // file://events.ndjson, a relative path
+			path = u.Host + u.Path
+		}
+		if path == "" {
+			return fail("file URL has no path, write file:///path/events.ndjson")
+		}
+		dest.URL = path
+	}
+	if dest.BackoffMax < dest.BackoffMin {
+		return fail("backoff_max %v is below backoff_min %v", dest.BackoffMax, dest.BackoffMin)
+	}
+	return dest, nil
+}
+
+// applyParams sets the options from a raw query and returns what is left of
+// it for the endpoint, in its original order and encoding.
+func (dest *Destination) applyParams(rawQuery string) (string, error) {
+	if rawQuery == "" {
+		return "", nil
+	}
+	var kept []string
+	seen := map[string]bool{}
+	for _, piece := range strings.Split(rawQuery, "&") {
+		if piece == "" {
+			continue
+		}
+		rk, rv, _ := strings.Cut(piece, "=")
+		key, err := url.QueryUnescape(rk)
+		if err != nil {
+			return "", fmt.Errorf("bad query parameter %q", rk)
+		}
+		val, err := url.QueryUnescape(rv)
+		if err != nil {
+			return "", fmt.Errorf("%s: bad escaping", key)
+		}
+		handled, err := dest.applyParam(key, val)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", key, err)
+		}
+		if !handled {
+			if dest.Kind != KindWebhook {
+				return "", fmt.Errorf("unknown parameter %q", key)
+			}
+			kept = append(kept, piece)
+			continue
+		}
+		if seen[key] {
+			return "", fmt.Errorf("%s: given twice", key)
+		}
+		seen[key] = true
+	}
+	return strings.Join(kept, "&"), nil
+}
+
+// applyParam sets one option; false when key is not one of ours.
+func (dest *Destination) applyParam(key, val string) (bool, error) {
+	var err error
+	switch key {
+	case "batch_events":
+		dest.BatchEvents, err = parsePositive(val, math.MaxInt32)
+	case "batch_bytes":
+		dest.BatchBytes, err = parseBytes(val)
+		if err == nil && dest.BatchBytes <= 0 {
+			err = errors.New("must be > 0")
+		}
+	case "concurrency":
+		dest.Concurrency, err = parsePositive(val, maxConcurrency)
+	case "flush":
+		dest.Flush, err = parseDuration(val, true)
+	case "timeout":
+		dest.Timeout, err = parseDuration(val, false)
+	case "backoff_min":
+		dest.BackoffMin, err = parseDuration(val, false)
+	case "backoff_max":
+		dest.BackoffMax, err = parseDuration(val, false)
+	case "max_age":
+		dest.MaxAge, err = parseDuration(val, false)
+	case "include_types":
+		dest.IncludeTypes, err = parseList(val)
+	case "exclude_types":
+		dest.ExcludeTypes, err = parseList(val)
+	case "include_events":
+		dest.IncludeEvents, err = parseList(val)
+	case "exclude_events":
+		dest.ExcludeEvents, err = parseList(val)
+	case "write_key":
+		if dest.Kind != KindSegment {
+			return true, errors.New("only a segment destination takes a write key")
+		}
+		if val == "" {
+			return true, errors.New("must not be empty")
+		}
+		dest.WriteKey = val
+	case "format":
+		if dest.Kind != KindWebhook {
+			return true, errors.New("only an http(s) destination takes a format")
+		}
+		switch val {
+		case FormatJSON, FormatNDJSON, FormatSegment:
+			dest.Format = val
+		default:
+			return true, fmt.Errorf("want json, ndjson or segment, got %q", val)
+		}
+	default:
+		return false, nil
+	}
+	return true, err
+}
+
+func parsePositive(s string, limit int) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > limit {
+		return 0, fmt.Errorf("want an integer in 1..%d, got %q", limit, s)
+	}
+	return n, nil
+}
+
+func parseDuration(s string, zeroOK bool) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("want a duration such as 500ms or 4h, got %q", s)
+	}
+	switch {
+	case zeroOK && d < 0:
+		return 0, fmt.Errorf("must be >= 0, got %q", s)
+	case !zeroOK && d <= 0:
+		return 0, fmt.Errorf("must be > 0, got %q", s)
+	}
+	return d, nil
+}
+
+func parseList(s string) ([]string, error) {
+	parts := strings.Split(s, ",")
+	out := make([]string, 0, len(parts))
+	for _, p := range parts {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			return nil, fmt.Errorf("empty item in %q", s)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}

@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/spillwayhq/spillway/spool"
+)
+
+func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
+	if s.opts.Status == nil {
+		writeError(ctx, errNotFound)
+		return
+	}
+	if !onlyGet(ctx) {
+		return
+	}
+	b, err := json.Marshal(s.opts.Status())
+	if err != nil {
+		s.log.LogAttrs(context.Background(), slog.LevelError, "marshal status", slog.Any(logKeyErr, err))
+		writeError(ctx, fmt.Errorf("marshal status: %w", err))
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(b, '\n'))
+}
+
+// adminAllowed guards the dead-letter endpoints. Dead letters hold whole
+// events (personal data) and replay/purge change what gets delivered, so
+// they answer only a loopback client (the sidecar's own pod, or
+// `spillway dlq` on the host) or one holding the admin token.
+func (s *Server) adminAllowed(ctx *fasthttp.RequestCtx) bool {
+	if ctx.RemoteIP().IsLoopback() ||
+		bearerMatches(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization), s.cfg.AdminToken) {
+		return true
+	}
+	writeError(ctx, errForbidden)
+	return false
+}
+
+func dlqFilter(ctx *fasthttp.RequestCtx) (spool.Filter, error) {
+	args := ctx.QueryArgs()
+	f := spool.Filter{
+		Destination: string(args.Peek("destination")),
+		Reason:      string(args.Peek("reason")),
+	}
+	if l := args.Peek("limit"); len(l) > 0 {
+		n, err := strconv.Atoi(string(l))
+		if err != nil || n < 0 {
+			return f, badRequest(errInvalidQuery, "limit must be a whole number >= 0")
+		}
+		f.Limit = n
+	}
+	return f, nil
+}
+
+// handleDLQList streams the selected dead letters as NDJSON, one per line,
+// so that listing a large store costs no more memory than one entry. An
+// error after the first line can no longer change the status, so it is
+// written as a last line {"error":"..."}.
+func (s *Server) handleDLQList(ctx *fasthttp.RequestCtx) {
+	if s.opts.DLQ == nil {
+		writeError(ctx, errNotFound)
+		return
+	}
+	if !onlyGet(ctx) || !s.adminAllowed(ctx) {
+		return
+	}
+	f, err := dlqFilter(ctx)
+	if err != nil {
+		writeError(ctx, err)
+		return
+	}
+	dlq, log := s.opts.DLQ, s.log
+	ctx.SetContentType("application/x-ndjson")
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false) // keep events as they were sent
+		err := dlq.DeadLetters(f, func(d spool.DeadLetter) error {
+			d.WriteKey = maskKey(d.WriteKey)
+			return enc.Encode(d)
+		})
+		if err != nil {
+			log.LogAttrs(context.Background(), slog.LevelWarn, "list dead letters", slog.Any(logKeyErr, err))
+			_ = enc.Encode(struct {
+				Error string `json:"error"`
+			}{"list dead letters: " + err.Error()})
+		}
+	})
+}
+
+func (s *Server) handleDLQChange(ctx *fasthttp.RequestCtx, action string) {
+	if s.opts.DLQ == nil {
+		writeError(ctx, errNotFound)
+		return
+	}
+	if !onlyPost(ctx) || !s.adminAllowed(ctx) {
+		return
+	}
+	f, err := dlqFilter(ctx)
+	if err != nil {
+		writeError(ctx, err)
+		return
+	}
+	var n int
+	if action == "replay" {
+		// The request's context ends at shutdown, which should stop a long
+		// replay; what was replayed stays replayed.
+		n, err = s.opts.DLQ.Replay(ctx, f)
+	} else {
+		n, err = s.opts.DLQ.Purge(f)
+	}
+	attrs := []slog.Attr{
+		slog.String(logKeyAction, action), slog.Int(logKeyCount, n),
+		slog.String("destination", f.Destination), slog.String("reason", f.Reason),
+	}
+	if err != nil {
+		s.log.LogAttrs(context.Background(), slog.LevelError, "change dead letters", append(attrs, slog.Any(logKeyErr, err))...)
+		writeError(ctx, err)
+		return
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "changed dead letters", attrs...)
+	ctx.SetContentType("application/json")
+	b := append(make([]byte, 0, 24), `{"count":`...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	ctx.SetBody(append(b, '}'))
+}
+
+// maskKey keeps enough of a write key to tell keys apart, not to use one.
+func maskKey(k string) string {
+	switch {
+	case k == "":
+		return ""
+	case len(k) <= 8:
+		return "…"
+	default:
+		return k[:4] + "…"
+	}
+}

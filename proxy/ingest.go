@@ -1,0 +1,632 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"time"
+	"unsafe"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/valyala/fastjson"
+
+	"github.com/spillwayhq/spillway/spool"
+)
+
+// endpoint is what a request path asks for; it is also the bounded label
+// set of the per-endpoint metrics.
+type endpoint uint8
+
+const (
+	epTrack endpoint = iota
+	epIdentify
+	epPage
+	epScreen
+	epGroup
+	epAlias
+	epBatch
+	epImport
+	numEndpoints
+)
+
+var endpointNames = [numEndpoints]string{"track", "identify", "page", "screen", "group", "alias", "batch", "import"}
+
+func (e endpoint) String() string { return endpointNames[e] }
+
+// single reports whether the endpoint takes one event rather than a batch.
+func (e endpoint) single() bool { return e < epBatch }
+
+// route maps a path, analytics.js's short ones included, to its endpoint.
+func route(path []byte) (endpoint, bool) {
+	switch string(path) {
+	case "/v1/track", "/v1/t":
+		return epTrack, true
+	case "/v1/identify", "/v1/i":
+		return epIdentify, true
+	case "/v1/page", "/v1/p":
+		return epPage, true
+	case "/v1/screen", "/v1/s":
+		return epScreen, true
+	case "/v1/group", "/v1/g":
+		return epGroup, true
+	case "/v1/alias", "/v1/a":
+		return epAlias, true
+	case "/v1/batch", "/v1/b":
+		return epBatch, true
+	case "/v1/import":
+		return epImport, true
+	}
+	return 0, false
+}
+
+// rule is a Segment spec rule an event can break. Its label is the bounded
+// "reason" of spillway_events_rejected_total; its text goes to the client
+// and into the dead letter.
+type rule uint8
+
+const (
+	ruleOK rule = iota
+	ruleNotObject
+	ruleMissingType
+	ruleUnknownType
+	ruleMissingIdentity
+	ruleAliasUserID
+	ruleAliasPreviousID
+	ruleTrackEvent
+	ruleGroupID
+	numRules
+)
+
+var ruleLabels = [numRules]string{
+	"", "not_object", "missing_type", "unknown_type", "missing_identity",
+	"missing_user_id", "missing_previous_id", "missing_event", "missing_group_id",
+}
+
+var ruleTexts = [numRules]string{
+	"",
+	"event is not a JSON object",
+	"type is missing",
+	"type is not one of track, identify, page, screen, group, alias",
+	"userId or anonymousId is required",
+	"alias requires userId",
+	"alias requires previousId",
+	"track requires event",
+	"group requires groupId",
+}
+
+// timeLayout is receivedAt's and timestamp's format: RFC 3339, UTC, ms,
+// which is what Segment writes and what every SDK's parser takes.
+const timeLayout = "2006-01-02T15:04:05.000Z"
+
+// parser turns one request body into the events and dead letters of one
+// Append. It holds only configuration, so one is shared by every request.
+type parser struct {
+	maxEvent int
+	maxBatch int
+	// maxOutput bounds what a request may expand to once batch-level
+	// context is copied into each event: without it a 400 KiB context and
+	// 2500 tiny events would ask for a GiB.
+	maxOutput int
+	keys      *keyring
+
+	errBatchTooLarge  error
+	errOutputTooLarge error
+}
+
+func newParser(cfg Config, keys *keyring) *parser {
+	maxOutput := 16 * cfg.MaxRequestBytes
+	return &parser{
+		maxEvent:  cfg.MaxEventBytes,
+		maxBatch:  cfg.MaxBatchEvents,
+		maxOutput: maxOutput,
+		keys:      keys,
+		errBatchTooLarge: badRequest(errTooLarge,
+			fmt.Sprintf("batch is over --max-batch-events (%d events)", cfg.MaxBatchEvents)),
+		errOutputTooLarge: badRequest(errTooLarge,
+			fmt.Sprintf("batch is over %d bytes once batch-level context is merged into its events", maxOutput)),
+	}
+}
+
+// ingest is the per-request working set. It is pooled so that the hot path
+// allocates almost nothing: the parser's buffers, the output events and the
+// inflate buffer are all reused once Append has returned.
+type ingest struct {
+	p        fastjson.Parser
+	out      []byte // every output event, back to back
+	events   []spool.Event
+	dead     []spool.DeadLetter
+	spans    []span // output bytes of events[i]
+	deadSpan []span // output bytes of dead[i]
+	rejected []rejection
+	scratch  []byte // answer body, batch-level context
+
+	inflate []byte
+	br      bytes.Reader
+	zr      gzip.Reader
+	auth    [192]byte
+
+	rnd    [16 * 32]byte // random bytes for messageIds, drawn 32 at a time
+	rndPos int
+}
+
+type span struct{ start, end int }
+
+type rejection struct {
+	index int
+	rule  rule
+}
+
+func newIngest() *ingest {
+	in := &ingest{}
+	in.rndPos = len(in.rnd)
+	return in
+}
+
+func (in *ingest) reset() {
+	in.out = in.out[:0]
+	clear(in.events) // drop write key strings
+	in.events = in.events[:0]
+	clear(in.dead)
+	in.dead = in.dead[:0]
+	in.spans = in.spans[:0]
+	in.deadSpan = in.deadSpan[:0]
+	in.rejected = in.rejected[:0]
+	in.scratch = in.scratch[:0]
+}
+
+// batchTop is what a request says for all of its events.
+type batchTop struct {
+	key          []byte // batch-level writeKey, else Basic auth's
+	sentAt       time.Time
+	hasSentAt    bool
+	context      []byte // batch-level context, marshalled once
+	contextObj   *fastjson.Object
+	integrations []byte
+	integObj     *fastjson.Object
+	now          time.Time
+	nowText      []byte
+}
+
+// fields are the top-level fields of an event that validation and
+// enrichment look at; the last of a duplicated key wins, as in most
+// decoders.
+type fields struct {
+	typ, userID, anonID, prevID, event, groupID *fastjson.Value
+	messageID, timestamp, origTS, sentAt        *fastjson.Value
+	writeKey                                    []byte
+	hasContext, hasIntegrations                 bool
+}
+
+// parse fills in.events and in.dead from body. It returns a request-level
+// error (400/401) if nothing of the request may be stored.
+func (pp *parser) parse(in *ingest, ep endpoint, body, headerKey []byte, now time.Time) error {
+	in.reset()
+	v, err := in.p.ParseBytes(body)
+	if err != nil {
+		return badRequest(errInvalidJSON, "body is not valid JSON: "+err.Error())
+	}
+	if v.Type() != fastjson.TypeObject {
+		return badRequest(errInvalidJSON, "body must be a JSON object")
+	}
+	bt := batchTop{key: headerKey, now: now}
+	in.scratch = now.UTC().AppendFormat(in.scratch, timeLayout)
+	nowEnd := len(in.scratch)
+
+	if ep.single() {
+		one := [1]*fastjson.Value{v}
+		bt.nowText = in.scratch[:nowEnd]
+		return pp.addEvents(in, ep, one[:], &bt)
+	}
+
+	root, _ := v.Object()
+	var items *fastjson.Value
+	var ctxV, intV *fastjson.Value
+	root.Visit(func(k []byte, v *fastjson.Value) {
+		switch string(k) {
+		case "batch":
+			items = v
+		case "writeKey":
+			if s, err := v.StringBytes(); err == nil && len(s) > 0 {
+				bt.key = s
+			}
+		case "sentAt":
+			bt.sentAt, bt.hasSentAt = parseTime(v)
+		case "context":
+			ctxV = v
+		case "integrations":
+			intV = v
+		}
+	})
+	if items == nil || items.Type() == fastjson.TypeNull {
+		return badRequest(errEmptyBatch, "batch is missing")
+	}
+	arr, err := items.Array()
+	if err != nil {
+		return badRequest(errInvalidJSON, "batch must be an array")
+	}
+	if len(arr) == 0 {
+		return badRequest(errEmptyBatch, "batch is empty")
+	}
+	if len(arr) > pp.maxBatch {
+		return pp.errBatchTooLarge
+	}
+	// Batch-level objects are encoded once and copied into each event
+	// that lacks them.
+	if ctxV != nil && ctxV.Type() == fastjson.TypeObject {
+		start := len(in.scratch)
+		if in.scratch, err = appendValue(in.scratch, ctxV); err != nil {
+			return badRequest(errInvalidJSON, "context: "+err.Error())
+		}
+		bt.context = in.scratch[start:]
+		bt.contextObj, _ = ctxV.Object()
+	}
+	if intV != nil && intV.Type() == fastjson.TypeObject {
+		start := len(in.scratch)
+		if in.scratch, err = appendValue(in.scratch, intV); err != nil {
+			return badRequest(errInvalidJSON, "integrations: "+err.Error())
+		}
+		bt.integrations = in.scratch[start:]
+		bt.integObj, _ = intV.Object()
+	}
+	// Appending never rewrites bytes already in a slice, so slices taken
+	// before scratch grew still hold the right bytes.
+	bt.nowText = in.scratch[:nowEnd]
+	return pp.addEvents(in, ep, arr, &bt)
+}
+
+func (pp *parser) addEvents(in *ingest, ep endpoint, items []*fastjson.Value, bt *batchTop) error {
+	var (
+		prevKey  []byte
+		prevWK   string
+		havePrev bool
+	)
+	for i, item := range items {
+		start := len(in.out)
+		f, size, err := pp.writeEvent(in, ep, item, bt)
+		if err != nil {
+			return badRequest(errInvalidJSON, fmt.Sprintf("event %d: %v", i, err))
+		}
+		if size > pp.maxEvent {
+			return badRequest(errTooLarge, fmt.Sprintf("event %d is over --max-event-bytes (%d bytes)", i, pp.maxEvent))
+		}
+		if len(in.out) > pp.maxOutput {
+			return pp.errOutputTooLarge
+		}
+		key := bt.key
+		if f.writeKey != nil {
+			key = f.writeKey
+		}
+		// Events of one request nearly always share a key; comparing with
+		// the previous one compares two client-supplied values, so it
+		// leaks nothing and saves a hash per event.
+		var wk string
+		if havePrev && bytes.Equal(key, prevKey) {
+			wk = prevWK
+		} else {
+			var ok bool
+			if wk, ok = pp.keys.resolve(key); !ok {
+				return errUnauthorized
+			}
+			prevKey, prevWK, havePrev = key, wk, true
+		}
+		r := ruleNotObject
+		if item.Type() == fastjson.TypeObject {
+			r = validate(ep, &f)
+		}
+		if r == ruleOK {
+			in.events = append(in.events, spool.Event{WriteKey: wk})
+			in.spans = append(in.spans, span{start, len(in.out)})
+			continue
+		}
+		in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
+		in.rejected = append(in.rejected, rejection{index: i, rule: r})
+		in.dead = append(in.dead, spool.DeadLetter{
+			Reason:   spool.ReasonInvalid,
+			Error:    ruleTexts[r],
+			At:       bt.now,
+			WriteKey: wk,
+		})
+	}
+	// in.out has stopped growing: hand out slices of it. Capacity is capped
+	// so that nothing downstream can append into a neighbour.
+	for i, s := range in.spans {
+		in.events[i].Data = in.out[s.start:s.end:s.end]
+	}
+	for i, s := range in.deadSpan {
+		in.dead[i].Event = in.out[s.start:s.end:s.end]
+	}
+	return nil
+}
+
+// writeEvent appends item to in.out as it will be stored: without writeKey
+// and sentAt, with batch-level context/integrations merged in and with
+// Segment's enrichment. size is the event as the client sent it (merged,
+// not enriched), the figure --max-event-bytes bounds.
+func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *batchTop) (f fields, size int, err error) {
+	start := len(in.out)
+	if item.Type() != fastjson.TypeObject {
+		in.out, err = appendValue(in.out, item)
+		return f, len(in.out) - start, err
+	}
+	o, _ := item.Object()
+	out := append(in.out, '{')
+	first := true
+	o.Visit(func(k []byte, v *fastjson.Value) {
+		if err != nil {
+			return
+		}
+		switch string(k) {
+		case "writeKey":
+			if s, e := v.StringBytes(); e == nil && len(s) > 0 {
+				f.writeKey = s
+			}
+			return
+		case "sentAt":
+			f.sentAt = v
+			return
+		case "receivedAt":
+			return // always ours
+		case "timestamp":
+			f.timestamp = v
+			return // rewritten below
+		case "messageId":
+			if isBlank(v) {
+				f.messageID = nil
+				return
+			}
+			f.messageID = v
+		case "type":
+			if v.Type() == fastjson.TypeNull {
+				f.typ = nil
+				return
+			}
+			f.typ = v
+		case "originalTimestamp":
+			f.origTS = v
+		case "userId":
+			f.userID = v
+		case "anonymousId":
+			f.anonID = v
+		case "previousId":
+			f.prevID = v
+		case "event":
+			f.event = v
+		case "groupId":
+			f.groupID = v
+		case "context":
+			f.hasContext = true
+			if bt.contextObj != nil && v.Type() == fastjson.TypeObject {
+				out = appendKey(out, &first, k)
+				out, err = appendMerged(out, v, bt.contextObj)
+				return
+			}
+		case "integrations":
+			f.hasIntegrations = true
+			if bt.integObj != nil && v.Type() == fastjson.TypeObject {
+				out = appendKey(out, &first, k)
+				out, err = appendMerged(out, v, bt.integObj)
+				return
+			}
+		}
+		out = appendKey(out, &first, k)
+		out, err = appendValue(out, v)
+	})
+	if err != nil {
+		in.out = out
+		return f, 0, err
+	}
+	if !f.hasContext && bt.context != nil {
+		out = appendKey(out, &first, []byte("context"))
+		out = append(out, bt.context...)
+	}
+	if !f.hasIntegrations && bt.integrations != nil {
+		out = appendKey(out, &first, []byte("integrations"))
+		out = append(out, bt.integrations...)
+	}
+	size = len(out) - start + 1
+
+	if f.typ == nil && ep.single() {
+		out = appendKey(out, &first, []byte("type"))
+		out = append(out, '"')
+		out = append(out, endpointNames[ep]...)
+		out = append(out, '"')
+	}
+	if f.messageID == nil {
+		out = appendKey(out, &first, []byte("messageId"))
+		out = in.appendUUID(out)
+	}
+	if out, err = appendTimestamps(out, &first, &f, bt); err != nil {
+		in.out = out
+		return f, 0, err
+	}
+	out = appendKey(out, &first, []byte("receivedAt"))
+	out = append(out, '"')
+	out = append(out, bt.nowText...)
+	out = append(out, '"', '}')
+	in.out = out
+	return f, size, nil
+}
+
+// appendTimestamps corrects the device's clock as Segment does: the time the
+// device took between timestamp and sentAt is trusted, its wall clock is
+// not, so timestamp = receivedAt - (sentAt - timestamp). The device's value
+// is kept as originalTimestamp unless the event already has one (it was
+// forwarded by another spillway, which kept the device's).
+func appendTimestamps(out []byte, first *bool, f *fields, bt *batchTop) ([]byte, error) {
+	ts := bt.now
+	if f.timestamp != nil && f.timestamp.Type() != fastjson.TypeNull {
+		if f.origTS == nil {
+			var err error
+			out = appendKey(out, first, []byte("originalTimestamp"))
+			if out, err = appendValue(out, f.timestamp); err != nil {
+				return out, err
+			}
+		}
+		if t, ok := parseTime(f.timestamp); ok {
+			ts = t
+			sentAt, hasSentAt := bt.sentAt, bt.hasSentAt
+			if f.sentAt != nil {
+				sentAt, hasSentAt = parseTime(f.sentAt)
+			}
+			if hasSentAt {
+				ts = bt.now.Add(t.Sub(sentAt))
+			}
+		}
+	}
+	out = appendKey(out, first, []byte("timestamp"))
+	out = append(out, '"')
+	out = ts.UTC().AppendFormat(out, timeLayout)
+	return append(out, '"'), nil
+}
+
+func appendKey(out []byte, first *bool, k []byte) []byte {
+	if !*first {
+		out = append(out, ',')
+	}
+	*first = false
+	out = appendString(out, k)
+	return append(out, ':')
+}
+
+// appendMerged writes the event's own object followed by the batch-level
+// keys it lacks: the event's values win, as in Segment's batch merge.
+func appendMerged(out []byte, own *fastjson.Value, batch *fastjson.Object) ([]byte, error) {
+	o, _ := own.Object()
+	n := len(out)
+	out, err := appendObject(out, o)
+	if err != nil {
+		return out, err
+	}
+	first := n+2 == len(out) // "{}"
+	out = out[:len(out)-1]   // reopen
+	batch.Visit(func(k []byte, v *fastjson.Value) {
+		if err != nil || o.Get(unsafeString(k)) != nil {
+			return
+		}
+		out = appendKey(out, &first, k)
+		out, err = appendValue(out, v)
+	})
+	return append(out, '}'), err
+}
+
+// validate applies the Segment spec rules to an event object.
+func validate(ep endpoint, f *fields) rule {
+	var typ string
+	switch {
+	case f.typ != nil:
+		s, err := f.typ.StringBytes()
+		if err != nil {
+			return ruleUnknownType
+		}
+		typ = unsafeString(s)
+	case ep.single():
+		typ = endpointNames[ep]
+	default:
+		return ruleMissingType
+	}
+	switch typ {
+	case "identify", "page", "screen":
+		if !isID(f.userID) && !isID(f.anonID) {
+			return ruleMissingIdentity
+		}
+	case "track":
+		if !isID(f.userID) && !isID(f.anonID) {
+			return ruleMissingIdentity
+		}
+		if f.event == nil {
+			return ruleTrackEvent
+		}
+		if s, err := f.event.StringBytes(); err != nil || len(s) == 0 {
+			return ruleTrackEvent
+		}
+	case "group":
+		if !isID(f.userID) && !isID(f.anonID) {
+			return ruleMissingIdentity
+		}
+		if !isID(f.groupID) {
+			return ruleGroupID
+		}
+	case "alias":
+		if !isID(f.userID) {
+			return ruleAliasUserID
+		}
+		if !isID(f.prevID) {
+			return ruleAliasPreviousID
+		}
+	default:
+		return ruleUnknownType
+	}
+	return ruleOK
+}
+
+// isID reports whether v can identify something: a non-empty string or a
+// number (several SDKs send numeric ids; Segment takes them).
+func isID(v *fastjson.Value) bool {
+	if v == nil {
+		return false
+	}
+	switch v.Type() {
+	case fastjson.TypeString:
+		s, _ := v.StringBytes()
+		return len(s) > 0
+	case fastjson.TypeNumber:
+		return true
+	}
+	return false
+}
+
+func isBlank(v *fastjson.Value) bool {
+	switch v.Type() {
+	case fastjson.TypeNull:
+		return true
+	case fastjson.TypeString:
+		s, _ := v.StringBytes()
+		return len(s) == 0
+	}
+	return false
+}
+
+// parseTime reads an ISO 8601 time as the SDKs write it: with a zone
+// (analytics-node, -go, -ruby) or without one (analytics-python with naive
+// datetimes, taken as UTC).
+func parseTime(v *fastjson.Value) (time.Time, bool) {
+	b, err := v.StringBytes()
+	if err != nil {
+		return time.Time{}, false
+	}
+	s := unsafeString(b)
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, true
+	}
+	if t, err := time.Parse("2006-01-02T15:04:05.999999999", s); err == nil {
+		return t, true
+	}
+	return time.Time{}, false
+}
+
+// unsafeString views b as a string without copying. Only for calls that
+// do not keep their argument past the request (time.Parse keeps it only in
+// an error we drop; Object.Get compares it).
+func unsafeString(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// appendUUID appends a random (version 4) UUID as a JSON string.
+func (in *ingest) appendUUID(out []byte) []byte {
+	if in.rndPos+16 > len(in.rnd) {
+		_, _ = rand.Read(in.rnd[:]) // never fails (crypto/rand, Go 1.24+)
+		in.rndPos = 0
+	}
+	u := in.rnd[in.rndPos : in.rndPos+16]
+	in.rndPos += 16
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	out = append(out, '"')
+	for i, c := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			out = append(out, '-')
+		}
+		out = append(out, hexDigits[c>>4], hexDigits[c&0xf])
+	}
+	return append(out, '"')
+}

@@ -1,0 +1,484 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+
+	"github.com/spillwayhq/spillway/spool"
+)
+
+// Spool is what the proxy needs of the spool. It is declared here so that
+// the proxy's tests run against a fake and never open Badger.
+type Spool interface {
+	// Append stores events and dead letters in one commit and returns nil
+	// only once they are durable. It must not keep the slices it is given
+	// after it returns.
+	Append(ctx context.Context, events []spool.Event, dead []spool.DeadLetter) error
+	// Ready is nil while Append would accept events.
+	Ready() error
+}
+
+// DeadLetterStore is the spool's dead-letter API, served under /admin/dlq.
+type DeadLetterStore interface {
+	DeadLetters(f spool.Filter, fn func(spool.DeadLetter) error) error
+	Replay(ctx context.Context, f spool.Filter) (int, error)
+	Purge(f spool.Filter) (int, error)
+}
+
+// Options are the optional parts served on the proxy's listener.
+type Options struct {
+	// Metrics serves GET /metrics. Nil serves no /metrics.
+	Metrics fasthttp.RequestHandler
+	// Status is marshalled as JSON at GET /admin/status. Nil serves no
+	// /admin/status.
+	Status func() any
+	// DLQ serves /admin/dlq, /admin/dlq/replay and /admin/dlq/purge. Nil
+	// serves none of them.
+	DLQ DeadLetterStore
+}
+
+const (
+	// retryAfter is what a 503 asks SDKs to wait, in seconds. A full spool
+	// or a restart takes seconds to clear, not milliseconds.
+	retryAfter = "5"
+	// bodySlack lets fasthttp read bodies a little over MaxRequestBytes so
+	// that they get our own 400 rather than fasthttp's refusal.
+	bodySlack = 64 << 10
+	// maxPooledOut bounds the output buffer kept in the pool between
+	// requests, in multiples of MaxRequestBytes.
+	maxPooledOut = 4
+)
+
+var successBody = []byte(`{"success":true}`)
+
+// Server is the HTTP surface of spillway. Its zero value is not usable;
+// call New.
+type Server struct {
+	cfg    Config
+	sp     Spool
+	opts   Options
+	log    *slog.Logger
+	m      *metrics
+	pp     *parser
+	srv    *fasthttp.Server
+	ingest sync.Pool
+
+	adminSrv *fasthttp.Server
+	// adminMoved is set by ServeAdmin: from then on the main listener no
+	// longer serves /metrics and /admin/*.
+	adminMoved atomic.Bool
+
+	closing atomic.Bool
+	// appendCtx is deliberately not the request's: fasthttp cancels every
+	// RequestCtx when shutdown begins, and an Append in flight must be
+	// allowed to finish so that its client gets the truth (200) rather
+	// than a 503 for events that may already be stored.
+	appendCtx context.Context
+
+	errRequestTooLarge error
+	now                func() time.Time
+}
+
+// New checks cfg and builds a Server. Metrics are registered on reg; a nil
+// reg keeps them unregistered. A nil logger discards.
+func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if sp == nil {
+		return nil, errors.New("proxy: nil spool")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		sp:        sp,
+		opts:      opts,
+		log:       logger.With(slog.String(logKeyComponent, "proxy")),
+		m:         m,
+		pp:        newParser(cfg, newKeyring(cfg.WriteKeys)),
+		appendCtx: context.Background(),
+		errRequestTooLarge: badRequest(errTooLarge,
+			fmt.Sprintf("request body is over --max-request-bytes (%d bytes)", cfg.MaxRequestBytes)),
+		now: time.Now,
+	}
+	s.ingest.New = func() any { return newIngest() }
+	s.srv = s.newHTTPServer(s.handle, cfg.MaxRequestBytes+bodySlack)
+	// Admin requests carry no bodies worth the name.
+	s.adminSrv = s.newHTTPServer(s.handleAdmin, 64<<10)
+	return s, nil
+}
+
+func (s *Server) newHTTPServer(h fasthttp.RequestHandler, maxBody int) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:      h,
+		ErrorHandler: s.handleConnError,
+		Logger:       fasthttpLogger{s.log},
+		// Bounded reads and idle waits keep a slow or vanished client from
+		// holding a connection; IdleTimeout is above the 90 s that Go and
+		// Node keep-alive clients wait, so they close first and never send
+		// on a connection we are closing.
+		ReadTimeout:                  30 * time.Second,
+		WriteTimeout:                 30 * time.Second,
+		IdleTimeout:                  120 * time.Second,
+		ReadBufferSize:               8 << 10,
+		MaxRequestBodySize:           maxBody,
+		DisablePreParseMultipartForm: true,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		CloseOnShutdown:              true,
+	}
+}
+
+// Handler returns the Server's request handler, for tests and for serving
+// on a listener the caller manages.
+func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	if err := s.srv.Serve(ln); err != nil {
+		return fmt.Errorf("serve http: %w", err)
+	}
+	return nil
+}
+
+// ServeAdmin serves /healthz, /readyz, /metrics and /admin/* on ln until
+// Shutdown (--admin-listen), and stops serving /metrics and /admin/* on the
+// main listener. /healthz and /readyz stay on both, since probes and load
+// balancers ask the port that takes events.
+func (s *Server) ServeAdmin(ln net.Listener) error {
+	s.adminMoved.Store(true)
+	if err := s.adminSrv.Serve(ln); err != nil {
+		return fmt.Errorf("serve admin http: %w", err)
+	}
+	return nil
+}
+
+// BeginShutdown makes /readyz and every event endpoint answer 503 with
+// Retry-After, so SDKs keep their events and load balancers stop sending,
+// while requests in flight finish. It is the first step of shutdown.
+func (s *Server) BeginShutdown() {
+	if !s.closing.Swap(true) {
+		s.log.LogAttrs(context.Background(), slog.LevelInfo, "stopped taking events")
+	}
+}
+
+// Shutdown begins shutdown if needed, then waits until every request in
+// flight has been answered or ctx is done.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.BeginShutdown()
+	var errs []error
+	if err := s.srv.ShutdownWithContext(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("shut down http server: %w", err))
+	}
+	if err := s.adminSrv.ShutdownWithContext(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("shut down admin http server: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	defer s.recoverPanic(ctx)
+	if ep, ok := route(ctx.Path()); ok {
+		s.handleEvents(ctx, ep)
+		return
+	}
+	s.serveAdmin(ctx, !s.adminMoved.Load())
+}
+
+// handleAdmin serves the admin listener: everything but events.
+func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
+	defer s.recoverPanic(ctx)
+	s.serveAdmin(ctx, true)
+}
+
+// serveAdmin serves the non-event paths; with all false, only the probes.
+func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, all bool) {
+	path := string(ctx.Path())
+	if !all && path != "/healthz" && path != "/readyz" {
+		writeError(ctx, errNotFound)
+		return
+	}
+	switch path {
+	case "/healthz":
+		if onlyGet(ctx) {
+			ctx.SetContentType("text/plain; charset=utf-8")
+			ctx.SetBodyString("ok\n")
+		}
+	case "/readyz":
+		s.handleReady(ctx)
+	case "/metrics":
+		if s.opts.Metrics == nil {
+			writeError(ctx, errNotFound)
+		} else if onlyGet(ctx) {
+			s.opts.Metrics(ctx)
+		}
+	case "/admin/status":
+		s.handleStatus(ctx)
+	case "/admin/dlq":
+		s.handleDLQList(ctx)
+	case "/admin/dlq/replay":
+		s.handleDLQChange(ctx, "replay")
+	case "/admin/dlq/purge":
+		s.handleDLQChange(ctx, "purge")
+	default:
+		writeError(ctx, errNotFound)
+	}
+}
+
+// recoverPanic keeps a bug in one request from taking down the sidecar,
+// and with it every other app request.
+func (s *Server) recoverPanic(ctx *fasthttp.RequestCtx) {
+	if r := recover(); r != nil {
+		s.log.LogAttrs(context.Background(), slog.LevelError, "handler panic",
+			slog.String(logKeyPath, string(ctx.Path())),
+			slog.Any(logKeyPanic, r), slog.String(logKeyStack, string(debug.Stack())))
+		ctx.Response.ResetBody()
+		writeError(ctx, fmt.Errorf("panic: %v", r))
+	}
+}
+
+func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, ep endpoint) {
+	setCORS(ctx)
+	switch {
+	case ctx.IsPost():
+	case ctx.IsOptions():
+		preflight(ctx)
+		return
+	default:
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, "POST, OPTIONS")
+		s.failEvents(ctx, ep, errMethodNotAllowed)
+		return
+	}
+	start := time.Now()
+	s.ingestRequest(ctx, ep)
+	s.m.duration[ep].Observe(time.Since(start).Seconds())
+}
+
+func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
+	if s.closing.Load() {
+		s.failEvents(ctx, ep, errShuttingDown)
+		return
+	}
+	in := s.ingest.Get().(*ingest)
+	defer s.putIngest(in)
+
+	body, err := in.readBody(ctx, s.cfg.MaxRequestBytes, s.errRequestTooLarge)
+	if err == nil {
+		key := basicUser(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization), in.auth[:])
+		err = s.pp.parse(in, ep, body, key, s.now())
+	}
+	if err == nil && s.cfg.Strict && len(in.rejected) > 0 {
+		s.countRejected(in)
+		r := in.rejected[0]
+		err = badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", r.index, ruleTexts[r.rule]))
+	}
+	if err != nil {
+		s.failEvents(ctx, ep, err)
+		return
+	}
+	if err := s.sp.Append(s.appendCtx, in.events, in.dead); err != nil {
+		// The spool failed, so it may still be writing what it was given
+		// (a commit that outlived its caller): never reuse those buffers.
+		in.out, in.events, in.dead = nil, nil, nil
+		s.failEvents(ctx, ep, err)
+		return
+	}
+	s.m.received[ep].Add(float64(len(in.events) + len(in.dead)))
+	ctx.SetContentType("application/json")
+	if len(in.rejected) == 0 {
+		ctx.SetBody(successBody)
+		return
+	}
+	s.countRejected(in)
+	b := append(in.scratch[:0], `{"success":true,"rejected":[`...)
+	for i, r := range in.rejected {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"index":`...)
+		b = strconv.AppendInt(b, int64(r.index), 10)
+		b = append(b, `,"reason":`...)
+		b = appendString(b, []byte(ruleTexts[r.rule]))
+		b = append(b, '}')
+	}
+	in.scratch = append(b, ']', '}')
+	ctx.SetBody(in.scratch)
+}
+
+func (s *Server) countRejected(in *ingest) {
+	for _, r := range in.rejected {
+		s.m.rejected[r.rule].Inc()
+	}
+}
+
+func (s *Server) putIngest(in *ingest) {
+	in.reset()
+	// A rare huge request must not pin its buffers in the pool forever.
+	if cap(in.out) > maxPooledOut*s.cfg.MaxRequestBytes {
+		in.out = nil
+	}
+	if cap(in.scratch) > maxPooledOut*s.cfg.MaxRequestBytes {
+		in.scratch = nil
+	}
+	s.ingest.Put(in)
+}
+
+// failEvents answers an event request with err and counts it. Only errors
+// the operator must act on are logged: client mistakes are counted, and a
+// full spool is reported by the spool itself.
+func (s *Server) failEvents(ctx *fasthttp.RequestCtx, ep endpoint, err error) {
+	status, code := statusFor(err)
+	s.m.errors[code].Inc()
+	if status == fasthttp.StatusInternalServerError {
+		s.log.LogAttrs(context.Background(), slog.LevelError, "store events",
+			slog.String(logKeyEndpoint, ep.String()), slog.Any(logKeyErr, err))
+	}
+	if errors.Is(err, errShuttingDown) {
+		ctx.SetConnectionClose()
+	}
+	writeError(ctx, err)
+}
+
+func (s *Server) handleReady(ctx *fasthttp.RequestCtx) {
+	if !onlyGet(ctx) {
+		return
+	}
+	ctx.SetContentType("text/plain; charset=utf-8")
+	reason := ""
+	if s.closing.Load() {
+		reason = "shutting down"
+	} else if err := s.sp.Ready(); err != nil {
+		reason = err.Error()
+	}
+	if reason == "" {
+		ctx.SetBodyString("ok\n")
+		return
+	}
+	ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+	ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, retryAfter)
+	ctx.SetBodyString("not ready: " + reason + "\n")
+}
+
+// handleConnError answers requests fasthttp refused before our handler saw
+// them. A body far over the limit lands here: it gets the same 400 JSON as
+// one slightly over, though fasthttp then closes the connection without
+// reading the body, so a client still sending may see a reset instead.
+func (s *Server) handleConnError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr *net.OpError
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		setCORS(ctx)
+		s.m.errors["too_large"].Inc()
+		writeError(ctx, s.errRequestTooLarge)
+	case errors.As(err, &small):
+		ctx.Error("Too big request header", fasthttp.StatusRequestHeaderFieldsTooLarge)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		ctx.Error("Request timeout", fasthttp.StatusRequestTimeout)
+	default:
+		ctx.Error("Error when parsing request", fasthttp.StatusBadRequest)
+	}
+}
+
+// writeError answers with err's status and the Segment error shape.
+func writeError(ctx *fasthttp.RequestCtx, err error) {
+	status, code := statusFor(err)
+	ctx.SetStatusCode(status)
+	if status == fasthttp.StatusServiceUnavailable {
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, retryAfter)
+	}
+	ctx.SetContentType("application/json")
+	b := make([]byte, 0, 128)
+	b = append(b, `{"success":false,"code":`...)
+	b = appendString(b, []byte(code))
+	b = append(b, `,"message":`...)
+	b = appendString(b, []byte(messageFor(err)))
+	ctx.SetBody(append(b, '}'))
+}
+
+// onlyGet answers 405 unless the request is a GET or HEAD.
+func onlyGet(ctx *fasthttp.RequestCtx) bool {
+	if ctx.IsGet() || ctx.IsHead() {
+		return true
+	}
+	ctx.Response.Header.Set(fasthttp.HeaderAllow, "GET, HEAD")
+	writeError(ctx, errMethodNotAllowed)
+	return false
+}
+
+// onlyPost answers 405 unless the request is a POST.
+func onlyPost(ctx *fasthttp.RequestCtx) bool {
+	if ctx.IsPost() {
+		return true
+	}
+	ctx.Response.Header.Set(fasthttp.HeaderAllow, "POST")
+	writeError(ctx, errMethodNotAllowed)
+	return false
+}
+
+// setCORS lets browsers (analytics.js) read our answers. Segment's API
+// echoes the Origin with credentials allowed; so do we.
+func setCORS(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Response.Header
+	if origin := ctx.Request.Header.Peek(fasthttp.HeaderOrigin); len(origin) > 0 {
+		h.SetBytesV(fasthttp.HeaderAccessControlAllowOrigin, origin)
+		h.Set(fasthttp.HeaderAccessControlAllowCredentials, "true")
+		h.Set(fasthttp.HeaderVary, fasthttp.HeaderOrigin)
+	} else {
+		h.Set(fasthttp.HeaderAccessControlAllowOrigin, "*")
+	}
+}
+
+func preflight(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Response.Header
+	h.Set(fasthttp.HeaderAccessControlAllowMethods, "POST, OPTIONS")
+	if req := ctx.Request.Header.Peek(fasthttp.HeaderAccessControlRequestHeaders); len(req) > 0 {
+		h.SetBytesV(fasthttp.HeaderAccessControlAllowHeaders, req)
+	} else {
+		h.Set(fasthttp.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, Content-Encoding")
+	}
+	h.Set(fasthttp.HeaderAccessControlMaxAge, "86400")
+	ctx.SetStatusCode(fasthttp.StatusNoContent)
+}
+
+// Attribute keys, constant so that log queries can rely on them.
+const (
+	logKeyComponent = "component"
+	logKeyEndpoint  = "endpoint"
+	logKeyErr       = "err"
+	logKeyPath      = "path"
+	logKeyPanic     = "panic"
+	logKeyStack     = "stack"
+	logKeyAction    = "action"
+	logKeyCount     = "count"
+)
+
+// fasthttpLogger sends fasthttp's own messages (connection errors, mostly
+// caused by clients) to slog at Debug.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.LogAttrs(context.Background(), slog.LevelDebug, fmt.Sprintf(format, args...))
+	}
+}
