@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"sync"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/klauspost/compress/gzip"
@@ -108,6 +110,11 @@ type parser struct {
 	// 2500 tiny events would ask for a GiB.
 	maxOutput int
 	keys      *keyring
+	// jsonParsers are held only while a body is parsed, not while its
+	// events wait for their fsync: a parser keeps its request's values,
+	// so one per request in flight would make memory grow with the
+	// number of connections instead of the number of cores.
+	jsonParsers sync.Pool
 
 	errBatchTooLarge  error
 	errOutputTooLarge error
@@ -131,7 +138,6 @@ func newParser(cfg Config, keys *keyring) *parser {
 // allocates almost nothing: the parser's buffers, the output events and the
 // inflate buffer are all reused once Append has returned.
 type ingest struct {
-	p        fastjson.Parser
 	out      []byte // every output event, back to back
 	events   []spool.Event
 	dead     []spool.DeadLetter
@@ -201,7 +207,20 @@ type fields struct {
 // error (400/401) if nothing of the request may be stored.
 func (pp *parser) parse(in *ingest, ep endpoint, body, headerKey []byte, now time.Time) error {
 	in.reset()
-	v, err := in.p.ParseBytes(body)
+	if len(body) == 0 {
+		return errEmptyBody
+	}
+	// JSON is UTF-8 (RFC 8259). Well-behaved SDKs never send anything
+	// else, and bytes that are not UTF-8 could not be stored as sent.
+	if !utf8.Valid(body) {
+		return badRequest(errInvalidJSON, fmt.Sprintf("body is not valid UTF-8 (at byte %d)", invalidUTF8At(body)))
+	}
+	jp, _ := pp.jsonParsers.Get().(*fastjson.Parser)
+	if jp == nil {
+		jp = new(fastjson.Parser)
+	}
+	defer pp.jsonParsers.Put(jp)
+	v, err := jp.ParseBytes(body)
 	if err != nil {
 		return badRequest(errInvalidJSON, "body is not valid JSON: "+err.Error())
 	}
@@ -351,8 +370,11 @@ func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *
 	o, _ := item.Object()
 	out := append(in.out, '{')
 	first := true
+	over := overridden(o) // a repeated key: the last wins, alone
+	i := -1
 	o.Visit(func(k []byte, v *fastjson.Value) {
-		if err != nil {
+		i++
+		if err != nil || (over != nil && over[i]) {
 			return
 		}
 		switch string(k) {
@@ -499,8 +521,12 @@ func appendMerged(out []byte, own *fastjson.Value, batch *fastjson.Object) ([]by
 	}
 	first := n+2 == len(out) // "{}"
 	out = out[:len(out)-1]   // reopen
+	ownKeys := newKeyLookup(o)
+	over := overridden(batch)
+	i := -1
 	batch.Visit(func(k []byte, v *fastjson.Value) {
-		if err != nil || o.Get(unsafeString(k)) != nil {
+		i++
+		if err != nil || (over != nil && over[i]) || ownKeys.has(k) {
 			return
 		}
 		out = appendKey(out, &first, k)
@@ -602,6 +628,19 @@ func parseTime(v *fastjson.Value) (time.Time, bool) {
 		return t, true
 	}
 	return time.Time{}, false
+}
+
+// invalidUTF8At returns the offset of the first byte of b that is not
+// part of valid UTF-8.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size == 1 {
+			return i
+		}
+		i += size
+	}
+	return len(b)
 }
 
 // unsafeString views b as a string without copying. Only for calls that

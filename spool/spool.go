@@ -159,6 +159,7 @@ type Spool struct {
 	metrics *metrics
 
 	reqs   chan *appendReq // unbuffered: a send succeeds only while the writer runs
+	sealed chan *sealedGroup
 	rotate chan struct{}   // asks the writer to start a new generation
 	quit   chan struct{}
 	wg     sync.WaitGroup
@@ -222,13 +223,14 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		cfg:       cfg,
 		log:       logger,
 		reqs:      make(chan *appendReq),
+		sealed:    make(chan *sealedGroup, 1),
 		rotate:    make(chan struct{}, 1),
 		quit:      make(chan struct{}),
 		changed:   make(chan struct{}),
 		consumers: make(map[string]*consumer, len(cfg.Consumers)),
 	}
 	meta, err := badger.Open(s.badgerOptions(filepath.Join(cfg.Dir, "meta")).
-		WithValueThreshold(64 << 10).WithMemTableSize(2 << 20).WithValueLogFileSize(4 << 20))
+		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20))
 	if err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", cfg.Dir, err)
 	}
@@ -241,6 +243,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	s.metrics = newMetrics(reg, s)
 	s.refreshSize()
 	s.spawn(s.writeLoop)
+	s.spawn(s.commitLoop)
 	s.spawn(s.maintenanceLoop)
 	if cfg.Sync == SyncInterval {
 		s.spawn(s.syncLoop)
@@ -268,8 +271,9 @@ func (s *Spool) badgerOptions(dir string) badger.Options {
 		WithIndexCacheSize(0).
 		// A sidecar lives under a memory limit: memtables and value-log
 		// files are mmapped, so what is written to them counts toward RSS.
-		// Keys are all a memtable holds, so a small one lasts long.
-		WithMemTableSize(4 << 20).
+		// Keys and value pointers are all a memtable holds (values go to
+		// the value log), so a small one lasts for thousands of blocks.
+		WithMemTableSize(1 << 20).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).

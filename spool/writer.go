@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,10 +42,7 @@ func (s *Spool) append(ctx context.Context, r *appendReq) error {
 		return err
 	}
 	r.done = make(chan error, 1)
-	events := r.events
-	for i := range events {
-		r.size += len(events[i].Data) + len(events[i].WriteKey) + len(events[i].Dest)
-	}
+	r.size = sizeOfEvents(r.events)
 	select {
 	case s.reqs <- r:
 	case <-s.quit:
@@ -57,24 +55,152 @@ func (s *Spool) append(ctx context.Context, r *appendReq) error {
 	return <-r.done
 }
 
-// writeLoop is the only goroutine that writes blocks. Requests that arrive
-// while a commit (and its fsync) runs queue up on the channel and go into
-// the next block together: that is the group commit.
+// Writing is a two-stage pipeline. writeLoop gathers every request that is
+// waiting, numbers its events, and encodes and compresses them into blocks;
+// commitLoop writes each group's blocks in one transaction, so one fsync
+// acknowledges them all (group commit). While one group's fsync runs, the
+// next group is gathered and compressed.
+type sealedGroup struct {
+	reqs   []*appendReq
+	dead   []DeadLetter
+	blocks []sealedBlock
+	err    error // the group failed before commit; nothing of it is stored
+	rotate bool  // not a group: start a new generation
+}
+
+type sealedBlock struct {
+	key     []byte
+	val     []byte
+	decoded *decodedBlock
+}
+
+// maxGroupBytes bounds the event bytes of one group commit. A group needs
+// to hold what arrives during one fsync (a few ms: about 1 MiB at a quarter
+// million events a second); more only holds memory, since up to three
+// groups are alive at once (gathering, waiting, committing).
+const maxGroupBytes = 2 << 20
+
 func (s *Spool) writeLoop() {
-	var group []*appendReq
+	defer close(s.sealed)
+	assigned := s.next // only this goroutine numbers events
 	for {
+		var first *appendReq
 		select {
-		case r := <-s.reqs:
-			group = append(group[:0], r)
+		case first = <-s.reqs:
 		case <-s.rotate:
-			s.rotateGeneration()
+			s.sealed <- &sealedGroup{rotate: true}
 			continue
 		case <-s.quit:
-			s.drainOnClose()
-			return
+			// Commit what senders handed over before they saw quit.
+			for {
+				select {
+				case r := <-s.reqs:
+					s.sealed <- s.seal(s.gather(r), &assigned)
+				default:
+					return
+				}
+			}
 		}
-		group = s.gather(group)
-		s.commit(group)
+		s.sealed <- s.seal(s.gather(first), &assigned)
+	}
+}
+
+// gather takes the requests already waiting, up to maxGroupBytes.
+func (s *Spool) gather(first *appendReq) []*appendReq {
+	group := []*appendReq{first}
+	size := first.size
+	for size < maxGroupBytes {
+		select {
+		case r := <-s.reqs:
+			group = append(group, r)
+			size += r.size
+		default:
+			return group
+		}
+	}
+	return group
+}
+
+// seal numbers the group's events from *assigned and builds its blocks.
+func (s *Spool) seal(group []*appendReq, assigned *uint64) *sealedGroup {
+	sg := &sealedGroup{reqs: group}
+	if err := s.checkDiskRoom(); err != nil {
+		// Only forced requests (dead letters from delivery) go on.
+		kept := group[:0:0]
+		for _, r := range group {
+			if r.force {
+				kept = append(kept, r)
+			} else {
+				r.done <- err
+			}
+		}
+		sg.reqs = kept
+	}
+	stored := time.Now()
+	var chunks [][]Event
+	var events []Event
+	size := 0
+	for _, r := range sg.reqs {
+		sg.dead = append(sg.dead, r.dead...)
+		for i := range r.events {
+			if size >= maxBlockBytes {
+				chunks, events, size = append(chunks, events), nil, 0
+			}
+			events = append(events, r.events[i])
+			size += sizeOfEvents(r.events[i : i+1])
+		}
+	}
+	if len(events) > 0 {
+		chunks = append(chunks, events)
+	}
+	sg.blocks = make([]sealedBlock, len(chunks))
+	firsts := make([]uint64, len(chunks))
+	for i, c := range chunks {
+		firsts[i] = *assigned
+		*assigned += uint64(len(c))
+	}
+	// Compression is most of a group's CPU: spread its blocks over the cores.
+	var wg sync.WaitGroup
+	for i, c := range chunks {
+		wg.Go(func() { sg.blocks[i] = sealEvents(firsts[i], stored, c) })
+	}
+	wg.Wait()
+	return sg
+}
+
+func sizeOfEvents(events []Event) int {
+	n := 0
+	for i := range events {
+		n += len(events[i].Data) + len(events[i].WriteKey) + len(events[i].Dest)
+	}
+	return n
+}
+
+func sealEvents(first uint64, stored time.Time, events []Event) sealedBlock {
+	body := encodeBody(make([]byte, 0, 64+len(events)*8+sizeOfEvents(events)), stored, events)
+	decoded, err := decodeBody(first, body)
+	if err != nil {
+		panic(fmt.Sprintf("spool: decode a block just encoded: %v", err)) // a bug, not bad data
+	}
+	return sealedBlock{
+		key:     blockKey(first, uint32(len(events)), stored),
+		val:     sealBlock(body),
+		decoded: decoded,
+	}
+}
+
+// commitLoop is the only goroutine that writes to the active generation
+// and replaces it.
+func (s *Spool) commitLoop() {
+	for sg := range s.sealed {
+		if sg.rotate {
+			s.rotateGeneration()
+			continue
+		}
+		err := s.commitGroup(sg)
+		for _, r := range sg.reqs {
+			r.done <- err
+		}
 		if s.activeBytes >= genMaxBytes || time.Since(s.active.created) >= genMaxAge {
 			s.rotateGeneration()
 		}
@@ -95,104 +221,42 @@ func (s *Spool) rotateGeneration() {
 	s.metrics.generations.Inc()
 }
 
-// gather adds already-waiting requests to group, up to maxBlockBytes.
-func (s *Spool) gather(group []*appendReq) []*appendReq {
-	size := group[0].size
-	for size < maxBlockBytes {
-		select {
-		case r := <-s.reqs:
-			group = append(group, r)
-			size += r.size
-		default:
-			return group
-		}
-	}
-	return group
-}
-
-// drainOnClose commits requests whose senders won the race with Close.
-func (s *Spool) drainOnClose() {
-	for {
-		select {
-		case r := <-s.reqs:
-			s.commit(s.gather([]*appendReq{r}))
-		default:
-			return
-		}
-	}
-}
-
-func (s *Spool) commit(group []*appendReq) {
-	if err := s.checkDiskRoom(); err != nil {
-		var forced []*appendReq
-		for _, r := range group {
-			if r.force {
-				forced = append(forced, r)
-			} else {
-				r.done <- err
-			}
-		}
-		if group = forced; len(group) == 0 {
-			return
-		}
-	}
-	err := s.commitGroup(group)
-	for _, r := range group {
-		r.done <- err
-	}
-}
-
-func (s *Spool) commitGroup(group []*appendReq) error {
-	var events []Event
-	var dead []DeadLetter
-	if len(group) == 1 {
-		events, dead = group[0].events, group[0].dead
-	} else {
-		for _, r := range group {
-			events = append(events, r.events...)
-			dead = append(dead, r.dead...)
-		}
-	}
-	stored := time.Now()
-	if len(dead) > 0 {
-		// Dead letters first: if the block then fails, the client retries
+func (s *Spool) commitGroup(sg *sealedGroup) error {
+	if len(sg.dead) > 0 {
+		// Dead letters first: if the blocks then fail, the client retries
 		// and at worst a dead letter is stored twice, never lost.
-		if err := s.storeDeadLetters(dead, stored, nil); err != nil {
+		if err := s.storeDeadLetters(sg.dead, time.Now(), nil); err != nil {
 			return err
 		}
 	}
-	if len(events) == 0 {
+	if len(sg.blocks) == 0 {
 		return nil
 	}
-	s.mu.Lock()
-	first := s.next
-	s.mu.Unlock()
-
 	start := time.Now()
-	body := encodeBody(make([]byte, 0, 64+len(events)*8+sizeOf(group)), stored, events)
-	val := sealBlock(body)
 	err := s.active.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(blockKey(first, uint32(len(events)), stored), val)
+		for _, b := range sg.blocks {
+			if err := txn.Set(b.key, b.val); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return s.writeError(err)
 	}
 	s.metrics.fsync.Observe(time.Since(start).Seconds())
-	s.metrics.blocks.Inc()
-	s.activeBytes += int64(len(val))
+	s.metrics.blocks.Add(float64(len(sg.blocks)))
 	s.active.mu.Lock()
-	s.active.blocks++
+	s.active.blocks += len(sg.blocks)
 	s.active.mu.Unlock()
-	// The block is decoded from our own fresh body buffer, so consumers
-	// that keep up read it from memory, never from disk.
-	blk, err := decodeBody(first, body)
-	if err != nil {
-		return fmt.Errorf("decode own block: %w", err) // a bug, not bad data
-	}
 	s.mu.Lock()
-	s.next = first + uint64(len(events))
-	s.recent = append(s.recent, blk)
-	s.recentLen += blk.bytes
+	for _, b := range sg.blocks {
+		s.activeBytes += int64(len(b.val))
+		blk := b.decoded
+		s.next = blk.first + uint64(len(blk.recs))
+		s.recent = append(s.recent, blk)
+		s.recentLen += blk.bytes
+	}
 	for s.recentLen > recentCacheBytes && len(s.recent) > 1 {
 		s.recentLen -= s.recent[0].bytes
 		s.recent[0] = nil
@@ -204,8 +268,6 @@ func (s *Spool) commitGroup(group []*appendReq) error {
 	return nil
 }
 
-// storeDeadLetters commits dead letters, and the marker key when given, in
-// one meta transaction.
 func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte) error {
 	firstID := s.nextDead.Add(uint64(len(dead))) - uint64(len(dead))
 	err := s.meta.Update(func(txn *badger.Txn) error {
@@ -235,14 +297,6 @@ func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte)
 	}
 	s.metrics.deadLetters.Add(float64(len(dead)))
 	return nil
-}
-
-func sizeOf(group []*appendReq) int {
-	n := 0
-	for _, r := range group {
-		n += r.size
-	}
-	return n
 }
 
 // checkDiskRoom refuses a write when the file system is nearly full.
