@@ -25,6 +25,8 @@ var (
 	// errShuttingDown is answered from BeginShutdown on, so SDKs keep their
 	// events and retry against the next instance (or this one, restarted).
 	errShuttingDown = errors.New("proxy: shutting down")
+	// errEmptyBody answers a request with no body at all.
+	errEmptyBody = badRequest(errInvalidJSON, "body is empty")
 )
 
 // badRequestKinds are answered 400: the request itself is wrong, and

@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/binary"
 	"errors"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
@@ -15,7 +16,10 @@ import (
 // and invalid UTF-8, and accepts NaN, Inf, +1 and 1.2.3 as numbers. Every
 // stored event must be valid JSON, since forwarders send it as it is.
 
-var errBadNumber = errors.New("invalid number")
+var (
+	errBadNumber      = errors.New("invalid number")
+	errNumberTooLarge = errors.New("number is out of the range of a 64-bit float")
+)
 
 const hexDigits = "0123456789abcdef"
 
@@ -119,6 +123,9 @@ func appendValue(dst []byte, v *fastjson.Value) ([]byte, error) {
 		if !validNumber(dst[n:]) {
 			return dst, errBadNumber
 		}
+		if !numberInRange(dst[n:]) {
+			return dst, errNumberTooLarge
+		}
 		return dst, nil
 	case fastjson.TypeTrue:
 		return append(dst, "true"...), nil
@@ -129,12 +136,40 @@ func appendValue(dst []byte, v *fastjson.Value) ([]byte, error) {
 	}
 }
 
+// appendObject appends o with each repeated key written once, its last
+// value winning (see overridden). Small objects are written in one pass
+// that watches for a repeated key, and written again only if one may be.
 func appendObject(dst []byte, o *fastjson.Object) ([]byte, error) {
-	var err error
+	if o.Len() > smallObject {
+		dst, _, err := appendFields(dst, o, overridden(o), false)
+		return dst, err
+	}
+	start := len(dst)
+	dst, maybe, err := appendFields(dst, o, nil, o.Len() > 1)
+	if maybe {
+		if over := overridden(o); over != nil {
+			dst, _, err = appendFields(dst[:start], o, over, false)
+		} else {
+			dst, _, err = appendFields(dst[:start], o, nil, false)
+		}
+	}
+	return dst, err
+}
+
+// appendFields appends o without the fields over marks. With watch, it
+// stops as soon as a key may repeat one before it, returning maybe.
+func appendFields(dst []byte, o *fastjson.Object, over []bool, watch bool) (_ []byte, maybe bool, err error) {
+	var seen keyPrints
 	first := true
+	i := -1
 	dst = append(dst, '{')
 	o.Visit(func(k []byte, v *fastjson.Value) {
-		if err != nil {
+		i++
+		if err != nil || maybe || (over != nil && over[i]) {
+			return
+		}
+		if watch && seen.add(k) {
+			maybe = true
 			return
 		}
 		if !first {
@@ -145,7 +180,121 @@ func appendObject(dst []byte, o *fastjson.Object) ([]byte, error) {
 		dst = append(dst, ':')
 		dst, err = appendValue(dst, v)
 	})
-	return append(dst, '}'), err
+	return append(dst, '}'), maybe, err
+}
+
+// smallObject is the most fields an object may have for its repeated keys
+// to be found without allocating. Most objects of an event are this small.
+const smallObject = 16
+
+// keyPrints holds a print of each key of a small object: its length and its
+// first, middle and last bytes, which nearly always tell keys apart, so that
+// the usual object is checked for repeated keys without comparing bytes.
+type keyPrints struct {
+	n      int
+	prints [smallObject]uint32
+}
+
+// add records k and reports whether it may repeat a key added before:
+// false means it surely does not.
+func (p *keyPrints) add(k []byte) bool {
+	var fp uint32
+	if n := len(k); n > 0 {
+		fp = uint32(n)<<24 | uint32(k[0])<<16 | uint32(k[n/2])<<8 | uint32(k[n-1])
+	}
+	for _, q := range p.prints[:p.n] {
+		if q == fp {
+			return true
+		}
+	}
+	if p.n < smallObject {
+		p.prints[p.n] = fp
+		p.n++
+	}
+	return false
+}
+
+// overridden returns, for each field of o in order, whether a later field
+// has the same key; nil when no key repeats. The last field of a key wins,
+// as in encoding/json (Segment's API), JavaScript and Python, and only it is
+// stored: every consumer then reads the value spillway validated, whether
+// its parser keeps the first, the last or refuses duplicates (Go's
+// encoding/json/v2, serde).
+func overridden(o *fastjson.Object) []bool {
+	n := o.Len()
+	if n < 2 {
+		return nil
+	}
+	if n <= smallObject {
+		var seen keyPrints
+		maybe := false
+		o.Visit(func(k []byte, _ *fastjson.Value) {
+			maybe = maybe || seen.add(k)
+		})
+		if !maybe {
+			return nil
+		}
+	}
+	// A map keeps a hostile object of 100,000 keys linear.
+	last := make(map[string]int, n)
+	i := 0
+	o.Visit(func(k []byte, _ *fastjson.Value) {
+		last[unsafeString(k)] = i
+		i++
+	})
+	if len(last) == n {
+		return nil
+	}
+	over := make([]bool, n)
+	i = 0
+	o.Visit(func(k []byte, _ *fastjson.Value) {
+		over[i] = last[unsafeString(k)] != i
+		i++
+	})
+	return over
+}
+
+// keyLookup answers whether an object has a key, in constant time per key
+// for objects past smallObject (Object.Get scans).
+type keyLookup struct {
+	o   *fastjson.Object
+	set map[string]struct{}
+}
+
+func newKeyLookup(o *fastjson.Object) keyLookup {
+	l := keyLookup{o: o}
+	if o.Len() > smallObject {
+		l.set = make(map[string]struct{}, o.Len())
+		o.Visit(func(k []byte, _ *fastjson.Value) { l.set[unsafeString(k)] = struct{}{} })
+	}
+	return l
+}
+
+func (l keyLookup) has(k []byte) bool {
+	if l.set != nil {
+		_, ok := l.set[unsafeString(k)]
+		return ok
+	}
+	return l.o.Get(unsafeString(k)) != nil
+}
+
+// numberInRange reports whether b, a valid JSON number, fits a float64.
+// Consumers choke on 1e400 or a 5,000-digit integer: Go's encoding/json
+// (Segment's API) refuses it, JavaScript reads Infinity, Python refuses
+// integers of over 4,300 digits. Under 309 digits without an exponent a
+// number cannot overflow, so the usual number costs no parsing.
+func numberInRange(b []byte) bool {
+	if len(b) < 309 {
+		exp := false
+		for _, c := range b {
+			exp = exp || c|0x20 == 'e'
+		}
+		if !exp {
+			return true
+		}
+	}
+	_, err := strconv.ParseFloat(unsafeString(b), 64)
+	return err == nil
 }
 
 // validNumber reports whether b is a number as RFC 8259 spells it.
