@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spillwayhq/spillway/spool"
+)
+
+// poisonSink records events like sink, but while rejecting it answers 400
+// to any request holding an event whose messageId starts with "poison".
+type poisonSink struct {
+	*sink
+	rejecting atomic.Bool
+}
+
+func newPoisonSink(t *testing.T) *poisonSink {
+	ps := &poisonSink{sink: &sink{byID: map[string]map[string]any{}}}
+	ps.rejecting.Store(true)
+	ps.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if ps.rejecting.Load() && bytes.Contains(body, []byte(`"messageId":"poison`)) {
+			http.Error(w, `{"error":"poison event"}`, http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		ps.serve(w, r)
+	}))
+	t.Cleanup(ps.srv.Close)
+	return ps
+}
+
+func runCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := run(t.Context(), args, &out, &errOut); code != 0 {
+		t.Fatalf("spillway %s: exit %d: %s", strings.Join(args, " "), code, errOut.String())
+	}
+	return out.String()
+}
+
+func listDeadLetters(t *testing.T, args ...string) []spool.DeadLetter {
+	t.Helper()
+	var dls []spool.DeadLetter
+	for _, line := range strings.Split(strings.TrimSpace(runCLI(t, append([]string{"dlq", "list"}, args...)...)), "\n") {
+		if line == "" {
+			continue
+		}
+		var d spool.DeadLetter
+		if err := json.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatalf("dlq list line %q: %v", line, err)
+		}
+		dls = append(dls, d)
+	}
+	return dls
+}
+
+func TestDeadLetterRoundTripThroughTheCommandLine(t *testing.T) {
+	hook := newPoisonSink(t)
+	dir := t.TempDir()
+	p := startSpillway(t, "", nil, "--spool-dir", dir, "--flush-interval", "20ms",
+		"--destination", "hook="+hook.srv.URL+"?backoff_min=20ms&backoff_max=200ms")
+	evs := trackEvents("good", 10)
+	for i := 0; i < 2; i++ {
+		evs = append(evs, map[string]any{"type": "track", "event": "Bad", "userId": "u", "messageId": "poison-" + string(rune('a'+i))})
+	}
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "secret-write-key", evs); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	waitFor(t, 10*time.Second, "the 10 good events", func() bool { u, _ := hook.counts(); return u == 10 })
+
+	var dls []spool.DeadLetter
+	waitFor(t, 10*time.Second, "two dead letters", func() bool { dls = listDeadLetters(t, "--addr", p.addr); return len(dls) == 2 })
+	for _, d := range dls {
+		var ev map[string]any
+		_ = json.Unmarshal(d.Event, &ev)
+		id, _ := ev["messageId"].(string)
+		if d.Destination != "hook" || d.Reason != spool.ReasonRejected || d.Status != 400 ||
+			!strings.HasPrefix(id, "poison") || !strings.Contains(d.Error, "poison event") || d.Attempts < 1 || d.At.IsZero() {
+			t.Errorf("dead letter %+v (messageId %q)", d, id)
+		}
+		if strings.Contains(d.WriteKey, "secret") {
+			t.Errorf("dlq list shows the write key: %q", d.WriteKey)
+		}
+	}
+
+	hook.rejecting.Store(false)
+	if out := runCLI(t, "dlq", "replay", "--addr", p.addr, "--destination", "hook"); !strings.Contains(out, "replayed: 2") {
+		t.Fatalf("replay said %q", out)
+	}
+	waitFor(t, 10*time.Second, "the replayed events", func() bool { return hook.has("poison-a") && hook.has("poison-b") })
+	if got := hook.event("poison-a"); got["event"] != "Bad" {
+		t.Errorf("replayed event arrived as %v", got)
+	}
+	if dls := listDeadLetters(t, "--addr", p.addr); len(dls) != 0 {
+		t.Fatalf("%d dead letters left after replay", len(dls))
+	}
+
+	// An ingest-time reject, purged by reason.
+	bad := []map[string]any{{"type": "track", "userId": "u", "messageId": "no-event-name"}}
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", bad); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	if dls := listDeadLetters(t, "--addr", p.addr, "--reason", "invalid"); len(dls) != 1 {
+		t.Fatalf("%d invalid dead letters, want 1", len(dls))
+	}
+	if out := runCLI(t, "dlq", "purge", "--addr", p.addr, "--reason", "invalid"); !strings.Contains(out, "purged: 1") {
+		t.Fatalf("purge said %q", out)
+	}
+	if dls := listDeadLetters(t, "--addr", p.addr); len(dls) != 0 {
+		t.Fatalf("%d dead letters left after purge", len(dls))
+	}
+
+	// On a stopped spool directory.
+	hook.rejecting.Store(true)
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", []map[string]any{{"type": "track", "event": "X", "userId": "u", "messageId": "poison-c"}}); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	waitFor(t, 10*time.Second, "a dead letter", func() bool { return len(listDeadLetters(t, "--addr", p.addr)) == 1 })
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if dls := listDeadLetters(t, "--spool-dir", dir, "--destination", "hook"); len(dls) != 1 {
+		t.Fatalf("%d dead letters on the stopped spool, want 1", len(dls))
+	}
+	if out := runCLI(t, "dlq", "purge", "--spool-dir", dir); !strings.Contains(out, "purged: 1") {
+		t.Fatalf("purge said %q", out)
+	}
+	if dls := listDeadLetters(t, "--spool-dir", dir); len(dls) != 0 {
+		t.Fatalf("%d dead letters after purging the stopped spool", len(dls))
+	}
+}
+
