@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -154,16 +155,7 @@ func (s *Spool) dropOldest() {
 // refreshSize measures the spool directory and the free space on its file
 // system, and sets the flags that Append and Ready consult.
 func (s *Spool) refreshSize() {
-	var total int64
-	_ = filepath.WalkDir(s.cfg.Dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return nil
-		}
-		if info, err := d.Info(); err == nil {
-			total += info.Size()
-		}
-		return nil
-	})
+	total := DiskUsage(s.cfg.Dir)
 	s.metrics.bytes.Set(float64(total))
 	over := s.cfg.MaxBytes > 0 && total >= s.cfg.MaxBytes
 	if over != s.overMax.Swap(over) {
@@ -181,6 +173,27 @@ func (s *Spool) refreshSize() {
 			s.log.Info("disk has room again: accepting events", "free_bytes", free)
 		}
 	}
+}
+
+// DiskUsage returns the bytes the files under dir occupy on disk. Badger
+// sizes its value-log and memtable files ahead of use, sparsely, so their
+// apparent sizes would overstate the spool severalfold.
+func DiskUsage(dir string) int64 {
+	var total int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				total += st.Blocks * 512
+			} else {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
 }
 
 // syncLoop makes SyncInterval writes durable in the background.

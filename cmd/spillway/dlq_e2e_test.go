@@ -137,4 +137,3 @@ func TestDeadLetterRoundTripThroughTheCommandLine(t *testing.T) {
 		t.Fatalf("%d dead letters after purging the stopped spool", len(dls))
 	}
 }
-
