@@ -20,7 +20,8 @@ import (
 // every consumer has passed it: Badger used as a queue does not reliably
 // return the space of deleted keys (dgraph-io/badger#1995).
 type generation struct {
-	first   uint64 // the first sequence number it may hold
+	num     uint64 // its place in the order of generations; names its directory
+	first   uint64 // no event before it is in this generation or a later one
 	dir     string
 	created time.Time
 
@@ -33,7 +34,7 @@ type generation struct {
 
 const genPrefix = "gen-"
 
-func genDirName(first uint64) string { return fmt.Sprintf("%s%020d", genPrefix, first) }
+func genDirName(num uint64) string { return fmt.Sprintf("%s%020d", genPrefix, num) }
 
 func parseGenDir(name string) (uint64, bool) {
 	if !strings.HasPrefix(name, genPrefix) || len(name) != len(genPrefix)+20 {
@@ -51,11 +52,11 @@ func listGenerations(dir string) ([]*generation, error) {
 	}
 	var gens []*generation
 	for _, e := range entries {
-		if first, ok := parseGenDir(e.Name()); ok && e.IsDir() {
-			gens = append(gens, &generation{first: first, dir: filepath.Join(dir, e.Name())})
+		if num, ok := parseGenDir(e.Name()); ok && e.IsDir() {
+			gens = append(gens, &generation{num: num, dir: filepath.Join(dir, e.Name())})
 		}
 	}
-	sort.Slice(gens, func(i, j int) bool { return gens[i].first < gens[j].first })
+	sort.Slice(gens, func(i, j int) bool { return gens[i].num < gens[j].num })
 	return gens, nil
 }
 

@@ -32,6 +32,7 @@ func (s *Spool) maintenanceLoop() {
 		case <-tick.C:
 		}
 		s.reclaim()
+		s.prepareSpare()
 		s.refreshSize()
 		if s.overMax.Load() && s.cfg.WhenFull == DropOldest {
 			s.dropOldest()

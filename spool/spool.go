@@ -172,9 +172,11 @@ type Spool struct {
 
 	nextDead atomic.Uint64
 
-	genMu  sync.Mutex
-	gens   []*generation // oldest first; the last one is the writer's
-	active *generation   // only the writer goroutine replaces it
+	genMu   sync.Mutex
+	gens    []*generation // oldest first; the last one is the writer's
+	active  *generation   // only the committer replaces it
+	spare   *generation   // opened ahead, for the committer to move to
+	nextGen uint64        // number of the next generation created
 	// activeBytes is what the writer has put in the active generation.
 	activeBytes int64
 
@@ -343,7 +345,9 @@ func (s *Spool) recover() error {
 	}
 	var oldest blockMeta
 	found := false
+	kept := gens[:0]
 	for _, g := range gens {
+		s.nextGen = max(s.nextGen, g.num+1)
 		db, err := s.settleGeneration(g.dir)
 		if err != nil {
 			return err
@@ -352,19 +356,25 @@ func (s *Spool) recover() error {
 		if err != nil {
 			return fmt.Errorf("scan generation %s: %w", filepath.Base(g.dir), err)
 		}
-		g.blocks = n
-		if n > 0 {
-			if !found {
-				oldest, found = first, true
-			}
-			s.next = max(s.next, last.end())
-		}
-		s.next = max(s.next, g.first)
 		if err := db.Close(); err != nil {
 			return fmt.Errorf("close generation %s: %w", filepath.Base(g.dir), err)
 		}
+		if n == 0 {
+			// A spare opened ahead of need, or a generation whose every
+			// write was lost with an unclean stop: nothing to keep.
+			if err := g.remove(); err != nil {
+				return err
+			}
+			continue
+		}
+		g.blocks, g.first = n, first.first
+		if !found {
+			oldest, found = first, true
+		}
+		s.next = max(s.next, last.end())
+		kept = append(kept, g)
 	}
-	s.gens = gens
+	s.gens = kept
 
 	cursors := make(map[string]uint64)
 	err = s.meta.View(func(txn *badger.Txn) error {
@@ -418,6 +428,42 @@ func (s *Spool) recover() error {
 	return s.startGeneration()
 }
 
+// prepareSpare opens the generation the writer will move to next, so that
+// moving is a swap rather than the tens of milliseconds Badger takes to
+// create a database, which every request waiting on that commit would feel.
+func (s *Spool) prepareSpare() {
+	s.genMu.Lock()
+	if s.spare != nil {
+		s.genMu.Unlock()
+		return
+	}
+	num := s.nextGen
+	s.nextGen++
+	s.genMu.Unlock()
+	g, err := s.createGeneration(num)
+	if err != nil {
+		s.log.Warn("prepare next generation", "err", err)
+		return
+	}
+	s.genMu.Lock()
+	s.spare = g // only this loop sets it, so it is still nil
+	s.genMu.Unlock()
+}
+
+func (s *Spool) createGeneration(num uint64) (*generation, error) {
+	g := &generation{num: num, dir: filepath.Join(s.cfg.Dir, genDirName(num))}
+	db, err := s.openGeneration(g.dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := syncDir(s.cfg.Dir); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	g.db = db
+	return g, nil
+}
+
 // sweepRemovals finishes removals that a crash interrupted.
 func sweepRemovals(dir string) error {
 	entries, err := os.ReadDir(dir)
@@ -434,19 +480,28 @@ func sweepRemovals(dir string) error {
 	return nil
 }
 
-// startGeneration opens a new generation for the writer, numbered from
-// s.next. Only the writer (or recover, before it runs) calls it.
+// startGeneration moves the writer to a new generation, holding events
+// from s.next on: the spare if one is ready, else one opened now. Only the
+// committer (or recover, before it runs) calls it.
 func (s *Spool) startGeneration() error {
-	g := &generation{first: s.next, dir: filepath.Join(s.cfg.Dir, genDirName(s.next)), created: time.Now()}
-	db, err := s.openGeneration(g.dir)
-	if err != nil {
-		return err
+	s.genMu.Lock()
+	g := s.spare
+	s.spare = nil
+	num := s.nextGen
+	if g == nil {
+		s.nextGen++
 	}
-	if err := syncDir(s.cfg.Dir); err != nil {
-		_ = db.Close()
-		return err
+	s.genMu.Unlock()
+	if g == nil {
+		var err error
+		if g, err = s.createGeneration(num); err != nil {
+			return err
+		}
 	}
-	g.db = db
+	s.mu.Lock()
+	g.first = s.next
+	s.mu.Unlock()
+	g.created = time.Now()
 	g.refs = 1 // the writer's
 	s.genMu.Lock()
 	prev := s.active
@@ -528,6 +583,12 @@ func (s *Spool) Close(ctx context.Context) error {
 			s.closeErr = err
 		}
 		s.closeGenerations()
+		if s.spare != nil {
+			// Never written: remove it rather than leave an empty database.
+			if err := s.spare.remove(); err != nil && s.closeErr == nil {
+				s.closeErr = err
+			}
+		}
 		if err := s.meta.Close(); err != nil && s.closeErr == nil {
 			s.closeErr = fmt.Errorf("close spool meta: %w", err)
 		}
