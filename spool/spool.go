@@ -160,7 +160,7 @@ type Spool struct {
 
 	reqs   chan *appendReq // unbuffered: a send succeeds only while the writer runs
 	sealed chan *sealedGroup
-	rotate chan struct{}   // asks the writer to start a new generation
+	rotate chan struct{} // asks the writer to start a new generation
 	quit   chan struct{}
 	wg     sync.WaitGroup
 
