@@ -115,7 +115,7 @@ func parseBytes(s string) (int, error) {
 // Destination is one parsed --destination NAME=URL.
 type Destination struct {
 	Name string // [a-z0-9_-]+, unique; the metrics label and the spool consumer
-	Kind string // KindSegment, KindWebhook, KindStdout or KindFile
+	Kind string // KindSegment, KindWebhook, KindKafka, KindStdout or KindFile
 	// URL is where the kind delivers, without spillway's own parameters: the
 	// webhook URL (its other query parameters kept), the Segment API base
 	// (https://host, /v1/batch is appended), the file path; empty for stdout.
@@ -143,6 +143,16 @@ type Destination struct {
 	// Output (stdout) receives the lines; nil means os.Stdout. Not settable
 	// from the URL: it is for tests and embedding.
 	Output io.Writer
+	// Kafka (kafka) holds the producer's options; see kafka.go.
+	Kafka KafkaOptions
+	// TLSCA (segment, webhook over https) is a PEM file of CA certificates
+	// trusted besides the system's (?tls_ca=PATH), for a destination with
+	// a private or self-signed certificate. Certificates are always
+	// verified unless Insecure.
+	TLSCA string
+	// Insecure (?insecure=true) skips verifying the destination's TLS
+	// certificate: anyone on the path can then read and change the events.
+	Insecure bool
 }
 
 // String describes d without secrets (write key, URL password).
@@ -191,13 +201,14 @@ func checkUnique(dests []Destination) error {
 // ParseDestination parses NAME=URL. The scheme picks the kind; the query
 // parameters batch_events, batch_bytes, flush, concurrency, timeout,
 // backoff_min, backoff_max, max_age, include_types, exclude_types,
-// include_events and exclude_events override d, plus write_key (segment)
-// and format (webhook). Any other parameter is an error, except on a
+// include_events and exclude_events override d, plus write_key (segment),
+// format (webhook) and the kafka kind's own (applyKafkaParam). Any other parameter is an error, except on a
 // webhook, whose URL keeps it: it belongs to the endpoint.
 func ParseDestination(spec string, d Defaults) (Destination, error) {
 	name, raw, ok := strings.Cut(spec, "=")
 	if !ok {
-		return Destination{}, fmt.Errorf("destination %q: want NAME=URL", spec)
+		// Not echoed: a URL may hold a password.
+		return Destination{}, errors.New("want NAME=URL, e.g. segment=segment+https://api.segment.io")
 	}
 	if !nameRE.MatchString(name) {
 		return Destination{}, fmt.Errorf("destination %q: name must match [a-z0-9_-]+", name)
@@ -237,8 +248,13 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 		dest.Kind = KindStdout
 	case "file":
 		dest.Kind = KindFile
+	case "kafka":
+		dest.Kind = KindKafka
+		// One batch in flight keeps each key's events in order across
+		// batches; ?concurrency= trades that for throughput.
+		dest.Concurrency = 1
 	default:
-		return fail("unsupported scheme %q (want segment+https, segment+http, https, http, stdout or file)", u.Scheme)
+		return fail("unsupported scheme %q (want segment+https, segment+http, https, http, kafka, stdout or file)", u.Scheme)
 	}
 
 	kept, err := dest.applyParams(u.RawQuery)
@@ -252,6 +268,12 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 	case KindSegment, KindWebhook:
 		if u.Host == "" {
 			return fail("URL has no host")
+		}
+		if (dest.TLSCA != "" || dest.Insecure) && u.Scheme != "https" {
+			return fail("tls_ca and insecure need an https URL")
+		}
+		if dest.TLSCA != "" && dest.Insecure {
+			return fail("tls_ca and insecure=true exclude each other")
 		}
 		u.Fragment, u.RawFragment = "", ""
 		if dest.Kind == KindSegment {
@@ -278,6 +300,10 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 			return fail("file URL has no path, write file:///path/events.ndjson")
 		}
 		dest.URL = path
+	case KindKafka:
+		if err := dest.parseKafkaURL(u); err != nil {
+			return fail("%v", err)
+		}
 	}
 	if dest.BackoffMax < dest.BackoffMin {
 		return fail("backoff_max %v is below backoff_min %v", dest.BackoffMax, dest.BackoffMin)
@@ -364,6 +390,18 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 			return true, errors.New("must not be empty")
 		}
 		dest.WriteKey = val
+	case "tls_ca", "insecure":
+		if dest.Kind != KindSegment && dest.Kind != KindWebhook {
+			return true, errors.New("only an https or segment+https destination takes it")
+		}
+		if key == "tls_ca" {
+			if val == "" {
+				return true, errors.New("must name a PEM file")
+			}
+			dest.TLSCA = val
+		} else if dest.Insecure, err = strconv.ParseBool(val); err != nil {
+			return true, fmt.Errorf("want true or false, got %q", val)
+		}
 	case "format":
 		if dest.Kind != KindWebhook {
 			return true, errors.New("only an http(s) destination takes a format")
@@ -375,6 +413,9 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 			return true, fmt.Errorf("want json, ndjson or segment, got %q", val)
 		}
 	default:
+		if dest.Kind == KindKafka {
+			return dest.applyKafkaParam(key, val)
+		}
 		return false, nil
 	}
 	return true, err

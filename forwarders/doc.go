@@ -6,7 +6,8 @@
 //
 // The kinds live side by side in this package and are picked by the URL
 // scheme of --destination NAME=URL: segment+https:// (segment.go), http(s)://
-// webhooks (webhook.go), stdout:// and file:// (stdout.go).
+// webhooks (webhook.go), kafka:// (kafka.go), stdout:// and file://
+// (stdout.go).
 //
 // Guarantees:
 //

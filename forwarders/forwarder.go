@@ -3,11 +3,14 @@ package forwarders
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/spillwayhq/spillway/spool"
@@ -32,14 +35,21 @@ type Forwarder interface {
 // needs (opens the file), so that a bad destination fails at start-up.
 func newForwarder(d Destination) (Forwarder, error) {
 	switch d.Kind {
-	case KindSegment:
-		return newSegment(d), nil
-	case KindWebhook:
-		return newWebhook(d), nil
+	case KindSegment, KindWebhook:
+		client, err := newHTTPClient(d)
+		if err != nil {
+			return nil, fmt.Errorf("destination %s: %w", d.Name, err)
+		}
+		if d.Kind == KindSegment {
+			return newSegment(d, client), nil
+		}
+		return newWebhook(d, client), nil
 	case KindStdout:
 		return newStdout(d), nil
 	case KindFile:
 		return openFile(d)
+	case KindKafka:
+		return newKafka(d)
 	}
 	return nil, fmt.Errorf("destination %s: unknown kind %q", d.Name, d.Kind)
 }
@@ -56,17 +66,34 @@ const (
 
 // newHTTPClient returns a client of its own for one destination, so that a
 // dead destination's connections and dial timeouts never hold up another's.
-func newHTTPClient(d Destination) *http.Client {
+// It verifies the destination's certificate against the system's CAs and
+// d.TLSCA, unless d.Insecure.
+func newHTTPClient(d Destination) (*http.Client, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConnsPerHost = d.Concurrency
 	t.IdleConnTimeout = 90 * time.Second
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: d.Insecure} // only ?insecure=true skips it
+	if d.TLSCA != "" {
+		pem, err := os.ReadFile(d.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("read tls_ca: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls_ca %s holds no PEM certificate", d.TLSCA)
+		}
+		t.TLSClientConfig.RootCAs = pool
+	}
 	return &http.Client{
 		Transport: t,
 		Timeout:   d.Timeout,
 		// A followed 301/302 turns a POST into a GET without a body; a
 		// redirect is reported as a misconfiguration instead.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	}, nil
 }
 
 // post sends body and classifies the answer. Errors never hold the URL,
@@ -84,6 +111,13 @@ func post(ctx context.Context, c *http.Client, target string, body []byte, heade
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("post: %w", ctx.Err())
+		}
+		// An untrusted certificate will not become trusted by retrying
+		// soon: it is a misconfiguration (a missing ?tls_ca=), retried
+		// slowly and reported, the events kept.
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) {
+			return &MisconfiguredError{Err: fmt.Errorf("post: verify TLS certificate (a private CA needs ?tls_ca=): %w", stripURL(err))}
 		}
 		return &RetryableError{Err: fmt.Errorf("post: %w", stripURL(err))}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spillwayhq/spillway/spool"
@@ -139,10 +140,21 @@ func (g *Group) Shutdown(ctx context.Context) error {
 			for _, d := range g.ds {
 				close(d.drain)
 			}
+			// One progress line a second while draining, so whoever
+			// watches a slow shutdown sees it move.
+			progress := time.NewTicker(time.Second)
+			defer progress.Stop()
 			for _, d := range g.ds {
-				select {
-				case <-d.drained:
-				case <-ctx.Done():
+			wait:
+				for {
+					select {
+					case <-d.drained:
+						break wait
+					case <-ctx.Done():
+						break wait
+					case <-progress.C:
+						g.logDrainProgress()
+					}
 				}
 				select {
 				case <-d.drained:
@@ -166,6 +178,36 @@ func (g *Group) Shutdown(ctx context.Context) error {
 		g.shutdownErr = errors.Join(errs...)
 	})
 	return g.shutdownErr
+}
+
+// logDrainProgress logs the events left per destination still draining.
+func (g *Group) logDrainProgress() {
+	var left []any
+	var total int64
+	for _, d := range g.ds {
+		select {
+		case <-d.drained:
+			continue
+		default:
+		}
+		n := d.sp.Backlog(d.dest.Name).Events
+		total += n
+		left = append(left, slog.Int64(d.dest.Name, n))
+	}
+	g.log.Info("shutdown: draining", "events_left", total, slog.Group("left", left...))
+}
+
+// Route returns the filter deciding which events the named destination
+// receives (its integrations object, type and event filters), for the live
+// tail; nil when no destination has that name. The filter holds a parser:
+// one goroutine at a time.
+func (g *Group) Route(name string) func(event []byte) bool {
+	for _, d := range g.ds {
+		if d.dest.Name == name {
+			return newRouter(d.dest).wants
+		}
+	}
+	return nil
 }
 
 func (g *Group) closeForwarders(ctx context.Context) error {

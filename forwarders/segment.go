@@ -21,11 +21,11 @@ type segmentForwarder struct {
 
 var _ Forwarder = (*segmentForwarder)(nil)
 
-func newSegment(d Destination) *segmentForwarder {
+func newSegment(d Destination, client *http.Client) *segmentForwarder {
 	return &segmentForwarder{
 		endpoint: d.URL + "/v1/batch",
 		writeKey: d.WriteKey,
-		client:   newHTTPClient(d),
+		client:   client,
 		now:      time.Now,
 	}
 }

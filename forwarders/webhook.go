@@ -22,7 +22,7 @@ type webhookForwarder struct {
 
 var _ Forwarder = (*webhookForwarder)(nil)
 
-func newWebhook(d Destination) *webhookForwarder {
+func newWebhook(d Destination, client *http.Client) *webhookForwarder {
 	ctype := "application/json"
 	if d.Format == FormatNDJSON {
 		ctype = "application/x-ndjson"
@@ -31,7 +31,7 @@ func newWebhook(d Destination) *webhookForwarder {
 		target: d.URL,
 		format: d.Format,
 		ctype:  ctype,
-		client: newHTTPClient(d),
+		client: client,
 		now:    time.Now,
 	}
 }

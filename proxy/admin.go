@@ -36,12 +36,20 @@ func (s *Server) handleStatus(ctx *fasthttp.RequestCtx) {
 // they answer only a loopback client (the sidecar's own pod, or
 // `spillway dlq` on the host) or one holding the admin token.
 func (s *Server) adminAllowed(ctx *fasthttp.RequestCtx) bool {
-	if ctx.RemoteIP().IsLoopback() ||
+	if (ctx.RemoteIP().IsLoopback() && !forwarded(ctx)) ||
 		bearerMatches(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization), s.cfg.AdminToken) {
 		return true
 	}
 	writeError(ctx, errForbidden)
 	return false
+}
+
+// forwarded reports whether a reverse proxy relayed the request: at the
+// edge, one on the same host (the first-party domain analytics.js calls)
+// makes every client look like loopback.
+func forwarded(ctx *fasthttp.RequestCtx) bool {
+	h := &ctx.Request.Header
+	return len(h.Peek("X-Forwarded-For")) > 0 || len(h.Peek("Forwarded")) > 0 || len(h.Peek("X-Real-Ip")) > 0
 }
 
 func dlqFilter(ctx *fasthttp.RequestCtx) (spool.Filter, error) {

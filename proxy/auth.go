@@ -5,6 +5,12 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 )
 
@@ -88,4 +94,90 @@ func bearerMatches(h []byte, token string) bool {
 	got := sha256.Sum256(bytes.TrimSpace(h[len(prefix):]))
 	want := sha256.Sum256([]byte(token))
 	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+}
+
+// SetWriteKeys replaces the accepted write keys at once: requests parsed
+// from then on are checked against keys. Empty accepts any key, as an
+// empty Config.WriteKeys does.
+func (s *Server) SetWriteKeys(keys []string) error {
+	if slices.Contains(keys, "") {
+		return errors.New("proxy: empty write key")
+	}
+	s.pp.keys.Store(newKeyring(slices.Clone(keys)))
+	return nil
+}
+
+// Reload rereads --write-key-file and the --tls-cert/--tls-key pair, as
+// SIGHUP asks once a Kubernetes secret has been updated. Whatever fails to
+// load is reported and the old value kept: a half-written secret neither
+// locks clients out nor, being empty, opens the door to any key.
+func (s *Server) Reload() error {
+	var errs []error
+	if s.cfg.WriteKeyFile != "" {
+		keys, err := acceptedKeys(s.cfg)
+		if err == nil {
+			err = s.SetWriteKeys(keys)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.certs != nil {
+		if err := s.certs.load(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// maxKeyFileBytes bounds --write-key-file: a secret, not a data set.
+const maxKeyFileBytes = 1 << 20
+
+// acceptedKeys is cfg.WriteKeys and the keys of cfg.WriteKeyFile.
+func acceptedKeys(cfg Config) ([]string, error) {
+	keys := slices.Clone(cfg.WriteKeys)
+	if cfg.WriteKeyFile == "" {
+		return keys, nil
+	}
+	fromFile, err := ReadWriteKeyFile(cfg.WriteKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range fromFile {
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys, nil
+}
+
+// ReadWriteKeyFile reads write keys from path, one a line; blank lines and
+// lines starting with # are skipped, and surrounding white space (a CRLF, a
+// trailing newline) is not part of a key. A file without any key is an
+// error, since no keys would mean that any key is accepted. Errors never
+// quote the file, which holds secrets.
+func ReadWriteKeyFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read --write-key-file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read --write-key-file %s: %w", path, err)
+	}
+	if len(b) > maxKeyFileBytes {
+		return nil, fmt.Errorf("read --write-key-file %s: over %d bytes", path, maxKeyFileBytes)
+	}
+	var keys []string
+	for line := range strings.Lines(string(b)) {
+		line = strings.TrimSpace(line)
+		if line != "" && !strings.HasPrefix(line, "#") {
+			keys = append(keys, line)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("--write-key-file %s holds no write key", path)
+	}
+	return keys, nil
 }

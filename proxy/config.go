@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Defaults are Segment's own limits, so an SDK that respects Segment's API
@@ -11,6 +12,19 @@ const (
 	DefaultMaxEventBytes   = 32 << 10  // --max-event-bytes
 	DefaultMaxRequestBytes = 500 << 10 // --max-request-bytes
 	DefaultMaxBatchEvents  = 2500      // --max-batch-events
+
+	// DefaultMaxConns is --max-conns: far above what a sidecar's app opens,
+	// low enough that a flood of connections cannot exhaust memory or fds.
+	DefaultMaxConns = 10000
+	// DefaultReadTimeout bounds reading one request, headers and body, from
+	// its first byte (or from the accept, for a connection's first request),
+	// so a client that trickles bytes (slowloris) is cut off.
+	DefaultReadTimeout = 30 * time.Second
+	// DefaultIdleTimeout bounds the wait for the next request on a
+	// keep-alive connection. It is above the 90 s that Go and Node
+	// keep-alive clients wait, so they close first and never send on a
+	// connection we are closing.
+	DefaultIdleTimeout = 120 * time.Second
 )
 
 // Config is the proxy's part of the command line. cmd registers the flags;
@@ -38,6 +52,24 @@ type Config struct {
 	// admin endpoints with "Authorization: Bearer <AdminToken>"
 	// (--admin-token). Empty allows them from loopback addresses only.
 	AdminToken string
+	// WriteKeyFile, when set, names a file of accepted write keys, one a
+	// line, blank lines and #comments ignored, as mounted from a Kubernetes
+	// secret (--write-key-file). Its keys are added to WriteKeys; it must
+	// hold at least one, and Server.Reload rereads it.
+	WriteKeyFile string
+	// TLSCertFile and TLSKeyFile, both set, make the main listener serve
+	// HTTPS with that PEM certificate chain and key (--tls-cert,
+	// --tls-key); Server.Reload rereads them. The admin listener
+	// (--admin-listen) stays plain HTTP. Empty serves plain HTTP.
+	TLSCertFile, TLSKeyFile string
+	// MaxConns caps the connections served at once, idle keep-alive ones
+	// included (--max-conns); past it a new connection is answered 503 and
+	// closed (over TLS closed without an answer, which would wait for the
+	// client's handshake). Zero means DefaultMaxConns.
+	MaxConns int
+	// ReadTimeout and IdleTimeout: zero means DefaultReadTimeout and
+	// DefaultIdleTimeout. Not flags; tests shorten them.
+	ReadTimeout, IdleTimeout time.Duration
 }
 
 // DefaultConfig returns the Config that `spillway run` uses with no flags.
@@ -66,6 +98,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBatchEvents <= 0 {
 		errs = append(errs, errors.New("--max-batch-events must be > 0"))
+	}
+	if c.MaxConns < 0 {
+		errs = append(errs, errors.New("--max-conns must be >= 0"))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key must be given together"))
 	}
 	if c.MaxEventBytes > 0 && c.MaxRequestBytes > 0 && c.MaxEventBytes > c.MaxRequestBytes {
 		errs = append(errs, fmt.Errorf("--max-event-bytes (%d) must be <= --max-request-bytes (%d)", c.MaxEventBytes, c.MaxRequestBytes))

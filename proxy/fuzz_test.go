@@ -59,6 +59,10 @@ func checkStored(t *testing.T, data []byte, valid bool) {
 	if !json.Valid(data) || !utf8.Valid(data) {
 		t.Fatalf("stored invalid JSON: %q", data)
 	}
+	if strictDecoderRefuses(data) {
+		t.Fatalf("stored JSON that encoding/json refuses (a number out of range?): %q", data)
+	}
+	checkUniqueKeys(t, data)
 	if cap(data) != len(data) {
 		t.Fatalf("stored slice has spare capacity: a consumer could append into its neighbour")
 	}

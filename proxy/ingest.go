@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -109,7 +111,8 @@ type parser struct {
 	// context is copied into each event: without it a 400 KiB context and
 	// 2500 tiny events would ask for a GiB.
 	maxOutput int
-	keys      *keyring
+	// keys is swapped whole by Server.SetWriteKeys (SIGHUP).
+	keys atomic.Pointer[keyring]
 	// jsonParsers are held only while a body is parsed, not while its
 	// events wait for their fsync: a parser keeps its request's values,
 	// so one per request in flight would make memory grow with the
@@ -122,16 +125,17 @@ type parser struct {
 
 func newParser(cfg Config, keys *keyring) *parser {
 	maxOutput := 16 * cfg.MaxRequestBytes
-	return &parser{
+	pp := &parser{
 		maxEvent:  cfg.MaxEventBytes,
 		maxBatch:  cfg.MaxBatchEvents,
 		maxOutput: maxOutput,
-		keys:      keys,
 		errBatchTooLarge: badRequest(errTooLarge,
 			fmt.Sprintf("batch is over --max-batch-events (%d events)", cfg.MaxBatchEvents)),
 		errOutputTooLarge: badRequest(errTooLarge,
 			fmt.Sprintf("batch is over %d bytes once batch-level context is merged into its events", maxOutput)),
 	}
+	pp.keys.Store(keys)
+	return pp
 }
 
 // ingest is the per-request working set. It is pooled so that the hot path
@@ -222,7 +226,7 @@ func (pp *parser) parse(in *ingest, ep endpoint, body, headerKey []byte, now tim
 	defer pp.jsonParsers.Put(jp)
 	v, err := jp.ParseBytes(body)
 	if err != nil {
-		return badRequest(errInvalidJSON, "body is not valid JSON: "+err.Error())
+		return badRequest(errInvalidJSON, "body is not valid JSON: "+jsonErrorText(err))
 	}
 	if v.Type() != fastjson.TypeObject {
 		return badRequest(errInvalidJSON, "body must be a JSON object")
@@ -323,7 +327,7 @@ func (pp *parser) addEvents(in *ingest, ep endpoint, items []*fastjson.Value, bt
 			wk = prevWK
 		} else {
 			var ok bool
-			if wk, ok = pp.keys.resolve(key); !ok {
+			if wk, ok = pp.keys.Load().resolve(key); !ok {
 				return errUnauthorized
 			}
 			prevKey, prevWK, havePrev = key, wk, true
@@ -628,6 +632,33 @@ func parseTime(v *fastjson.Value) (time.Time, bool) {
 		return t, true
 	}
 	return time.Time{}, false
+}
+
+// maxJSONErrorText bounds the parser's error in an answer.
+const maxJSONErrorText = 200
+
+// jsonErrorText is fastjson's error, short: it wraps its error once per
+// level of nesting ("cannot parse array: cannot parse array value: ..."),
+// so a deeply nested body would be answered with kilobytes of it.
+func jsonErrorText(err error) string {
+	s := err.Error()
+	if len(s) <= maxJSONErrorText {
+		return s
+	}
+	const wrap = "cannot parse "
+	head, rest, _ := strings.Cut(s, ": ") // "cannot parse JSON"
+	for strings.HasPrefix(rest, wrap) {
+		colon, semi := strings.Index(rest, ": "), strings.IndexByte(rest, ';')
+		if colon < 0 || (semi >= 0 && semi < colon) {
+			break
+		}
+		rest = rest[colon+2:]
+	}
+	s = head + ": " + rest
+	if len(s) > maxJSONErrorText {
+		s = strings.ToValidUTF8(s[:maxJSONErrorText], "") + "…"
+	}
+	return s
 }
 
 // invalidUTF8At returns the offset of the first byte of b that is not

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"strconv"
@@ -137,39 +138,36 @@ func appendValue(dst []byte, v *fastjson.Value) ([]byte, error) {
 }
 
 // appendObject appends o with each repeated key written once, its last
-// value winning (see overridden). Small objects are written in one pass
-// that watches for a repeated key, and written again only if one may be.
+// value winning (see overridden).
 func appendObject(dst []byte, o *fastjson.Object) ([]byte, error) {
 	if o.Len() > smallObject {
-		dst, _, err := appendFields(dst, o, overridden(o), false)
-		return dst, err
+		return appendFields(dst, o, overridden(o))
 	}
-	start := len(dst)
-	dst, maybe, err := appendFields(dst, o, nil, o.Len() > 1)
-	if maybe {
-		if over := overridden(o); over != nil {
-			dst, _, err = appendFields(dst[:start], o, over, false)
-		} else {
-			dst, _, err = appendFields(dst[:start], o, nil, false)
+	// A small object is written in one pass, and a field that a later one
+	// overrides is cut out of dst when that one comes. Writing the object
+	// again instead would write its nested objects again too, at every
+	// level: 2^depth work for a hostile body.
+	var err error
+	var w writtenFields
+	dst = append(dst, '{')
+	o.Visit(func(k []byte, v *fastjson.Value) {
+		if err == nil {
+			dst = w.appendKey(dst, k)
+			dst, err = appendValue(dst, v)
 		}
-	}
-	return dst, err
+	})
+	return append(dst, '}'), err
 }
 
-// appendFields appends o without the fields over marks. With watch, it
-// stops as soon as a key may repeat one before it, returning maybe.
-func appendFields(dst []byte, o *fastjson.Object, over []bool, watch bool) (_ []byte, maybe bool, err error) {
-	var seen keyPrints
+// appendFields appends o without the fields over marks.
+func appendFields(dst []byte, o *fastjson.Object, over []bool) ([]byte, error) {
+	var err error
 	first := true
 	i := -1
 	dst = append(dst, '{')
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		i++
-		if err != nil || maybe || (over != nil && over[i]) {
-			return
-		}
-		if watch && seen.add(k) {
-			maybe = true
+		if err != nil || (over != nil && over[i]) {
 			return
 		}
 		if !first {
@@ -180,38 +178,82 @@ func appendFields(dst []byte, o *fastjson.Object, over []bool, watch bool) (_ []
 		dst = append(dst, ':')
 		dst, err = appendValue(dst, v)
 	})
-	return append(dst, '}'), maybe, err
+	return append(dst, '}'), err
 }
 
 // smallObject is the most fields an object may have for its repeated keys
-// to be found without allocating. Most objects of an event are this small.
+// to be handled without allocating. Most objects of an event are this small.
 const smallObject = 16
 
-// keyPrints holds a print of each key of a small object: its length and its
-// first, middle and last bytes, which nearly always tell keys apart, so that
-// the usual object is checked for repeated keys without comparing bytes.
-type keyPrints struct {
-	n      int
-	prints [smallObject]uint32
+// keyPrint is k's length and first, middle and last bytes, which nearly
+// always tell two keys apart without comparing them.
+func keyPrint(k []byte) uint32 {
+	n := len(k)
+	if n == 0 {
+		return 0
+	}
+	return uint32(n)<<24 | uint32(k[0])<<16 | uint32(k[n/2])<<8 | uint32(k[n-1])
 }
 
-// add records k and reports whether it may repeat a key added before:
-// false means it surely does not.
-func (p *keyPrints) add(k []byte) bool {
-	var fp uint32
-	if n := len(k); n > 0 {
-		fp = uint32(n)<<24 | uint32(k[0])<<16 | uint32(k[n/2])<<8 | uint32(k[n-1])
+// writtenFields tracks the fields of a small object written so far, as
+// offsets in dst: where each starts (at its comma, but for the first) and
+// where its key ends. Keys are compared as written: appendString maps
+// equal keys, and only those, to equal bytes.
+type writtenFields struct {
+	n       int
+	prints  [smallObject]uint32
+	starts  [smallObject]int32
+	keyEnds [smallObject]int32
+}
+
+// appendKey appends the next field's comma, key and colon. A field written
+// earlier under the same key is cut out of dst first: the last one wins.
+func (w *writtenFields) appendKey(dst, k []byte) []byte {
+	start := len(dst)
+	if w.n > 0 {
+		dst = append(dst, ',')
 	}
-	for _, q := range p.prints[:p.n] {
-		if q == fp {
-			return true
+	keyStart := len(dst)
+	dst = appendString(dst, k)
+	p := keyPrint(dst[keyStart:])
+	for j := range w.n {
+		from := int(w.starts[j])
+		ks := from
+		if j > 0 {
+			ks++ // past its comma
 		}
+		if w.prints[j] != p || !bytes.Equal(dst[ks:w.keyEnds[j]], dst[keyStart:]) {
+			continue
+		}
+		to := start // field j is the last one written
+		if j+1 < w.n {
+			to = int(w.starts[j+1])
+		}
+		if j == 0 {
+			to++ // the next field becomes the first: drop its comma
+		}
+		cut := to - from
+		dst = append(dst[:from], dst[to:]...)
+		for i := j + 1; i < w.n; i++ {
+			w.prints[i-1] = w.prints[i]
+			w.starts[i-1] = w.starts[i] - int32(cut)
+			w.keyEnds[i-1] = w.keyEnds[i] - int32(cut)
+		}
+		w.n--
+		start -= cut
+		switch {
+		case j == 0 && w.n > 0:
+			w.starts[0] = int32(from)
+		case j == 0:
+			start = from
+		}
+		break // keys written are unique: there is no other
 	}
-	if p.n < smallObject {
-		p.prints[p.n] = fp
-		p.n++
-	}
-	return false
+	w.prints[w.n] = p
+	w.starts[w.n] = int32(start)
+	w.keyEnds[w.n] = int32(len(dst))
+	w.n++
+	return append(dst, ':')
 }
 
 // overridden returns, for each field of o in order, whether a later field
@@ -226,10 +268,15 @@ func overridden(o *fastjson.Object) []bool {
 		return nil
 	}
 	if n <= smallObject {
-		var seen keyPrints
-		maybe := false
+		var prints [smallObject]uint32
+		i, maybe := 0, false
 		o.Visit(func(k []byte, _ *fastjson.Value) {
-			maybe = maybe || seen.add(k)
+			p := keyPrint(k)
+			for _, q := range prints[:i] {
+				maybe = maybe || p == q
+			}
+			prints[i] = p
+			i++
 		})
 		if !maybe {
 			return nil

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"regexp"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -46,6 +48,10 @@ type Options struct {
 	// DLQ serves /admin/dlq, /admin/dlq/replay and /admin/dlq/purge. Nil
 	// serves none of them.
 	DLQ DeadLetterStore
+	// Route returns which events the named destination receives, for
+	// GET /admin/events?destination=; nil for an unknown name. The filter
+	// it returns is used by one request only. Nil Route knows no names.
+	Route func(destination string) func(event []byte) bool
 }
 
 const (
@@ -79,7 +85,13 @@ type Server struct {
 	// longer serves /metrics and /admin/*.
 	adminMoved atomic.Bool
 
+	// certs is the TLS certificate of the main listener; nil serves
+	// plain HTTP.
+	certs *certStore
+
 	closing atomic.Bool
+	// tail holds the latest events received, while someone watches.
+	tail tailRing
 	// appendCtx is deliberately not the request's: fasthttp cancels every
 	// RequestCtx when shutdown begins, and an Append in flight must be
 	// allowed to finish so that its client gets the truth (200) rather
@@ -99,6 +111,16 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 	if sp == nil {
 		return nil, errors.New("proxy: nil spool")
 	}
+	keys, err := acceptedKeys(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var certs *certStore
+	if cfg.TLSCertFile != "" {
+		if certs, err = newCertStore(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+			return nil, err
+		}
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -115,7 +137,8 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 		opts:      opts,
 		log:       logger.With(slog.String(logKeyComponent, "proxy")),
 		m:         m,
-		pp:        newParser(cfg, newKeyring(cfg.WriteKeys)),
+		pp:        newParser(cfg, newKeyring(keys)),
+		certs:     certs,
 		appendCtx: context.Background(),
 		errRequestTooLarge: badRequest(errTooLarge,
 			fmt.Sprintf("request body is over --max-request-bytes (%d bytes)", cfg.MaxRequestBytes)),
@@ -129,18 +152,37 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 }
 
 func (s *Server) newHTTPServer(h fasthttp.RequestHandler, maxBody int) *fasthttp.Server {
+	orDefault := func(d, def time.Duration) time.Duration {
+		if d == 0 {
+			return def
+		}
+		return d
+	}
+	maxConns := s.cfg.MaxConns
+	if maxConns == 0 {
+		maxConns = DefaultMaxConns
+	}
 	return &fasthttp.Server{
 		Handler:      h,
 		ErrorHandler: s.handleConnError,
 		Logger:       fasthttpLogger{s.log},
 		// Bounded reads and idle waits keep a slow or vanished client from
-		// holding a connection; IdleTimeout is above the 90 s that Go and
-		// Node keep-alive clients wait, so they close first and never send
-		// on a connection we are closing.
-		ReadTimeout:                  30 * time.Second,
-		WriteTimeout:                 30 * time.Second,
-		IdleTimeout:                  120 * time.Second,
-		ReadBufferSize:               8 << 10,
+		// holding a connection (see DefaultReadTimeout, DefaultIdleTimeout).
+		ReadTimeout:  orDefault(s.cfg.ReadTimeout, DefaultReadTimeout),
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  orDefault(s.cfg.IdleTimeout, DefaultIdleTimeout),
+		// Every connection, idle or not, holds a goroutine: past the cap a
+		// new one gets 503 and is closed at once.
+		Concurrency: maxConns,
+		// A header that does not fit is answered 431 (handleConnError).
+		ReadBufferSize: 8 << 10,
+		// fasthttp's own log lines would otherwise quote the request that
+		// failed to parse, Authorization header and write key included.
+		SecureErrorLogMessage: true,
+		// An idle keep-alive connection gives its read and write buffers
+		// and request context back to the pools: thousands of idle
+		// connections then cost little more than their goroutines.
+		ReduceMemoryUsage:            true,
 		MaxRequestBodySize:           maxBody,
 		DisablePreParseMultipartForm: true,
 		NoDefaultServerHeader:        true,
@@ -153,8 +195,14 @@ func (s *Server) newHTTPServer(h fasthttp.RequestHandler, maxBody int) *fasthttp
 // on a listener the caller manages.
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
-// Serve accepts connections on ln until Shutdown.
+// Serve accepts connections on ln until Shutdown, over TLS when
+// Config.TLSCertFile is set.
 func (s *Server) Serve(ln net.Listener) error {
+	if s.certs != nil {
+		// The handshake happens on the connection's first read, under
+		// ReadTimeout, so a client stalling it is cut off like any other.
+		ln = tls.NewListener(ln, s.certs.config())
+	}
 	if err := s.srv.Serve(ln); err != nil {
 		return fmt.Errorf("serve http: %w", err)
 	}
@@ -234,6 +282,10 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, all bool) {
 		}
 	case "/admin/status":
 		s.handleStatus(ctx)
+	case "/admin/events":
+		s.handleTail(ctx)
+	case "/ui":
+		s.handleUI(ctx)
 	case "/admin/dlq":
 		s.handleDLQList(ctx)
 	case "/admin/dlq/replay":
@@ -304,6 +356,7 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		return
 	}
 	s.m.received[ep].Add(float64(len(in.events) + len(in.dead)))
+	s.tail.record(ep, s.now(), in.events, in.dead, in.rejected)
 	ctx.SetContentType("application/json")
 	if len(in.rejected) == 0 {
 		ctx.SetBody(successBody)
@@ -479,6 +532,25 @@ type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {
-		l.log.LogAttrs(context.Background(), slog.LevelDebug, fmt.Sprintf(format, args...))
+		l.log.LogAttrs(context.Background(), slog.LevelDebug, redactQuoted(fmt.Sprintf(format, args...)))
 	}
+}
+
+// quotedRE matches a Go-quoted string, as fasthttp quotes what it read.
+var quotedRE = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// redactQuoted replaces every quoted string of a fasthttp message but
+// addresses with "…": even with SecureErrorLogMessage, fasthttp quotes the
+// request line or headers it failed to parse, which may hold a write key.
+func redactQuoted(msg string) string {
+	return quotedRE.ReplaceAllStringFunc(msg, func(q string) string {
+		if s, err := strconv.Unquote(q); err == nil {
+			if _, port, err := net.SplitHostPort(s); err == nil {
+				if _, err := strconv.Atoi(port); err == nil {
+					return q
+				}
+			}
+		}
+		return `"…"`
+	})
 }

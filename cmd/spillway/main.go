@@ -18,6 +18,7 @@ func main() {
 const usage = `usage:
   spillway [run] [flags]             run the server (flags also from SPILLWAY_<FLAG>)
   spillway status [--addr A] [--json] [--watch]
+  spillway tail [--addr A] [--destination N] [--type T]   print received events live, one JSON per line
   spillway dlq list|replay|purge [--destination N] [--reason R] [--limit N] [--addr A | --spool-dir D]
   spillway version
 run 'spillway run -h' for the server's flags`
@@ -36,6 +37,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runStatus(ctx, args, stdout, stderr)
 	case "dlq":
 		return runDLQ(ctx, args, stdout, stderr)
+	case "tail":
+		return runTail(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "spillway", version)
 		return 0

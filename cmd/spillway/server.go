@@ -8,8 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof" // served only with --pprof-listen
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +35,7 @@ const (
 // serverConfig is everything the server's flags say.
 type serverConfig struct {
 	listen, adminListen string
+	pprofListen         string
 	logFormat, logLevel string
 	shutdownTimeout     time.Duration
 	syncMode, whenFull  string
@@ -47,6 +51,7 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	fs.SetOutput(stderr)
 
 	fs.StringVar(&c.listen, "listen", defaultListen, "address for the Segment-compatible API (and the admin endpoints, unless --admin-listen)")
+	fs.StringVar(&c.pprofListen, "pprof-listen", "", "address for Go's pprof profiling endpoints (default: off); keep it on loopback")
 	fs.StringVar(&c.adminListen, "admin-listen", "", "separate address for /metrics, /healthz, /readyz and /admin (default: the main listener)")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -63,6 +68,10 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	fs.Var((*stringList)(&c.proxy.WriteKeys), "write-key", "accepted write key, repeatable; none means any key is accepted")
 	fs.BoolVar(&c.proxy.Strict, "strict", false, "answer 400 to a request holding a spec-invalid event, storing nothing of it")
 	fs.StringVar(&c.proxy.AdminToken, "admin-token", "", "bearer token that allows dead-letter replay and purge from non-loopback clients")
+	fs.StringVar(&c.proxy.WriteKeyFile, "write-key-file", "", "file of accepted write keys, one a line (# comments), added to --write-key; reread on SIGHUP")
+	fs.StringVar(&c.proxy.TLSCertFile, "tls-cert", "", "PEM certificate chain: serve HTTPS on --listen (with --tls-key); reread on SIGHUP")
+	fs.StringVar(&c.proxy.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
+	fs.IntVar(&c.proxy.MaxConns, "max-conns", proxy.DefaultMaxConns, "most connections served at once, idle keep-alive ones included; past it a new one gets 503 (over HTTPS: is closed)")
 	c.proxy.MaxEventBytes = proxy.DefaultMaxEventBytes
 	c.proxy.MaxRequestBytes = proxy.DefaultMaxRequestBytes
 	fs.Var((*intSize)(&c.proxy.MaxEventBytes), "max-event-bytes", "largest event accepted")
@@ -153,7 +162,9 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	for _, spec := range specs {
 		d, err := forwarders.ParseDestination(spec, c.defaults)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--destination %s: %w", redactURL(spec), err)
+			// Only the name: the URL may hold a password or a write key.
+			name, _, _ := strings.Cut(spec, "=")
+			return nil, nil, nil, fmt.Errorf("--destination %s: %w", name, err)
 		}
 		dests = append(dests, d)
 		c.spool.Consumers = append(c.spool.Consumers, d.Name)
@@ -164,15 +175,10 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	return c, dests, logger, nil
 }
 
-// redactURL keeps credentials in a destination URL out of error messages.
-func redactURL(spec string) string {
-	if i := strings.Index(spec, "@"); i >= 0 {
-		if j := strings.Index(spec, "://"); j >= 0 && j < i {
-			return spec[:j+3] + "…" + spec[i:]
-		}
-	}
-	return spec
-}
+// defaultMemoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
+// otherwise: a sidecar runs under a container memory limit, and without one
+// the heap may double before each collection.
+const defaultMemoryLimit = 48 << 20
 
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c, dests, logger, err := configure(args, stderr)
@@ -182,6 +188,12 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		fmt.Fprintf(stderr, "spillway: %v\n", err)
 		return 2
+	}
+	// The spool holds events (personal data) and Badger creates its files
+	// 0644: nothing spillway creates may be readable by other users.
+	syscall.Umask(0o077)
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 	if err := serve(ctx, c, dests, logger); err != nil {
 		logger.Error("spillway stopped", "err", err)
@@ -216,6 +228,7 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		Metrics: metrics,
 		Status:  func() any { return group.Status() },
 		DLQ:     sp,
+		Route:   group.Route,
 	}, logger, reg)
 	if err != nil {
 		_ = closeSpool()
@@ -236,9 +249,42 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		}
 	}
 
+	if c.pprofListen != "" {
+		pprofLn, err := net.Listen("tcp", c.pprofListen)
+		if err != nil {
+			ln.Close()
+			_ = closeSpool()
+			return fmt.Errorf("--pprof-listen %s: %w", c.pprofListen, err)
+		}
+		pprofSrv := &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = pprofSrv.Serve(pprofLn) }()
+		defer pprofSrv.Close()
+	}
+
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
+	// SIGHUP rereads the secrets (--write-key-file, --tls-cert/--tls-key)
+	// once Kubernetes has updated them; a failed reload keeps the old ones.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	hupDone := make(chan struct{})
+	defer close(hupDone)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				if err := srv.Reload(); err != nil {
+					logger.Error("reload secrets failed; keeping the previous ones", "err", err)
+				} else {
+					logger.Info("reloaded secrets")
+				}
+			case <-hupDone:
+				return
+			}
+		}
+	}()
 
 	group.Start()
 	serveErr := make(chan error, 2)

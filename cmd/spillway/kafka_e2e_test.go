@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// kafkaTopic reads a topic from the start in the background and records
+// every messageId header it sees, duplicates counted.
+type kafkaTopic struct {
+	cl     *kgo.Client
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	ids     map[string]int
+	records int
+}
+
+func readTopic(t *testing.T, c *kfake.Cluster, topic string) *kafkaTopic {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	k := &kafkaTopic{cl: cl, cancel: cancel, done: make(chan struct{}), ids: map[string]int{}}
+	go func() {
+		defer close(k.done)
+		for ctx.Err() == nil {
+			fs := cl.PollFetches(ctx)
+			k.mu.Lock()
+			fs.EachRecord(func(r *kgo.Record) {
+				k.records++
+				for _, h := range r.Headers {
+					if h.Key == "messageId" {
+						k.ids[string(h.Value)]++
+					}
+				}
+			})
+			k.mu.Unlock()
+		}
+	}()
+	t.Cleanup(k.close)
+	return k
+}
+
+func (k *kafkaTopic) close() {
+	k.cancel()
+	<-k.done
+	k.cl.Close()
+}
+
+func (k *kafkaTopic) has(id string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.ids[id] > 0
+}
+
+func (k *kafkaTopic) counts() (unique, records int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.ids), k.records
+}
+
+// TestKafkaKilledProcessLosesNoAcknowledgedEvent runs the real binary
+// against an in-process Kafka (kfake, real protocol on loopback), SIGKILLs
+// it at a random moment while it ingests and produces under concurrent
+// load, restarts it on the same spool, and checks that every event
+// answered 200 reaches the topic.
+func TestKafkaKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
+	cycles := 3
+	if testing.Short() {
+		cycles = 1
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+
+	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(6, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	topic := readTopic(t, c, "events")
+	dir := t.TempDir()
+	dest := "k=kafka://" + strings.Join(c.ListenAddrs(), ",") + "/events?batch_events=200&flush=10ms&backoff_max=1s"
+	args := []string{"--spool-dir", dir, "--destination", dest}
+
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	for cycle := 0; cycle < cycles; cycle++ {
+		p := startSpillway(t, "", nil, args...)
+		ctx, cancel := context.WithCancel(t.Context())
+		var wg sync.WaitGroup
+		var sent atomic.Int64
+		for w := 0; w < 8; w++ {
+			wg.Go(func() {
+				client := &http.Client{Timeout: 5 * time.Second}
+				defer client.CloseIdleConnections()
+				for i := 0; ctx.Err() == nil; i++ {
+					evs := trackEvents(fmt.Sprintf("c%d-w%d-%d", cycle, w, i), 50)
+					code, err := postBatch(ctx, client, p.url(), "wk", evs)
+					if err != nil || code != 200 {
+						continue // not acknowledged: the SDK would retry; not ours to check
+					}
+					mu.Lock()
+					for _, e := range evs {
+						acked[e["messageId"].(string)] = true
+					}
+					mu.Unlock()
+					sent.Add(1)
+				}
+			})
+		}
+		// Let this process's production to Kafka be under way before the
+		// kill (after a restart, re-sent records count too).
+		_, before := topic.counts()
+		waitFor(t, 10*time.Second, "records produced by this process", func() bool { _, n := topic.counts(); return n > before })
+		time.Sleep(time.Duration(100+rng.IntN(600)) * time.Millisecond)
+		p.kill()
+		cancel()
+		wg.Wait()
+		u, _ := topic.counts()
+		t.Logf("cycle %d: killed after %d acknowledged batches, %d events in Kafka so far", cycle, sent.Load(), u)
+	}
+
+	p := startSpillway(t, "", nil, args...)
+	mu.Lock()
+	total := len(acked)
+	mu.Unlock()
+	if total == 0 {
+		t.Fatal("no request was acknowledged: the test proves nothing")
+	}
+	waitFor(t, 60*time.Second, fmt.Sprintf("all %d acknowledged events in Kafka", total), func() bool {
+		for id := range acked {
+			if !topic.has(id) {
+				return false
+			}
+		}
+		return true
+	})
+	unique, records := topic.counts()
+	t.Logf("%d acknowledged, %d unique in Kafka, %d duplicates (re-sent after a kill)", total, unique, records-unique)
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d: %s", code, p.stderr)
+	}
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"maps"
+	"net/http"
+	"os/exec"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spillwayhq/spillway/forwarders"
+)
+
+// statusFields are the keys of a row of GET /admin/status and of
+// `spillway status --json`.
+var statusFields = []string{"backlog_events", "dead_lettered", "delivered", "kind", "lag_seconds", "last_error", "name", "retried", "state"}
+
+func TestStatusCommandAgainstARunningServer(t *testing.T) {
+	healthy, failing := newSink(t), newSink(t)
+	failing.setStatus(http.StatusServiceUnavailable)
+	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(),
+		"--destination", "healthy="+healthy.srv.URL, "--destination", "failing="+failing.srv.URL,
+		"--flush-interval", "20ms", "--backoff-min", "50ms", "--backoff-max", "200ms")
+	if status, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", trackEvents("status", 20)); err != nil || status != 200 {
+		t.Fatalf("POST: %d %v", status, err)
+	}
+	waitFor(t, 10*time.Second, "healthy to receive 20 events", func() bool { n, _ := healthy.counts(); return n == 20 })
+
+	statusCmd := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(t.Context(), binary, append([]string{"status", "--addr", p.addr}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("spillway status %v: %v", args, err)
+		}
+		return string(out)
+	}
+
+	t.Run("--json prints forwarders.DestinationStatus rows", func(t *testing.T) {
+		var rows []forwarders.DestinationStatus
+		waitFor(t, 10*time.Second, "failing to be failing and retried", func() bool {
+			out := statusCmd("--json")
+			var raw []map[string]any
+			if err := json.Unmarshal([]byte(out), &raw); err != nil {
+				t.Fatalf("status --json is not a JSON array: %v\n%s", err, out)
+			}
+			for _, r := range raw {
+				if _, ok := r["last_error"]; !ok {
+					r["last_error"] = "" // omitted when empty
+				}
+				if got := slices.Sorted(maps.Keys(r)); !slices.Equal(got, statusFields) {
+					t.Fatalf("status --json row keys = %v, want %v", got, statusFields)
+				}
+			}
+			dec := json.NewDecoder(strings.NewReader(out))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&rows); err != nil {
+				t.Fatal(err)
+			}
+			return len(rows) == 2 && rows[1].State == forwarders.StateFailing && rows[1].Retried > 0
+		})
+		h, f := rows[0], rows[1]
+		if h.Name != "healthy" || h.Kind != "webhook" || h.State != forwarders.StateUp || h.BacklogEvents != 0 ||
+			h.LagSeconds != 0 || h.Delivered != 20 || h.Retried != 0 || h.DeadLettered != 0 || h.LastError != "" {
+			t.Errorf("healthy row = %+v", h)
+		}
+		if f.Name != "failing" || f.BacklogEvents != 20 || f.LagSeconds <= 0 || f.Delivered != 0 ||
+			f.DeadLettered != 0 || !strings.Contains(f.LastError, "503") {
+			t.Errorf("failing row = %+v", f)
+		}
+	})
+
+	t.Run("the table has one row per destination with every column", func(t *testing.T) {
+		lines := strings.Split(strings.TrimRight(statusCmd(), "\n"), "\n")
+		if len(lines) != 3 {
+			t.Fatalf("status printed %d lines, want a header and 2 rows:\n%s", len(lines), strings.Join(lines, "\n"))
+		}
+		header := strings.Fields(lines[0])
+		want := []string{"DESTINATION", "KIND", "STATE", "BACKLOG", "LAG", "DELIVERED", "RETRIED", "DEAD-LETTERED", "LAST", "ERROR"}
+		if !slices.Equal(header, want) {
+			t.Errorf("header = %v, want %v", header, want)
+		}
+		h := strings.Fields(lines[1])
+		if len(h) != 8 || h[0] != "healthy" || h[1] != "webhook" || h[2] != "up" || h[3] != "0" || h[4] != "0s" ||
+			h[5] != "20" || h[6] != "0" || h[7] != "0" {
+			t.Errorf("healthy row = %q", lines[1])
+		}
+		f := strings.Fields(lines[2])
+		if len(f) < 9 || f[0] != "failing" || f[2] != "failing" || f[3] != "20" || f[4] == "0s" || f[5] != "0" || f[7] != "0" ||
+			!strings.Contains(lines[2], "503") {
+			t.Errorf("failing row = %q", lines[2])
+		}
+		if retried, err := strconv.Atoi(f[6]); err != nil || retried < 1 {
+			t.Errorf("failing row: retried %q, want >= 1", f[6])
+		}
+		// The columns line up under the header.
+		if col := strings.Index(lines[0], "BACKLOG"); !strings.HasPrefix(lines[2][col:], "20 ") {
+			t.Errorf("BACKLOG column misaligned:\n%s", strings.Join(lines, "\n"))
+		}
+	})
+
+	t.Run("--watch refreshes every second", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
+		defer cancel()
+		var out, errOut bytes.Buffer
+		if code := run(ctx, []string{"status", "--addr", p.addr, "--watch"}, &out, &errOut); code != 0 {
+			t.Fatalf("status --watch: exit %d: %s", code, errOut.String())
+		}
+		if n := strings.Count(out.String(), "DESTINATION"); n < 2 || n > 4 {
+			t.Errorf("status --watch printed the table %d times in 2.5s, want about 3", n)
+		}
+	})
+
+	t.Run("an unreachable server is an error", func(t *testing.T) {
+		var out, errOut bytes.Buffer
+		if code := run(t.Context(), []string{"status", "--addr", freeAddr(t)}, &out, &errOut); code != 1 ||
+			!strings.Contains(errOut.String(), "reach spillway") {
+			t.Errorf("exit %d, stderr %q; want 1 and why", code, errOut.String())
+		}
+	})
+}
+
+// TestStatusTableReadsTheServersFieldNames keeps the command's mirror of
+// forwarders.DestinationStatus in step with it.
+func TestStatusTableReadsTheServersFieldNames(t *testing.T) {
+	in := forwarders.DestinationStatus{Name: "n", Kind: "webhook", State: forwarders.StateMisconfigured,
+		BacklogEvents: 1, LagSeconds: 2.5, Delivered: 3, Retried: 4, DeadLettered: 5, LastError: "e"}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out destinationStatus
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	want := destinationStatus{Name: "n", Kind: "webhook", State: "misconfigured", Backlog: 1, LagSeconds: 2.5,
+		Delivered: 3, Retried: 4, DeadLettered: 5, LastError: "e"}
+	if !reflect.DeepEqual(out, want) {
+		t.Errorf("decoded %+v, want %+v", out, want)
+	}
+}

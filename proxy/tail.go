@@ -1,0 +1,261 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/spillwayhq/spillway/spool"
+)
+
+const (
+	// tailSize is how many received events the live tail holds: enough
+	// for a person to read, small enough to be nothing in a sidecar's
+	// memory (at most tailSize * --max-event-bytes).
+	tailSize = 200
+	// tailIdle is how long the tail keeps recording after its last reader.
+	// Nothing is recorded, and no event is held in memory, while nobody
+	// watches: events are personal data and the hot path should not pay
+	// for a view nobody has open.
+	tailIdle = time.Minute
+)
+
+// tailRing holds the latest events stored by the event endpoints, for
+// GET /admin/events (the /ui page and `spillway tail`). Its zero value is
+// ready. Write keys are never recorded: a stored event's JSON has none
+// (writeKey is stripped at ingest) and the key beside it is not copied.
+type tailRing struct {
+	// watchedUntil is when recording stops (unix ns); 0 until the first
+	// reader, so an unwatched proxy pays one atomic load per request.
+	watchedUntil atomic.Int64
+	holding      atomic.Bool // some slot holds an event
+
+	mu    sync.Mutex
+	last  uint64 // seq of the newest event recorded; seqs start at 1
+	slots [tailSize]tailSlot
+}
+
+type tailSlot struct {
+	seq     uint64 // 0: empty
+	at      int64  // unix ns
+	ep      endpoint
+	invalid rule   // ruleOK, or why the event was dead-lettered at ingest
+	data    []byte // reused by the next event in this slot
+}
+
+// watch keeps recording on for tailIdle from now.
+func (t *tailRing) watch(now time.Time) {
+	t.watchedUntil.Store(now.Add(tailIdle).UnixNano())
+}
+
+// record copies the events of one successful Append, if someone watches.
+// It must not keep the slices it is given; it copies into buffers it
+// reuses, so a watched proxy allocates nothing once they have grown.
+func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead []spool.DeadLetter, rejected []rejection) {
+	until := t.watchedUntil.Load()
+	if until == 0 {
+		return
+	}
+	if now.UnixNano() > until {
+		if t.holding.Load() {
+			t.dropUnwatched(now)
+		}
+		return
+	}
+	at := now.UnixNano()
+	// Only the last tailSize events of a huge request can be held; the
+	// others still take a seq, so readers learn that they missed some.
+	n := len(events) + len(dead)
+	skip := n - tailSize
+	t.mu.Lock()
+	// The request's order is kept: rejected[i].index is where dead[i] was.
+	var ei, di int
+	for k := range n {
+		if di < len(dead) && (di >= len(rejected) || rejected[di].index == k || ei == len(events)) {
+			if k >= skip {
+				r := ruleNotObject
+				if di < len(rejected) {
+					r = rejected[di].rule
+				}
+				t.put(at, ep, r, dead[di].Event)
+			} else {
+				t.last++
+			}
+			di++
+			continue
+		}
+		if k >= skip {
+			t.put(at, ep, ruleOK, events[ei].Data)
+		} else {
+			t.last++
+		}
+		ei++
+	}
+	t.holding.Store(true)
+	t.mu.Unlock()
+}
+
+func (t *tailRing) put(at int64, ep endpoint, invalid rule, data []byte) {
+	t.last++
+	s := &t.slots[t.last%tailSize]
+	s.seq, s.at, s.ep, s.invalid = t.last, at, ep, invalid
+	s.data = append(s.data[:0], data...)
+}
+
+// dropUnwatched forgets every event held once nobody has watched for
+// tailIdle, so personal data does not linger in memory.
+func (t *tailRing) dropUnwatched(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if now.UnixNano() <= t.watchedUntil.Load() {
+		return
+	}
+	for i := range t.slots {
+		t.slots[i] = tailSlot{}
+	}
+	t.holding.Store(false)
+}
+
+// TailEvent is one event of GET /admin/events.
+type TailEvent struct {
+	// Seq orders received events; it restarts at 1 with the process.
+	Seq        uint64    `json:"seq"`
+	ReceivedAt time.Time `json:"received_at"`
+	Endpoint   string    `json:"endpoint"`
+	Type       string    `json:"type,omitempty"`
+	// Invalid, when set, is why the event broke the Segment spec: it went
+	// to the dead-letter store, not to any destination.
+	Invalid string `json:"invalid,omitempty"`
+	// Event is the event as stored: enriched, without its writeKey.
+	Event json.RawMessage `json:"event"`
+}
+
+// TailPage is the answer of GET /admin/events.
+type TailPage struct {
+	// Next is the cursor to send as ?since= next time.
+	Next uint64 `json:"next"`
+	// Missed counts events received after the cursor that are no longer
+	// held (more than the tail holds arrived between two polls).
+	Missed uint64      `json:"missed"`
+	Events []TailEvent `json:"events"`
+}
+
+// read copies the events held after since, oldest first. A cursor from the
+// future (the process restarted) reads from the start.
+func (t *tailRing) read(since uint64) (page TailPage, slots []tailSlot) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	page.Next = t.last
+	if since > t.last {
+		since = 0
+	}
+	lo := since + 1
+	if t.last >= tailSize && lo < t.last-tailSize+1 {
+		if since > 0 {
+			page.Missed = t.last - tailSize + 1 - lo
+		}
+		lo = t.last - tailSize + 1
+	}
+	for seq := lo; seq <= t.last; seq++ {
+		s := t.slots[seq%tailSize]
+		if s.seq != seq {
+			continue // dropped while nobody watched
+		}
+		s.data = bytes.Clone(s.data)
+		slots = append(slots, s)
+	}
+	return page, slots
+}
+
+// handleTail serves GET /admin/events?since=SEQ&destination=NAME&type=T&limit=N:
+// the latest events received after the cursor SEQ (default 0: all held),
+// at most N (default and most: 200), newest last, as a TailPage. It is
+// meant to be polled about once a second. Events are personal data, so the
+// rule of /admin/dlq applies: a loopback client or the admin token.
+func (s *Server) handleTail(ctx *fasthttp.RequestCtx) {
+	if !onlyGet(ctx) || !s.adminAllowed(ctx) {
+		return
+	}
+	args := ctx.QueryArgs()
+	var since uint64
+	if v := args.Peek("since"); len(v) > 0 {
+		n, err := strconv.ParseUint(string(v), 10, 64)
+		if err != nil {
+			writeError(ctx, badRequest(errInvalidQuery, "since must be a whole number >= 0"))
+			return
+		}
+		since = n
+	}
+	limit := tailSize
+	if v := args.Peek("limit"); len(v) > 0 {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 || n > tailSize {
+			writeError(ctx, badRequest(errInvalidQuery, "limit must be a whole number in 1..200"))
+			return
+		}
+		limit = n
+	}
+	typ := string(args.Peek("type"))
+	var wants func([]byte) bool
+	if name := string(args.Peek("destination")); name != "" {
+		if s.opts.Route != nil {
+			wants = s.opts.Route(name)
+		}
+		if wants == nil {
+			writeError(ctx, badRequest(errInvalidQuery, "unknown destination "+strconv.Quote(name)))
+			return
+		}
+	}
+
+	s.tail.watch(s.now())
+	page, slots := s.tail.read(since)
+	page.Events = make([]TailEvent, 0, min(len(slots), limit))
+	for i := len(slots) - 1; i >= 0 && len(page.Events) < limit; i-- {
+		sl := slots[i]
+		e := TailEvent{
+			Seq:        sl.seq,
+			ReceivedAt: time.Unix(0, sl.at).UTC(),
+			Endpoint:   sl.ep.String(),
+			Type:       eventType(sl.data),
+			Event:      sl.data,
+		}
+		if sl.invalid != ruleOK {
+			e.Invalid = ruleTexts[sl.invalid]
+		}
+		if (typ != "" && e.Type != typ) || (wants != nil && (e.Invalid != "" || !wants(sl.data))) {
+			continue
+		}
+		if !json.Valid(e.Event) {
+			e.Event, _ = json.Marshal(string(sl.data))
+		}
+		page.Events = append(page.Events, e)
+	}
+	// Newest last, as a log reads.
+	for i, j := 0, len(page.Events)-1; i < j; i, j = i+1, j-1 {
+		page.Events[i], page.Events[j] = page.Events[j], page.Events[i]
+	}
+	b, err := json.Marshal(page)
+	if err != nil {
+		writeError(ctx, err)
+		return
+	}
+	ctx.Response.Header.Set(fasthttp.HeaderCacheControl, "no-store")
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(b, '\n'))
+}
+
+// eventType is the event's "type", or "" when it has none.
+func eventType(data []byte) string {
+	var v struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(data, &v) != nil {
+		return ""
+	}
+	return v.Type
+}
