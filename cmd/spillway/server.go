@@ -12,7 +12,6 @@ import (
 	_ "net/http/pprof" // served only with --pprof-listen
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -175,11 +174,6 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	return c, dests, logger, nil
 }
 
-// defaultMemoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
-// otherwise: a sidecar runs under a container memory limit, and without one
-// the heap may double before each collection.
-const defaultMemoryLimit = 48 << 20
-
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c, dests, logger, err := configure(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -192,9 +186,6 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	// The spool holds events (personal data) and Badger creates its files
 	// 0644: nothing spillway creates may be readable by other users.
 	syscall.Umask(0o077)
-	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
-		debug.SetMemoryLimit(defaultMemoryLimit)
-	}
 	if err := serve(ctx, c, dests, logger); err != nil {
 		logger.Error("spillway stopped", "err", err)
 		return 1
