@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // mountTmpfs mounts a small tmpfs for a full-disk test, or skips where
@@ -191,5 +194,45 @@ func TestIntervalSyncAcknowledgesWithoutWaitingForFsync(t *testing.T) {
 	}
 	if got := len(readAll(t, s, "a")); got != 20 {
 		t.Fatalf("read %d, want 20", got)
+	}
+}
+
+func TestDropOldestMakesRoomAndCountsWhatEachDestinationLost(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, MaxBytes: 24 << 20, WhenFull: DropOldest, Consumers: []string{"slow", "dead"}}, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	// "slow" delivers a little, "dead" nothing; random data fills
+	// generations at its raw size.
+	written := 0
+	deadline := time.Now().Add(30 * time.Second)
+	for testutil.ToFloat64(s.metrics.dropped.WithLabelValues("dead", "spool_full")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing dropped after writing %d MiB into a 24 MiB spool", written>>20)
+		}
+		if err := s.Append(t.Context(), randomEvents(100, 1000), nil); err != nil {
+			t.Fatalf("append with drop-oldest = %v; it must make room, not refuse", err)
+		}
+		written += 100 * 2000
+		if recs, _ := s.Read("slow", 10, 1<<20); len(recs) > 0 {
+			_ = s.Ack("slow", recs[len(recs)-1].Seq+1)
+		}
+	}
+	deadDropped := testutil.ToFloat64(s.metrics.dropped.WithLabelValues("dead", "spool_full"))
+	slowDropped := testutil.ToFloat64(s.metrics.dropped.WithLabelValues("slow", "spool_full"))
+	cursor, _ := s.Cursor("dead")
+	if uint64(deadDropped) != cursor {
+		t.Fatalf("dead lost %v events by the counter, but its cursor moved to %d", deadDropped, cursor)
+	}
+	if slowDropped >= deadDropped {
+		t.Fatalf("slow lost %v, dead %v: what was delivered must not count as dropped", slowDropped, deadDropped)
+	}
+	// What is left is readable and starts where the cursor now is.
+	recs, err := s.Read("dead", 5, 1<<20)
+	if err != nil || len(recs) == 0 || recs[0].Seq < cursor {
+		t.Fatalf("after the drop, dead reads %d records from %v (err %v), cursor %d", len(recs), seqs(recs), err, cursor)
 	}
 }

@@ -225,7 +225,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		cfg:       cfg,
 		log:       logger,
 		reqs:      make(chan *appendReq),
-		sealed:    make(chan *sealedGroup, 1),
+		sealed:    make(chan *sealedGroup),
 		rotate:    make(chan struct{}, 1),
 		quit:      make(chan struct{}),
 		changed:   make(chan struct{}),

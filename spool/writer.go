@@ -59,7 +59,9 @@ func (s *Spool) append(ctx context.Context, r *appendReq) error {
 // waiting, numbers its events, and encodes and compresses them into blocks;
 // commitLoop writes each group's blocks in one transaction, so one fsync
 // acknowledges them all (group commit). While one group's fsync runs, the
-// next group is gathered and compressed.
+// next group is gathered and compressed. The hand-over is unbuffered: a
+// writer running further ahead would cut the requests arriving during one
+// fsync into several small groups, each paying an fsync of its own.
 type sealedGroup struct {
 	reqs   []*appendReq
 	dead   []DeadLetter
