@@ -244,6 +244,9 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		pprofLn, err := net.Listen("tcp", c.pprofListen)
 		if err != nil {
 			ln.Close()
+			if adminLn != nil {
+				adminLn.Close()
+			}
 			_ = closeSpool()
 			return fmt.Errorf("--pprof-listen %s: %w", c.pprofListen, err)
 		}
