@@ -216,6 +216,27 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) 
 	}
 }
 
+// waitForAll waits until has reports every id in acked, read under mu.
+func waitForAll(t testing.TB, within time.Duration, where string, mu *sync.Mutex, acked map[string]bool, has func(string) bool) {
+	t.Helper()
+	mu.Lock()
+	total := len(acked)
+	mu.Unlock()
+	if total == 0 {
+		t.Fatal("no request was acknowledged: the test proves nothing")
+	}
+	waitFor(t, within, fmt.Sprintf("all %d acknowledged events %s", total, where), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for id := range acked {
+			if !has(id) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // readNDJSON reads a file:// destination's events by messageId.
 func readNDJSON(t testing.TB, path string) map[string]map[string]any {
 	t.Helper()

@@ -137,22 +137,9 @@ func TestKafkaKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
 	}
 
 	p := startSpillway(t, "", nil, args...)
-	mu.Lock()
-	total := len(acked)
-	mu.Unlock()
-	if total == 0 {
-		t.Fatal("no request was acknowledged: the test proves nothing")
-	}
-	waitFor(t, 60*time.Second, fmt.Sprintf("all %d acknowledged events in Kafka", total), func() bool {
-		for id := range acked {
-			if !topic.has(id) {
-				return false
-			}
-		}
-		return true
-	})
+	waitForAll(t, 60*time.Second, "in Kafka", &mu, acked, topic.has)
 	unique, records := topic.counts()
-	t.Logf("%d acknowledged, %d unique in Kafka, %d duplicates (re-sent after a kill)", total, unique, records-unique)
+	t.Logf("%d acknowledged, %d unique in Kafka, %d duplicates (re-sent after a kill)", len(acked), unique, records-unique)
 	if code := p.stop(10 * time.Second); code != 0 {
 		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}

@@ -228,23 +228,10 @@ func TestKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
 		t.Logf("cycle %d: killed after %v, %d acknowledged batches", cycle, elapsed.Round(time.Millisecond), sent.Load())
 	}
 	p := startSpillway(t, "", nil, args...)
-	mu.Lock()
-	total := len(acked)
-	mu.Unlock()
-	if total == 0 {
-		t.Fatal("no request was acknowledged: the test proves nothing")
-	}
-	waitFor(t, 60*time.Second, fmt.Sprintf("all %d acknowledged events at the destination", total), func() bool {
-		for id := range acked {
-			if !hook.has(id) {
-				return false
-			}
-		}
-		return true
-	})
+	waitForAll(t, 60*time.Second, "at the destination", &mu, acked, hook.has)
 	unique, received := hook.counts()
 	dups := received - unique
-	t.Logf("%d cycles: %d acknowledged, %d unique delivered, %d duplicates (bound %.0f)", cycles, total, unique, dups, allowance)
+	t.Logf("%d cycles: %d acknowledged, %d unique delivered, %d duplicates (bound %.0f)", cycles, len(acked), unique, dups, allowance)
 	if float64(dups) > allowance {
 		t.Errorf("%d duplicates exceed the in-flight bound %.0f: cursors are not being saved", dups, allowance)
 	}

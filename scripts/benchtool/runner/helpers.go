@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/spillwayhq/spillway/scripts/benchtool/internal/loadreport"
 	"io"
 	"net"
 	"net/http"
@@ -184,28 +185,7 @@ func (sp *spillwayProc) receivedTotal() (float64, bool) {
 }
 
 // loadResult is loadgen's JSON line.
-type loadResult struct {
-	Endpoint        string         `json:"endpoint"`
-	Rate            float64        `json:"rate_events_per_s"`
-	WindowStartNs   int64          `json:"window_start_ns"`
-	WindowEndNs     int64          `json:"window_end_ns"`
-	WindowS         float64        `json:"window_s"`
-	Requests        uint64         `json:"requests"`
-	RequestsOK      uint64         `json:"requests_ok"`
-	EventsOK        uint64         `json:"events_ok"`
-	ReqPerS         float64        `json:"requests_ok_per_s"`
-	EventsPerS      float64        `json:"events_ok_per_s"`
-	Statuses        map[string]int `json:"non_200,omitempty"`
-	Errors          map[string]int `json:"errors,omitempty"`
-	P50ms           float64        `json:"p50_ms"`
-	P90ms           float64        `json:"p90_ms"`
-	P99ms           float64        `json:"p99_ms"`
-	MaxMs           float64        `json:"max_ms"`
-	RawEventBytesOK uint64         `json:"raw_event_bytes_ok"`
-	EventBytesAvg   float64        `json:"event_bytes_avg"`
-	TotalEventsOK   uint64         `json:"total_events_ok"`
-	LateMaxMs       float64        `json:"late_max_ms,omitempty"`
-}
+type loadResult = loadreport.Result
 
 type loadSpec struct {
 	endpoint string
