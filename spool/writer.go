@@ -66,8 +66,7 @@ type sealedGroup struct {
 	reqs   []*appendReq
 	dead   []DeadLetter
 	blocks []sealedBlock
-	err    error // the group failed before commit; nothing of it is stored
-	rotate bool  // not a group: start a new generation
+	rotate bool // not a group: start a new generation
 }
 
 type sealedBlock struct {
