@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"sync"
+	"runtime"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -24,14 +24,16 @@ const (
 	envelopeLen  = 6
 )
 
-var (
-	castagnoli = crc32.MakeTable(crc32.Castagnoli)
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-	// The fastest level: on realistic events it compresses within 1% of
-	// the default level at one and a half times the speed.
-	// Encoders and decoders are costly to build and hold window buffers; a
-	// pool keeps one per concurrent user instead of one per block.
-	encoders = sync.Pool{New: func() any {
+// Encoders and decoders are costly to build and hold window buffers, so a
+// few are kept for reuse. Not a sync.Pool: it is emptied at every garbage
+// collection, and under many small requests that rebuilt an encoder for
+// most blocks.
+var (
+	encoders = newCoderPool(func() *zstd.Encoder {
+		// The fastest level: on realistic events it compresses within 1%
+		// of the default level at one and a half times the speed.
 		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
 			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true),
 			// A block is at most about maxBlockBytes: a larger window
@@ -41,16 +43,42 @@ var (
 			panic(err) // only on invalid options, which are constant here
 		}
 		return e
-	}}
-	decoders = sync.Pool{New: func() any {
+	})
+	decoders = newCoderPool(func() *zstd.Decoder {
 		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
 			zstd.WithDecoderMaxMemory(maxBlockRawBytes))
 		if err != nil {
 			panic(err)
 		}
 		return d
-	}}
+	})
 )
+
+// coderPool keeps up to one coder per core.
+type coderPool[T any] struct {
+	free  chan T
+	build func() T
+}
+
+func newCoderPool[T any](build func() T) *coderPool[T] {
+	return &coderPool[T]{free: make(chan T, runtime.GOMAXPROCS(0)), build: build}
+}
+
+func (p *coderPool[T]) get() T {
+	select {
+	case c := <-p.free:
+		return c
+	default:
+		return p.build()
+	}
+}
+
+func (p *coderPool[T]) put(c T) {
+	select {
+	case p.free <- c:
+	default:
+	}
+}
 
 // maxBlockRawBytes bounds what a decoder will inflate, so a corrupt or
 // hostile length can never make one block eat the memory budget.
@@ -77,10 +105,10 @@ func encodeBody(dst []byte, stored time.Time, events []Event) []byte {
 
 // sealBlock compresses body into a fresh envelope.
 func sealBlock(body []byte) []byte {
-	enc := encoders.Get().(*zstd.Encoder)
+	enc := encoders.get()
 	out := make([]byte, envelopeLen, envelopeLen+len(body)/3+64)
 	out = enc.EncodeAll(body, out)
-	encoders.Put(enc)
+	encoders.put(enc)
 	out[0] = blockVersion
 	out[1] = flagZstd
 	binary.BigEndian.PutUint32(out[2:6], crc32.Checksum(out[envelopeLen:], castagnoli))
@@ -111,9 +139,9 @@ func openBlock(val []byte) ([]byte, error) {
 	if val[1]&flagZstd == 0 {
 		return body, nil
 	}
-	dec := decoders.Get().(*zstd.Decoder)
+	dec := decoders.get()
 	raw, err := dec.DecodeAll(body, nil)
-	decoders.Put(dec)
+	decoders.put(dec)
 	if err != nil {
 		return nil, fmt.Errorf("%w: decompress: %v", errCorrupt, err)
 	}
