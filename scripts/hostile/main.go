@@ -18,9 +18,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
+	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"io"
 	"net"
 	"net/http"
@@ -29,7 +29,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -115,12 +114,10 @@ type proc struct {
 }
 
 func start(bin, dir string, args ...string) (*proc, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := procstat.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	cmd := exec.Command(bin, append([]string{"run", "--listen", addr, "--spool-dir", dir}, args...)...)
 	cmd.Stdout = io.Discard // the stdout:// destination
 	cmd.Stderr = os.Stderr
@@ -128,18 +125,12 @@ func start(bin, dir string, args ...string) (*proc, error) {
 		return nil, err
 	}
 	p := &proc{cmd: cmd, addr: addr}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				http.DefaultClient.CloseIdleConnections()
-				return p, nil
-			}
-		}
+	if err := procstat.WaitReady(context.Background(), "http://"+addr, 20*time.Second); err != nil {
+		p.stop()
+		return nil, err
 	}
-	p.stop()
-	return nil, errors.New("spillway not ready after 20s")
+	http.DefaultClient.CloseIdleConnections()
+	return p, nil
 }
 
 func (p *proc) stop() {
@@ -156,24 +147,9 @@ func (p *proc) stop() {
 
 // rss returns VmRSS and VmHWM (peak) in bytes.
 func (p *proc) rss() (now, peak int64) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0, 0
-	}
-	for line := range strings.Lines(string(b)) {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseInt(f[1], 10, 64)
-		switch f[0] {
-		case "VmRSS:":
-			now = kb << 10
-		case "VmHWM:":
-			peak = kb << 10
-		}
-	}
-	return now, peak
+	now, _ = procstat.StatusKiB(p.cmd.Process.Pid, "VmRSS")
+	peak, _ = procstat.StatusKiB(p.cmd.Process.Pid, "VmHWM")
+	return now << 10, peak << 10
 }
 
 // holdConns opens n connections, each sending one event and reading its

@@ -25,9 +25,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -229,15 +229,6 @@ func startSink(bin, work string) (*exec.Cmd, string, error) {
 	return cmd, a.Addr, nil
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
 // sample is one reading of spillway's counters.
 type sample struct {
 	at                  time.Time
@@ -247,7 +238,7 @@ type sample struct {
 // measure runs one spillway with dest under the load and reports rates
 // over the load generator's window.
 func measure(c config, work, tag, name, dest string) (result, error) {
-	addr, err := freeAddr()
+	addr, err := procstat.FreeAddr()
 	if err != nil {
 		return result{}, err
 	}
@@ -264,7 +255,7 @@ func measure(c config, work, tag, name, dest string) (result, error) {
 	}
 	defer stop(sp)
 	base := "http://" + addr
-	if err := waitReady(base); err != nil {
+	if err := procstat.WaitReady(context.Background(), base, 30*time.Second); err != nil {
 		return result{}, fmt.Errorf("%w (log %s)", err, logf.Name())
 	}
 
@@ -294,12 +285,12 @@ func measure(c config, work, tag, name, dest string) (result, error) {
 		"--batch", strconv.Itoa(c.batch), "--conns", strconv.Itoa(c.conns),
 		"--duration", c.duration.String(), "--warmup", c.warmup.String())
 	lg.Stderr = io.Discard
-	self0 := cpuSeconds(os.Getpid())
-	sp0 := cpuSeconds(sp.Process.Pid)
+	self0 := procstat.CPUTime(os.Getpid()).Seconds()
+	sp0 := procstat.CPUTime(sp.Process.Pid).Seconds()
 	out, err := lg.Output()
 	close(done)
 	wg.Wait()
-	spCPU, selfCPU := cpuSeconds(sp.Process.Pid)-sp0, cpuSeconds(os.Getpid())-self0
+	spCPU, selfCPU := procstat.CPUTime(sp.Process.Pid).Seconds()-sp0, procstat.CPUTime(os.Getpid()).Seconds()-self0
 	var lgCPU float64
 	if lg.ProcessState != nil {
 		lgCPU = (lg.ProcessState.UserTime() + lg.ProcessState.SystemTime()).Seconds()
@@ -342,37 +333,6 @@ func measure(c config, work, tag, name, dest string) (result, error) {
 		backlogAtEnd:     r1 - d1,
 		deliveredInTotal: d1,
 	}, nil
-}
-
-// cpuSeconds is the user and system time a process used so far.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The fields after the command name, which is in parentheses.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
-func waitReady(base string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return errors.New("spillway not ready after 30s")
 }
 
 // counters reads the received and delivered totals from /metrics.

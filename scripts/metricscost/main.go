@@ -20,12 +20,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
+	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -127,7 +126,7 @@ func run(ctx context.Context, duration, slice, warmup time.Duration, every time.
 		return fmt.Errorf("sink said %q: %w", line, err)
 	}
 
-	addr, err := freeAddr()
+	addr, err := procstat.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -138,13 +137,13 @@ func run(ctx context.Context, duration, slice, warmup time.Duration, every time.
 	if err != nil {
 		return err
 	}
-	if err := waitReady(ctx, base); err != nil {
+	if err := procstat.WaitReady(ctx, base, 20*time.Second); err != nil {
 		return err
 	}
 
 	// The cost of one scrape, idle: spillway's CPU time over 200 scrapes.
 	const idleScrapes = 200
-	cpu0 := cpuTime(sp.Process.Pid)
+	cpu0 := procstat.CPUTime(sp.Process.Pid)
 	began := time.Now()
 	for range idleScrapes {
 		if _, err := scrapeOnce(ctx, base); err != nil {
@@ -152,14 +151,14 @@ func run(ctx context.Context, duration, slice, warmup time.Duration, every time.
 		}
 	}
 	idleWall := time.Since(began) / idleScrapes
-	idleCPU := (cpuTime(sp.Process.Pid) - cpu0) / idleScrapes
+	idleCPU := (procstat.CPUTime(sp.Process.Pid) - cpu0) / idleScrapes
 
 	res, err := measure(ctx, bin, base, sp.Process.Pid, duration, slice, warmup, every, conns, batch)
 	if err != nil {
 		return err
 	}
 	res.idleWall, res.idleCPU = idleWall, idleCPU
-	res.rssMiB, res.hwMiB = memory(sp.Process.Pid)
+	res.rssMiB, res.hwMiB = memoryMiB(sp.Process.Pid)
 	report(os.Stdout, res, duration, slice, conns, batch, syncMode)
 	return nil
 }
@@ -240,7 +239,7 @@ func measure(ctx context.Context, bin, base string, pid int, duration, slice, wa
 	for i := range n {
 		on := (i+1)/2%2 == 1 // off, on, on, off, off, on, ...
 		w := window{scrape: on, start: time.Now()}
-		cpu0 := cpuTime(pid)
+		cpu0 := procstat.CPUTime(pid)
 		sctx, cancel := context.WithTimeout(ctx, slice)
 		if on {
 			scraping.Add(1)
@@ -267,7 +266,7 @@ func measure(ctx context.Context, bin, base string, pid int, duration, slice, wa
 		cancel()
 		scraping.Wait()
 		w.end = time.Now()
-		w.cpu = cpuTime(pid) - cpu0
+		w.cpu = procstat.CPUTime(pid) - cpu0
 		res.windows = append(res.windows, w)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -372,28 +371,6 @@ func perEvent(cpu time.Duration, events float64) float64 {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// cpuTime is the user+system CPU time of pid so far (Linux; 0 elsewhere).
-// /proc counts in clock ticks, which are 10 ms on Linux.
-func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The command name, field 2, may hold spaces: count from its ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	var utime, stime int64
-	fmt.Sscan(f[11], &utime)
-	fmt.Sscan(f[12], &stime)
-	return time.Duration(utime+stime) * 10 * time.Millisecond
-}
-
 func label(scrape bool) string {
 	if scrape {
 		return "scrape every 1s"
@@ -401,47 +378,9 @@ func label(scrape bool) string {
 	return "no scraping"
 }
 
-// memory reads VmRSS and VmHWM of pid in MiB (Linux only; 0 elsewhere).
-func memory(pid int) (rss, hwm float64) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0
-	}
-	for l := range strings.Lines(string(b)) {
-		var kb float64
-		if _, err := fmt.Sscanf(l, "VmRSS: %f kB", &kb); err == nil {
-			rss = kb / 1024
-		}
-		if _, err := fmt.Sscanf(l, "VmHWM: %f kB", &kb); err == nil {
-			hwm = kb / 1024
-		}
-	}
-	return rss, hwm
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-func waitReady(ctx context.Context, base string) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(base + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return errors.New("spillway not ready after 20s")
+// memoryMiB reads VmRSS and VmHWM of pid in MiB (0 where unreadable).
+func memoryMiB(pid int) (rss, hwm float64) {
+	r, _ := procstat.StatusKiB(pid, "VmRSS")
+	h, _ := procstat.StatusKiB(pid, "VmHWM")
+	return float64(r) / 1024, float64(h) / 1024
 }

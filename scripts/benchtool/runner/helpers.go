@@ -8,8 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"github.com/spillwayhq/spillway/scripts/benchtool/internal/loadreport"
+	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -97,17 +97,8 @@ type spillwayProc struct {
 	log   string
 }
 
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
 func (r *runner) startSpillway(ctx context.Context, name string, dests []string) (*spillwayProc, error) {
-	addr, err := freePort()
+	addr, err := procstat.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -287,7 +278,7 @@ func startSampler(sink *sinkProc, pid int) *sampler {
 	s := &sampler{stop: make(chan struct{}), done: make(chan struct{})}
 	take := func() {
 		c, err := sink.count()
-		rss, _ := procStatusKiB(pid, "VmRSS")
+		rss, _ := procstat.StatusKiB(pid, "VmRSS")
 		if err != nil {
 			return
 		}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -281,7 +282,7 @@ func (r *runner) closedLoop(ctx context.Context, name, desc string, spec loadSpe
 	rw.Spillway = res
 	rw.SpoolAllocBytes, rw.SpoolAppBytes, _ = diskUsage(sp.spool)
 	rw.SpoolEvents = res.TotalEventsOK
-	rw.PeakRSSKiB, _ = procStatusKiB(sp.p.pid(), "VmHWM")
+	rw.PeakRSSKiB, _ = procstat.StatusKiB(sp.p.pid(), "VmHWM")
 	ss := smp.finish()
 	rw.MaxSampledRSS = maxRSS(ss)
 	from, err1 := eventsAt(ss, time.Unix(0, res.WindowStartNs))
@@ -400,7 +401,7 @@ func (r *runner) outage(ctx context.Context, rate float64, ceiling *loadResult, 
 		return err
 	}
 	rw.Spillway = res
-	rw.PeakRSSKiB, _ = procStatusKiB(sp.p.pid(), "VmHWM")
+	rw.PeakRSSKiB, _ = procstat.StatusKiB(sp.p.pid(), "VmHWM")
 	ss := smp.finish()
 	rw.MaxSampledRSS = maxRSS(ss)
 	if len(ss) > 0 {

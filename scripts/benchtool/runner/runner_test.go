@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -36,16 +35,5 @@ func TestLineWriterSplitsLinesAcrossWrites(t *testing.T) {
 	}
 	if strings.Join(got, "|") != `progress {"a":1}|human line` {
 		t.Errorf("got %q", got)
-	}
-}
-
-func TestProcStatusReadsOurOwnRSS(t *testing.T) {
-	for _, f := range []string{"VmRSS", "VmHWM"} {
-		if kib, err := procStatusKiB(os.Getpid(), f); err != nil || kib <= 0 {
-			t.Errorf("%s: %d, %v", f, kib, err)
-		}
-	}
-	if _, err := procStatusKiB(os.Getpid(), "NoSuchField"); err == nil {
-		t.Error("a missing field: want an error")
 	}
 }
