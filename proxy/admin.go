@@ -91,7 +91,7 @@ func (s *Server) handleDLQList(ctx *fasthttp.RequestCtx) {
 		enc := json.NewEncoder(w)
 		enc.SetEscapeHTML(false) // keep events as they were sent
 		err := dlq.DeadLetters(f, func(d spool.DeadLetter) error {
-			d.WriteKey = maskKey(d.WriteKey)
+			d.WriteKey = spool.MaskWriteKey(d.WriteKey)
 			return enc.Encode(d)
 		})
 		if err != nil {
@@ -138,16 +138,4 @@ func (s *Server) handleDLQChange(ctx *fasthttp.RequestCtx, action string) {
 	b := append(make([]byte, 0, 24), `{"count":`...)
 	b = strconv.AppendInt(b, int64(n), 10)
 	ctx.SetBody(append(b, '}'))
-}
-
-// maskKey keeps enough of a write key to tell keys apart, not to use one.
-func maskKey(k string) string {
-	switch {
-	case k == "":
-		return ""
-	case len(k) <= 8:
-		return "…"
-	default:
-		return k[:4] + "…"
-	}
 }

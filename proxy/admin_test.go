@@ -203,19 +203,6 @@ func TestAdminAccess(t *testing.T) {
 	}
 }
 
-func TestMaskKey(t *testing.T) {
-	for key, want := range map[string]string{
-		"":                   "",
-		"abc":                "…",
-		"12345678":           "…",
-		"wk_live_0123456789": "wk_l…",
-	} {
-		if got := maskKey(key); got != want {
-			t.Errorf("maskKey(%q) = %q, want %q", key, got, want)
-		}
-	}
-}
-
 func TestStatusFor(t *testing.T) {
 	tests := []struct {
 		scenario string

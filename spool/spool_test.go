@@ -411,3 +411,16 @@ func BenchmarkReadBlock(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(val))/float64(raw), "stored/raw")
 }
+
+func TestMaskWriteKeyKeepsOnlyEnoughToTellKeysApart(t *testing.T) {
+	for key, want := range map[string]string{
+		"":                   "",
+		"abc":                "…",
+		"12345678":           "…",
+		"wk_live_0123456789": "wk_l…",
+	} {
+		if got := MaskWriteKey(key); got != want {
+			t.Errorf("MaskWriteKey(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
