@@ -1,11 +1,13 @@
 package spool
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -103,16 +105,32 @@ func encodeBody(dst []byte, stored time.Time, events []Event) []byte {
 	return dst
 }
 
-// sealBlock compresses body into a fresh envelope.
+// scratchBuffers recycles the uncompressed bodies blocks are built in and
+// the space they are compressed into: at full load these are most of what
+// the spool allocates, and nothing keeps either once a block is sealed.
+var scratchBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// sealBlock compresses body into a fresh envelope of exactly its size,
+// since the envelope stays in memory for as long as it is a recent block.
 func sealBlock(body []byte) []byte {
+	scratch := scratchBuffers.Get().(*[]byte)
 	enc := encoders.get()
-	out := make([]byte, envelopeLen, envelopeLen+len(body)/3+64)
-	out = enc.EncodeAll(body, out)
+	out := enc.EncodeAll(body, append((*scratch)[:0], make([]byte, envelopeLen)...))
 	encoders.put(enc)
 	out[0] = blockVersion
 	out[1] = flagZstd
 	binary.BigEndian.PutUint32(out[2:6], crc32.Checksum(out[envelopeLen:], castagnoli))
-	return out
+	val := bytes.Clone(out)
+	*scratch = out
+	scratchBuffers.Put(scratch)
+	return val
+}
+
+// recentBlock is a block just committed, as stored. val is never modified
+// once sealed, so readers may decode it without holding any lock.
+type recentBlock struct {
+	meta blockMeta
+	val  []byte
 }
 
 // decodedBlock is a block's events as a reader sees them.
@@ -121,7 +139,6 @@ type decodedBlock struct {
 	stored time.Time
 	dests  []string // parallel to recs; "" for every consumer
 	recs   []Record
-	bytes  int // sum of len(Data), for cache accounting
 }
 
 // openBlock checks the envelope and returns the decompressed body.
@@ -137,7 +154,9 @@ func openBlock(val []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: checksum %08x, want %08x", errCorrupt, got, want)
 	}
 	if val[1]&flagZstd == 0 {
-		return body, nil
+		// A copy: val may be Badger's buffer, valid only inside its
+		// transaction, and records outlive that.
+		return bytes.Clone(body), nil
 	}
 	dec := decoders.get()
 	raw, err := dec.DecodeAll(body, nil)
@@ -177,7 +196,6 @@ func decodeBody(first uint64, body []byte) (*decodedBlock, error) {
 		}
 		b.recs = append(b.recs, Record{Seq: first + i, WriteKey: keys.intern(key), Data: data, Stored: stored})
 		b.dests = append(b.dests, keys.intern(dest))
-		b.bytes += len(data)
 	}
 	if len(p) != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(p))

@@ -90,13 +90,13 @@ const (
 // block decodes quickly and stays far below Badger's value size limit.
 const maxBlockBytes = 1 << 20
 
-// recentCacheBytes bounds the freshly written blocks kept decoded in memory,
-// so destinations that keep up never read back from disk. At full load a
-// healthy webhook runs about 0.1 s behind ingest (a few batches in flight
-// and one building): 4 MiB covered 25 ms of it and most blocks were read
-// back and decompressed; 16 MiB gave 15% more throughput at W1 for the
-// same peak RSS, and 32 MiB no more.
-const recentCacheBytes = 16 << 20
+// recentCacheBytes bounds the freshly written blocks kept in memory, as
+// stored (compressed), so destinations that keep up never read back
+// through Badger. At full load a healthy webhook runs about 0.1 s behind
+// ingest (a few batches in flight and one building). Kept decoded, that
+// took 16 MiB and was a third of the live heap; compressed, 4 MiB covers
+// the same 20 MiB of events and a hit costs one decompression.
+const recentCacheBytes = 4 << 20
 
 // Generation sizing: a generation is rotated once it holds genMaxBytes of
 // blocks or is genMaxAge old, so that a drained backlog gives its space
@@ -185,10 +185,10 @@ type Spool struct {
 	activeBytes int64
 
 	mu        sync.Mutex
-	next      uint64          // sequence number of the next event appended
-	changed   chan struct{}   // closed at the next commit
-	recent    []*decodedBlock // newest last, contiguous up to next
-	recentLen int             // bytes held by recent
+	next      uint64        // sequence number of the next event appended
+	changed   chan struct{} // closed at the next commit
+	recent    []recentBlock // newest last, contiguous up to next
+	recentLen int           // bytes held by recent
 
 	consumers map[string]*consumer // never written after Open
 
@@ -235,8 +235,11 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		changed:   make(chan struct{}),
 		consumers: make(map[string]*consumer, len(cfg.Consumers)),
 	}
+	// Dead letters live in meta's LSM tree (below the value threshold);
+	// Badger caps a transaction at 15% of the memtable, so a larger one
+	// than a generation's means fewer commits for a batch of them.
 	meta, err := badger.Open(s.badgerOptions(filepath.Join(cfg.Dir, "meta")).
-		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20))
+		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20))
 	if err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", cfg.Dir, err)
 	}
@@ -279,7 +282,9 @@ func (s *Spool) badgerOptions(dir string) badger.Options {
 		// files are mmapped, so what is written to them counts toward RSS.
 		// Keys and value pointers are all a memtable holds (values go to
 		// the value log), so a small one lasts for thousands of blocks.
-		WithMemTableSize(1 << 20).
+		// Three generations are often open at once (active, spare, one
+		// being drained): 256 KiB each instead of 1 MiB saves 4 MiB of heap.
+		WithMemTableSize(256 << 10).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
@@ -620,7 +625,7 @@ func (s *Spool) Backlog(consumer string) Backlog {
 	next := s.next
 	var oldest time.Time
 	if i := s.recentIndex(cursor); i >= 0 {
-		oldest = s.recent[i].stored
+		oldest = s.recent[i].meta.stored
 	}
 	s.mu.Unlock()
 	if cursor >= next {
@@ -688,11 +693,11 @@ func findBlock(db *badger.DB, seq uint64) (m blockMeta, ok bool) {
 
 // recentIndex finds the cached block holding seq; s.mu must be held.
 func (s *Spool) recentIndex(seq uint64) int {
-	i, found := slices.BinarySearchFunc(s.recent, seq, func(b *decodedBlock, seq uint64) int {
+	i, found := slices.BinarySearchFunc(s.recent, seq, func(b recentBlock, seq uint64) int {
 		switch {
-		case b.first+uint64(len(b.recs)) <= seq:
+		case b.meta.end() <= seq:
 			return -1
-		case b.first > seq:
+		case b.meta.first > seq:
 			return 1
 		}
 		return 0

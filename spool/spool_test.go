@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -165,6 +166,37 @@ func TestReplayedEventGoesOnlyToItsDestination(t *testing.T) {
 	}
 	if n, _ := s.Purge(Filter{}); n != 0 {
 		t.Fatalf("store still held %d after replay", n)
+	}
+}
+
+// Badger caps a transaction at a fraction of its memtable; a request
+// full of large rejected events is far above it.
+func TestManyLargeDeadLettersAreAllStoredAndSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	big := []byte(`"` + strings.Repeat("x", 30<<10) + `"`)
+	var dead []DeadLetter
+	for i := range 200 { // 6 MiB
+		dead = append(dead, DeadLetter{Reason: ReasonInvalid, Error: fmt.Sprint(i), Event: big})
+	}
+	if err := s.Append(t.Context(), events(0, 1), dead); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, dir, "a")
+	defer s.Close(context.Background())
+	seen := map[string]bool{}
+	err := s.DeadLetters(Filter{}, func(d DeadLetter) error {
+		if len(d.Event) != len(big) {
+			return fmt.Errorf("dead letter %s holds %d bytes", d.Error, len(d.Event))
+		}
+		seen[d.Error] = true
+		return nil
+	})
+	if err != nil || len(seen) != len(dead) {
+		t.Fatalf("stored %d of %d dead letters: %v", len(seen), len(dead), err)
 	}
 }
 

@@ -70,9 +70,8 @@ type sealedGroup struct {
 }
 
 type sealedBlock struct {
-	key     []byte
-	val     []byte
-	decoded *decodedBlock
+	key []byte
+	recentBlock
 }
 
 // maxGroupBytes bounds the event bytes of one group commit. A group needs
@@ -178,16 +177,13 @@ func sizeOfEvents(events []Event) int {
 }
 
 func sealEvents(first uint64, stored time.Time, events []Event) sealedBlock {
-	body := encodeBody(make([]byte, 0, 64+len(events)*8+sizeOfEvents(events)), stored, events)
-	decoded, err := decodeBody(first, body)
-	if err != nil {
-		panic(fmt.Sprintf("spool: decode a block just encoded: %v", err)) // a bug, not bad data
-	}
-	return sealedBlock{
-		key:     blockKey(first, uint32(len(events)), stored),
-		val:     sealBlock(body),
-		decoded: decoded,
-	}
+	buf := scratchBuffers.Get().(*[]byte)
+	body := encodeBody((*buf)[:0], stored, events)
+	val := sealBlock(body)
+	*buf = body
+	scratchBuffers.Put(buf)
+	m := blockMeta{first: first, count: uint32(len(events)), stored: stored}
+	return sealedBlock{key: blockKey(m.first, m.count, m.stored), recentBlock: recentBlock{meta: m, val: val}}
 }
 
 // commitLoop is the only goroutine that writes to the active generation
@@ -253,14 +249,13 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	s.mu.Lock()
 	for _, b := range sg.blocks {
 		s.activeBytes += int64(len(b.val))
-		blk := b.decoded
-		s.next = blk.first + uint64(len(blk.recs))
-		s.recent = append(s.recent, blk)
-		s.recentLen += blk.bytes
+		s.next = b.meta.end()
+		s.recent = append(s.recent, b.recentBlock)
+		s.recentLen += len(b.val)
 	}
 	for s.recentLen > recentCacheBytes && len(s.recent) > 1 {
-		s.recentLen -= s.recent[0].bytes
-		s.recent[0] = nil
+		s.recentLen -= len(s.recent[0].val)
+		s.recent[0] = recentBlock{}
 		s.recent = s.recent[1:]
 	}
 	close(s.changed)
@@ -271,9 +266,9 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 
 func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte) error {
 	firstID := s.nextDead.Add(uint64(len(dead))) - uint64(len(dead))
-	err := s.meta.Update(func(txn *badger.Txn) error {
+	err := s.updateMeta(func(set func(k, v []byte) error) error {
 		if marker != nil {
-			if err := txn.Set(marker, nil); err != nil {
+			if err := set(marker, nil); err != nil {
 				return err
 			}
 		}
@@ -287,7 +282,7 @@ func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte)
 			if err != nil {
 				return fmt.Errorf("encode dead letter: %w", err)
 			}
-			if err := txn.Set(deadKey(d.ID), v); err != nil {
+			if err := set(deadKey(d.ID), v); err != nil {
 				return err
 			}
 		}
@@ -298,6 +293,31 @@ func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte)
 	}
 	s.metrics.deadLetters.Add(float64(len(dead)))
 	return nil
+}
+
+// updateMeta writes what fill sets to the meta store, committing as many
+// transactions as Badger's size limit needs: a group of requests full of
+// rejected events holds more than one transaction may. A crash between
+// them keeps the earlier ones, and the client, never answered, retries:
+// a dead letter may be stored twice, never lost.
+func (s *Spool) updateMeta(fill func(set func(k, v []byte) error) error) error {
+	txn := s.meta.NewTransaction(true)
+	defer func() { txn.Discard() }()
+	set := func(k, v []byte) error {
+		err := txn.Set(k, v)
+		if !errors.Is(err, badger.ErrTxnTooBig) {
+			return err
+		}
+		if err := txn.Commit(); err != nil {
+			return err
+		}
+		txn = s.meta.NewTransaction(true)
+		return txn.Set(k, v)
+	}
+	if err := fill(set); err != nil {
+		return err
+	}
+	return txn.Commit()
 }
 
 // checkDiskRoom refuses a write when the file system is nearly full.
