@@ -3,6 +3,7 @@ package forwarders
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"sync"
 	"time"
 
@@ -100,15 +101,15 @@ func appendLine(dst, data []byte) []byte {
 	return b.Bytes()
 }
 
-// encodeBody builds the body of one request in the given format.
-func encodeBody(format string, recs []spool.Record, now time.Time) []byte {
+// encodeBody appends the body of one request in the given format to dst.
+func encodeBody(dst []byte, format string, recs []spool.Record, now time.Time) []byte {
 	switch format {
 	case FormatNDJSON:
-		return appendNDJSON(make([]byte, 0, ndjsonSize(recs)), recs)
+		return appendNDJSON(slices.Grow(dst, ndjsonSize(recs)), recs)
 	case FormatSegment:
-		return appendSegmentBatch(make([]byte, 0, segmentBatchSize(recs)), recs, now)
+		return appendSegmentBatch(slices.Grow(dst, segmentBatchSize(recs)), recs, now)
 	default:
-		return appendJSONArray(make([]byte, 0, jsonArraySize(recs)), recs)
+		return appendJSONArray(slices.Grow(dst, jsonArraySize(recs)), recs)
 	}
 }
 
@@ -126,8 +127,9 @@ var gzipPool = sync.Pool{New: func() any {
 	return s
 }}
 
-// gzipSegmentBatch builds a gzipped {"batch":[...],"sentAt":"..."} body.
-func gzipSegmentBatch(recs []spool.Record, now time.Time) ([]byte, error) {
+// gzipSegmentBatch appends a gzipped {"batch":[...],"sentAt":"..."} body
+// to dst.
+func gzipSegmentBatch(dst []byte, recs []spool.Record, now time.Time) ([]byte, error) {
 	s := gzipPool.Get().(*gzipScratch)
 	defer gzipPool.Put(s)
 	s.raw = appendSegmentBatch(s.raw[:0], recs, now)
@@ -139,7 +141,7 @@ func gzipSegmentBatch(recs []spool.Record, now time.Time) ([]byte, error) {
 	if err := s.zw.Close(); err != nil {
 		return nil, err
 	}
-	body := bytes.Clone(s.out.Bytes())
+	body := append(dst, s.out.Bytes()...)
 	if cap(s.raw) > 4*DefaultBatchBytes {
 		// Do not pin one outsized batch's memory in the pool.
 		s.raw, s.out = nil, bytes.Buffer{}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/spillwayhq/spillway/spool"
@@ -96,13 +97,72 @@ func newHTTPClient(d Destination) (*http.Client, error) {
 	}, nil
 }
 
-// post sends body and classifies the answer. Errors never hold the URL,
-// which may carry an endpoint's token in its query.
-func post(ctx context.Context, c *http.Client, target string, body []byte, header http.Header) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+// requestBody is a delivery's body in a recycled buffer: encoded batches
+// were the largest share of what a destination allocates. net/http may
+// still read a request's body after Do returns, and re-reads it through
+// GetBody to retry on a fresh connection, so the buffer goes back to the
+// pool only when post and every reader over it are done with it.
+type requestBody struct {
+	buf  []byte
+	refs atomic.Int32
+}
+
+// requestBodies holds the free bodies. Not a sync.Pool: that is emptied at
+// every garbage collection, dozens of times a second at full load.
+var requestBodies = make(chan *requestBody, 4*DefaultConcurrency)
+
+// newRequestBody returns an empty body held once, by its caller.
+func newRequestBody() *requestBody {
+	var b *requestBody
+	select {
+	case b = <-requestBodies:
+		b.buf = b.buf[:0]
+	default:
+		b = new(requestBody)
+	}
+	b.refs.Store(1)
+	return b
+}
+
+func (b *requestBody) reader() io.ReadCloser {
+	b.refs.Add(1)
+	return &bodyReader{Reader: bytes.NewReader(b.buf), body: b}
+}
+
+func (b *requestBody) release() {
+	if b.refs.Add(-1) != 0 || cap(b.buf) > 4*DefaultBatchBytes { // an outsized batch is not kept
+		return
+	}
+	select {
+	case requestBodies <- b:
+	default:
+	}
+}
+
+type bodyReader struct {
+	*bytes.Reader
+	body   *requestBody
+	closed atomic.Bool
+}
+
+func (r *bodyReader) Close() error {
+	if r.closed.CompareAndSwap(false, true) {
+		r.body.release()
+	}
+	return nil
+}
+
+// post sends body, which it releases, and classifies the answer. Errors
+// never hold the URL, which may carry an endpoint's token in its query.
+func post(ctx context.Context, c *http.Client, target string, body *requestBody, header http.Header) error {
+	defer body.release()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, http.NoBody)
 	if err != nil {
 		return fmt.Errorf("build request: %w", stripURL(err))
 	}
+	req.Body = body.reader()
+	req.GetBody = func() (io.ReadCloser, error) { return body.reader(), nil }
+	req.ContentLength = int64(len(body.buf))
 	for k, v := range header {
 		req.Header[k] = v
 	}

@@ -68,8 +68,10 @@ func (f *segmentForwarder) Send(ctx context.Context, batch []spool.Record) error
 }
 
 func (f *segmentForwarder) post(ctx context.Context, key string, recs []spool.Record) error {
-	body, err := gzipSegmentBatch(recs, f.now())
-	if err != nil {
+	body := newRequestBody()
+	var err error
+	if body.buf, err = gzipSegmentBatch(body.buf, recs, f.now()); err != nil {
+		body.release()
 		return err
 	}
 	h := http.Header{

@@ -39,7 +39,8 @@ func newWebhook(d Destination, client *http.Client) *webhookForwarder {
 func (f *webhookForwarder) Kind() string { return KindWebhook }
 
 func (f *webhookForwarder) Send(ctx context.Context, batch []spool.Record) error {
-	body := encodeBody(f.format, batch, f.now())
+	body := newRequestBody()
+	body.buf = encodeBody(body.buf, f.format, batch, f.now())
 	return post(ctx, f.client, f.target, body, http.Header{"Content-Type": {f.ctype}})
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"runtime"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -33,7 +32,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // collection, and under many small requests that rebuilt an encoder for
 // most blocks.
 var (
-	encoders = newCoderPool(func() *zstd.Encoder {
+	encoders = newFreeList(runtime.GOMAXPROCS(0), func() *zstd.Encoder {
 		// The fastest level: on realistic events it compresses within 1%
 		// of the default level at one and a half times the speed.
 		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
@@ -46,7 +45,7 @@ var (
 		}
 		return e
 	})
-	decoders = newCoderPool(func() *zstd.Decoder {
+	decoders = newFreeList(runtime.GOMAXPROCS(0), func() *zstd.Decoder {
 		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
 			zstd.WithDecoderMaxMemory(maxBlockRawBytes))
 		if err != nil {
@@ -56,17 +55,17 @@ var (
 	})
 )
 
-// coderPool keeps up to one coder per core.
-type coderPool[T any] struct {
+// freeList keeps up to a fixed number of costly things for reuse.
+type freeList[T any] struct {
 	free  chan T
 	build func() T
 }
 
-func newCoderPool[T any](build func() T) *coderPool[T] {
-	return &coderPool[T]{free: make(chan T, runtime.GOMAXPROCS(0)), build: build}
+func newFreeList[T any](size int, build func() T) *freeList[T] {
+	return &freeList[T]{free: make(chan T, size), build: build}
 }
 
-func (p *coderPool[T]) get() T {
+func (p *freeList[T]) get() T {
 	select {
 	case c := <-p.free:
 		return c
@@ -75,7 +74,7 @@ func (p *coderPool[T]) get() T {
 	}
 }
 
-func (p *coderPool[T]) put(c T) {
+func (p *freeList[T]) put(c T) {
 	select {
 	case p.free <- c:
 	default:
@@ -106,14 +105,15 @@ func encodeBody(dst []byte, stored time.Time, events []Event) []byte {
 }
 
 // scratchBuffers recycles the uncompressed bodies blocks are built in and
-// the space they are compressed into: at full load these are most of what
-// the spool allocates, and nothing keeps either once a block is sealed.
-var scratchBuffers = sync.Pool{New: func() any { return new([]byte) }}
+// the space they are compressed into: at full load these were most of what
+// the spool allocated, and nothing keeps either once a block is sealed.
+// Two per block a group may seal at once.
+var scratchBuffers = newFreeList(2*(maxGroupBytes/maxBlockBytes+1), func() *[]byte { return new([]byte) })
 
 // sealBlock compresses body into a fresh envelope of exactly its size,
 // since the envelope stays in memory for as long as it is a recent block.
 func sealBlock(body []byte) []byte {
-	scratch := scratchBuffers.Get().(*[]byte)
+	scratch := scratchBuffers.get()
 	enc := encoders.get()
 	out := enc.EncodeAll(body, append((*scratch)[:0], make([]byte, envelopeLen)...))
 	encoders.put(enc)
@@ -122,7 +122,7 @@ func sealBlock(body []byte) []byte {
 	binary.BigEndian.PutUint32(out[2:6], crc32.Checksum(out[envelopeLen:], castagnoli))
 	val := bytes.Clone(out)
 	*scratch = out
-	scratchBuffers.Put(scratch)
+	scratchBuffers.put(scratch)
 	return val
 }
 

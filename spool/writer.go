@@ -177,11 +177,11 @@ func sizeOfEvents(events []Event) int {
 }
 
 func sealEvents(first uint64, stored time.Time, events []Event) sealedBlock {
-	buf := scratchBuffers.Get().(*[]byte)
+	buf := scratchBuffers.get()
 	body := encodeBody((*buf)[:0], stored, events)
 	val := sealBlock(body)
 	*buf = body
-	scratchBuffers.Put(buf)
+	scratchBuffers.put(buf)
 	m := blockMeta{first: first, count: uint32(len(events)), stored: stored}
 	return sealedBlock{key: blockKey(m.first, m.count, m.stored), recentBlock: recentBlock{meta: m, val: val}}
 }
