@@ -73,6 +73,7 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 		// A block that fails here failed in memory; reading it back from
 		// disk below decides whether it is quarantined.
 		if b, err := decodeBlock(fresh.meta, fresh.val); err == nil {
+			s.leaveGeneration(c, nil)
 			return b, nil
 		}
 	}
@@ -87,6 +88,7 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 		}
 		b, err := s.loadBlock(g, m)
 		if err == nil {
+			s.leaveGeneration(c, g)
 			return b, nil
 		}
 		if !errors.Is(err, errCorrupt) {
@@ -97,6 +99,22 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 		}
 		seq = m.end()
 	}
+}
+
+// leaveGeneration records that c now reads from g (nil: from memory) and
+// closes the generation it read from before, unless another reader holds
+// it. Reading maps a value log page by page; a drain walking through a
+// backlog's generations kept several of them, 130 MB, resident between
+// two passes of the maintenance loop. Another consumer still reading the
+// closed generation reopens it.
+func (s *Spool) leaveGeneration(c *consumer, g *generation) {
+	if c.onDisk == g {
+		return
+	}
+	if c.onDisk != nil {
+		c.onDisk.closeIfIdle(0, s.log)
+	}
+	c.onDisk = g
 }
 
 func (s *Spool) loadBlock(g *generation, m blockMeta) (*decodedBlock, error) {
