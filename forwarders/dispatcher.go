@@ -17,7 +17,7 @@ import (
 
 // store is what a Dispatcher needs of the spool; *spool.Spool implements it.
 type store interface {
-	Read(consumer string, maxEvents, maxBytes int) ([]spool.Record, error)
+	ReadInto(consumer string, recs []spool.Record, arena []byte, maxEvents, maxBytes int) ([]spool.Record, []byte, error)
 	Changed() <-chan struct{}
 	Ack(consumer string, upTo uint64) error
 	Position(consumer string) uint64
@@ -140,6 +140,16 @@ type slot struct {
 type result struct {
 	slot *slot
 	ok   bool
+	mem  *batchMem
+}
+
+// batchMem is one batch's memory: its records, and their data copied
+// straight into it from the spool. It is reused once the batch is done, so
+// delivering allocates nothing per event; batches holding on to decoded
+// spool blocks were most of what delivery allocated.
+type batchMem struct {
+	recs  []spool.Record
+	arena []byte
 }
 
 // batchOverhead is counted in every batch's bytes besides its events (one
@@ -149,6 +159,7 @@ const batchOverhead = 64
 
 // building is the batch being filled.
 type building struct {
+	mem   *batchMem // nil until the first read into it
 	recs  []spool.Record
 	bytes int // batchOverhead plus each event and its separator, once it has one
 	upTo  uint64
@@ -161,7 +172,9 @@ type building struct {
 func (d *Dispatcher) run(ctx context.Context) {
 	var (
 		cur      building
-		carry    []spool.Record // read but not yet in a batch
+		carry    []spool.Record // read but not yet in a batch; their data is in cur.mem
+		readBuf  []spool.Record // what carry is read into
+		free     []*batchMem    // memory of finished batches
 		slots    []*slot        // launched batches, oldest first
 		running  int
 		results  = make(chan result, d.dest.Concurrency)
@@ -186,7 +199,12 @@ func (d *Dispatcher) run(ctx context.Context) {
 			if len(carry) == 0 {
 				changed = d.sp.Changed() // before Read, so no commit slips between
 				budget := d.dest.BatchBytes - max(cur.bytes, batchOverhead)
-				recs, err := d.sp.Read(d.dest.Name, d.dest.BatchEvents-len(cur.recs), max(budget, 1))
+				if cur.mem == nil {
+					cur.mem, free = takeMem(free)
+					cur.recs = cur.mem.recs[:0]
+				}
+				recs, arena, err := d.sp.ReadInto(d.dest.Name, readBuf[:0], cur.mem.arena, d.dest.BatchEvents-len(cur.recs), max(budget, 1))
+				cur.mem.arena, readBuf = arena, recs
 				carry = recs
 				if err != nil {
 					readFail++
@@ -215,9 +233,20 @@ func (d *Dispatcher) run(ctx context.Context) {
 			s := &slot{upTo: cur.upTo}
 			slots = append(slots, s)
 			running++
-			recs := cur.recs
-			d.spawn(func() { results <- result{slot: s, ok: d.process(ctx, recs)} })
+			recs, mem := cur.recs, cur.mem
+			mem.recs = recs // keep what append grew
+			d.spawn(func() { results <- result{slot: s, ok: d.process(ctx, recs), mem: mem} })
 			cur = building{}
+			if len(carry) > 0 {
+				// Records read past the full batch live in its memory.
+				cur.mem, free = takeMem(free)
+				cur.recs = cur.mem.recs[:0]
+				for i := range carry {
+					from := len(cur.mem.arena)
+					cur.mem.arena = append(cur.mem.arena, carry[i].Data...)
+					carry[i].Data = cur.mem.arena[from:len(cur.mem.arena):len(cur.mem.arena)]
+				}
+			}
 			continue
 		}
 
@@ -284,6 +313,8 @@ func (d *Dispatcher) run(ctx context.Context) {
 		case r := <-results:
 			running--
 			r.slot.done = r.ok
+			// process has returned: nothing reads the batch's records now.
+			free = putMem(free, r.mem, d.dest.Concurrency)
 		case <-changedC:
 		case <-timerC:
 		case <-drain:
@@ -291,6 +322,24 @@ func (d *Dispatcher) run(ctx context.Context) {
 		}
 		timer.Stop()
 	}
+}
+
+func takeMem(free []*batchMem) (*batchMem, []*batchMem) {
+	if n := len(free); n > 0 {
+		return free[n-1], free[:n-1]
+	}
+	return new(batchMem), free
+}
+
+// putMem keeps up to limit batches' memory, unless one outgrew the usual
+// batch several times over.
+func putMem(free []*batchMem, m *batchMem, limit int) []*batchMem {
+	if len(free) >= limit || cap(m.arena) > 4*DefaultBatchBytes {
+		return free
+	}
+	clear(m.recs) // let go of write key strings
+	m.recs, m.arena = m.recs[:0], m.arena[:0]
+	return append(free, m)
 }
 
 // ackFinal acknowledges, at shutdown, what finished; batches cancelled

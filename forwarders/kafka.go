@@ -331,9 +331,21 @@ func (f *kafkaForwarder) Send(ctx context.Context, batch []spool.Record) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("produce: %w", err)
 	}
+	// A produce abandoned at the hard timeout below may still hold its
+	// records after Send returns, and the dispatcher reuses a batch's
+	// memory then: the records get data of their own.
+	size := 0
+	for i := range batch {
+		size += len(batch[i].Data)
+	}
+	own := make([]byte, 0, size)
 	recs := make([]*kgo.Record, len(batch))
 	for i := range batch {
-		recs[i] = f.record(&batch[i])
+		r := batch[i]
+		from := len(own)
+		own = append(own, r.Data...)
+		r.Data = own[from:len(own):len(own)]
+		recs[i] = f.record(&r)
 	}
 
 	f.mu.Lock()

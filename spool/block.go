@@ -141,11 +141,15 @@ type decodedBlock struct {
 	first  uint64
 	stored time.Time
 	dests  []string // parallel to recs; "" for every consumer
-	recs   []Record
+	recs   []Record // Data slices into raw
+	raw    []byte   // the decompressed body
 }
 
 // openBlock checks the envelope and returns the decompressed body.
-func openBlock(val []byte) ([]byte, error) {
+func openBlock(val []byte) ([]byte, error) { return openBlockInto(nil, val) }
+
+// openBlockInto is openBlock decompressing into dst's memory.
+func openBlockInto(dst, val []byte) ([]byte, error) {
 	if len(val) < envelopeLen {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than its envelope", errCorrupt, len(val))
 	}
@@ -159,10 +163,10 @@ func openBlock(val []byte) ([]byte, error) {
 	if val[1]&flagZstd == 0 {
 		// A copy: val may be Badger's buffer, valid only inside its
 		// transaction, and records outlive that.
-		return bytes.Clone(body), nil
+		return append(dst[:0], body...), nil
 	}
 	dec := decoders.get()
-	raw, err := dec.DecodeAll(body, nil)
+	raw, err := dec.DecodeAll(body, dst[:0])
 	decoders.put(dec)
 	if err != nil {
 		return nil, fmt.Errorf("%w: decompress: %v", errCorrupt, err)
@@ -171,39 +175,47 @@ func openBlock(val []byte) ([]byte, error) {
 }
 
 // decodeBody parses a decompressed body whose first event has sequence
-// number first. Record.Data slices into body, which is never reused.
+// number first. Record.Data slices into body.
 func decodeBody(first uint64, body []byte) (*decodedBlock, error) {
+	b := new(decodedBlock)
+	return b, b.decode(first, body)
+}
+
+// decode parses body into b, reusing b's slices.
+func (b *decodedBlock) decode(first uint64, body []byte) error {
+	b.first, b.recs, b.dests = first, b.recs[:0], b.dests[:0]
+	b.stored = time.Time{}
 	if len(body) < 8 {
-		return nil, fmt.Errorf("%w: body of %d bytes", errCorrupt, len(body))
+		return fmt.Errorf("%w: body of %d bytes", errCorrupt, len(body))
 	}
-	stored := time.UnixMilli(int64(binary.BigEndian.Uint64(body)))
+	b.stored = time.UnixMilli(int64(binary.BigEndian.Uint64(body)))
 	p := body[8:]
 	count, n := binary.Uvarint(p)
 	if n <= 0 || count > uint64(len(p)) {
-		return nil, fmt.Errorf("%w: bad event count", errCorrupt)
+		return fmt.Errorf("%w: bad event count", errCorrupt)
 	}
 	p = p[n:]
-	b := &decodedBlock{first: first, stored: stored, recs: make([]Record, 0, count), dests: make([]string, 0, count)}
+	stored := b.stored
 	var keys internTable
 	for i := uint64(0); i < count; i++ {
 		var key, dest, data []byte
 		var err error
 		if key, p, err = readField(p); err != nil {
-			return nil, fmt.Errorf("event %d write key: %w", i, err)
+			return fmt.Errorf("event %d write key: %w", i, err)
 		}
 		if dest, p, err = readField(p); err != nil {
-			return nil, fmt.Errorf("event %d destination: %w", i, err)
+			return fmt.Errorf("event %d destination: %w", i, err)
 		}
 		if data, p, err = readField(p); err != nil {
-			return nil, fmt.Errorf("event %d data: %w", i, err)
+			return fmt.Errorf("event %d data: %w", i, err)
 		}
 		b.recs = append(b.recs, Record{Seq: first + i, WriteKey: keys.intern(key), Data: data, Stored: stored})
 		b.dests = append(b.dests, keys.intern(dest))
 	}
 	if len(p) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(p))
+		return fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(p))
 	}
-	return b, nil
+	return nil
 }
 
 func readField(p []byte) (field, rest []byte, err error) {

@@ -16,12 +16,21 @@ import (
 // and advances that position. It never blocks: an empty result means
 // nothing new, and Changed tells when there is.
 func (s *Spool) Read(consumer string, maxEvents, maxBytes int) ([]Record, error) {
+	recs, _, err := s.ReadInto(consumer, nil, nil, maxEvents, maxBytes)
+	return recs, err
+}
+
+// ReadInto is Read appending the records to recs and their Data to arena,
+// so that a reader recycling both allocates nothing per event. Data stays
+// valid for as long as the caller leaves arena's memory alone; records
+// already in recs are untouched even if arena has to grow.
+func (s *Spool) ReadInto(consumer string, recs []Record, arena []byte, maxEvents, maxBytes int) ([]Record, []byte, error) {
 	c, err := s.consumer(consumer)
 	if err != nil {
-		return nil, err
+		return recs, arena, err
 	}
 	if s.closing.Load() {
-		return nil, ErrClosed
+		return recs, arena, ErrClosed
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -29,12 +38,11 @@ func (s *Spool) Read(consumer string, maxEvents, maxBytes int) ([]Record, error)
 	next := s.next
 	s.mu.Unlock()
 
-	var out []Record
-	bytes := 0
-	for c.pos < next && len(out) < maxEvents && (bytes < maxBytes || len(out) == 0) {
+	n, bytes := 0, 0
+	for c.pos < next && n < maxEvents && (bytes < maxBytes || n == 0) {
 		b, err := s.blockFor(c, c.pos)
 		if err != nil {
-			return out, err
+			return recs, arena, err
 		}
 		if b == nil { // nothing stored at or after pos: a reclaimed or quarantined tail
 			c.pos = next
@@ -43,18 +51,24 @@ func (s *Spool) Read(consumer string, maxEvents, maxBytes int) ([]Record, error)
 		c.cur = b
 		c.pos = max(c.pos, b.first)
 		for i := int(c.pos - b.first); i < len(b.recs); i++ {
-			if len(out) >= maxEvents || (bytes >= maxBytes && len(out) > 0) {
+			if n >= maxEvents || (bytes >= maxBytes && n > 0) {
 				break
 			}
 			c.pos++
 			if d := b.dests[i]; d != "" && d != c.name {
 				continue
 			}
-			out = append(out, b.recs[i])
-			bytes += len(b.recs[i].Data)
+			// The block's memory is reused for the consumer's next block.
+			r := b.recs[i]
+			from := len(arena)
+			arena = append(arena, r.Data...)
+			r.Data = arena[from:len(arena):len(arena)]
+			recs = append(recs, r)
+			n++
+			bytes += len(r.Data)
 		}
 	}
-	return out, nil
+	return recs, arena, nil
 }
 
 // blockFor returns the block holding seq or, when that is gone, the next
@@ -63,6 +77,8 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 	if b := c.cur; b != nil && b.first <= seq && seq < b.first+uint64(len(b.recs)) {
 		return b, nil
 	}
+	// Blocks are decoded into c.block's memory, which c.cur may point to.
+	c.cur = nil
 	s.mu.Lock()
 	var fresh recentBlock
 	if i := s.recentIndex(seq); i >= 0 {
@@ -72,9 +88,9 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 	if fresh.val != nil {
 		// A block that fails here failed in memory; reading it back from
 		// disk below decides whether it is quarantined.
-		if b, err := decodeBlock(fresh.meta, fresh.val); err == nil {
+		if err := c.block.open(fresh.meta, fresh.val); err == nil {
 			s.leaveGeneration(c, nil)
-			return b, nil
+			return &c.block, nil
 		}
 	}
 	for {
@@ -86,7 +102,7 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 			seq = m.end()
 			continue
 		}
-		b, err := s.loadBlock(g, m)
+		b, err := s.loadBlock(g, m, &c.block)
 		if err == nil {
 			s.leaveGeneration(c, g)
 			return b, nil
@@ -117,13 +133,13 @@ func (s *Spool) leaveGeneration(c *consumer, g *generation) {
 	c.onDisk = g
 }
 
-func (s *Spool) loadBlock(g *generation, m blockMeta) (*decodedBlock, error) {
+// loadBlock reads and decodes a block into b's memory.
+func (s *Spool) loadBlock(g *generation, m blockMeta, b *decodedBlock) (*decodedBlock, error) {
 	db, err := g.acquire(s.openFinished)
 	if err != nil {
 		return nil, err
 	}
 	defer g.release()
-	var b *decodedBlock
 	var decodeErr error
 	err = db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(blockKey(m.first, m.count, m.stored))
@@ -133,7 +149,7 @@ func (s *Spool) loadBlock(g *generation, m blockMeta) (*decodedBlock, error) {
 		// Decoded straight from Badger's buffer: decoding copies what it
 		// keeps, so no copy of the stored value is needed.
 		return item.Value(func(val []byte) error {
-			b, decodeErr = decodeBlock(m, val)
+			decodeErr = b.open(m, val)
 			return nil
 		})
 	})
@@ -146,23 +162,30 @@ func (s *Spool) loadBlock(g *generation, m blockMeta) (*decodedBlock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read block %d: %w", m.first, err)
 	}
-	return b, decodeErr
-}
-
-// decodeBlock opens a stored block value and checks it against its key.
-func decodeBlock(m blockMeta, val []byte) (*decodedBlock, error) {
-	body, err := openBlock(val)
-	if err != nil {
-		return nil, err
-	}
-	b, err := decodeBody(m.first, body)
-	if err != nil {
-		return nil, err
-	}
-	if len(b.recs) != int(m.count) {
-		return nil, fmt.Errorf("%w: %d events, key says %d", errCorrupt, len(b.recs), m.count)
+	if decodeErr != nil {
+		return nil, decodeErr
 	}
 	return b, nil
+}
+
+// open decodes a stored block value into b, reusing b's memory, and checks
+// it against its key.
+func (b *decodedBlock) open(m blockMeta, val []byte) error {
+	if cap(b.raw) > 4*maxBlockBytes {
+		b.raw = nil // an outsized block's memory is not kept
+	}
+	raw, err := openBlockInto(b.raw, val)
+	if err != nil {
+		return err
+	}
+	b.raw = raw
+	if err := b.decode(m.first, raw); err != nil {
+		return err
+	}
+	if len(b.recs) != int(m.count) {
+		return fmt.Errorf("%w: %d events, key says %d", errCorrupt, len(b.recs), m.count)
+	}
+	return nil
 }
 
 // corruptEvent is what the dead-letter store keeps of a block it could

@@ -188,6 +188,7 @@ type Spool struct {
 	nextGen uint64        // number of the next generation created
 	// activeBytes is what the writer has put in the active generation.
 	activeBytes int64
+	sealing     []Event // writeLoop's: a group's events, cut into blocks
 
 	mu        sync.Mutex
 	next      uint64        // sequence number of the next event appended
@@ -208,7 +209,8 @@ type consumer struct {
 	pos    uint64 // next seq Read returns; only the consumer's loop moves it
 	cursor atomic.Uint64
 	saved  atomic.Uint64 // the cursor as last written to disk
-	cur    *decodedBlock
+	cur    *decodedBlock // the block Read is in: nil or &block
+	block  decodedBlock  // memory every block this consumer reads is decoded into
 	// onDisk is the finished generation this consumer last read a block
 	// from; it is closed once the consumer leaves it (see leaveGeneration).
 	onDisk *generation

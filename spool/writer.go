@@ -137,21 +137,23 @@ func (s *Spool) seal(group []*appendReq, assigned *uint64) *sealedGroup {
 		sg.reqs = kept
 	}
 	stored := time.Now()
-	var chunks [][]Event
-	var events []Event
-	size := 0
+	// One backing array, reused from group to group, holds every chunk.
+	all := s.sealing[:0]
 	for _, r := range sg.reqs {
 		sg.dead = append(sg.dead, r.dead...)
-		for i := range r.events {
-			if size >= maxBlockBytes {
-				chunks, events, size = append(chunks, events), nil, 0
-			}
-			events = append(events, r.events[i])
-			size += sizeOfEvents(r.events[i : i+1])
-		}
+		all = append(all, r.events...)
 	}
-	if len(events) > 0 {
-		chunks = append(chunks, events)
+	defer func() { clear(all); s.sealing = all[:0] }() // hold no request's memory
+	var chunks [][]Event
+	start, size := 0, 0
+	for i := range all {
+		if size >= maxBlockBytes {
+			chunks, start, size = append(chunks, all[start:i]), i, 0
+		}
+		size += sizeOfEvents(all[i : i+1])
+	}
+	if start < len(all) {
+		chunks = append(chunks, all[start:])
 	}
 	sg.blocks = make([]sealedBlock, len(chunks))
 	firsts := make([]uint64, len(chunks))
