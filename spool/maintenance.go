@@ -29,6 +29,12 @@ func (s *Spool) maintenanceLoop() {
 				s.log.Error("save cursors", "err", err)
 			}
 			continue
+		case <-s.spareTaken:
+			// At full load a generation fills in a fraction of a second:
+			// waiting for the tick would leave the writer to open the
+			// next one itself, stalling commits.
+			s.prepareSpare()
+			continue
 		case <-tick.C:
 		}
 		s.reclaim()

@@ -92,17 +92,19 @@ const maxBlockBytes = 1 << 20
 
 // recentCacheBytes bounds the freshly written blocks kept in memory, as
 // stored (compressed), so destinations that keep up never read back
-// through Badger. At full load a healthy webhook runs about 0.1 s behind
-// ingest (a few batches in flight and one building). Kept decoded, that
-// took 16 MiB and was a third of the live heap; compressed, 4 MiB covers
-// the same 20 MiB of events and a hit costs one decompression.
-const recentCacheBytes = 4 << 20
+// through Badger. Kept decoded, 16 MiB of them were a third of the live
+// heap; compressed, 2 MiB covers about 10 MiB of events, 50 ms at full
+// load, more than a healthy destination's lag, and a hit costs one
+// decompression.
+const recentCacheBytes = 2 << 20
 
 // Generation sizing: a generation is rotated once it holds genMaxBytes of
 // blocks or is genMaxAge old, so that a drained backlog gives its space
-// back within about a minute.
+// back within about a minute. What is written to the active generation's
+// mmapped value log stays resident until it is closed, so its size is
+// part of peak RSS; each costs about 20 KiB of disk besides its blocks.
 const (
-	genMaxBytes = 16 << 20
+	genMaxBytes = 8 << 20
 	genMaxAge   = time.Minute
 	// genIdle is how long a finished generation nobody reads stays open.
 	// Its value log is mmapped, and every page written or read through
@@ -167,11 +169,12 @@ type Spool struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	reqs   chan *appendReq // unbuffered: a send succeeds only while the writer runs
-	sealed chan *sealedGroup
-	rotate chan struct{} // asks the writer to start a new generation
-	quit   chan struct{}
-	wg     sync.WaitGroup
+	reqs       chan *appendReq // unbuffered: a send succeeds only while the writer runs
+	sealed     chan *sealedGroup
+	rotate     chan struct{} // asks the writer to start a new generation
+	spareTaken chan struct{} // tells the maintenance loop to open a new spare
+	quit       chan struct{}
+	wg         sync.WaitGroup
 
 	closing   atomic.Bool
 	overMax   atomic.Bool // beyond MaxBytes
@@ -236,20 +239,22 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		return nil, fmt.Errorf("create spool dir: %w", err)
 	}
 	s := &Spool{
-		cfg:       cfg,
-		log:       logger,
-		reqs:      make(chan *appendReq),
-		sealed:    make(chan *sealedGroup),
-		rotate:    make(chan struct{}, 1),
-		quit:      make(chan struct{}),
-		changed:   make(chan struct{}),
-		consumers: make(map[string]*consumer, len(cfg.Consumers)),
+		cfg:        cfg,
+		log:        logger,
+		reqs:       make(chan *appendReq),
+		sealed:     make(chan *sealedGroup),
+		rotate:     make(chan struct{}, 1),
+		spareTaken: make(chan struct{}, 1),
+		quit:       make(chan struct{}),
+		changed:    make(chan struct{}),
+		consumers:  make(map[string]*consumer, len(cfg.Consumers)),
 	}
 	// Dead letters live in meta's LSM tree (below the value threshold);
 	// Badger caps a transaction at 15% of the memtable, so a larger one
 	// than a generation's means fewer commits for a batch of them.
 	meta, err := badger.Open(s.badgerOptions(filepath.Join(cfg.Dir, "meta")).
-		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20))
+		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20).
+		WithBaseTableSize(2 << 20))
 	if err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", cfg.Dir, err)
 	}
@@ -298,7 +303,9 @@ func (s *Spool) badgerOptions(dir string) badger.Options {
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
-		WithBaseTableSize(2 << 20).
+		// A memtable flush builds its table in a buffer of twice this:
+		// a generation's tables hold only keys, a few KiB.
+		WithBaseTableSize(256 << 10).
 		WithValueLogFileSize(genMaxBytes + maxBlockBytes).
 		WithNumCompactors(2).
 		WithNumGoroutines(2)
@@ -511,6 +518,10 @@ func (s *Spool) startGeneration() error {
 		s.nextGen++
 	}
 	s.genMu.Unlock()
+	select {
+	case s.spareTaken <- struct{}{}:
+	default:
+	}
 	if g == nil {
 		var err error
 		if g, err = s.createGeneration(num); err != nil {
