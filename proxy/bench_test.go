@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -14,8 +13,12 @@ import (
 // nopSpool accepts everything at once, so benchmarks measure the proxy.
 type nopSpool struct{}
 
-func (nopSpool) Append(context.Context, []spool.Event, []spool.DeadLetter) error { return nil }
-func (nopSpool) Ready() error                                                    { return nil }
+func (nopSpool) Submit([]spool.Event, []spool.DeadLetter) (<-chan error, error) {
+	return committed, nil
+}
+func (nopSpool) Ready() error { return nil }
+
+var committed = func() chan error { c := make(chan error); close(c); return c }()
 
 // realisticEvent is about 750 bytes, shaped like what analytics-node sends
 // for an e-commerce track.

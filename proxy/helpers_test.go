@@ -44,14 +44,10 @@ type fakeSpool struct {
 	readyErr error
 }
 
-func (f *fakeSpool) Append(_ context.Context, events []spool.Event, dead []spool.DeadLetter) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.appendFn != nil {
-		if err := f.appendFn(); err != nil {
-			return err
-		}
-	}
+// Submit copies what it is given, as the spool does, and runs appendFn as
+// the commit: a blocking appendFn is a slow commit, and its error is the
+// commit's outcome.
+func (f *fakeSpool) Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error) {
 	var c appendCall
 	for _, e := range events {
 		e.Data = bytes.Clone(e.Data)
@@ -61,8 +57,21 @@ func (f *fakeSpool) Append(_ context.Context, events []spool.Event, dead []spool
 		d.Event = bytes.Clone(d.Event)
 		c.dead = append(c.dead, d)
 	}
+	f.mu.Lock()
+	fn := f.appendFn
+	f.mu.Unlock()
+	done := make(chan error, 1)
+	if fn != nil {
+		if err := fn(); err != nil {
+			done <- err
+			return done, nil
+		}
+	}
+	f.mu.Lock()
 	f.calls = append(f.calls, c)
-	return nil
+	f.mu.Unlock()
+	done <- nil
+	return done, nil
 }
 
 func (f *fakeSpool) setAppend(fn func() error) {

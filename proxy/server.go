@@ -23,10 +23,10 @@ import (
 // Spool is what the proxy needs of the spool. It is declared here so that
 // the proxy's tests run against a fake and never open Badger.
 type Spool interface {
-	// Append stores events and dead letters in one commit and returns nil
-	// only once they are durable. It must not keep the slices it is given
-	// after it returns.
-	Append(ctx context.Context, events []spool.Event, dead []spool.DeadLetter) error
+	// Submit puts events and dead letters in one commit and returns a
+	// channel that receives nil once they are durable, or why not. It
+	// keeps nothing of the slices it is given once it returns.
+	Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error)
 	// Ready is nil while Append would accept events.
 	Ready() error
 }
@@ -92,11 +92,6 @@ type Server struct {
 	closing atomic.Bool
 	// tail holds the latest events received, while someone watches.
 	tail tailRing
-	// appendCtx is deliberately not the request's: fasthttp cancels every
-	// RequestCtx when shutdown begins, and an Append in flight must be
-	// allowed to finish so that its client gets the truth (200) rather
-	// than a 503 for events that may already be stored.
-	appendCtx context.Context
 
 	errRequestTooLarge error
 	now                func() time.Time
@@ -132,14 +127,13 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 		return nil, err
 	}
 	s := &Server{
-		cfg:       cfg,
-		sp:        sp,
-		opts:      opts,
-		log:       logger.With(slog.String(logKeyComponent, "proxy")),
-		m:         m,
-		pp:        newParser(cfg, newKeyring(keys)),
-		certs:     certs,
-		appendCtx: context.Background(),
+		cfg:   cfg,
+		sp:    sp,
+		opts:  opts,
+		log:   logger.With(slog.String(logKeyComponent, "proxy")),
+		m:     m,
+		pp:    newParser(cfg, newKeyring(keys)),
+		certs: certs,
 		errRequestTooLarge: badRequest(errTooLarge,
 			fmt.Sprintf("request body is over --max-request-bytes (%d bytes)", cfg.MaxRequestBytes)),
 		now: time.Now,
@@ -332,7 +326,11 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		return
 	}
 	in := s.ingest.Get().(*ingest)
-	defer s.putIngest(in)
+	defer func() {
+		if in != nil {
+			s.putIngest(in)
+		}
+	}()
 
 	body, err := in.readBody(ctx, s.cfg.MaxRequestBytes, s.errRequestTooLarge)
 	if err == nil {
@@ -352,16 +350,33 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 	// fasthttp's pool for other connections instead of waiting out the
 	// commit: at 64 connections of 100-event batches that is 5 MB.
 	ctx.Request.ResetBody()
-	if err := s.sp.Append(s.appendCtx, in.events, in.dead); err != nil {
-		// The spool failed, so it may still be writing what it was given
-		// (a commit that outlived its caller): never reuse those buffers.
-		in.out, in.events, in.dead = nil, nil, nil
+	done, err := s.sp.Submit(in.events, in.dead)
+	if err != nil {
 		s.failEvents(ctx, ep, err)
 		return
 	}
-	s.m.received[ep].Add(float64(len(in.events) + len(in.dead)))
-	s.tail.record(ep, s.now(), in.events, in.dead, in.rejected)
+	received := len(in.events) + len(in.dead)
+	if len(in.rejected) == 0 && !s.tail.watched(s.now()) {
+		// The spool has its copy: the buffers serve other requests while
+		// this one waits out the commit. At 64 connections of 100-event
+		// batches they were a fifth of the live heap.
+		s.putIngest(in)
+		in = nil
+	}
+	// Not cancelled with the request: fasthttp cancels every RequestCtx
+	// when shutdown begins, and a client whose events are being stored
+	// must get the truth (200), not a 503 that makes it send them again.
+	if err := <-done; err != nil {
+		s.failEvents(ctx, ep, err)
+		return
+	}
+	s.m.received[ep].Add(float64(received))
 	ctx.SetContentType("application/json")
+	if in == nil {
+		ctx.SetBody(successBody)
+		return
+	}
+	s.tail.record(ep, s.now(), in.events, in.dead, in.rejected)
 	if len(in.rejected) == 0 {
 		ctx.SetBody(successBody)
 		return

@@ -56,6 +56,13 @@ func (t *tailRing) watch(now time.Time) {
 // record copies the events of one successful Append, if someone watches.
 // It must not keep the slices it is given; it copies into buffers it
 // reuses, so a watched proxy allocates nothing once they have grown.
+// watched reports whether someone polled the tail recently enough that
+// record would keep events.
+func (t *tailRing) watched(now time.Time) bool {
+	until := t.watchedUntil.Load()
+	return until != 0 && now.UnixNano() <= until
+}
+
 func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead []spool.DeadLetter, rejected []rejection) {
 	until := t.watchedUntil.Load()
 	if until == 0 {

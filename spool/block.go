@@ -96,22 +96,27 @@ func encodeBody(dst []byte, stored time.Time, events []Event) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(stored.UnixMilli()))
 	dst = binary.AppendUvarint(dst, uint64(len(events)))
 	for i := range events {
-		e := &events[i]
-		dst = binary.AppendUvarint(dst, uint64(len(e.WriteKey)))
-		dst = append(dst, e.WriteKey...)
-		dst = binary.AppendUvarint(dst, uint64(len(e.Dest)))
-		dst = append(dst, e.Dest...)
-		dst = binary.AppendUvarint(dst, uint64(len(e.Data)))
-		dst = append(dst, e.Data...)
+		dst = appendEvent(dst, &events[i])
 	}
 	return dst
+}
+
+// appendEvent appends one event as a block body holds it.
+func appendEvent(dst []byte, e *Event) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(e.WriteKey)))
+	dst = append(dst, e.WriteKey...)
+	dst = binary.AppendUvarint(dst, uint64(len(e.Dest)))
+	dst = append(dst, e.Dest...)
+	dst = binary.AppendUvarint(dst, uint64(len(e.Data)))
+	return append(dst, e.Data...)
 }
 
 // scratchBuffers recycles the uncompressed bodies blocks are built in and
 // the space they are compressed into: at full load these were most of what
 // the spool allocated, and nothing keeps either once a block is sealed.
-// Two per block a group may seal at once.
-var scratchBuffers = newFreeList(2*(maxGroupBytes/maxBlockBytes+1), func() *[]byte { return new([]byte) })
+// Enough for the blocks of a filling group and a sealing one, and the
+// space the latter's blocks are compressed into.
+var scratchBuffers = newFreeList(3*(maxGroupBytes/maxBlockBytes+1), func() *[]byte { return new([]byte) })
 
 // sealBlock compresses body into a fresh envelope of exactly its size,
 // since the envelope stays in memory for as long as it is a recent block.

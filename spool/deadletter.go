@@ -11,7 +11,14 @@ import (
 // DeadLetter stores dead letters, fsynced like a block. Unlike Append it
 // works in a full spool: see appendReq.force.
 func (s *Spool) DeadLetter(ctx context.Context, dls []DeadLetter) error {
-	return s.append(ctx, &appendReq{dead: dls, force: true})
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	done, err := s.submit(nil, dls, true)
+	if err != nil {
+		return err
+	}
+	return <-done
 }
 
 // DeadLetters calls fn for each dead letter f selects, oldest first, up to

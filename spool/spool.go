@@ -169,7 +169,7 @@ type Spool struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	reqs       chan *appendReq // unbuffered: a send succeeds only while the writer runs
+	kick       chan struct{} // tells the writer a group is filling
 	sealed     chan *sealedGroup
 	rotate     chan struct{} // asks the writer to start a new generation
 	spareTaken chan struct{} // tells the maintenance loop to open a new spare
@@ -191,7 +191,12 @@ type Spool struct {
 	nextGen uint64        // number of the next generation created
 	// activeBytes is what the writer has put in the active generation.
 	activeBytes int64
-	sealing     []Event // writeLoop's: a group's events, cut into blocks
+
+	fillMu     sync.Mutex
+	fillTaken  *sync.Cond // signalled when the writer takes the filling group
+	fill       filling
+	fillClosed bool   // the writer has stopped: Submit answers ErrClosed
+	assigned   uint64 // the number the next submitted event gets
 
 	mu        sync.Mutex
 	next      uint64        // sequence number of the next event appended
@@ -241,7 +246,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	s := &Spool{
 		cfg:        cfg,
 		log:        logger,
-		reqs:       make(chan *appendReq),
+		kick:       make(chan struct{}, 1),
 		sealed:     make(chan *sealedGroup),
 		rotate:     make(chan struct{}, 1),
 		spareTaken: make(chan struct{}, 1),
@@ -266,6 +271,8 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	}
 	s.metrics = newMetrics(reg, s)
 	s.refreshSize()
+	s.fillTaken = sync.NewCond(&s.fillMu)
+	s.assigned = s.next
 	s.spawn(s.writeLoop)
 	s.spawn(s.commitLoop)
 	s.spawn(s.maintenanceLoop)

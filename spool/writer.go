@@ -1,7 +1,9 @@
 package spool
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,55 +15,62 @@ import (
 )
 
 type appendReq struct {
-	events []Event
-	dead   []DeadLetter
-	size   int
-	done   chan error
-	// force skips the size bound and the free-space reserve: dead letters
-	// from delivery must be storable in a full spool, or the events they
-	// hold up could never be acknowledged and their space never freed.
-	force bool
+	force bool         // see submit
+	dead  []DeadLetter // copies: the caller's memory is its own again
+	done  chan error
 }
 
 // Append stores events, and in the same commit the dead letters (events
 // refused at ingest), and returns once they are durable per Config.Sync.
 // Concurrent calls share one block and one fsync. On ErrFull or ErrClosed
-// nothing of the call was stored.
+// nothing of the call was stored. ctx is only checked on entry: once its
+// events are in a commit, the call waits for that commit's outcome.
 func (s *Spool) Append(ctx context.Context, events []Event, dead []DeadLetter) error {
-	return s.append(ctx, &appendReq{events: events, dead: dead})
-}
-
-func (s *Spool) append(ctx context.Context, r *appendReq) error {
-	if len(r.events) == 0 && len(r.dead) == 0 {
-		return nil
-	}
-	if s.closing.Load() {
-		return ErrClosed
-	}
-	if err := s.Ready(); err != nil && !r.force {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r.done = make(chan error, 1)
-	r.size = sizeOfEvents(r.events)
-	select {
-	case s.reqs <- r:
-	case <-s.quit:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
+	done, err := s.Submit(events, dead)
+	if err != nil {
+		return err
 	}
-	// The writer reads the caller's slices until it replies, so even a
-	// cancelled caller must wait for the reply.
-	return <-r.done
+	return <-done
 }
 
-// Writing is a two-stage pipeline. writeLoop gathers every request that is
-// waiting, numbers its events, and encodes and compresses them into blocks;
-// commitLoop writes each group's blocks in one transaction, so one fsync
-// acknowledges them all (group commit). While one group's fsync runs, the
-// next group is gathered and compressed. The hand-over is unbuffered: a
-// writer running further ahead would cut the requests arriving during one
-// fsync into several small groups, each paying an fsync of its own.
+// Submit copies events and dead letters into the next commit and returns a
+// channel that receives its outcome: nil once they are durable per
+// Config.Sync. The caller's slices are its own again as soon as Submit
+// returns, so a caller may recycle them while the commit runs.
+func (s *Spool) Submit(events []Event, dead []DeadLetter) (<-chan error, error) {
+	return s.submit(events, dead, false)
+}
+
+// Writing is a two-stage pipeline. Submit copies events into the filling
+// group's block bodies, numbering them; writeLoop takes the filling group,
+// compresses its blocks in parallel and hands it to commitLoop, which
+// writes each group's blocks in one transaction, so one fsync acknowledges
+// them all (group commit). While one group's fsync runs, the next fills
+// and is compressed. The hand-over is unbuffered: a writer running further
+// ahead would cut the requests arriving during one fsync into several
+// small groups, each paying an fsync of its own. Copying at Submit lets a
+// caller reuse its buffers while it waits: with 64 clients waiting out
+// commits, their buffers were a fifth of the live heap.
+type filling struct {
+	reqs   []*appendReq
+	blocks []*fillingBlock
+	bytes  int // event bytes copied in
+}
+
+// fillingBlock is a block being filled: headerRoom bytes left free for the
+// header, then the events as encodeBody lays them out.
+type fillingBlock struct {
+	first uint64
+	count int
+	body  *[]byte // from scratchBuffers
+}
+
+// headerRoom fits a block body's header: stored millis and a uvarint count.
+const headerRoom = 8 + binary.MaxVarintLen64
+
 type sealedGroup struct {
 	reqs   []*appendReq
 	dead   []DeadLetter
@@ -76,58 +85,117 @@ type sealedBlock struct {
 
 // maxGroupBytes bounds the event bytes of one group commit. A group needs
 // to hold what arrives during one fsync (a few ms: about 1 MiB at a quarter
-// million events a second); more only holds memory, since up to three
-// groups are alive at once (gathering, waiting, committing).
+// million events a second); more only holds memory, since up to two
+// groups' bodies are alive at once (filling, and compressing).
 const maxGroupBytes = 2 << 20
+
+func (s *Spool) submit(events []Event, dead []DeadLetter, force bool) (<-chan error, error) {
+	r := &appendReq{force: force, done: make(chan error, 1)}
+	if len(events) == 0 && len(dead) == 0 {
+		r.done <- nil
+		return r.done, nil
+	}
+	size := sizeOfEvents(events)
+	s.fillMu.Lock()
+	defer s.fillMu.Unlock()
+	// Back-pressure: a full group waits for the writer to take it. Forced
+	// dead letters hold no events and never wait.
+	for size > 0 && s.fill.bytes > 0 && s.fill.bytes+size > maxGroupBytes && !s.fillClosed {
+		s.fillTaken.Wait()
+	}
+	if s.fillClosed {
+		return nil, ErrClosed
+	}
+	if !force {
+		if err := s.Ready(); err != nil {
+			return nil, err
+		}
+	}
+	// force skips the size bound and the free-space reserve: dead letters
+	// from delivery must be storable in a full spool, or the events they
+	// hold up could never be acknowledged and their space never freed.
+	f := &s.fill
+	var b *fillingBlock
+	if n := len(f.blocks); n > 0 {
+		b = f.blocks[n-1]
+	}
+	for i := range events {
+		if b == nil || len(*b.body)-headerRoom >= maxBlockBytes {
+			b = &fillingBlock{first: s.assigned, body: scratchBuffers.get()}
+			*b.body = append((*b.body)[:0], make([]byte, headerRoom)...)
+			f.blocks = append(f.blocks, b)
+		}
+		*b.body = appendEvent(*b.body, &events[i])
+		b.count++
+		s.assigned++
+	}
+	for _, d := range dead {
+		d.Event = bytes.Clone(d.Event)
+		r.dead = append(r.dead, d)
+	}
+	f.reqs = append(f.reqs, r)
+	f.bytes += size
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+	return r.done, nil
+}
+
+// takeFill returns the filling group and starts an empty one; nil if
+// nothing is in it. s.fillMu must be held.
+func (s *Spool) takeFill() *filling {
+	if len(s.fill.reqs) == 0 {
+		return nil
+	}
+	f := s.fill
+	s.fill = filling{}
+	s.fillTaken.Broadcast()
+	return &f
+}
 
 func (s *Spool) writeLoop() {
 	defer close(s.sealed)
-	assigned := s.next // only this goroutine numbers events
 	for {
-		var first *appendReq
 		select {
-		case first = <-s.reqs:
+		case <-s.kick:
 		case <-s.rotate:
 			s.sealed <- &sealedGroup{rotate: true}
 			continue
 		case <-s.quit:
-			// Commit what senders handed over before they saw quit.
-			for {
-				select {
-				case r := <-s.reqs:
-					s.sealed <- s.seal(s.gather(r), &assigned)
-				default:
-					return
-				}
+			// Commit what was submitted before the door closed.
+			s.fillMu.Lock()
+			s.fillClosed = true
+			f := s.takeFill()
+			s.fillTaken.Broadcast()
+			s.fillMu.Unlock()
+			if f != nil {
+				s.sealed <- s.seal(f)
 			}
+			return
 		}
-		s.sealed <- s.seal(s.gather(first), &assigned)
+		s.fillMu.Lock()
+		f := s.takeFill()
+		s.fillMu.Unlock()
+		if f != nil {
+			s.sealed <- s.seal(f)
+		}
 	}
 }
 
-// gather takes the requests already waiting, up to maxGroupBytes.
-func (s *Spool) gather(first *appendReq) []*appendReq {
-	group := []*appendReq{first}
-	size := first.size
-	for size < maxGroupBytes {
-		select {
-		case r := <-s.reqs:
-			group = append(group, r)
-			size += r.size
-		default:
-			return group
+// seal compresses the group's blocks.
+func (s *Spool) seal(f *filling) *sealedGroup {
+	sg := &sealedGroup{reqs: f.reqs}
+	defer func() {
+		for _, b := range f.blocks {
+			scratchBuffers.put(b.body)
 		}
-	}
-	return group
-}
-
-// seal numbers the group's events from *assigned and builds its blocks.
-func (s *Spool) seal(group []*appendReq, assigned *uint64) *sealedGroup {
-	sg := &sealedGroup{reqs: group}
+	}()
 	if err := s.checkDiskRoom(); err != nil {
-		// Only forced requests (dead letters from delivery) go on.
-		kept := group[:0:0]
-		for _, r := range group {
+		// Only forced requests (dead letters from delivery, which hold no
+		// events) go on; the numbers the others took are skipped.
+		kept := sg.reqs[:0:0]
+		for _, r := range sg.reqs {
 			if r.force {
 				kept = append(kept, r)
 			} else {
@@ -136,35 +204,18 @@ func (s *Spool) seal(group []*appendReq, assigned *uint64) *sealedGroup {
 		}
 		sg.reqs = kept
 	}
-	stored := time.Now()
-	// One backing array, reused from group to group, holds every chunk.
-	all := s.sealing[:0]
 	for _, r := range sg.reqs {
 		sg.dead = append(sg.dead, r.dead...)
-		all = append(all, r.events...)
 	}
-	defer func() { clear(all); s.sealing = all[:0] }() // hold no request's memory
-	var chunks [][]Event
-	start, size := 0, 0
-	for i := range all {
-		if size >= maxBlockBytes {
-			chunks, start, size = append(chunks, all[start:i]), i, 0
-		}
-		size += sizeOfEvents(all[i : i+1])
+	if len(sg.reqs) < len(f.reqs) {
+		return sg
 	}
-	if start < len(all) {
-		chunks = append(chunks, all[start:])
-	}
-	sg.blocks = make([]sealedBlock, len(chunks))
-	firsts := make([]uint64, len(chunks))
-	for i, c := range chunks {
-		firsts[i] = *assigned
-		*assigned += uint64(len(c))
-	}
+	stored := time.Now()
+	sg.blocks = make([]sealedBlock, len(f.blocks))
 	// Compression is most of a group's CPU: spread its blocks over the cores.
 	var wg sync.WaitGroup
-	for i, c := range chunks {
-		wg.Go(func() { sg.blocks[i] = sealEvents(firsts[i], stored, c) })
+	for i, b := range f.blocks {
+		wg.Go(func() { sg.blocks[i] = sealFillingBlock(b, stored) })
 	}
 	wg.Wait()
 	return sg
@@ -178,14 +229,14 @@ func sizeOfEvents(events []Event) int {
 	return n
 }
 
-func sealEvents(first uint64, stored time.Time, events []Event) sealedBlock {
-	buf := scratchBuffers.get()
-	body := encodeBody((*buf)[:0], stored, events)
-	val := sealBlock(body)
-	*buf = body
-	scratchBuffers.put(buf)
-	m := blockMeta{first: first, count: uint32(len(events)), stored: stored}
-	return sealedBlock{key: blockKey(m.first, m.count, m.stored), recentBlock: recentBlock{meta: m, val: val}}
+func sealFillingBlock(b *fillingBlock, stored time.Time) sealedBlock {
+	var hdr [headerRoom]byte
+	h := binary.BigEndian.AppendUint64(hdr[:0], uint64(stored.UnixMilli()))
+	h = binary.AppendUvarint(h, uint64(b.count))
+	body := (*b.body)[headerRoom-len(h):]
+	copy(body, h)
+	m := blockMeta{first: b.first, count: uint32(b.count), stored: stored}
+	return sealedBlock{key: blockKey(m.first, m.count, m.stored), recentBlock: recentBlock{meta: m, val: sealBlock(body)}}
 }
 
 // commitLoop is the only goroutine that writes to the active generation

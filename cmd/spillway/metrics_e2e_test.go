@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"slices"
@@ -320,5 +321,23 @@ func TestLogsShowDrainProgressAndNeverAWriteKey(t *testing.T) {
 		"--destination", "seg=segment+https://api.segment.io?write_key=" + key + "&batch_events=0"}, &stderr, &stderr)
 	if out := stderr.String(); code != 2 || !strings.Contains(out, "batch_events") || strings.Contains(out, key) {
 		t.Errorf("a bad destination: exit %d, %q; want 2, the fault and no write key", code, out)
+	}
+}
+
+// spillway collects at half of Go's default heap growth unless GOGC says
+// otherwise; the runtime's own gauge shows which applies.
+func TestGarbageCollectionTargetDefaultsToHalfUnlessGOGCIsSet(t *testing.T) {
+	for _, tt := range []struct {
+		gogc string
+		want float64
+	}{{"", defaultGCPercent}, {"100", 100}, {"200", 200}} {
+		t.Run("GOGC="+tt.gogc, func(t *testing.T) {
+			t.Setenv("GOGC", tt.gogc)
+			p := startSpillway(t, "", io.Discard, "--spool-dir", t.TempDir())
+			got, ok := scrapeMetrics(t, p.url()).value("go_gc_gogc_percent")
+			if !ok || got != tt.want {
+				t.Fatalf("go_gc_gogc_percent = %v (present %v), want %v", got, ok, tt.want)
+			}
+		})
 	}
 }
