@@ -200,7 +200,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 				changed = d.sp.Changed() // before Read, so no commit slips between
 				budget := d.dest.BatchBytes - max(cur.bytes, batchOverhead)
 				if cur.mem == nil {
-					cur.mem, free = takeMem(free)
+					cur.mem, free = d.takeMem(free)
 					cur.recs = cur.mem.recs[:0]
 				}
 				recs, arena, err := d.sp.ReadInto(d.dest.Name, readBuf[:0], cur.mem.arena, d.dest.BatchEvents-len(cur.recs), max(budget, 1))
@@ -239,7 +239,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 			cur = building{}
 			if len(carry) > 0 {
 				// Records read past the full batch live in its memory.
-				cur.mem, free = takeMem(free)
+				cur.mem, free = d.takeMem(free)
 				cur.recs = cur.mem.recs[:0]
 				for i := range carry {
 					from := len(cur.mem.arena)
@@ -314,7 +314,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 			running--
 			r.slot.done = r.ok
 			// process has returned: nothing reads the batch's records now.
-			free = putMem(free, r.mem, d.dest.Concurrency)
+			free = d.putMem(free, r.mem)
 		case <-changedC:
 		case <-timerC:
 		case <-drain:
@@ -324,17 +324,26 @@ func (d *Dispatcher) run(ctx context.Context) {
 	}
 }
 
-func takeMem(free []*batchMem) (*batchMem, []*batchMem) {
+// takeMem returns a finished batch's memory, or new memory sized for a
+// whole batch: records point into the arena, so every array a growing
+// arena left behind would stay alive as long as the batch.
+func (d *Dispatcher) takeMem(free []*batchMem) (*batchMem, []*batchMem) {
 	if n := len(free); n > 0 {
-		return free[n-1], free[:n-1]
+		m := free[n-1]
+		free[n-1] = nil
+		return m, free[:n-1]
 	}
-	return new(batchMem), free
+	return &batchMem{arena: make([]byte, 0, d.dest.BatchBytes+maxEventSlack)}, free
 }
 
-// putMem keeps up to limit batches' memory, unless one outgrew the usual
-// batch several times over.
-func putMem(free []*batchMem, m *batchMem, limit int) []*batchMem {
-	if len(free) >= limit || cap(m.arena) > 4*DefaultBatchBytes {
+// maxEventSlack is room past batch_bytes: a read returns at least one
+// event, and the one that fills a batch may overshoot it.
+const maxEventSlack = 64 << 10
+
+// putMem keeps a finished batch's memory for the next, unless enough is
+// kept or it outgrew the usual batch several times over.
+func (d *Dispatcher) putMem(free []*batchMem, m *batchMem) []*batchMem {
+	if len(free) >= 2 || cap(m.arena) > 2*(d.dest.BatchBytes+maxEventSlack) {
 		return free
 	}
 	clear(m.recs) // let go of write key strings

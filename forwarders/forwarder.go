@@ -109,7 +109,7 @@ type requestBody struct {
 
 // requestBodies holds the free bodies. Not a sync.Pool: that is emptied at
 // every garbage collection, dozens of times a second at full load.
-var requestBodies = make(chan *requestBody, DefaultConcurrency)
+var requestBodies = make(chan *requestBody, 2)
 
 // newRequestBody returns an empty body held once, by its caller.
 func newRequestBody() *requestBody {

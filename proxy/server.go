@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -71,14 +72,15 @@ var successBody = []byte(`{"success":true}`)
 // Server is the HTTP surface of spillway. Its zero value is not usable;
 // call New.
 type Server struct {
-	cfg    Config
-	sp     Spool
-	opts   Options
-	log    *slog.Logger
-	m      *metrics
-	pp     *parser
-	srv    *fasthttp.Server
-	ingest sync.Pool
+	cfg     Config
+	sp      Spool
+	opts    Options
+	log     *slog.Logger
+	m       *metrics
+	pp      *parser
+	srv     *fasthttp.Server
+	ingest  sync.Pool
+	parsing chan struct{} // one token per request being parsed; GOMAXPROCS of them
 
 	adminSrv *fasthttp.Server
 	// adminMoved is set by ServeAdmin: from then on the main listener no
@@ -136,7 +138,8 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 		certs: certs,
 		errRequestTooLarge: badRequest(errTooLarge,
 			fmt.Sprintf("request body is over --max-request-bytes (%d bytes)", cfg.MaxRequestBytes)),
-		now: time.Now,
+		now:     time.Now,
+		parsing: make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
 	s.ingest.New = func() any { return newIngest() }
 	s.srv = s.newHTTPServer(s.handle, cfg.MaxRequestBytes+bodySlack)
@@ -325,6 +328,18 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		s.failEvents(ctx, ep, errShuttingDown)
 		return
 	}
+	// Parsing is CPU work: more of it at once than there are cores only
+	// holds more bodies, parsers and output buffers in memory, which with
+	// many connections made memory grow with their number.
+	s.parsing <- struct{}{}
+	parsing := true
+	release := func() {
+		if parsing {
+			<-s.parsing
+			parsing = false
+		}
+	}
+	defer release()
 	in := s.ingest.Get().(*ingest)
 	defer func() {
 		if in != nil {
@@ -363,6 +378,7 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		s.putIngest(in)
 		in = nil
 	}
+	release()
 	// Not cancelled with the request: fasthttp cancels every RequestCtx
 	// when shutdown begins, and a client whose events are being stored
 	// must get the truth (200), not a 503 that makes it send them again.

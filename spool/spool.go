@@ -104,7 +104,7 @@ const recentCacheBytes = 2 << 20
 // mmapped value log stays resident until it is closed, so its size is
 // part of peak RSS; each costs about 20 KiB of disk besides its blocks.
 const (
-	genMaxBytes = 8 << 20
+	genMaxBytes = 4 << 20
 	genMaxAge   = time.Minute
 	// genIdle is how long a finished generation nobody reads stays open.
 	// Its value log is mmapped, and every page written or read through

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -212,10 +213,16 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 	}
 	stored := time.Now()
 	sg.blocks = make([]sealedBlock, len(f.blocks))
-	// Compression is most of a group's CPU: spread its blocks over the cores.
+	// Compression is most of a group's CPU: spread its blocks over the
+	// cores, no more at once than there are coders kept.
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for i, b := range f.blocks {
-		wg.Go(func() { sg.blocks[i] = sealFillingBlock(b, stored) })
+		slots <- struct{}{}
+		wg.Go(func() {
+			sg.blocks[i] = sealFillingBlock(b, stored)
+			<-slots
+		})
 	}
 	wg.Wait()
 	return sg
