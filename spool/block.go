@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	_ "embed"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,6 +28,19 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// eventDict primes every block's compression with the vocabulary Segment
+// events share (the spec's fields, analytics.js context, e-commerce
+// properties). At moderate load a group commit holds one request, about
+// 100 events, where the first occurrence of each key is a noticeable part
+// of the block: the dictionary makes such blocks 3% smaller. Its frame
+// header names it by dictID. It must never change: blocks written with it
+// could not be read. A different one needs a new ID, and both kept.
+//
+//go:embed dict.txt
+var eventDict []byte
+
+const dictID = 1
+
 // Encoders and decoders are costly to build and hold window buffers, so a
 // few are kept for reuse. Not a sync.Pool: it is emptied at every garbage
 // collection, and under many small requests that rebuilt an encoder for
@@ -42,7 +56,8 @@ var (
 			zstd.WithWindowSize(maxBlockBytes),
 			// The envelope's crc32c covers the compressed bytes already; a
 			// frame checksum too cost 2% of the CPU at full load.
-			zstd.WithEncoderCRC(false))
+			zstd.WithEncoderCRC(false),
+			zstd.WithEncoderDictRaw(dictID, eventDict))
 		if err != nil {
 			panic(err) // only on invalid options, which are constant here
 		}
@@ -50,7 +65,7 @@ var (
 	})
 	decoders = newFreeList(runtime.GOMAXPROCS(0), func() *zstd.Decoder {
 		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
-			zstd.WithDecoderMaxMemory(maxBlockRawBytes))
+			zstd.WithDecoderMaxMemory(maxBlockRawBytes), zstd.WithDecoderDictRaw(dictID, eventDict))
 		if err != nil {
 			panic(err)
 		}

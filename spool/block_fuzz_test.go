@@ -2,8 +2,14 @@ package spool
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // FuzzDecodeBlock feeds arbitrary bytes to the block decoder, which reads
@@ -49,4 +55,29 @@ func FuzzDecodeBlock(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Blocks written before the dictionary, and any written with it, stay
+// readable: the dictionary is named by ID and must never change.
+func TestBlocksWithAndWithoutTheDictionaryDecode(t *testing.T) {
+	if got := fmt.Sprintf("%x", sha256.Sum256(eventDict)); got != "25b5d72a8a85cc48d5073b59b44f9eebadb778c3a9d0c54b24befc471cfb1250" {
+		t.Fatalf("dict.txt changed (sha256 %s): blocks written with dictionary %d would become unreadable; add a new dictionary with a new ID instead", got, dictID)
+	}
+	body := encodeBody(nil, time.UnixMilli(5), []Event{{WriteKey: "wk", Data: []byte(`{"type":"track","event":"Product Added","context":{"library":{"name":"analytics.js"}}}`)}})
+	plain, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := plain.EncodeAll(body, make([]byte, envelopeLen))
+	old[0], old[1] = blockVersion, flagZstd
+	binary.BigEndian.PutUint32(old[2:6], crc32.Checksum(old[envelopeLen:], castagnoli))
+	for name, val := range map[string][]byte{"without": old, "with": sealBlock(body)} {
+		got, err := openBlock(val)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Errorf("block %s the dictionary: %v, body equal %v", name, err, bytes.Equal(got, body))
+		}
+	}
+	if len(sealBlock(body)) >= len(old) {
+		t.Errorf("with the dictionary %d bytes, without %d: it does not help", len(sealBlock(body)), len(old))
+	}
 }
