@@ -129,9 +129,10 @@ func appendEvent(dst []byte, e *Event) []byte {
 // scratchBuffers recycles the uncompressed bodies blocks are built in and
 // the space they are compressed into: at full load these were most of what
 // the spool allocated, and nothing keeps either once a block is sealed.
-// Enough for the blocks of a filling group and a sealing one, and the
-// space the latter's blocks are compressed into, one per core at a time.
-var scratchBuffers = newFreeList(2*(maxGroupBytes/maxBlockBytes+1)+runtime.GOMAXPROCS(0), func() *[]byte { return new([]byte) })
+// Four: at full load a filling group and a sealing one hold two or three
+// bodies each, but keeping eight (about 1 MiB each) cost 4 MiB of memory
+// for a little less garbage.
+var scratchBuffers = newFreeList(4, func() *[]byte { return new([]byte) })
 
 // sealBlock compresses body into a fresh envelope of exactly its size,
 // since the envelope stays in memory for as long as it is a recent block.
