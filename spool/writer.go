@@ -86,9 +86,10 @@ type sealedBlock struct {
 
 // maxGroupBytes bounds the event bytes of one group commit. A group needs
 // to hold what arrives during one fsync (a few ms: about 1 MiB at a quarter
-// million events a second); more only holds memory, since up to two
-// groups' bodies are alive at once (filling, and compressing).
-const maxGroupBytes = 2 << 20
+// million events a second); more only holds memory and makes a commit's
+// clients wait longer. Measured at W1 against 2 MiB: the same throughput,
+// a lower p99, 6 MiB less peak RSS; 512 KiB cost 12% of the throughput.
+const maxGroupBytes = 1 << 20
 
 func (s *Spool) submit(events []Event, dead []DeadLetter, force bool) (<-chan error, error) {
 	r := &appendReq{force: force, done: make(chan error, 1)}
