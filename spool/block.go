@@ -129,9 +129,10 @@ func appendEvent(dst []byte, e *Event) []byte {
 // scratchBuffers recycles the uncompressed bodies blocks are built in and
 // the space they are compressed into: at full load these were most of what
 // the spool allocated, and nothing keeps either once a block is sealed.
-// Four: at full load a filling group and a sealing one hold two or three
-// bodies each, but keeping eight (about 1 MiB each) cost 4 MiB of memory
-// for a little less garbage.
+// Four: at full load a filling group and a sealing one hold one or two
+// bodies each, and the sealing one's blocks need space to be compressed
+// into; keeping eight (about 1 MiB each) cost 4 MiB of memory for a little
+// less garbage.
 var scratchBuffers = newFreeList(4, func() *[]byte { return new([]byte) })
 
 // sealBlock compresses body into a fresh envelope of exactly its size,
