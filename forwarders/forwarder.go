@@ -107,9 +107,10 @@ type requestBody struct {
 	refs atomic.Int32
 }
 
-// requestBodies holds the free bodies. Not a sync.Pool: that is emptied at
-// every garbage collection, dozens of times a second at full load.
-var requestBodies = make(chan *requestBody, 2)
+// requestBodies holds a free body. Not a sync.Pool: that is emptied at
+// every garbage collection, dozens of times a second at full load. One:
+// deliveries end one at a time, and the next takes the body the last left.
+var requestBodies = make(chan *requestBody, 1)
 
 // newRequestBody returns an empty body held once, by its caller.
 func newRequestBody() *requestBody {
