@@ -107,10 +107,10 @@ type requestBody struct {
 	refs atomic.Int32
 }
 
-// requestBodies holds a free body. Not a sync.Pool: that is emptied at
-// every garbage collection, dozens of times a second at full load. One:
-// deliveries end one at a time, and the next takes the body the last left.
-var requestBodies = make(chan *requestBody, 1)
+// requestBodies holds free bodies, as many as a destination has requests
+// in flight by default. Not a sync.Pool: that is emptied at every garbage
+// collection, dozens of times a second at full load.
+var requestBodies = make(chan *requestBody, DefaultConcurrency)
 
 // newRequestBody returns an empty body held once, by its caller.
 func newRequestBody() *requestBody {
