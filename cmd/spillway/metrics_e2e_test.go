@@ -217,10 +217,13 @@ func TestMetricsAfterAKnownLoad(t *testing.T) {
 		unique, _ := healthy.counts()
 		return unique == valid
 	})
+	// A batch counts as delivered when its answer comes, and is
+	// acknowledged (its backlog gone) a moment later.
 	waitFor(t, 20*time.Second, "the metrics to agree with the sinks", func() bool {
 		m = scrapeMetrics(t, p.url())
 		_, got := healthy.counts()
 		return m.must(t, "spillway_events_delivered_total", "destination", "healthy") == float64(got) &&
+			m.must(t, "spillway_destination_backlog_events", "destination", "healthy") == 0 &&
 			m.must(t, "spillway_forward_retries_total", "destination", "failing", "reason", "server_error") > 0
 	})
 	_, healthyGot := healthy.counts()
