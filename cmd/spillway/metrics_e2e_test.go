@@ -327,9 +327,9 @@ func TestLogsShowDrainProgressAndNeverAWriteKey(t *testing.T) {
 	}
 }
 
-// spillway collects at half of Go's default heap growth unless GOGC says
-// otherwise; the runtime's own gauge shows which applies.
-func TestGarbageCollectionTargetDefaultsToHalfUnlessGOGCIsSet(t *testing.T) {
+// spillway collects at a lower heap growth than Go's default unless GOGC
+// says otherwise; the runtime's own gauge shows which applies.
+func TestGarbageCollectionTargetIsSpillwaysUnlessGOGCIsSet(t *testing.T) {
 	for _, tt := range []struct {
 		gogc string
 		want float64
