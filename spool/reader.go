@@ -80,6 +80,17 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 	// Blocks are decoded into c.block's memory, which c.cur may point to.
 	c.cur = nil
 	s.mu.Lock()
+	if h := s.hot; h.buf != nil && h.meta.first <= seq && seq < h.meta.end() {
+		// Copied under the lock: the writer recycles the buffer when the
+		// next block takes its place.
+		c.block.raw = append(c.block.raw[:0], h.body...)
+		s.mu.Unlock()
+		if err := c.block.decodeRaw(h.meta); err == nil {
+			s.leaveGeneration(c, nil)
+			return &c.block, nil
+		}
+		s.mu.Lock()
+	}
 	var fresh recentBlock
 	if i := s.recentIndex(seq); i >= 0 {
 		fresh = s.recent[i]
@@ -179,7 +190,13 @@ func (b *decodedBlock) open(m blockMeta, val []byte) error {
 		return err
 	}
 	b.raw = raw
-	if err := b.decode(m.first, raw); err != nil {
+	return b.decodeRaw(m)
+}
+
+// decodeRaw decodes the uncompressed body in b.raw and checks it against
+// its key.
+func (b *decodedBlock) decodeRaw(m blockMeta) error {
+	if err := b.decode(m.first, b.raw); err != nil {
 		return err
 	}
 	if len(b.recs) != int(m.count) {

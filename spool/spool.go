@@ -95,7 +95,8 @@ const maxBlockBytes = 1 << 20
 // through Badger. Kept decoded, 16 MiB of them were a third of the live
 // heap; compressed, 1 MiB covers about 5 MiB of events, 25 ms at full
 // load, and a CPU profile at W1 shows no block read back from disk. A hit
-// costs one decompression.
+// costs one decompression; the newest block is also kept uncompressed
+// (Spool.hot), which gave 8% more throughput at W1.
 const recentCacheBytes = 1 << 20
 
 // Generation sizing: a generation is rotated once it holds genMaxBytes of
@@ -203,6 +204,7 @@ type Spool struct {
 	changed   chan struct{} // closed at the next commit
 	recent    []recentBlock // newest last, contiguous up to next
 	recentLen int           // bytes held by recent
+	hot       hotBlock      // the newest block, uncompressed
 
 	consumers map[string]*consumer // never written after Open
 

@@ -77,11 +77,24 @@ type sealedGroup struct {
 	dead   []DeadLetter
 	blocks []sealedBlock
 	rotate bool // not a group: start a new generation
+	// hot is the newest block's uncompressed body, from scratchBuffers,
+	// for Spool.hot once committed.
+	hot hotBlock
+}
+
+// hotBlock is the newest committed block, uncompressed: a destination that
+// keeps up reads it right after its commit, and copying it is about twenty
+// times cheaper than decompressing it from the recent blocks.
+type hotBlock struct {
+	meta blockMeta
+	body []byte  // the block body, within *buf
+	buf  *[]byte // from scratchBuffers; nil: none
 }
 
 type sealedBlock struct {
 	key []byte
 	recentBlock
+	body []byte // uncompressed, valid until its scratch buffer is reused
 }
 
 // maxGroupBytes bounds the event bytes of one group commit. A group needs
@@ -190,7 +203,9 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 	sg := &sealedGroup{reqs: f.reqs}
 	defer func() {
 		for _, b := range f.blocks {
-			scratchBuffers.put(b.body)
+			if b.body != nil {
+				scratchBuffers.put(b.body)
+			}
 		}
 	}()
 	if err := s.checkDiskRoom(); err != nil {
@@ -226,6 +241,11 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 		})
 	}
 	wg.Wait()
+	if n := len(f.blocks); n > 0 {
+		last := f.blocks[n-1]
+		sg.hot = hotBlock{meta: sg.blocks[n-1].meta, body: sg.blocks[n-1].body, buf: last.body}
+		last.body = nil // now the group's, not the free list's
+	}
 	return sg
 }
 
@@ -244,7 +264,7 @@ func sealFillingBlock(b *fillingBlock, stored time.Time) sealedBlock {
 	body := (*b.body)[headerRoom-len(h):]
 	copy(body, h)
 	m := blockMeta{first: b.first, count: uint32(b.count), stored: stored}
-	return sealedBlock{key: blockKey(m.first, m.count, m.stored), recentBlock: recentBlock{meta: m, val: sealBlock(body)}}
+	return sealedBlock{key: blockKey(m.first, m.count, m.stored), recentBlock: recentBlock{meta: m, val: sealBlock(body)}, body: body}
 }
 
 // commitLoop is the only goroutine that writes to the active generation
@@ -256,6 +276,9 @@ func (s *Spool) commitLoop() {
 			continue
 		}
 		err := s.commitGroup(sg)
+		if sg.hot.buf != nil { // not committed
+			scratchBuffers.put(sg.hot.buf)
+		}
 		for _, r := range sg.reqs {
 			r.done <- err
 		}
@@ -318,6 +341,12 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 		s.recentLen -= len(s.recent[0].val)
 		s.recent[0] = recentBlock{}
 		s.recent = s.recent[1:]
+	}
+	if sg.hot.buf != nil {
+		if s.hot.buf != nil {
+			scratchBuffers.put(s.hot.buf) // readers copy it under s.mu only
+		}
+		s.hot, sg.hot = sg.hot, hotBlock{}
 	}
 	close(s.changed)
 	s.changed = make(chan struct{})

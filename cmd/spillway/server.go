@@ -176,7 +176,7 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 }
 
 // defaultGCPercent is GOGC unless the environment sets it.
-const defaultGCPercent = 30
+const defaultGCPercent = 25
 
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c, dests, logger, err := configure(args, stderr)
@@ -192,9 +192,9 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	syscall.Umask(0o077)
 	if os.Getenv("GOGC") == "" {
 		// A sidecar is judged by its memory: collect when the heap has
-		// grown by 30%, not doubled. Ingest and delivery recycle their
-		// buffers, so at full load this costs about 2% of the throughput
-		// for a fifth less peak RSS (BENCHMARKS.md).
+		// grown by 25%, not doubled. Ingest and delivery recycle their
+		// buffers, so at full load this costs a few percent of the
+		// throughput for a fifth less peak RSS (BENCHMARKS.md).
 		debug.SetGCPercent(defaultGCPercent)
 	}
 	if err := serve(ctx, c, dests, logger); err != nil {
