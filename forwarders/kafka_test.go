@@ -630,15 +630,17 @@ func TestKafkaSASL(t *testing.T) {
 		}
 		g.Start()
 		defer shutdown(t, g, time.Second)
-		eventually(t, 10*time.Second, func() bool { return g.Status()[0].State == StateMisconfigured }, "status %v", status{g})
-		logs.mu.Lock()
-		out := logs.b.String()
-		logs.mu.Unlock()
-		if strings.Contains(out, "wrong-pass") || strings.Contains(g.Status()[0].LastError, "wrong-pass") {
-			t.Errorf("the password leaked: %s", out)
+		logged := func() string {
+			logs.mu.Lock()
+			defer logs.mu.Unlock()
+			return logs.b.String()
 		}
-		if !strings.Contains(out, "misconfigured") {
-			t.Errorf("no misconfigured log line: %s", out)
+		// The state changes first, and the line saying so follows it.
+		eventually(t, 10*time.Second, func() bool {
+			return g.Status()[0].State == StateMisconfigured && strings.Contains(logged(), "misconfigured")
+		}, "status %v, or no log line saying so", status{g})
+		if out := logged(); strings.Contains(out, "wrong-pass") || strings.Contains(g.Status()[0].LastError, "wrong-pass") {
+			t.Errorf("the password leaked: %s", out)
 		}
 	})
 	t.Run("no password at all fails at start-up, naming the variable", func(t *testing.T) {
