@@ -168,7 +168,10 @@ func TestMisconfiguredDestinationIsRetriedSlowlyAndNeverDeadLettered(t *testing.
 
 	fixed.Store(true)
 	eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 10 }, "not delivered after the fix")
-	eventually(t, time.Second, func() bool { return g.Status()[0].State == StateUp }, "not up after the fix")
+	// The state changes first, and the line saying so follows it.
+	eventually(t, time.Second, func() bool {
+		return g.Status()[0].State == StateUp && strings.Contains(logs.String(), "destination recovered")
+	}, "not up after the fix, or no line saying so")
 	if dls := deadLetters(t, sp, ""); len(dls) != 0 {
 		t.Errorf("%d dead letters for a misconfiguration, want none", len(dls))
 	}
