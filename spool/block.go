@@ -108,12 +108,17 @@ var errCorrupt = errors.New("corrupt block")
 
 // encodeBody appends the uncompressed body of a block holding events.
 func encodeBody(dst []byte, stored time.Time, events []Event) []byte {
-	dst = binary.BigEndian.AppendUint64(dst, uint64(stored.UnixMilli()))
-	dst = binary.AppendUvarint(dst, uint64(len(events)))
+	dst = appendBodyHeader(dst, stored, len(events))
 	for i := range events {
 		dst = appendEvent(dst, &events[i])
 	}
 	return dst
+}
+
+// appendBodyHeader appends a block body's header: what precedes its events.
+func appendBodyHeader(dst []byte, stored time.Time, count int) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, uint64(stored.UnixMilli()))
+	return binary.AppendUvarint(dst, uint64(count))
 }
 
 // appendEvent appends one event as a block body holds it.

@@ -11,14 +11,7 @@ import (
 // DeadLetter stores dead letters, fsynced like a block. Unlike Append it
 // works in a full spool: see appendReq.force.
 func (s *Spool) DeadLetter(ctx context.Context, dls []DeadLetter) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	done, err := s.submit(nil, dls, true)
-	if err != nil {
-		return err
-	}
-	return <-done
+	return s.submitAndWait(ctx, nil, dls, true)
 }
 
 // DeadLetters calls fn for each dead letter f selects, oldest first, up to

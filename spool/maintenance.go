@@ -13,7 +13,7 @@ import (
 const maintenanceEvery = time.Second
 
 // maintenanceLoop saves cursors, removes generations every consumer has
-// passed, closes idle ones, and keeps the size accounting that
+// passed, closes unused ones, and keeps the size accounting that
 // --spool-max-bytes and the free-space reserve need.
 func (s *Spool) maintenanceLoop() {
 	save := time.NewTicker(cursorSaveEvery)
@@ -59,7 +59,7 @@ func (s *Spool) minCursor() uint64 {
 }
 
 // reclaim removes every generation whose events all consumers have passed,
-// closes the idle ones, and asks for a new generation when the active one
+// closes the unused ones, and asks for a new generation when the active one
 // is fully delivered and old enough, so its space comes back too.
 func (s *Spool) reclaim() {
 	low := s.minCursor()
@@ -73,7 +73,7 @@ func (s *Spool) reclaim() {
 			break
 		}
 		if gens[i+1].first > low {
-			g.closeIfIdle(genIdle, s.log)
+			g.closeIfUnused(s.log)
 			continue
 		}
 		if err := g.remove(); err != nil {

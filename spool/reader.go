@@ -139,7 +139,7 @@ func (s *Spool) leaveGeneration(c *consumer, g *generation) {
 		return
 	}
 	if c.onDisk != nil {
-		c.onDisk.closeIfIdle(0, s.log)
+		c.onDisk.closeIfUnused(s.log)
 	}
 	c.onDisk = g
 }

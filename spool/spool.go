@@ -107,12 +107,6 @@ const recentCacheBytes = 1 << 20
 const (
 	genMaxBytes = 4 << 20
 	genMaxAge   = time.Minute
-	// genIdle is how long a finished generation nobody reads stays open.
-	// Its value log is mmapped, and every page written or read through
-	// that mapping counts toward RSS until the generation is closed:
-	// with 5 s, a destination down at half load kept five generations,
-	// 90 MB, resident.
-	genIdle = 0
 )
 
 // Config configures a Spool.
@@ -559,7 +553,7 @@ func (s *Spool) startGeneration() error {
 		// Readers that keep up find its blocks in the recent cache; one
 		// that needs it later reopens it read-only. Closing it is a
 		// memtable flush and an fsync: not on the commit path.
-		s.spawn(func() { prev.closeIfIdle(genIdle, s.log) })
+		s.spawn(func() { prev.closeIfUnused(s.log) })
 	}
 	return nil
 }

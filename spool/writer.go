@@ -27,10 +27,14 @@ type appendReq struct {
 // nothing of the call was stored. ctx is only checked on entry: once its
 // events are in a commit, the call waits for that commit's outcome.
 func (s *Spool) Append(ctx context.Context, events []Event, dead []DeadLetter) error {
+	return s.submitAndWait(ctx, events, dead, false)
+}
+
+func (s *Spool) submitAndWait(ctx context.Context, events []Event, dead []DeadLetter, force bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	done, err := s.Submit(events, dead)
+	done, err := s.submit(events, dead, force)
 	if err != nil {
 		return err
 	}
@@ -259,8 +263,7 @@ func sizeOfEvents(events []Event) int {
 
 func sealFillingBlock(b *fillingBlock, stored time.Time) sealedBlock {
 	var hdr [headerRoom]byte
-	h := binary.BigEndian.AppendUint64(hdr[:0], uint64(stored.UnixMilli()))
-	h = binary.AppendUvarint(h, uint64(b.count))
+	h := appendBodyHeader(hdr[:0], stored, b.count)
 	body := (*b.body)[headerRoom-len(h):]
 	copy(body, h)
 	m := blockMeta{first: b.first, count: uint32(b.count), stored: stored}
