@@ -241,11 +241,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 				// Records read past the full batch live in its memory.
 				cur.mem, free = d.takeMem(free)
 				cur.recs = cur.mem.recs[:0]
-				for i := range carry {
-					from := len(cur.mem.arena)
-					cur.mem.arena = append(cur.mem.arena, carry[i].Data...)
-					carry[i].Data = cur.mem.arena[from:len(cur.mem.arena):len(cur.mem.arena)]
-				}
+				cur.mem.arena = moveData(cur.mem.arena, carry)
 			}
 			continue
 		}
@@ -322,6 +318,17 @@ func (d *Dispatcher) run(ctx context.Context) {
 		}
 		timer.Stop()
 	}
+}
+
+// moveData copies the records' data into arena, points them at the copy,
+// and returns arena grown by it.
+func moveData(arena []byte, recs []spool.Record) []byte {
+	for i := range recs {
+		from := len(arena)
+		arena = append(arena, recs[i].Data...)
+		recs[i].Data = arena[from:len(arena):len(arena)]
+	}
+	return arena
 }
 
 // takeMem returns a finished batch's memory, or new memory sized for a

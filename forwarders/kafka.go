@@ -338,14 +338,11 @@ func (f *kafkaForwarder) Send(ctx context.Context, batch []spool.Record) error {
 	for i := range batch {
 		size += len(batch[i].Data)
 	}
-	own := make([]byte, 0, size)
+	batch = slices.Clone(batch)
+	moveData(make([]byte, 0, size), batch)
 	recs := make([]*kgo.Record, len(batch))
 	for i := range batch {
-		r := batch[i]
-		from := len(own)
-		own = append(own, r.Data...)
-		r.Data = own[from:len(own):len(own)]
-		recs[i] = f.record(&r)
+		recs[i] = f.record(&batch[i])
 	}
 
 	f.mu.Lock()

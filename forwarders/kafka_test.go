@@ -630,16 +630,11 @@ func TestKafkaSASL(t *testing.T) {
 		}
 		g.Start()
 		defer shutdown(t, g, time.Second)
-		logged := func() string {
-			logs.mu.Lock()
-			defer logs.mu.Unlock()
-			return logs.b.String()
-		}
 		// The state changes first, and the line saying so follows it.
 		eventually(t, 10*time.Second, func() bool {
-			return g.Status()[0].State == StateMisconfigured && strings.Contains(logged(), "misconfigured")
+			return g.Status()[0].State == StateMisconfigured && strings.Contains(logs.String(), "misconfigured")
 		}, "status %v, or no log line saying so", status{g})
-		if out := logged(); strings.Contains(out, "wrong-pass") || strings.Contains(g.Status()[0].LastError, "wrong-pass") {
+		if out := logs.String(); strings.Contains(out, "wrong-pass") || strings.Contains(g.Status()[0].LastError, "wrong-pass") {
 			t.Errorf("the password leaked: %s", out)
 		}
 	})
