@@ -328,44 +328,13 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		s.failEvents(ctx, ep, errShuttingDown)
 		return
 	}
-	// Parsing is CPU work: more of it at once than there are cores only
-	// holds more bodies, parsers and output buffers in memory, which with
-	// many connections made memory grow with their number.
-	s.parsing <- struct{}{}
-	parsing := true
-	release := func() {
-		if parsing {
-			<-s.parsing
-			parsing = false
-		}
-	}
-	defer release()
 	in := s.ingest.Get().(*ingest)
 	defer func() {
 		if in != nil {
 			s.putIngest(in)
 		}
 	}()
-
-	body, err := in.readBody(ctx, s.cfg.MaxRequestBytes, s.errRequestTooLarge)
-	if err == nil {
-		key := basicUser(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization), in.auth[:])
-		err = s.pp.parse(in, ep, body, key, s.now())
-	}
-	if err == nil && s.cfg.Strict && len(in.rejected) > 0 {
-		s.countRejected(in)
-		r := in.rejected[0]
-		err = badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", r.index, ruleTexts[r.rule]))
-	}
-	if err != nil {
-		s.failEvents(ctx, ep, err)
-		return
-	}
-	// Everything stored is in in.out now. The body's buffer goes back to
-	// fasthttp's pool for other connections instead of waiting out the
-	// commit: at 64 connections of 100-event batches that is 5 MB.
-	ctx.Request.ResetBody()
-	done, err := s.sp.Submit(in.events, in.dead)
+	done, err := s.parseAndSubmit(ctx, ep, in)
 	if err != nil {
 		s.failEvents(ctx, ep, err)
 		return
@@ -378,7 +347,6 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		s.putIngest(in)
 		in = nil
 	}
-	release()
 	// Not cancelled with the request: fasthttp cancels every RequestCtx
 	// when shutdown begins, and a client whose events are being stored
 	// must get the truth (200), not a 503 that makes it send them again.
@@ -411,6 +379,33 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 	}
 	in.scratch = append(b, ']', '}')
 	ctx.SetBody(in.scratch)
+}
+
+// parseAndSubmit reads, parses and enriches the request into in and hands
+// its events to the spool. Parsing is CPU work: more of it at once than
+// there are cores only holds more bodies, parsers and output buffers in
+// memory, which with many connections made memory grow with their number.
+func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint, in *ingest) (<-chan error, error) {
+	s.parsing <- struct{}{}
+	defer func() { <-s.parsing }()
+	body, err := in.readBody(ctx, s.cfg.MaxRequestBytes, s.errRequestTooLarge)
+	if err == nil {
+		key := basicUser(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization), in.auth[:])
+		err = s.pp.parse(in, ep, body, key, s.now())
+	}
+	if err == nil && s.cfg.Strict && len(in.rejected) > 0 {
+		s.countRejected(in)
+		r := in.rejected[0]
+		err = badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", r.index, ruleTexts[r.rule]))
+	}
+	if err != nil {
+		return nil, err
+	}
+	// Everything stored is in in.out now. The body's buffer goes back to
+	// fasthttp's pool for other connections instead of waiting out the
+	// commit: at 64 connections of 100-event batches that is 5 MB.
+	ctx.Request.ResetBody()
+	return s.sp.Submit(in.events, in.dead)
 }
 
 func (s *Server) countRejected(in *ingest) {
