@@ -166,6 +166,7 @@ type Spool struct {
 
 	kick       chan struct{} // tells the writer a group is filling
 	sealed     chan *sealedGroup
+	committed  chan struct{} // the committer has finished what it was handed
 	rotate     chan struct{} // asks the writer to start a new generation
 	spareTaken chan struct{} // tells the maintenance loop to open a new spare
 	quit       chan struct{}
@@ -191,6 +192,7 @@ type Spool struct {
 	fillTaken  *sync.Cond // signalled when the writer takes the filling group
 	fill       filling
 	fillClosed bool   // the writer has stopped: Submit answers ErrClosed
+	fillFull   bool   // a submitter waits for the filling group to be taken
 	assigned   uint64 // the number the next submitted event gets
 
 	mu        sync.Mutex
@@ -244,6 +246,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		log:        logger,
 		kick:       make(chan struct{}, 1),
 		sealed:     make(chan *sealedGroup),
+		committed:  make(chan struct{}, 1),
 		rotate:     make(chan struct{}, 1),
 		spareTaken: make(chan struct{}, 1),
 		quit:       make(chan struct{}),
