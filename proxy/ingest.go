@@ -150,6 +150,9 @@ type ingest struct {
 	rejected []rejection
 	scratch  []byte // answer body, batch-level context
 
+	fastKeys []int32 // for fastScan
+	fastJunk []byte
+
 	inflate []byte
 	br      bytes.Reader
 	zr      gzip.Reader
@@ -201,10 +204,40 @@ type batchTop struct {
 // enrichment look at; the last of a duplicated key wins, as in most
 // decoders.
 type fields struct {
-	typ, userID, anonID, prevID, event, groupID *fastjson.Value
-	messageID, timestamp, origTS, sentAt        *fastjson.Value
-	writeKey                                    []byte
-	hasContext, hasIntegrations                 bool
+	typ, userID, anonID, prevID, event, groupID scalar
+	messageID, timestamp, origTS, sentAt        scalar
+	// The device's timestamp, for originalTimestamp: the tree parser keeps
+	// its value, the fast path its stored form.
+	timestampValue              *fastjson.Value
+	timestampJSON               []byte
+	writeKey                    []byte
+	hasContext, hasIntegrations bool
+}
+
+// scalar is a top-level field as validation and enrichment read it:
+// whether the event has it, its type and, for a string, its contents.
+type scalar struct {
+	set bool
+	t   fastjson.Type
+	s   []byte // a string's contents, unescaped
+}
+
+func scalarOf(v *fastjson.Value) scalar {
+	sc := scalar{set: true, t: v.Type()}
+	if sc.t == fastjson.TypeString {
+		sc.s, _ = v.StringBytes()
+	}
+	return sc
+}
+
+// isID reports whether the field can identify something: a non-empty
+// string or a number (several SDKs send numeric ids; Segment takes them).
+func (sc scalar) isID() bool {
+	return sc.t == fastjson.TypeString && len(sc.s) > 0 || sc.t == fastjson.TypeNumber
+}
+
+func (sc scalar) isBlank() bool {
+	return sc.t == fastjson.TypeNull || sc.t == fastjson.TypeString && len(sc.s) == 0
 }
 
 // parse fills in.events and in.dead from body. It returns a request-level
@@ -219,6 +252,14 @@ func (pp *parser) parse(in *ingest, ep endpoint, body, headerKey []byte, now tim
 	if !utf8.Valid(body) {
 		return badRequest(errInvalidJSON, fmt.Sprintf("body is not valid UTF-8 (at byte %d)", invalidUTF8At(body)))
 	}
+	if pp.parseFast(in, ep, body, headerKey, now) {
+		return nil
+	}
+	return pp.parseTree(in, ep, body, headerKey, now)
+}
+
+// parseTree is parse for any body, through fastjson's tree.
+func (pp *parser) parseTree(in *ingest, ep endpoint, body, headerKey []byte, now time.Time) error {
 	jp, _ := pp.jsonParsers.Get().(*fastjson.Parser)
 	if jp == nil {
 		jp = new(fastjson.Parser)
@@ -253,7 +294,7 @@ func (pp *parser) parse(in *ingest, ep endpoint, body, headerKey []byte, now tim
 				bt.key = s
 			}
 		case "sentAt":
-			bt.sentAt, bt.hasSentAt = parseTime(v)
+			bt.sentAt, bt.hasSentAt = parseTime(scalarOf(v))
 		case "context":
 			ctxV = v
 		case "integrations":
@@ -298,67 +339,80 @@ func (pp *parser) parse(in *ingest, ep endpoint, body, headerKey []byte, now tim
 }
 
 func (pp *parser) addEvents(in *ingest, ep endpoint, items []*fastjson.Value, bt *batchTop) error {
-	var (
-		prevKey  []byte
-		prevWK   string
-		havePrev bool
-	)
+	var keys keyMemo
 	for i, item := range items {
 		start := len(in.out)
 		f, size, err := pp.writeEvent(in, ep, item, bt)
 		if err != nil {
 			return badRequest(errInvalidJSON, fmt.Sprintf("event %d: %v", i, err))
 		}
-		if size > pp.maxEvent {
-			return badRequest(errTooLarge, fmt.Sprintf("event %d is over --max-event-bytes (%d bytes)", i, pp.maxEvent))
+		if err := pp.addEvent(in, ep, &keys, bt, i, start, size, &f, item.Type() == fastjson.TypeObject); err != nil {
+			return err
 		}
-		if len(in.out) > pp.maxOutput {
-			return pp.errOutputTooLarge
-		}
-		key := bt.key
-		if f.writeKey != nil {
-			key = f.writeKey
-		}
-		// Events of one request nearly always share a key; comparing with
-		// the previous one compares two client-supplied values, so it
-		// leaks nothing and saves a hash per event.
-		var wk string
-		if havePrev && bytes.Equal(key, prevKey) {
-			wk = prevWK
-		} else {
-			var ok bool
-			if wk, ok = pp.keys.Load().resolve(key); !ok {
-				return errUnauthorized
-			}
-			prevKey, prevWK, havePrev = key, wk, true
-		}
-		r := ruleNotObject
-		if item.Type() == fastjson.TypeObject {
-			r = validate(ep, &f)
-		}
-		if r == ruleOK {
-			in.events = append(in.events, spool.Event{WriteKey: wk})
-			in.spans = append(in.spans, span{start, len(in.out)})
-			continue
-		}
-		in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
-		in.rejected = append(in.rejected, rejection{index: i, rule: r})
-		in.dead = append(in.dead, spool.DeadLetter{
-			Reason:   spool.ReasonInvalid,
-			Error:    ruleTexts[r],
-			At:       bt.now,
-			WriteKey: wk,
-		})
 	}
-	// in.out has stopped growing: hand out slices of it. Capacity is capped
-	// so that nothing downstream can append into a neighbour.
+	in.sliceEvents()
+	return nil
+}
+
+// keyMemo remembers the last write key resolved. Events of one request
+// nearly always share a key; comparing with the previous one compares two
+// client-supplied values, so it leaks nothing and saves a hash per event.
+type keyMemo struct {
+	key  []byte
+	wk   string
+	have bool
+}
+
+// addEvent files the event written to in.out from start as an event to
+// store or, failing validation, a dead letter.
+func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop, i, start, size int, f *fields, isObject bool) error {
+	if size > pp.maxEvent {
+		return badRequest(errTooLarge, fmt.Sprintf("event %d is over --max-event-bytes (%d bytes)", i, pp.maxEvent))
+	}
+	if len(in.out) > pp.maxOutput {
+		return pp.errOutputTooLarge
+	}
+	key := bt.key
+	if f.writeKey != nil {
+		key = f.writeKey
+	}
+	if !keys.have || !bytes.Equal(key, keys.key) {
+		wk, ok := pp.keys.Load().resolve(key)
+		if !ok {
+			return errUnauthorized
+		}
+		*keys = keyMemo{key: key, wk: wk, have: true}
+	}
+	r := ruleNotObject
+	if isObject {
+		r = validate(ep, f)
+	}
+	if r == ruleOK {
+		in.events = append(in.events, spool.Event{WriteKey: keys.wk})
+		in.spans = append(in.spans, span{start, len(in.out)})
+		return nil
+	}
+	in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
+	in.rejected = append(in.rejected, rejection{index: i, rule: r})
+	in.dead = append(in.dead, spool.DeadLetter{
+		Reason:   spool.ReasonInvalid,
+		Error:    ruleTexts[r],
+		At:       bt.now,
+		WriteKey: keys.wk,
+	})
+	return nil
+}
+
+// sliceEvents hands out the events' slices of in.out, once it has stopped
+// growing. Capacity is capped so that nothing downstream can append into a
+// neighbour.
+func (in *ingest) sliceEvents() {
 	for i, s := range in.spans {
 		in.events[i].Data = in.out[s.start:s.end:s.end]
 	}
 	for i, s := range in.deadSpan {
 		in.dead[i].Event = in.out[s.start:s.end:s.end]
 	}
-	return nil
 }
 
 // writeEvent appends item to in.out as it will be stored: without writeKey
@@ -388,37 +442,35 @@ func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *
 			}
 			return
 		case "sentAt":
-			f.sentAt = v
+			f.sentAt = scalarOf(v)
 			return
 		case "receivedAt":
 			return // always ours
 		case "timestamp":
-			f.timestamp = v
+			f.timestamp, f.timestampValue = scalarOf(v), v
 			return // rewritten below
 		case "messageId":
-			if isBlank(v) {
-				f.messageID = nil
+			if f.messageID = scalarOf(v); f.messageID.isBlank() {
+				f.messageID = scalar{}
 				return
 			}
-			f.messageID = v
 		case "type":
-			if v.Type() == fastjson.TypeNull {
-				f.typ = nil
+			if f.typ = scalarOf(v); f.typ.t == fastjson.TypeNull {
+				f.typ = scalar{}
 				return
 			}
-			f.typ = v
 		case "originalTimestamp":
-			f.origTS = v
+			f.origTS = scalarOf(v)
 		case "userId":
-			f.userID = v
+			f.userID = scalarOf(v)
 		case "anonymousId":
-			f.anonID = v
+			f.anonID = scalarOf(v)
 		case "previousId":
-			f.prevID = v
+			f.prevID = scalarOf(v)
 		case "event":
-			f.event = v
+			f.event = scalarOf(v)
 		case "groupId":
-			f.groupID = v
+			f.groupID = scalarOf(v)
 		case "context":
 			f.hasContext = true
 			if bt.contextObj != nil && v.Type() == fastjson.TypeObject {
@@ -450,27 +502,31 @@ func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *
 		out = append(out, bt.integrations...)
 	}
 	size = len(out) - start + 1
+	in.out, err = in.appendEnrichment(out, first, ep, &f, bt)
+	return f, size, err
+}
 
-	if f.typ == nil && ep.single() {
+// appendEnrichment appends what spillway adds to an event whose own fields
+// are in out (first: none), and closes it.
+func (in *ingest) appendEnrichment(out []byte, first bool, ep endpoint, f *fields, bt *batchTop) ([]byte, error) {
+	if !f.typ.set && ep.single() {
 		out = appendKey(out, &first, []byte("type"))
 		out = append(out, '"')
 		out = append(out, endpointNames[ep]...)
 		out = append(out, '"')
 	}
-	if f.messageID == nil {
+	if !f.messageID.set {
 		out = appendKey(out, &first, []byte("messageId"))
 		out = in.appendUUID(out)
 	}
-	if out, err = appendTimestamps(out, &first, &f, bt); err != nil {
-		in.out = out
-		return f, 0, err
+	out, err := appendTimestamps(out, &first, f, bt)
+	if err != nil {
+		return out, err
 	}
 	out = appendKey(out, &first, []byte("receivedAt"))
 	out = append(out, '"')
 	out = append(out, bt.nowText...)
-	out = append(out, '"', '}')
-	in.out = out
-	return f, size, nil
+	return append(out, '"', '}'), nil
 }
 
 // appendTimestamps corrects the device's clock as Segment does: the time the
@@ -480,18 +536,22 @@ func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *
 // forwarded by another spillway, which kept the device's).
 func appendTimestamps(out []byte, first *bool, f *fields, bt *batchTop) ([]byte, error) {
 	ts := bt.now
-	if f.timestamp != nil && f.timestamp.Type() != fastjson.TypeNull {
-		if f.origTS == nil {
-			var err error
+	if f.timestamp.set && f.timestamp.t != fastjson.TypeNull {
+		if !f.origTS.set {
 			out = appendKey(out, first, []byte("originalTimestamp"))
-			if out, err = appendValue(out, f.timestamp); err != nil {
-				return out, err
+			if f.timestampValue == nil {
+				out = append(out, f.timestampJSON...)
+			} else {
+				var err error
+				if out, err = appendValue(out, f.timestampValue); err != nil {
+					return out, err
+				}
 			}
 		}
 		if t, ok := parseTime(f.timestamp); ok {
 			ts = t
 			sentAt, hasSentAt := bt.sentAt, bt.hasSentAt
-			if f.sentAt != nil {
+			if f.sentAt.set {
 				sentAt, hasSentAt = parseTime(f.sentAt)
 			}
 			if hasSentAt {
@@ -543,12 +603,11 @@ func appendMerged(out []byte, own *fastjson.Value, batch *fastjson.Object) ([]by
 func validate(ep endpoint, f *fields) rule {
 	var typ string
 	switch {
-	case f.typ != nil:
-		s, err := f.typ.StringBytes()
-		if err != nil {
+	case f.typ.set:
+		if f.typ.t != fastjson.TypeString {
 			return ruleUnknownType
 		}
-		typ = unsafeString(s)
+		typ = unsafeString(f.typ.s)
 	case ep.single():
 		typ = endpointNames[ep]
 	default:
@@ -556,31 +615,28 @@ func validate(ep endpoint, f *fields) rule {
 	}
 	switch typ {
 	case "identify", "page", "screen":
-		if !isID(f.userID) && !isID(f.anonID) {
+		if !f.userID.isID() && !f.anonID.isID() {
 			return ruleMissingIdentity
 		}
 	case "track":
-		if !isID(f.userID) && !isID(f.anonID) {
+		if !f.userID.isID() && !f.anonID.isID() {
 			return ruleMissingIdentity
 		}
-		if f.event == nil {
-			return ruleTrackEvent
-		}
-		if s, err := f.event.StringBytes(); err != nil || len(s) == 0 {
+		if f.event.t != fastjson.TypeString || len(f.event.s) == 0 {
 			return ruleTrackEvent
 		}
 	case "group":
-		if !isID(f.userID) && !isID(f.anonID) {
+		if !f.userID.isID() && !f.anonID.isID() {
 			return ruleMissingIdentity
 		}
-		if !isID(f.groupID) {
+		if !f.groupID.isID() {
 			return ruleGroupID
 		}
 	case "alias":
-		if !isID(f.userID) {
+		if !f.userID.isID() {
 			return ruleAliasUserID
 		}
-		if !isID(f.prevID) {
+		if !f.prevID.isID() {
 			return ruleAliasPreviousID
 		}
 	default:
@@ -589,42 +645,14 @@ func validate(ep endpoint, f *fields) rule {
 	return ruleOK
 }
 
-// isID reports whether v can identify something: a non-empty string or a
-// number (several SDKs send numeric ids; Segment takes them).
-func isID(v *fastjson.Value) bool {
-	if v == nil {
-		return false
-	}
-	switch v.Type() {
-	case fastjson.TypeString:
-		s, _ := v.StringBytes()
-		return len(s) > 0
-	case fastjson.TypeNumber:
-		return true
-	}
-	return false
-}
-
-func isBlank(v *fastjson.Value) bool {
-	switch v.Type() {
-	case fastjson.TypeNull:
-		return true
-	case fastjson.TypeString:
-		s, _ := v.StringBytes()
-		return len(s) == 0
-	}
-	return false
-}
-
 // parseTime reads an ISO 8601 time as the SDKs write it: with a zone
 // (analytics-node, -go, -ruby) or without one (analytics-python with naive
 // datetimes, taken as UTC).
-func parseTime(v *fastjson.Value) (time.Time, bool) {
-	b, err := v.StringBytes()
-	if err != nil {
+func parseTime(sc scalar) (time.Time, bool) {
+	if sc.t != fastjson.TypeString {
 		return time.Time{}, false
 	}
-	s := unsafeString(b)
+	s := unsafeString(sc.s)
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 		return t, true
 	}

@@ -1,0 +1,639 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math/bits"
+	"strings"
+	"time"
+
+	"github.com/valyala/fastjson"
+)
+
+// The fast path. Nearly every request is an SDK's output, whose events are
+// already in the form spillway stores them: no whitespace, no repeated
+// keys, no escapes but those appendString writes. For such a request one
+// pass over the body checks it and copies it into the stored events, where
+// the tree parser builds fastjson's tree and writes every value back out
+// (two thirds of the ingest CPU at full load). Whatever the fast path does
+// not take as it is (an error of any kind, whitespace it cannot drop,
+// another escape, a repeated key, batch-level context or integrations,
+// deep nesting) it declines, and the tree parser handles the request from
+// scratch. So every stored byte and every answer is the tree parser's;
+// FuzzFastPathAgrees holds the two to that.
+
+// Beyond these the fast path declines.
+const (
+	fastMaxDepth = 32
+	fastMaxKeys  = 32 // per object: repeated keys are found by comparing with each earlier one
+)
+
+// parseFast is parse for the requests the fast path takes; false: declined,
+// with in as it was.
+func (pp *parser) parseFast(in *ingest, ep endpoint, body, headerKey []byte, now time.Time) bool {
+	rndPos := in.rndPos
+	s := fastScan{b: body, keys: in.fastKeys[:0], junk: in.fastJunk[:0]}
+	ok := pp.parseFastInto(&s, in, ep, headerKey, now)
+	in.fastKeys, in.fastJunk = s.keys[:0], s.junk[:0]
+	if ok {
+		return true
+	}
+	in.reset()
+	in.rndPos = rndPos // the same messageIds as if the fast path had not run
+	return false
+}
+
+func (pp *parser) parseFastInto(s *fastScan, in *ingest, ep endpoint, headerKey []byte, now time.Time) bool {
+	bt := batchTop{key: headerKey, now: now}
+	in.scratch = now.UTC().AppendFormat(in.scratch, timeLayout)
+	bt.nowText = in.scratch
+	var keys keyMemo
+	s.ws()
+	if ep.single() {
+		if !pp.fastEvent(s, in, ep, &keys, &bt, 0) {
+			return false
+		}
+		s.ws()
+		in.sliceEvents()
+		return s.i == len(s.b)
+	}
+	batchStart, batchEnd, ok := fastBatchTop(s, &bt)
+	if !ok {
+		return false
+	}
+	s.i = batchStart + 1
+	s.ws()
+	for n := 0; ; n++ {
+		if n == pp.maxBatch || !pp.fastEvent(s, in, epBatch, &keys, &bt, n) {
+			return false
+		}
+		s.ws()
+		if s.i >= len(s.b) {
+			return false
+		}
+		if s.b[s.i] == ']' {
+			break
+		}
+		if s.b[s.i] != ',' {
+			return false
+		}
+		s.i++
+		s.ws()
+	}
+	if s.i+1 != batchEnd {
+		return false
+	}
+	in.sliceEvents()
+	return true
+}
+
+// fastBatchTop reads the fields of a batch body but its events, and finds
+// the batch array's brackets.
+func fastBatchTop(s *fastScan, bt *batchTop) (batchStart, batchEnd int, ok bool) {
+	batchStart = -1
+	ok = s.fields(func(k []byte) bool {
+		switch string(k) {
+		case "batch":
+			if s.b[s.i] != '[' {
+				return false
+			}
+			batchStart = s.i
+			var ok bool
+			if batchEnd, ok = batchEndFromTail(s.b); !ok || batchEnd <= batchStart {
+				batchEnd, ok = skipContainer(s.b, s.i)
+			}
+			s.i = batchEnd
+			return ok
+		case "writeKey":
+			sc, esc, ok := s.discard()
+			if sc.t == fastjson.TypeString && len(sc.s) > 0 {
+				bt.key = sc.s
+			}
+			return ok && !esc
+		case "sentAt":
+			sc, esc, ok := s.discard()
+			bt.sentAt, bt.hasSentAt = parseTime(sc)
+			return ok && !esc
+		case "context", "integrations":
+			if s.b[s.i] == '{' {
+				return false // merged into each event: the tree parser's work
+			}
+		}
+		_, _, ok := s.discard()
+		return ok
+	})
+	if !ok || batchStart < 0 {
+		return 0, 0, false
+	}
+	s.ws()
+	return batchStart, batchEnd, s.i == len(s.b)
+}
+
+// fastEvent writes the event object at s.i to in.out as writeEvent would,
+// and files it as addEvent does.
+func (pp *parser) fastEvent(s *fastScan, in *ingest, ep endpoint, keys *keyMemo, bt *batchTop, n int) bool {
+	var f fields
+	start := len(in.out)
+	s.out = append(in.out, '{')
+	first := true
+	ok := s.fields(func(k []byte) bool {
+		// The field is written as it comes, and cut again if it is not
+		// stored.
+		mark, wasFirst := len(s.out), first
+		s.out = appendKey(s.out, &first, k)
+		valueIn := s.i
+		sc, esc, ok := s.fieldValue()
+		if !ok {
+			return false
+		}
+		keep := true
+		switch string(k) {
+		case "writeKey", "sentAt", "timestamp", "type":
+			// Read unescaped: of the others only non-empty lengths are,
+			// the same escaped.
+			if esc {
+				return false
+			}
+		}
+		switch string(k) {
+		case "writeKey":
+			keep = false
+			if sc.t == fastjson.TypeString && len(sc.s) > 0 {
+				f.writeKey = sc.s
+			}
+		case "sentAt":
+			keep, f.sentAt = false, sc
+		case "receivedAt":
+			keep = false // always ours
+		case "timestamp":
+			if sc.t == fastjson.TypeObject || sc.t == fastjson.TypeArray {
+				return false // stored as read only if it has no whitespace to drop
+			}
+			keep, f.timestamp, f.timestampJSON = false, sc, s.b[valueIn:s.i]
+		case "messageId":
+			if keep = !sc.isBlank(); keep {
+				f.messageID = sc
+			}
+		case "type":
+			if keep = sc.t != fastjson.TypeNull; keep {
+				f.typ = sc
+			}
+		case "originalTimestamp":
+			f.origTS = sc
+		case "userId":
+			f.userID = sc
+		case "anonymousId":
+			f.anonID = sc
+		case "previousId":
+			f.prevID = sc
+		case "event":
+			f.event = sc
+		case "groupId":
+			f.groupID = sc
+		default:
+			return true
+		}
+		if !keep {
+			s.out, first = s.out[:mark], wasFirst
+		}
+		return true
+	})
+	if !ok {
+		in.out = s.out
+		return false
+	}
+	size := len(s.out) - start + 1
+	var err error
+	in.out, err = in.appendEnrichment(s.out, first, ep, &f, bt)
+	return err == nil && pp.addEvent(in, ep, keys, bt, n, start, size, &f, true) == nil
+}
+
+// fastScan reads JSON from b at i and appends it to out as stored.
+type fastScan struct {
+	b    []byte
+	i    int
+	out  []byte
+	keys []int32 // the keys of the objects being read, innermost last: start and end in b
+	junk []byte  // where values read only to be checked are copied
+}
+
+func (s *fastScan) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\n', '\t', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// fieldValue copies a top-level field's value, reading it as a scalar
+// (with a string's contents as written: esc reports escapes in them).
+func (s *fastScan) fieldValue() (sc scalar, esc, ok bool) {
+	if s.i >= len(s.b) {
+		return sc, false, false
+	}
+	start := s.i
+	if s.b[s.i] == '"' {
+		if esc, ok = s.str(); ok {
+			sc = scalar{set: true, t: fastjson.TypeString, s: s.b[start+1 : s.i-1]}
+		}
+		return sc, esc, ok
+	}
+	return scalar{set: true, t: typeOf(s.b[start])}, false, s.value(1)
+}
+
+// discard reads a value as fieldValue does, without copying it to out.
+func (s *fastScan) discard() (sc scalar, esc, ok bool) {
+	out := s.out
+	s.out = s.junk[:0]
+	sc, esc, ok = s.fieldValue()
+	s.junk, s.out = s.out, out
+	return sc, esc, ok
+}
+
+func typeOf(c byte) fastjson.Type {
+	switch c {
+	case '{':
+		return fastjson.TypeObject
+	case '[':
+		return fastjson.TypeArray
+	case '"':
+		return fastjson.TypeString
+	case 't':
+		return fastjson.TypeTrue
+	case 'f':
+		return fastjson.TypeFalse
+	case 'n':
+		return fastjson.TypeNull
+	}
+	return fastjson.TypeNumber
+}
+
+// value copies the value at s.i.
+func (s *fastScan) value(depth int) bool {
+	if s.i >= len(s.b) {
+		return false
+	}
+	switch c := s.b[s.i]; {
+	case c == '"':
+		_, ok := s.str()
+		return ok
+	case c == '{':
+		return depth < fastMaxDepth && s.object(depth+1)
+	case c == '[':
+		return depth < fastMaxDepth && s.array(depth+1)
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	case c == '-' || c >= '0' && c <= '9':
+		return s.number()
+	}
+	return false
+}
+
+// fields reads the object at s.i without copying it, calling field with
+// each key (which has no escapes) once the reader is at its value, which
+// field reads.
+func (s *fastScan) fields(field func(k []byte) bool) bool {
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		return false
+	}
+	base := len(s.keys)
+	defer func() { s.keys = s.keys[:base] }()
+	s.i++
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+		return true
+	}
+	for {
+		k, esc, ok := s.key(base, false)
+		if !ok || esc || !field(k) {
+			return false
+		}
+		s.ws()
+		if s.i >= len(s.b) {
+			return false
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+			s.ws()
+		case '}':
+			s.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// object copies the object at s.i.
+func (s *fastScan) object(depth int) bool {
+	base := len(s.keys)
+	defer func() { s.keys = s.keys[:base] }()
+	s.i++ // '{'
+	s.out = append(s.out, '{')
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+		s.out = append(s.out, '}')
+		return true
+	}
+	for {
+		if _, _, ok := s.key(base, true); !ok {
+			return false
+		}
+		s.out = append(s.out, ':')
+		if !s.value(depth) {
+			return false
+		}
+		s.ws()
+		if s.i >= len(s.b) {
+			return false
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+			s.out = append(s.out, ',')
+			s.ws()
+		case '}':
+			s.i++
+			s.out = append(s.out, '}')
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// key reads a key and its colon, copying the key if asked. A key the
+// object already has (among s.keys[base:]) is declined: the last would
+// win, which only the tree parser sorts out. Keys are compared as written:
+// the fast path takes only strings written one way.
+func (s *fastScan) key(base int, copying bool) (k []byte, esc, ok bool) {
+	if s.i >= len(s.b) || s.b[s.i] != '"' || len(s.keys)-base >= 2*fastMaxKeys {
+		return nil, false, false
+	}
+	start := s.i
+	if copying {
+		esc, ok = s.str()
+	} else {
+		esc, ok = s.skipStr()
+	}
+	if !ok {
+		return nil, false, false
+	}
+	k = s.b[start+1 : s.i-1]
+	for j := base; j < len(s.keys); j += 2 {
+		if bytes.Equal(s.b[s.keys[j]:s.keys[j+1]], k) {
+			return nil, false, false
+		}
+	}
+	s.keys = append(s.keys, int32(start+1), int32(s.i-1))
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != ':' {
+		return nil, false, false
+	}
+	s.i++
+	s.ws()
+	return k, esc, s.i < len(s.b) // a value follows
+}
+
+func (s *fastScan) array(depth int) bool {
+	s.i++ // '['
+	s.out = append(s.out, '[')
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == ']' {
+		s.i++
+		s.out = append(s.out, ']')
+		return true
+	}
+	for {
+		if !s.value(depth) {
+			return false
+		}
+		s.ws()
+		if s.i >= len(s.b) {
+			return false
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+			s.out = append(s.out, ',')
+			s.ws()
+		case ']':
+			s.i++
+			s.out = append(s.out, ']')
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+func (s *fastScan) literal(word string) bool {
+	if !bytes.HasPrefix(s.b[s.i:], []byte(word)) {
+		return false
+	}
+	s.out = append(s.out, word...)
+	s.i += len(word)
+	return true
+}
+
+// number copies a number: the run of bytes fastjson takes as one, valid
+// and in range as appendValue requires.
+func (s *fastScan) number() bool {
+	j := s.i
+	for j < len(s.b) {
+		c := s.b[j]
+		if c >= '0' && c <= '9' || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E' {
+			j++
+			continue
+		}
+		break
+	}
+	n := s.b[s.i:j]
+	if !validNumber(n) || !numberInRange(n) {
+		return false
+	}
+	s.out = append(s.out, n...)
+	s.i = j
+	return true
+}
+
+// str copies the string at s.i, quotes included, if appendString would
+// write it as it is; esc reports escapes in it.
+func (s *fastScan) str() (esc, ok bool) {
+	start := s.i
+	esc, ok = s.skipStr()
+	if ok {
+		s.out = append(s.out, s.b[start:s.i]...)
+	}
+	return esc, ok
+}
+
+// skipStr moves past the string at s.i if appendString would write it as
+// it is: no control characters, and only the escapes it writes. The body
+// is valid UTF-8, which appendString writes as it is.
+func (s *fastScan) skipStr() (esc, ok bool) {
+	b := s.b
+	i := s.i + 1
+	for {
+		// Eight bytes at a time to the next byte that is not plain.
+		for i+8 <= len(b) {
+			if m := specialBytes(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+				i += bits.TrailingZeros64(m) >> 3
+				break
+			}
+			i += 8
+		}
+		if i >= len(b) {
+			return false, false
+		}
+		switch c := b[i]; {
+		case c == '"':
+			s.i = i + 1
+			return esc, true
+		case c == '\\':
+			n := storedEscape(b[i:])
+			if n == 0 {
+				return false, false
+			}
+			esc = true
+			i += n
+		case c < 0x20:
+			return false, false
+		default:
+			i++
+		}
+	}
+}
+
+// storedEscape returns the length of the escape sequence at the start of
+// e if appendString writes its character that way, else 0.
+func storedEscape(e []byte) int {
+	if len(e) < 2 {
+		return 0
+	}
+	switch e[1] {
+	case '"', '\\', 'n', 'r', 't':
+		return 2
+	case 'u':
+		// \u00XX, lowercase, for a control character but \n, \r and \t.
+		if len(e) < 6 || e[2] != '0' || e[3] != '0' || (e[4] != '0' && e[4] != '1') {
+			return 0
+		}
+		lo := strings.IndexByte(hexDigits, e[5])
+		if lo < 0 {
+			return 0
+		}
+		switch c := (e[4]-'0')<<4 | byte(lo); c {
+		case '\n', '\r', '\t':
+			return 0
+		}
+		return 6
+	}
+	return 0
+}
+
+// batchEndFromTail finds the end of the batch array from the end of the
+// body, where SDKs put the fields that follow it: a few strings such as
+// sentAt. Reading the body twice forwards would cost a fifth of the fast
+// path. An end found wrongly is harmless: the events must then end there,
+// and the body's fields follow, or the fast path declines.
+func batchEndFromTail(b []byte) (int, bool) {
+	i := len(b) - 1
+	back := func() {
+		for i >= 0 && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
+			i--
+		}
+	}
+	// str moves before the string ending at i, if it has no escapes.
+	str := func() bool {
+		if i < 0 || b[i] != '"' {
+			return false
+		}
+		j := bytes.LastIndexByte(b[:i], '"')
+		if j < 0 || bytes.IndexByte(b[j:i], '\\') >= 0 {
+			return false
+		}
+		i = j - 1
+		return true
+	}
+	back()
+	if i < 0 || b[i] != '}' {
+		return 0, false
+	}
+	i--
+	for range 8 {
+		back()
+		if i >= 0 && b[i] == ']' {
+			return i + 1, true
+		}
+		if !str() {
+			return 0, false
+		}
+		back()
+		if i < 0 || b[i] != ':' {
+			return 0, false
+		}
+		i--
+		back()
+		if !str() {
+			return 0, false
+		}
+		back()
+		if i < 0 || b[i] != ',' {
+			return 0, false
+		}
+		i--
+	}
+	return 0, false
+}
+
+// skipContainer returns the index past the array or object at i, checking
+// only that its brackets balance outside strings: the pass that follows
+// reads it all.
+func skipContainer(b []byte, i int) (int, bool) {
+	depth := 0
+	for i < len(b) {
+		switch b[i] {
+		case '"':
+			// The closing quote is the first not escaped by an odd run of
+			// backslashes.
+			j := i + 1
+			for {
+				q := bytes.IndexByte(b[j:], '"')
+				if q < 0 {
+					return 0, false
+				}
+				j += q
+				bs := 0
+				for k := j - 1; k > i && b[k] == '\\'; k-- {
+					bs++
+				}
+				j++
+				if bs%2 == 0 {
+					break
+				}
+			}
+			i = j
+			continue
+		case '[', '{':
+			depth++
+		case ']', '}':
+			depth--
+			if depth == 0 {
+				return i + 1, true
+			}
+		}
+		i++
+	}
+	return 0, false
+}
