@@ -26,8 +26,6 @@ func newRouter(d Destination) *router {
 	}
 }
 
-var integrationsKey = []byte(`"integrations"`)
-
 // wants reports whether the event goes to this destination: its
 // "integrations" object ({"All": false, "NAME": true} includes, {"NAME":
 // false} excludes, as Segment does), then the type and event filters.
@@ -37,7 +35,7 @@ func (r *router) wants(data []byte) bool {
 	filtered := r.includeTypes != nil || r.excludeTypes != nil || r.includeEvents != nil || r.excludeEvents != nil
 	// Most events name no integrations and most destinations filter
 	// nothing: skip the parse then.
-	if !filtered && !bytes.Contains(data, integrationsKey) {
+	if !filtered && !mentionsIntegrations(data) {
 		return true
 	}
 	v, err := r.p.ParseBytes(data)
@@ -58,6 +56,25 @@ func (r *router) wants(data []byte) bool {
 	}
 	return pass(string(v.GetStringBytes("type")), r.includeTypes, r.excludeTypes) &&
 		pass(string(v.GetStringBytes("event")), r.includeEvents, r.excludeEvents)
+}
+
+// mentionsIntegrations reports whether data holds the text of the key
+// "integrations". It looks for the key's 'g', a letter events hold few of,
+// with IndexByte: bytes.Index, for a key starting with '"', which events
+// are full of, took eight times as long, 4% of the CPU at full load.
+func mentionsIntegrations(data []byte) bool {
+	const key, g = `"integrations"`, 5 // key[g] == 'g'
+	for i := 0; ; {
+		j := bytes.IndexByte(data[i:], 'g')
+		if j < 0 {
+			return false
+		}
+		j += i
+		if j >= g && j-g+len(key) <= len(data) && string(data[j-g:j-g+len(key)]) == key {
+			return true
+		}
+		i = j + 1
+	}
 }
 
 // pass applies an include list (empty: everything) and an exclude list. An

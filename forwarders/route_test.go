@@ -45,3 +45,20 @@ func TestRouting(t *testing.T) {
 		})
 	}
 }
+
+func TestMentionsIntegrationsFindsTheKeyAnywhere(t *testing.T) {
+	for data, want := range map[string]bool{
+		`{"integrations":{"All":false}}`:                          true,
+		`{"type":"page","context":{},"integrations":{}}`:          true,
+		`{"properties":{"x":{"integrations":1}}}`:                 true, // a false positive costs a parse only
+		`"integrations"`:                                          true,
+		`{"type":"page","name":"going","category":"integration"}`: false,
+		`{"integrations_":1,"g":"integrationsg"}`:                 false,
+		`ggggg`: false,
+		``:      false,
+	} {
+		if got := mentionsIntegrations([]byte(data)); got != want {
+			t.Errorf("mentionsIntegrations(%s) = %v, want %v", data, got, want)
+		}
+	}
+}
