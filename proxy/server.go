@@ -328,13 +328,12 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		s.failEvents(ctx, ep, errShuttingDown)
 		return
 	}
-	in := s.ingest.Get().(*ingest)
+	in, done, err := s.parseAndSubmit(ctx, ep)
 	defer func() {
 		if in != nil {
 			s.putIngest(in)
 		}
 	}()
-	done, err := s.parseAndSubmit(ctx, ep, in)
 	if err != nil {
 		s.failEvents(ctx, ep, err)
 		return
@@ -381,13 +380,16 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 	ctx.SetBody(in.scratch)
 }
 
-// parseAndSubmit reads, parses and enriches the request into in and hands
-// its events to the spool. Parsing is CPU work: more of it at once than
-// there are cores only holds more bodies, parsers and output buffers in
-// memory, which with many connections made memory grow with their number.
-func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint, in *ingest) (<-chan error, error) {
+// parseAndSubmit reads, parses and enriches the request into an ingest
+// and hands its events to the spool. Parsing is CPU work: more of it at
+// once than there are cores only holds more bodies, parsers and output
+// buffers in memory, which with many connections made memory grow with
+// their number. The ingest is taken once parsing may start: taken before,
+// each waiting request held one, and its buffers, 5 MB at 64 connections.
+func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint) (*ingest, <-chan error, error) {
 	s.parsing <- struct{}{}
 	defer func() { <-s.parsing }()
+	in := s.ingest.Get().(*ingest)
 	body, err := in.readBody(ctx, s.cfg.MaxRequestBytes, s.errRequestTooLarge)
 	if err == nil {
 		key := basicUser(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization), in.auth[:])
@@ -399,13 +401,14 @@ func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint, in *inges
 		err = badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", r.index, ruleTexts[r.rule]))
 	}
 	if err != nil {
-		return nil, err
+		return in, nil, err
 	}
 	// Everything stored is in in.out now. The body's buffer goes back to
 	// fasthttp's pool for other connections instead of waiting out the
 	// commit: at 64 connections of 100-event batches that is 5 MB.
 	ctx.Request.ResetBody()
-	return s.sp.Submit(in.events, in.dead)
+	done, err := s.sp.Submit(in.events, in.dead)
+	return in, done, err
 }
 
 func (s *Server) countRejected(in *ingest) {
