@@ -45,7 +45,7 @@ func (pp *parser) parseFast(in *ingest, ep endpoint, body, headerKey []byte, now
 
 func (pp *parser) parseFastInto(s *fastScan, in *ingest, ep endpoint, headerKey []byte, now time.Time) bool {
 	bt := batchTop{key: headerKey, now: now}
-	in.scratch = now.UTC().AppendFormat(in.scratch, timeLayout)
+	in.scratch = appendTime(in.scratch, now)
 	bt.nowText = in.scratch
 	var keys keyMemo
 	s.ws()
@@ -140,7 +140,13 @@ func (pp *parser) fastEvent(s *fastScan, in *ingest, ep endpoint, keys *keyMemo,
 		// The field is written as it comes, and cut again if it is not
 		// stored.
 		mark, wasFirst := len(s.out), first
-		s.out = appendKey(s.out, &first, k)
+		if !first {
+			s.out = append(s.out, ',')
+		}
+		first = false
+		// The key has no escapes, and the fast path takes no control
+		// characters: appendString would write it as it is.
+		s.out = append(append(append(s.out, '"'), k...), '"', ':')
 		valueIn := s.i
 		sc, esc, ok := s.fieldValue()
 		if !ok {
@@ -218,7 +224,7 @@ type fastScan struct {
 }
 
 func (s *fastScan) ws() {
-	for s.i < len(s.b) {
+	for s.i < len(s.b) && s.b[s.i] <= ' ' {
 		switch s.b[s.i] {
 		case ' ', '\n', '\t', '\r':
 			s.i++
@@ -391,7 +397,7 @@ func (s *fastScan) key(base int, copying bool) (k []byte, esc, ok bool) {
 	}
 	k = s.b[start+1 : s.i-1]
 	for j := base; j < len(s.keys); j += 2 {
-		if bytes.Equal(s.b[s.keys[j]:s.keys[j+1]], k) {
+		if int(s.keys[j+1]-s.keys[j]) == len(k) && string(s.b[s.keys[j]:s.keys[j+1]]) == string(k) {
 			return nil, false, false
 		}
 	}
@@ -485,9 +491,10 @@ func (s *fastScan) skipStr() (esc, ok bool) {
 	b := s.b
 	i := s.i + 1
 	for {
-		// Eight bytes at a time to the next byte that is not plain.
+		// Eight bytes at a time to the next quote, backslash or control
+		// character.
 		for i+8 <= len(b) {
-			if m := specialBytes(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+			if m := stringStops(binary.LittleEndian.Uint64(b[i:])); m != 0 {
 				i += bits.TrailingZeros64(m) >> 3
 				break
 			}
@@ -510,9 +517,21 @@ func (s *fastScan) skipStr() (esc, ok bool) {
 		case c < 0x20:
 			return false, false
 		default:
-			i++
+			i++ // a false stop past the first of a word
 		}
 	}
+}
+
+// stringStops is specialBytes without non-ASCII bytes, which the fast path
+// copies as they are.
+func stringStops(w uint64) uint64 {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	ctl := (w - 0x20*lo) &^ w
+	q := w ^ ('"' * lo)
+	q = (q - lo) &^ q
+	bs := w ^ ('\\' * lo)
+	bs = (bs - lo) &^ bs
+	return (ctl | q | bs) & hi
 }
 
 // storedEscape returns the length of the escape sequence at the start of
