@@ -327,19 +327,28 @@ func TestLogsShowDrainProgressAndNeverAWriteKey(t *testing.T) {
 	}
 }
 
-// spillway collects at a lower heap growth than Go's default unless GOGC
-// says otherwise; the runtime's own gauge shows which applies.
-func TestGarbageCollectionTargetIsSpillwaysUnlessGOGCIsSet(t *testing.T) {
+// spillway sets a soft memory limit unless GOMEMLIMIT says otherwise, and
+// leaves GOGC to the environment; the runtime's own gauges show which
+// applies.
+func TestMemoryLimitIsSpillwaysUnlessGOMEMLIMITIsSet(t *testing.T) {
 	for _, tt := range []struct {
-		gogc string
-		want float64
-	}{{"", defaultGCPercent}, {"100", 100}, {"200", 200}} {
-		t.Run("GOGC="+tt.gogc, func(t *testing.T) {
+		gomemlimit, gogc  string
+		wantLimit, wantGC float64
+	}{
+		{"", "", defaultMemoryLimit, 100},
+		{"128MiB", "", 128 << 20, 100},
+		{"", "25", defaultMemoryLimit, 25},
+	} {
+		t.Run("GOMEMLIMIT="+tt.gomemlimit+",GOGC="+tt.gogc, func(t *testing.T) {
+			t.Setenv("GOMEMLIMIT", tt.gomemlimit)
 			t.Setenv("GOGC", tt.gogc)
 			p := startSpillway(t, "", io.Discard, "--spool-dir", t.TempDir())
-			got, ok := scrapeMetrics(t, p.url()).value("go_gc_gogc_percent")
-			if !ok || got != tt.want {
-				t.Fatalf("go_gc_gogc_percent = %v (present %v), want %v", got, ok, tt.want)
+			m := scrapeMetrics(t, p.url())
+			if got, ok := m.value("go_gc_gomemlimit_bytes"); !ok || got != tt.wantLimit {
+				t.Errorf("go_gc_gomemlimit_bytes = %v (present %v), want %v", got, ok, tt.wantLimit)
+			}
+			if got, ok := m.value("go_gc_gogc_percent"); !ok || got != tt.wantGC {
+				t.Errorf("go_gc_gogc_percent = %v (present %v), want %v", got, ok, tt.wantGC)
 			}
 		})
 	}

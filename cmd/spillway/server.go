@@ -175,8 +175,11 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	return c, dests, logger, nil
 }
 
-// defaultGCPercent is GOGC unless the environment sets it.
-const defaultGCPercent = 25
+// defaultMemoryLimit is GOMEMLIMIT unless the environment sets it: the
+// 64 MiB that spillway keeps to at full load, less the binary's pages and
+// the value log being written, which the kernel counts but the Go runtime
+// does not.
+const defaultMemoryLimit = 40 << 20
 
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c, dests, logger, err := configure(args, stderr)
@@ -190,12 +193,15 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	// The spool holds events (personal data) and Badger creates its files
 	// 0644: nothing spillway creates may be readable by other users.
 	syscall.Umask(0o077)
-	if os.Getenv("GOGC") == "" {
-		// A sidecar is judged by its memory: collect when the heap has
-		// grown by 25%, not doubled. Ingest and delivery recycle their
-		// buffers, so at full load this costs a few percent of the
-		// throughput for a fifth less peak RSS (BENCHMARKS.md).
-		debug.SetGCPercent(defaultGCPercent)
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A sidecar is judged by its memory, and by its latency. A soft
+		// limit with Go's default GOGC collects hard only as the heap
+		// nears the limit, at full load: at half load it collects a
+		// third as often as GOGC=25 did, each collection being time that
+		// acknowledgements wait (p99 about 15% lower, BENCHMARKS.md). A
+		// heap that needs more than the limit makes the collector run up
+		// to half the CPU: such loads set GOMEMLIMIT.
+		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 	if err := serve(ctx, c, dests, logger); err != nil {
 		logger.Error("spillway stopped", "err", err)
