@@ -67,20 +67,15 @@ func (pp *parser) parseFastInto(s *fastScan, in *ingest, ep endpoint, headerKey 
 		if n == pp.maxBatch || !pp.fastEvent(s, in, epBatch, &keys, &bt, n) {
 			return false
 		}
-		s.ws()
-		if s.i >= len(s.b) {
+		more, ok := s.next(']', false)
+		if !ok {
 			return false
 		}
-		if s.b[s.i] == ']' {
+		if !more {
 			break
 		}
-		if s.b[s.i] != ',' {
-			return false
-		}
-		s.i++
-		s.ws()
 	}
-	if s.i+1 != batchEnd {
+	if s.i != batchEnd {
 		return false
 	}
 	in.sliceEvents()
@@ -152,52 +147,20 @@ func (pp *parser) fastEvent(s *fastScan, in *ingest, ep endpoint, keys *keyMemo,
 		if !ok {
 			return false
 		}
-		keep := true
-		switch string(k) {
-		case "writeKey", "sentAt", "timestamp", "type":
-			// Read unescaped: of the others only non-empty lengths are,
-			// the same escaped.
-			if esc {
+		if esc {
+			switch string(k) {
+			case "writeKey", "sentAt", "timestamp", "type":
+				// Read unescaped: of the others only non-empty lengths
+				// are, the same escaped.
 				return false
 			}
 		}
-		switch string(k) {
-		case "writeKey":
-			keep = false
-			if sc.t == fastjson.TypeString && len(sc.s) > 0 {
-				f.writeKey = sc.s
-			}
-		case "sentAt":
-			keep, f.sentAt = false, sc
-		case "receivedAt":
-			keep = false // always ours
-		case "timestamp":
+		keep := f.take(string(k), sc)
+		if !keep && string(k) == "timestamp" {
 			if sc.t == fastjson.TypeObject || sc.t == fastjson.TypeArray {
 				return false // stored as read only if it has no whitespace to drop
 			}
-			keep, f.timestamp, f.timestampJSON = false, sc, s.b[valueIn:s.i]
-		case "messageId":
-			if keep = !sc.isBlank(); keep {
-				f.messageID = sc
-			}
-		case "type":
-			if keep = sc.t != fastjson.TypeNull; keep {
-				f.typ = sc
-			}
-		case "originalTimestamp":
-			f.origTS = sc
-		case "userId":
-			f.userID = sc
-		case "anonymousId":
-			f.anonID = sc
-		case "previousId":
-			f.prevID = sc
-		case "event":
-			f.event = sc
-		case "groupId":
-			f.groupID = sc
-		default:
-			return true
+			f.timestampJSON = s.b[valueIn:s.i]
 		}
 		if !keep {
 			s.out, first = s.out[:mark], wasFirst
@@ -311,10 +274,7 @@ func (s *fastScan) fields(field func(k []byte) bool) bool {
 	}
 	base := len(s.keys)
 	defer func() { s.keys = s.keys[:base] }()
-	s.i++
-	s.ws()
-	if s.i < len(s.b) && s.b[s.i] == '}' {
-		s.i++
+	if s.open('}', false) {
 		return true
 	}
 	for {
@@ -322,19 +282,8 @@ func (s *fastScan) fields(field func(k []byte) bool) bool {
 		if !ok || esc || !field(k) {
 			return false
 		}
-		s.ws()
-		if s.i >= len(s.b) {
-			return false
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-			s.ws()
-		case '}':
-			s.i++
-			return true
-		default:
-			return false
+		if more, ok := s.next('}', false); !more {
+			return ok
 		}
 	}
 }
@@ -343,12 +292,7 @@ func (s *fastScan) fields(field func(k []byte) bool) bool {
 func (s *fastScan) object(depth int) bool {
 	base := len(s.keys)
 	defer func() { s.keys = s.keys[:base] }()
-	s.i++ // '{'
-	s.out = append(s.out, '{')
-	s.ws()
-	if s.i < len(s.b) && s.b[s.i] == '}' {
-		s.i++
-		s.out = append(s.out, '}')
+	if s.open('}', true) {
 		return true
 	}
 	for {
@@ -359,21 +303,8 @@ func (s *fastScan) object(depth int) bool {
 		if !s.value(depth) {
 			return false
 		}
-		s.ws()
-		if s.i >= len(s.b) {
-			return false
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-			s.out = append(s.out, ',')
-			s.ws()
-		case '}':
-			s.i++
-			s.out = append(s.out, '}')
-			return true
-		default:
-			return false
+		if more, ok := s.next('}', true); !more {
+			return ok
 		}
 	}
 }
@@ -412,35 +343,55 @@ func (s *fastScan) key(base int, copying bool) (k []byte, esc, ok bool) {
 }
 
 func (s *fastScan) array(depth int) bool {
-	s.i++ // '['
-	s.out = append(s.out, '[')
-	s.ws()
-	if s.i < len(s.b) && s.b[s.i] == ']' {
-		s.i++
-		s.out = append(s.out, ']')
+	if s.open(']', true) {
 		return true
 	}
 	for {
 		if !s.value(depth) {
 			return false
 		}
-		s.ws()
-		if s.i >= len(s.b) {
-			return false
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-			s.out = append(s.out, ',')
-			s.ws()
-		case ']':
-			s.i++
-			s.out = append(s.out, ']')
-			return true
-		default:
-			return false
+		if more, ok := s.next(']', true); !more {
+			return ok
 		}
 	}
+}
+
+// open moves past the opening bracket at s.i and reports whether the
+// closing one follows at once, moving past it too. With copying, it copies
+// what it moves past but whitespace.
+func (s *fastScan) open(closing byte, copying bool) (empty bool) {
+	if copying {
+		s.out = append(s.out, s.b[s.i])
+	}
+	s.i++
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != closing {
+		return false
+	}
+	if copying {
+		s.out = append(s.out, closing)
+	}
+	s.i++
+	return true
+}
+
+// next moves past what follows a member of an object or array: a comma
+// (more) or its closing bracket; ok is false for anything else. With
+// copying, it copies what it moves past but whitespace.
+func (s *fastScan) next(closing byte, copying bool) (more, ok bool) {
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != ',' && s.b[s.i] != closing {
+		return false, false
+	}
+	more = s.b[s.i] == ','
+	if copying {
+		s.out = append(s.out, s.b[s.i])
+	}
+	s.i++
+	if more {
+		s.ws()
+	}
+	return more, true
 }
 
 func (s *fastScan) literal(word string) bool {
@@ -520,18 +471,6 @@ func (s *fastScan) skipStr() (esc, ok bool) {
 			i++ // a false stop past the first of a word
 		}
 	}
-}
-
-// stringStops is specialBytes without non-ASCII bytes, which the fast path
-// copies as they are.
-func stringStops(w uint64) uint64 {
-	const lo, hi = 0x0101010101010101, 0x8080808080808080
-	ctl := (w - 0x20*lo) &^ w
-	q := w ^ ('"' * lo)
-	q = (q - lo) &^ q
-	bs := w ^ ('\\' * lo)
-	bs = (bs - lo) &^ bs
-	return (ctl | q | bs) & hi
 }
 
 // storedEscape returns the length of the escape sequence at the start of

@@ -252,6 +252,55 @@ type scalar struct {
 	s   []byte // a string's contents, unescaped
 }
 
+// take records a top-level field of an event, and reports whether it is
+// stored as it came: false for the fields spillway drops or rewrites.
+func (f *fields) take(k string, sc scalar) (stored bool) {
+	switch k {
+	case "writeKey":
+		if sc.t == fastjson.TypeString && len(sc.s) > 0 {
+			f.writeKey = sc.s
+		}
+		return false
+	case "sentAt":
+		f.sentAt = sc
+		return false
+	case "receivedAt":
+		return false // always ours
+	case "timestamp":
+		f.timestamp = sc
+		return false // rewritten by enrichment
+	case "messageId":
+		if sc.isBlank() {
+			f.messageID = scalar{}
+			return false
+		}
+		f.messageID = sc
+	case "type":
+		if sc.t == fastjson.TypeNull {
+			f.typ = scalar{}
+			return false
+		}
+		f.typ = sc
+	case "originalTimestamp":
+		f.origTS = sc
+	case "userId":
+		f.userID = sc
+	case "anonymousId":
+		f.anonID = sc
+	case "previousId":
+		f.prevID = sc
+	case "event":
+		f.event = sc
+	case "groupId":
+		f.groupID = sc
+	case "context":
+		f.hasContext = true
+	case "integrations":
+		f.hasIntegrations = true
+	}
+	return true
+}
+
 func scalarOf(v *fastjson.Value) scalar {
 	sc := scalar{set: true, t: v.Type()}
 	if sc.t == fastjson.TypeString {
@@ -465,51 +514,20 @@ func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *
 		if err != nil || (over != nil && over[i]) {
 			return
 		}
+		if !f.take(string(k), scalarOf(v)) {
+			if string(k) == "timestamp" {
+				f.timestampValue = v
+			}
+			return
+		}
 		switch string(k) {
-		case "writeKey":
-			if s, e := v.StringBytes(); e == nil && len(s) > 0 {
-				f.writeKey = s
-			}
-			return
-		case "sentAt":
-			f.sentAt = scalarOf(v)
-			return
-		case "receivedAt":
-			return // always ours
-		case "timestamp":
-			f.timestamp, f.timestampValue = scalarOf(v), v
-			return // rewritten below
-		case "messageId":
-			if f.messageID = scalarOf(v); f.messageID.isBlank() {
-				f.messageID = scalar{}
-				return
-			}
-		case "type":
-			if f.typ = scalarOf(v); f.typ.t == fastjson.TypeNull {
-				f.typ = scalar{}
-				return
-			}
-		case "originalTimestamp":
-			f.origTS = scalarOf(v)
-		case "userId":
-			f.userID = scalarOf(v)
-		case "anonymousId":
-			f.anonID = scalarOf(v)
-		case "previousId":
-			f.prevID = scalarOf(v)
-		case "event":
-			f.event = scalarOf(v)
-		case "groupId":
-			f.groupID = scalarOf(v)
 		case "context":
-			f.hasContext = true
 			if bt.contextObj != nil && v.Type() == fastjson.TypeObject {
 				out = appendKey(out, &first, k)
 				out, err = appendMerged(out, v, bt.contextObj)
 				return
 			}
 		case "integrations":
-			f.hasIntegrations = true
 			if bt.integObj != nil && v.Type() == fastjson.TypeObject {
 				out = appendKey(out, &first, k)
 				out, err = appendMerged(out, v, bt.integObj)

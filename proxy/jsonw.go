@@ -88,17 +88,21 @@ func appendString(dst, s []byte) []byte {
 func plainWord(w uint64) bool { return specialBytes(w) == 0 }
 
 // specialBytes has the high bit set of w's bytes that are a control
-// character, '"', '\\' or non-ASCII (bit tricks from "Bit Twiddling Hacks":
-// hasless and haszero). Bytes past the first such one may be flagged
-// wrongly, so only its lowest bit is exact.
-func specialBytes(w uint64) uint64 {
+// character, '"', '\\' or non-ASCII. Bytes past the first such one may be
+// flagged wrongly, so only its lowest bit is exact.
+func specialBytes(w uint64) uint64 { return stringStops(w) | w&0x8080808080808080 }
+
+// stringStops has the high bit set of w's bytes that are a control
+// character, '"' or '\\' (bit tricks from "Bit Twiddling Hacks": hasless
+// and haszero), with specialBytes' caveat.
+func stringStops(w uint64) uint64 {
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	ctl := (w - 0x20*lo) &^ w
 	q := w ^ ('"' * lo)
 	q = (q - lo) &^ q
 	bs := w ^ ('\\' * lo)
 	bs = (bs - lo) &^ bs
-	return (ctl | q | bs | w) & hi
+	return (ctl | q | bs) & hi
 }
 
 // appendValue appends v as strict JSON.
