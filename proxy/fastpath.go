@@ -15,10 +15,10 @@ import (
 // keys, no escapes but those appendString writes. For such a request one
 // pass over the body checks it and copies it into the stored events, where
 // the tree parser builds fastjson's tree and writes every value back out
-// (two thirds of the ingest CPU at full load). Whatever the fast path does
-// not take as it is (an error of any kind, whitespace it cannot drop,
-// another escape, a repeated key, batch-level context or integrations,
-// deep nesting) it declines, and the tree parser handles the request from
+// (a third of spillway's CPU at full load). Whatever the fast path does not
+// take as it is (an error of any kind, another escape, a repeated key, a
+// timestamp that is an object or array, batch-level context or
+// integrations, deep nesting) it declines, and the tree parser handles the request from
 // scratch. So every stored byte and every answer is the tree parser's;
 // FuzzFastPathAgrees holds the two to that.
 

@@ -28,7 +28,7 @@ type Spool interface {
 	// channel that receives nil once they are durable, or why not. It
 	// keeps nothing of the slices it is given once it returns.
 	Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error)
-	// Ready is nil while Append would accept events.
+	// Ready is nil while Submit would accept events.
 	Ready() error
 }
 
