@@ -18,9 +18,9 @@ import (
 // (a third of spillway's CPU at full load). Whatever the fast path does not
 // take as it is (an error of any kind, another escape, a repeated key, a
 // timestamp that is an object or array, batch-level context or
-// integrations, deep nesting) it declines, and the tree parser handles the request from
-// scratch. So every stored byte and every answer is the tree parser's;
-// FuzzFastPathAgrees holds the two to that.
+// integrations, deep nesting) it declines, and the tree parser handles the
+// request from scratch. So every stored byte and every answer is the tree
+// parser's; FuzzFastPathAgrees holds the two to that.
 
 // Beyond these the fast path declines.
 const (
@@ -524,33 +524,30 @@ func batchEndFromTail(b []byte) (int, bool) {
 		i = j - 1
 		return true
 	}
-	back()
-	if i < 0 || b[i] != '}' {
+	// expect moves before c, the first byte before i but whitespace.
+	expect := func(c byte) bool {
+		back()
+		if i < 0 || b[i] != c {
+			return false
+		}
+		i--
+		return true
+	}
+	if !expect('}') {
 		return 0, false
 	}
-	i--
 	for range 8 {
 		back()
 		if i >= 0 && b[i] == ']' {
 			return i + 1, true
 		}
-		if !str() {
+		if !str() || !expect(':') {
 			return 0, false
 		}
 		back()
-		if i < 0 || b[i] != ':' {
+		if !str() || !expect(',') {
 			return 0, false
 		}
-		i--
-		back()
-		if !str() {
-			return 0, false
-		}
-		back()
-		if i < 0 || b[i] != ',' {
-			return 0, false
-		}
-		i--
 	}
 	return 0, false
 }

@@ -59,9 +59,9 @@ func (s *Spool) Submit(events []Event, dead []DeadLetter) (<-chan error, error) 
 // full, while the previous group commits, so that its compression overlaps
 // that fsync. Taken as soon as the previous group was handed over, it held
 // only what arrived meanwhile, and the requests arriving during a commit
-// waited for a second, nearly empty one. Copying at Submit lets a caller reuse its
-// buffers while it waits: with 64 clients waiting out commits, their
-// buffers were a fifth of the live heap.
+// waited for a second, nearly empty one. Copying at Submit lets a caller
+// reuse its buffers while it waits: with 64 clients waiting out commits,
+// their buffers were a fifth of the live heap.
 type filling struct {
 	reqs   []*appendReq
 	blocks []*fillingBlock
