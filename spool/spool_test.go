@@ -3,6 +3,7 @@ package spool
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -422,26 +423,66 @@ func BenchmarkAppend(b *testing.B) {
 // BenchmarkReadBlock decodes a stored block of 100 events of about 750
 // bytes: what a destination that has fallen behind the in-memory blocks
 // pays per block it reads back from disk.
-func BenchmarkReadBlock(b *testing.B) {
-	events := make([]Event, 100)
+// benchEvents are n track events with random ids, prices, times and
+// agents, so that compression has real work; they compress a little better
+// than scripts/bench's events (0.15 of raw against 0.17 in 1 MiB blocks).
+func benchEvents(n int) []Event {
+	rng := rand.New(rand.NewPCG(1, 2))
+	agents := []string{
+		"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+		"Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+		"Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0",
+	}
+	events := make([]Event, n)
 	for i := range events {
-		events[i] = Event{WriteKey: "wk", Data: []byte(fmt.Sprintf(`{"type":"track","event":"Order Completed","userId":"user-%d","messageId":"%032x","properties":{"revenue":%d.99,"sku":"SKU-%06d","name":"item %d","category":"cat-%d"},"context":{"library":{"name":"analytics.js","version":"2.11.1"},"page":{"path":"/p/%d","url":"https://example.com/p/%d"},"userAgent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36","ip":"203.0.113.%d","locale":"en-US"},"timestamp":"2026-11-25T10:00:%02d.000Z"}`,
-			i%37, i*7919, i%250, i*31, i, i%9, i, i, i%255, i%60))}
+		events[i] = Event{WriteKey: "wk", Data: fmt.Appendf(nil, `{"type":"track","event":"Order Completed","userId":"user-%d","anonymousId":"%08x-%04x-%04x-%04x-%012x","messageId":"%016x%016x","properties":{"orderId":"ord-%d","revenue":%d.%02d,"currency":"USD","products":[{"sku":"SKU-%06d","name":"item %d","price":%d.99,"quantity":%d,"category":"cat-%d"}]},"context":{"library":{"name":"analytics.js","version":"2.11.1"},"page":{"path":"/p/%d","url":"https://shop.example.com/p/%d?ref=%x"},"userAgent":"%s","ip":"203.0.%d.%d","locale":"en-US"},"timestamp":"2026-11-25T10:%02d:%02d.%03dZ"}`,
+			rng.IntN(20000), rng.Uint32(), rng.Uint32()&0xffff, rng.Uint32()&0xffff, rng.Uint32()&0xffff, rng.Uint64()&(1<<48-1),
+			rng.Uint64(), rng.Uint64(), rng.IntN(1e6), rng.IntN(500), rng.IntN(100), rng.IntN(4000), rng.IntN(4000), rng.IntN(200), 1+rng.IntN(3), rng.IntN(40),
+			rng.IntN(4000), rng.IntN(4000), rng.Uint32(), agents[rng.IntN(len(agents))], rng.IntN(256), rng.IntN(256), rng.IntN(60), rng.IntN(60), rng.IntN(1000))}
 	}
-	val := sealBlock(encodeBody(nil, time.Now(), events))
-	raw := sizeOfEvents(events)
-	b.ReportAllocs()
-	b.SetBytes(int64(raw))
-	for b.Loop() {
-		body, err := openBlock(val)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := decodeBody(0, body); err != nil {
-			b.Fatal(err)
-		}
+	return events
+}
+
+// Block sizes: one request's worth at moderate load, and a full-load
+// block (about maxBlockBytes).
+var benchBlockSizes = []int{100, 1500}
+
+func BenchmarkSealBlock(b *testing.B) {
+	for _, n := range benchBlockSizes {
+		b.Run("events="+strconv.Itoa(n), func(b *testing.B) {
+			events := benchEvents(n)
+			body := encodeBody(nil, time.Now(), events)
+			b.ReportAllocs()
+			b.SetBytes(int64(sizeOfEvents(events)))
+			var val []byte
+			for b.Loop() {
+				val = sealBlock(body)
+			}
+			b.ReportMetric(float64(len(val))/float64(sizeOfEvents(events)), "stored/raw")
+		})
 	}
-	b.ReportMetric(float64(len(val))/float64(raw), "stored/raw")
+}
+
+func BenchmarkReadBlock(b *testing.B) {
+	for _, n := range benchBlockSizes {
+		b.Run("events="+strconv.Itoa(n), func(b *testing.B) {
+			events := benchEvents(n)
+			val := sealBlock(encodeBody(nil, time.Now(), events))
+			b.ReportAllocs()
+			b.SetBytes(int64(sizeOfEvents(events)))
+			var blk decodedBlock
+			var body []byte
+			for b.Loop() {
+				var err error
+				if body, err = openBlockInto(body, val); err != nil {
+					b.Fatal(err)
+				}
+				if err := blk.decode(0, body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
 
 func TestMaskWriteKeyKeepsOnlyEnoughToTellKeysApart(t *testing.T) {
