@@ -236,3 +236,120 @@ func TestDropOldestMakesRoomAndCountsWhatEachDestinationLost(t *testing.T) {
 		t.Fatalf("after the drop, dead reads %d records from %v (err %v), cursor %d", len(recs), seqs(recs), err, cursor)
 	}
 }
+
+// A disk that stops taking writes must not keep the process from exiting:
+// Badger retries a failed memtable flush forever, so Close gives up when
+// its context ends, and a restart finds every acknowledged event, as after
+// a crash. Both run in child processes, as they would for real: the
+// abandoned databases stay open until their process exits, and Badger
+// leaves goroutines behind when it replays a crashed generation.
+func TestCloseGivesUpOnADiskThatNoLongerTakesWrites(t *testing.T) {
+	if dir := os.Getenv("SPOOL_TEST_DIR"); dir != "" {
+		var err error
+		switch os.Getenv("SPOOL_TEST_CHILD") {
+		case "stuck":
+			err = closeOnAStuckDisk(dir)
+		case "restart":
+			err = readAfterRestart(dir)
+		}
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		fmt.Println("child done")
+		os.Exit(0)
+	}
+	dir := t.TempDir()
+	child := func(role string) {
+		// A Close that never gives up would hang the child: kill it.
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^"+t.Name()+"$")
+		cmd.Env = append(os.Environ(), "SPOOL_TEST_DIR="+dir, "SPOOL_TEST_CHILD="+role)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "child done") {
+			t.Fatalf("%s: %v\n%s", role, err, out)
+		}
+	}
+	child("stuck")
+	// The disk is repaired: the generations come back.
+	moved, err := filepath.Glob(filepath.Join(dir, "moved", "gen-*"))
+	if err != nil || len(moved) == 0 {
+		t.Fatalf("no moved generation: %v", err)
+	}
+	for _, g := range moved {
+		if err := os.Rename(g, filepath.Join(dir, "spool", filepath.Base(g))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	child("restart")
+}
+
+// closeOnAStuckDisk acknowledges 10 events, takes the generations'
+// directories away so that the active one's memtable can no longer be
+// flushed, and closes with a deadline.
+func closeOnAStuckDisk(dir string) error {
+	s, err := Open(Config{Dir: filepath.Join(dir, "spool"), Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
+	if err := s.Append(context.Background(), events(0, 10), nil); err != nil {
+		return err
+	}
+	// Not while the next generation is being created ahead.
+	for ready := false; !ready; time.Sleep(time.Millisecond) {
+		s.genMu.Lock()
+		ready = s.spare != nil
+		s.genMu.Unlock()
+	}
+	gens, err := filepath.Glob(filepath.Join(dir, "spool", "gen-*"))
+	if err != nil || len(gens) == 0 {
+		return fmt.Errorf("no generation directory: %v", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "moved"), 0o700); err != nil {
+		return err
+	}
+	for _, g := range gens {
+		if err := os.Rename(g, filepath.Join(dir, "moved", filepath.Base(g))); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := s.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("Close = %v, want an error naming its deadline", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		return fmt.Errorf("Close took %v with a 1 s deadline", took)
+	}
+	if err := s.Close(context.Background()); !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("second Close = %v, want the first one's error", err)
+	}
+	return nil
+}
+
+func readAfterRestart(dir string) error {
+	s, err := Open(Config{Dir: filepath.Join(dir, "spool"), Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
+	var got int
+	for {
+		recs, err := s.Read("a", 7, 1<<20)
+		if err != nil {
+			return err
+		}
+		if len(recs) == 0 {
+			break
+		}
+		got += len(recs)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		return err
+	}
+	if got != 10 {
+		return fmt.Errorf("read %d events after the restart, want the 10 acknowledged", got)
+	}
+	return nil
+}

@@ -561,19 +561,21 @@ func (s *Spool) startGeneration() error {
 	return nil
 }
 
-func (s *Spool) closeGenerations() {
+func (s *Spool) closeGenerations() error {
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
+	var first error
 	for _, g := range s.gens {
 		g.mu.Lock()
 		if g.db != nil {
-			if err := g.db.Close(); err != nil && s.closeErr == nil {
-				s.closeErr = fmt.Errorf("close generation: %w", err)
+			if err := g.db.Close(); err != nil && first == nil {
+				first = fmt.Errorf("close generation: %w", err)
 			}
 			g.db = nil
 		}
 		g.mu.Unlock()
 	}
+	return first
 }
 
 func (s *Spool) spawn(f func()) {
@@ -605,36 +607,45 @@ func (s *Spool) Changed() <-chan struct{} {
 // Close stops accepting events, commits those already handed to the
 // writer, saves every cursor and closes the databases. It may be called
 // more than once and returns the first call's error.
+//
+// If ctx ends first, Close stops waiting and returns an error, leaving the
+// rest to the process's exit. On a disk that no longer takes writes (failed,
+// remounted read-only, its directory removed) closing would never end:
+// Badger retries a failed memtable flush forever. Exiting without the close
+// is no worse than a crash, which the spool recovers from on the next start.
 func (s *Spool) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.closing.Store(true)
 		close(s.quit)
-		done := make(chan struct{})
-		go func() { s.wg.Wait(); close(done) }()
+		closed := make(chan error, 1)
+		go func() { closed <- s.closeAll() }()
 		select {
-		case <-done:
+		case s.closeErr = <-closed:
+			s.log.Info("spool closed")
 		case <-ctx.Done():
-			// Badger must not be closed under a running writer; waiting
-			// longer is the only safe choice, so say why we are late.
-			s.log.Warn("spool close waits for in-flight writes past its deadline")
-			<-done
+			s.closeErr = fmt.Errorf("spool not closed cleanly: %w; the next start recovers it", context.Cause(ctx))
+			s.log.Error("spool close did not finish: its writes or its databases are stuck; leaving them to the process's exit", "err", context.Cause(ctx))
 		}
-		if err := s.saveCursors(); err != nil {
-			s.closeErr = err
-		}
-		s.closeGenerations()
-		if s.spare != nil {
-			// Never written: remove it rather than leave an empty database.
-			if err := s.spare.remove(); err != nil && s.closeErr == nil {
-				s.closeErr = err
-			}
-		}
-		if err := s.meta.Close(); err != nil && s.closeErr == nil {
-			s.closeErr = fmt.Errorf("close spool meta: %w", err)
-		}
-		s.log.Info("spool closed")
 	})
 	return s.closeErr
+}
+
+// closeAll does Close's work once the writer and the background work have
+// stopped: Badger must never be closed under a running writer.
+func (s *Spool) closeAll() error {
+	s.wg.Wait()
+	cursorsErr := s.saveCursors()
+	generationsErr := s.closeGenerations()
+	var spareErr error
+	if s.spare != nil {
+		// Never written: remove it rather than leave an empty database.
+		spareErr = s.spare.remove()
+	}
+	metaErr := s.meta.Close()
+	if metaErr != nil {
+		metaErr = fmt.Errorf("close spool meta: %w", metaErr)
+	}
+	return errors.Join(cursorsErr, generationsErr, spareErr, metaErr)
 }
 
 func (s *Spool) consumer(name string) (*consumer, error) {

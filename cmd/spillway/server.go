@@ -30,6 +30,11 @@ import (
 const (
 	defaultListen          = "127.0.0.1:8080"
 	defaultShutdownTimeout = 25 * time.Second
+	// spoolCloseTimeout bounds closing the spool after the drain. It takes
+	// milliseconds on a working disk; on one that no longer takes writes it
+	// would never end, and exiting without it is as safe as a crash. With
+	// the default drain it fits Kubernetes' default 30 s grace period.
+	spoolCloseTimeout = 5 * time.Second
 )
 
 // serverConfig is everything the server's flags say.
@@ -221,14 +226,18 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 	if err != nil {
 		return err
 	}
-	closeSpool := func() error {
-		// Cleanup must finish even when the caller's context is gone.
-		return sp.Close(context.WithoutCancel(ctx))
+	// stop cuts closing short: cleanup must finish even when the caller's
+	// context is gone, but not wait forever on a disk that no longer takes
+	// writes, nor past a second signal.
+	closeSpool := func(stop context.Context) error {
+		ctx, cancel := context.WithTimeout(stop, spoolCloseTimeout)
+		defer cancel()
+		return sp.Close(ctx)
 	}
 
 	group, err := forwarders.New(dests, sp, logger, reg)
 	if err != nil {
-		_ = closeSpool()
+		_ = closeSpool(context.WithoutCancel(ctx))
 		return err
 	}
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -239,20 +248,20 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		Route:   group.Route,
 	}, logger, reg)
 	if err != nil {
-		_ = closeSpool()
+		_ = closeSpool(context.WithoutCancel(ctx))
 		return err
 	}
 
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
-		_ = closeSpool()
+		_ = closeSpool(context.WithoutCancel(ctx))
 		return fmt.Errorf("--listen %s: %w", c.listen, err)
 	}
 	var adminLn net.Listener
 	if c.adminListen != "" {
 		if adminLn, err = net.Listen("tcp", c.adminListen); err != nil {
 			ln.Close()
-			_ = closeSpool()
+			_ = closeSpool(context.WithoutCancel(ctx))
 			return fmt.Errorf("--admin-listen %s: %w", c.adminListen, err)
 		}
 	}
@@ -264,7 +273,7 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 			if adminLn != nil {
 				adminLn.Close()
 			}
-			_ = closeSpool()
+			_ = closeSpool(context.WithoutCancel(ctx))
 			return fmt.Errorf("--pprof-listen %s: %w", c.pprofListen, err)
 		}
 		pprofSrv := &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
@@ -320,17 +329,19 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		logger.Error("listener failed", "err", runErr)
 	}
 
-	// A second signal abandons the graceful drain at once.
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.shutdownTimeout)
-	defer cancel()
+	// A second signal abandons the graceful drain and the spool's close.
+	stopNow, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
 	go func() {
 		select {
 		case sig := <-signals:
 			logger.Warn("second signal: stopping now", "signal", sig.String())
-			cancel()
-		case <-shutdownCtx.Done():
+			stop()
+		case <-stopNow.Done():
 		}
 	}()
+	shutdownCtx, cancel := context.WithTimeout(stopNow, c.shutdownTimeout)
+	defer cancel()
 
 	logger.Info("shutdown: refusing new events")
 	srv.BeginShutdown()
@@ -342,7 +353,7 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		logger.Warn("shutdown: destinations did not drain; the rest stays in the spool", "err", err)
 	}
 	logger.Info("shutdown: closing spool")
-	if err := closeSpool(); err != nil {
+	if err := closeSpool(stopNow); err != nil {
 		return err
 	}
 	logger.Info("shutdown complete")

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -259,6 +260,87 @@ func TestShutdownDrainsAndExitsZero(t *testing.T) {
 		if !strings.Contains(p.stderr.String(), step) {
 			t.Errorf("shutdown log lacks %q", step)
 		}
+	}
+}
+
+// TestShutdownOnAStuckDiskExitsAndLosesNothing takes the spool's
+// generations away from a running spillway, as a disk that stops taking
+// writes would: closing the spool then never ends inside Badger, yet
+// SIGTERM still ends the process (after the drain and the close's bound,
+// or at a second signal), and once the disk is back a restart delivers
+// every acknowledged event.
+func TestShutdownOnAStuckDiskExitsAndLosesNothing(t *testing.T) {
+	for _, secondSignal := range []bool{false, true} {
+		t.Run(fmt.Sprintf("second_signal=%v", secondSignal), func(t *testing.T) {
+			hook := newSink(t)
+			hook.setStatus(503) // keeps the events in the spool
+			spoolDir := filepath.Join(t.TempDir(), "spool")
+			args := []string{"--spool-dir", spoolDir, "--shutdown-timeout", "1s", "--destination", "hook=" + hook.srv.URL}
+			p := startSpillway(t, "", nil, args...)
+			var mu sync.Mutex
+			acked := map[string]bool{}
+			for i := range 3 {
+				evs := trackEvents(fmt.Sprintf("stuck%d", i), 20)
+				if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", evs); err != nil || code != 200 {
+					t.Fatalf("batch: %d %v", code, err)
+				}
+				for _, e := range evs {
+					acked[e["messageId"].(string)] = true
+				}
+			}
+			// The active generation and the one opened ahead of need.
+			var gens []string
+			waitFor(t, 10*time.Second, "two generations", func() bool {
+				gens, _ = filepath.Glob(filepath.Join(spoolDir, "gen-*"))
+				return len(gens) == 2
+			})
+			moved := t.TempDir()
+			for _, g := range gens {
+				if err := os.Rename(g, filepath.Join(moved, filepath.Base(g))); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			start := time.Now()
+			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if secondSignal {
+				waitFor(t, 10*time.Second, "the spool's close", func() bool { return strings.Contains(p.stderr.String(), "closing spool") })
+				start = time.Now()
+				if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+					t.Fatal(err)
+				}
+			}
+			within := 1*time.Second + spoolCloseTimeout + 5*time.Second // drain, close, slack
+			if secondSignal {
+				within = 3 * time.Second
+			}
+			select {
+			case <-p.done:
+			case <-time.After(within):
+				t.Fatalf("spillway still running %v after SIGTERM on a stuck disk: %s", within, p.stderr)
+			}
+			t.Logf("exited %v after the last signal", time.Since(start).Round(time.Millisecond))
+			if code := p.cmd.ProcessState.ExitCode(); code == 0 {
+				t.Errorf("exit status 0 after an unclean close: %s", p.stderr)
+			}
+			if !strings.Contains(p.stderr.String(), "spool close did not finish") {
+				t.Errorf("the log does not say the spool's close was abandoned: %s", p.stderr)
+			}
+
+			for _, g := range gens {
+				if err := os.Rename(filepath.Join(moved, filepath.Base(g)), g); err != nil {
+					t.Fatal(err)
+				}
+			}
+			hook.setStatus(200)
+			p = startSpillway(t, "", nil, args...)
+			waitForAll(t, 30*time.Second, "at the destination after the restart", &mu, acked, hook.has)
+			if code := p.stop(10 * time.Second); code != 0 {
+				t.Fatalf("exit status %d: %s", code, p.stderr)
+			}
+		})
 	}
 }
 
