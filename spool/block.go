@@ -28,8 +28,8 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// eventDict primes the compression of small blocks with the vocabulary
-// Segment events share (the spec's fields, analytics.js context, e-commerce
+// eventDict primes every block's compression with the vocabulary Segment
+// events share (the spec's fields, analytics.js context, e-commerce
 // properties). At moderate load a group commit holds one request, about
 // 100 events, where the first occurrence of each key is a noticeable part
 // of the block: the dictionary makes such blocks 3% smaller. Its frame
@@ -41,21 +41,27 @@ var eventDict []byte
 
 const dictID = 1
 
-// dictMaxBody is the largest block body compressed with eventDict. In a
-// larger block the keys' first occurrences are a small part, so the
-// dictionary saves under 1% there, while it makes compression 3% and
-// decompression twice as costly (the decoder's fast path takes no
-// dictionary): full-load blocks of 1 MiB go without it.
-const dictMaxBody = 256 << 10
-
 // Encoders and decoders are costly to build and hold window buffers, so a
 // few are kept for reuse. Not a sync.Pool: it is emptied at every garbage
 // collection, and under many small requests that rebuilt an encoder for
 // most blocks.
 var (
-	encoders     = newFreeList(runtime.GOMAXPROCS(0), func() *zstd.Encoder { return newEncoder() })
-	dictEncoders = newFreeList(runtime.GOMAXPROCS(0), func() *zstd.Encoder {
-		return newEncoder(zstd.WithEncoderDictRaw(dictID, eventDict))
+	encoders = newFreeList(runtime.GOMAXPROCS(0), func() *zstd.Encoder {
+		// The fastest level: on realistic events it compresses within 1%
+		// of the default level at one and a half times the speed.
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true),
+			// A block is at most about maxBlockBytes: a larger window
+			// would only hold memory.
+			zstd.WithWindowSize(maxBlockBytes),
+			// The envelope's crc32c covers the compressed bytes already; a
+			// frame checksum too cost 2% of the CPU at full load.
+			zstd.WithEncoderCRC(false),
+			zstd.WithEncoderDictRaw(dictID, eventDict))
+		if err != nil {
+			panic(err) // only on invalid options, which are constant here
+		}
+		return e
 	})
 	decoders = newFreeList(runtime.GOMAXPROCS(0), func() *zstd.Decoder {
 		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
@@ -66,23 +72,6 @@ var (
 		return d
 	})
 )
-
-func newEncoder(opts ...zstd.EOption) *zstd.Encoder {
-	// The fastest level: on realistic events it compresses within 1% of
-	// the default level at one and a half times the speed.
-	e, err := zstd.NewWriter(nil, append([]zstd.EOption{zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true),
-		// A block is at most about maxBlockBytes: a larger window would
-		// only hold memory.
-		zstd.WithWindowSize(maxBlockBytes),
-		// The envelope's crc32c covers the compressed bytes already; a
-		// frame checksum too cost 2% of the CPU at full load.
-		zstd.WithEncoderCRC(false)}, opts...)...)
-	if err != nil {
-		panic(err) // only on invalid options, which are constant here
-	}
-	return e
-}
 
 // freeList keeps up to a fixed number of costly things for reuse.
 type freeList[T any] struct {
@@ -155,13 +144,9 @@ var scratchBuffers = newFreeList(4, func() *[]byte { return new([]byte) })
 // since the envelope stays in memory for as long as it is a recent block.
 func sealBlock(body []byte) []byte {
 	scratch := scratchBuffers.get()
-	coders := encoders
-	if len(body) <= dictMaxBody {
-		coders = dictEncoders
-	}
-	enc := coders.get()
+	enc := encoders.get()
 	out := enc.EncodeAll(body, append((*scratch)[:0], make([]byte, envelopeLen)...))
-	coders.put(enc)
+	encoders.put(enc)
 	out[0] = blockVersion
 	out[1] = flagZstd
 	binary.BigEndian.PutUint32(out[2:6], crc32.Checksum(out[envelopeLen:], castagnoli))

@@ -81,26 +81,3 @@ func TestBlocksWithAndWithoutTheDictionaryDecode(t *testing.T) {
 		t.Errorf("with the dictionary %d bytes, without %d: it does not help", len(sealBlock(body)), len(old))
 	}
 }
-
-// Only small blocks name the dictionary: in a full-load block it saves
-// little and doubles the cost of decompression.
-func TestOnlySmallBlocksUseTheDictionary(t *testing.T) {
-	for _, n := range []int{1, 100, 1500} {
-		body := encodeBody(nil, time.UnixMilli(5), benchEvents(n))
-		val := sealBlock(body)
-		var h zstd.Header
-		if err := h.Decode(val[envelopeLen:]); err != nil {
-			t.Fatalf("%d events: frame header: %v", n, err)
-		}
-		want := uint32(0) // none
-		if len(body) <= dictMaxBody {
-			want = dictID
-		}
-		if h.DictionaryID != want {
-			t.Errorf("%d events (%d bytes): dictionary %d, want %d", n, len(body), h.DictionaryID, want)
-		}
-		if got, err := openBlock(val); err != nil || !bytes.Equal(got, body) {
-			t.Errorf("%d events: %v, body equal %v", n, err, bytes.Equal(got, body))
-		}
-	}
-}
