@@ -226,10 +226,12 @@ func (d *Dispatcher) run(ctx context.Context) {
 			carry = d.take(&cur, carry, &slots)
 		}
 
-		// Launch it if it is due and there is room.
+		// Launch it if it is due and there is room: one batch at a time
+		// until the destination has shown it is up.
 		flushDue := len(cur.recs) > 0 &&
 			(cur.full || draining || !time.Now().Before(cur.first.Add(d.dest.Flush)))
-		if flushDue && running < d.dest.Concurrency && ctx.Err() == nil {
+		room := running < d.dest.Concurrency && (running == 0 || d.gate.open())
+		if flushDue && room && ctx.Err() == nil {
 			s := &slot{upTo: cur.upTo}
 			slots = append(slots, s)
 			running++

@@ -612,3 +612,53 @@ func TestNewRefusesWhatCannotWork(t *testing.T) {
 		}
 	})
 }
+
+// A destination sends one batch at a time until it has answered one: a
+// failing destination's other batches would only wait for its probe, each
+// holding a batch's memory, so they stay unread in the spool. Once it
+// answers, it goes back to full concurrency.
+func TestUnprovenDestinationTakesOneBatchAtATime(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	s := newSink(t, func(int, *sinkReq) answer {
+		if failing.Load() {
+			return answer{status: 503}
+		}
+		time.Sleep(20 * time.Millisecond) // long enough for sends to overlap
+		return answer{status: 200}
+	})
+	sp := openSpool(t, t.TempDir(), "dest")
+	appendEvents(t, sp, numbered(2000)...)
+	startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=100&flush=10ms&concurrency=4&backoff_min=20ms&backoff_max=50ms")
+	eventually(t, 5*time.Second, func() bool { return len(s.requests()) >= 3 }, "no retries")
+	// The batch in flight, and the next one, built and waiting.
+	if read := sp.Position("dest"); read > 200 {
+		t.Errorf("a failing destination read %d events, want at most two batches (200)", read)
+	}
+	failing.Store(false)
+	eventually(t, 10*time.Second, func() bool { return s.deliveredCount() == 2000 }, "not all delivered once it answers")
+	var answered []sinkReq
+	for _, r := range s.requests() {
+		if r.status == 200 {
+			answered = append(answered, r)
+		}
+	}
+	if got := mostAtOnce(answered); got < 2 {
+		t.Errorf("at most %d requests at once after it answered, want full concurrency back", got)
+	}
+}
+
+// mostAtOnce is the most requests in flight at the same moment.
+func mostAtOnce(reqs []sinkReq) int {
+	most := 0
+	for _, r := range reqs {
+		n := 0
+		for _, o := range reqs {
+			if !o.at.After(r.at) && o.done.After(r.at) {
+				n++
+			}
+		}
+		most = max(most, n)
+	}
+	return most
+}

@@ -35,6 +35,7 @@ type gate struct {
 	fails   int           // failed attempts since the last success
 	next    time.Time     // no probe before this
 	probing bool          // a probe is in flight
+	proven  bool          // a send has succeeded since start
 	changed chan struct{} // closed and replaced when waiters should look again
 }
 
@@ -113,6 +114,7 @@ func (g *gate) acquire(ctx context.Context, notBefore, expiry time.Time) (probe 
 func (g *gate) success(probe bool) (transition, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.proven = true
 	if probe {
 		g.probing = false
 	}
@@ -177,6 +179,16 @@ func (g *gate) current() State {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.state
+}
+
+// open says whether the destination takes batches at full concurrency: it
+// is up, and has answered a send since start. Until then a batch at a time
+// finds out, and the others stay unread in the spool instead of waiting
+// for the gate, each holding a batch's memory.
+func (g *gate) open() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.state == StateUp && g.proven
 }
 
 func (g *gate) wakeLocked() {
