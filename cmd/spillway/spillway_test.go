@@ -288,11 +288,12 @@ func TestShutdownOnAStuckDiskExitsAndLosesNothing(t *testing.T) {
 					acked[e["messageId"].(string)] = true
 				}
 			}
-			// The active generation and the one opened ahead of need.
+			// Once the generation opened ahead of need is there too, so that
+			// none is half made when they go.
 			var gens []string
 			waitFor(t, 10*time.Second, "two generations", func() bool {
 				gens, _ = filepath.Glob(filepath.Join(spoolDir, "gen-*"))
-				return len(gens) == 2
+				return len(gens) >= 2
 			})
 			moved := t.TempDir()
 			for _, g := range gens {
