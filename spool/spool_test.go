@@ -420,9 +420,6 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
-// BenchmarkReadBlock decodes a stored block of 100 events of about 750
-// bytes: what a destination that has fallen behind the in-memory blocks
-// pays per block it reads back from disk.
 // benchEvents are n track events with random ids, prices, times and
 // agents, so that compression has real work; they compress a little better
 // than scripts/bench's events (0.15 of raw against 0.17 in 1 MiB blocks).
@@ -447,6 +444,8 @@ func benchEvents(n int) []Event {
 // block (about maxBlockBytes).
 var benchBlockSizes = []int{100, 1500}
 
+// BenchmarkSealBlock compresses a block body into its stored envelope: most
+// of a group commit's CPU.
 func BenchmarkSealBlock(b *testing.B) {
 	for _, n := range benchBlockSizes {
 		b.Run("events="+strconv.Itoa(n), func(b *testing.B) {
@@ -463,6 +462,9 @@ func BenchmarkSealBlock(b *testing.B) {
 	}
 }
 
+// BenchmarkReadBlock decodes a stored block into reused buffers: what a
+// destination that has fallen behind the in-memory blocks pays per block
+// it reads back from disk.
 func BenchmarkReadBlock(b *testing.B) {
 	for _, n := range benchBlockSizes {
 		b.Run("events="+strconv.Itoa(n), func(b *testing.B) {
