@@ -334,22 +334,15 @@ func readAfterRestart(dir string) error {
 	if err != nil {
 		return err
 	}
-	var got int
-	for {
-		recs, err := s.Read("a", 7, 1<<20)
-		if err != nil {
-			return err
-		}
-		if len(recs) == 0 {
-			break
-		}
-		got += len(recs)
+	got, err := readToEnd(s, "a")
+	if err != nil {
+		return err
 	}
 	if err := s.Close(context.Background()); err != nil {
 		return err
 	}
-	if got != 10 {
-		return fmt.Errorf("read %d events after the restart, want the 10 acknowledged", got)
+	if len(got) != 10 {
+		return fmt.Errorf("read %d events after the restart, want the 10 acknowledged", len(got))
 	}
 	return nil
 }

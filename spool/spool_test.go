@@ -44,14 +44,21 @@ func events(from, n int) []Event {
 
 func readAll(t *testing.T, s *Spool, consumer string) []Record {
 	t.Helper()
+	all, err := readToEnd(s, consumer)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return all
+}
+
+// readToEnd reads consumer's records until none is left, in small reads
+// so that they cross block boundaries.
+func readToEnd(s *Spool, consumer string) ([]Record, error) {
 	var all []Record
 	for {
 		recs, err := s.Read(consumer, 7, 1<<20)
-		if err != nil {
-			t.Fatalf("read: %v", err)
-		}
-		if len(recs) == 0 {
-			return all
+		if err != nil || len(recs) == 0 {
+			return all, err
 		}
 		all = append(all, recs...)
 	}
