@@ -613,10 +613,10 @@ func TestNewRefusesWhatCannotWork(t *testing.T) {
 	})
 }
 
-// A destination sends one batch at a time until it has answered one: a
+// A destination sends one batch at a time until it has taken one: a
 // failing destination's other batches would only wait for its probe, each
 // holding a batch's memory, so they stay unread in the spool. Once it
-// answers, it goes back to full concurrency.
+// takes one, it goes back to full concurrency.
 func TestUnprovenDestinationTakesOneBatchAtATime(t *testing.T) {
 	var failing atomic.Bool
 	failing.Store(true)

@@ -182,9 +182,9 @@ func (g *gate) current() State {
 }
 
 // open says whether the destination takes batches at full concurrency: it
-// is up, and has answered a send since start. Until then a batch at a time
-// finds out, and the others stay unread in the spool instead of waiting
-// for the gate, each holding a batch's memory.
+// is up, and has taken a send since start (see success). Until then a
+// batch at a time finds out, and the others stay unread in the spool
+// instead of waiting for the gate, each holding a batch's memory.
 func (g *gate) open() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
