@@ -92,6 +92,9 @@ type Server struct {
 	certs *certStore
 
 	closing atomic.Bool
+	// admitted counts the event requests past the closing check, whose
+	// events may be on their way into the spool.
+	admitted atomic.Int64
 	// tail holds the latest events received, while someone watches.
 	tail tailRing
 
@@ -220,15 +223,36 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 
 // BeginShutdown makes /readyz and every event endpoint answer 503 with
 // Retry-After, so SDKs keep their events and load balancers stop sending,
-// while requests in flight finish. It is the first step of shutdown.
+// while requests in flight finish. It is the first step of shutdown; the
+// listeners stay open, answering, until Shutdown.
 func (s *Server) BeginShutdown() {
 	if !s.closing.Swap(true) {
 		s.log.LogAttrs(context.Background(), slog.LevelInfo, "stopped taking events")
 	}
 }
 
-// Shutdown begins shutdown if needed, then waits until every request in
-// flight has been answered or ctx is done.
+// admittedPoll is how often WaitAdmitted looks again: the requests it
+// waits for end with a commit, within milliseconds.
+const admittedPoll = time.Millisecond
+
+// WaitAdmitted waits until every event request admitted before
+// BeginShutdown has been answered, so that all their events are in the
+// spool (or refused), or until ctx is done.
+func (s *Server) WaitAdmitted(ctx context.Context) error {
+	tick := time.NewTicker(admittedPoll)
+	defer tick.Stop()
+	for s.admitted.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d event requests still unanswered: %w", s.admitted.Load(), ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// Shutdown begins shutdown if needed, closes the listeners, then waits
+// until every request in flight has been answered or ctx is done.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.BeginShutdown()
 	var errs []error
@@ -324,6 +348,10 @@ func (s *Server) handleEvents(ctx *fasthttp.RequestCtx, ep endpoint) {
 }
 
 func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
+	// Counted before the check: a request that finds shutdown not begun
+	// is then seen by WaitAdmitted.
+	s.admitted.Add(1)
+	defer s.admitted.Add(-1)
 	if s.closing.Load() {
 		s.failEvents(ctx, ep, errShuttingDown)
 		return

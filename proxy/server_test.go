@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -486,6 +487,42 @@ func TestHealthAndShutdown(t *testing.T) {
 	h.sp.wantNoCalls(t)
 	if a := h.do(t, http.MethodGet, "/healthz", nil); a.status != http.StatusOK {
 		t.Errorf("healthz after BeginShutdown = %d, want 200: the process is alive", a.status)
+	}
+}
+
+// TestWaitAdmittedWaitsForCommitsInFlight: a request admitted before
+// shutdown began is waited for until its commit answers it (200), while
+// requests after it get 503 at once.
+func TestWaitAdmittedWaitsForCommitsInFlight(t *testing.T) {
+	h := newHarness(t, DefaultConfig())
+	entered, release := make(chan struct{}), make(chan struct{})
+	h.sp.setAppend(func() error {
+		close(entered)
+		<-release
+		return nil
+	})
+	first := make(chan answer, 1)
+	go func() { first <- h.post(t, "/v1/track", `{"userId":"u","event":"e"}`) }()
+	<-entered
+	h.sp.setAppend(nil)
+	h.s.BeginShutdown()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := h.s.WaitAdmitted(ctx); err == nil {
+		t.Fatal("WaitAdmitted returned while a commit was still pending")
+	}
+	wantAnswer(t, h.post(t, "/v1/track", `{"userId":"u","event":"late"}`), http.StatusServiceUnavailable, "unavailable_shutdown.json")
+
+	close(release)
+	if err := h.s.WaitAdmitted(t.Context()); err != nil {
+		t.Fatalf("WaitAdmitted after the commit: %v", err)
+	}
+	if a := <-first; a.status != http.StatusOK {
+		t.Fatalf("request admitted before shutdown: %d %s, want 200", a.status, a.body)
+	}
+	if n := len(h.sp.Calls()); n != 1 {
+		t.Fatalf("%d requests stored, want the one admitted before shutdown", n)
 	}
 }
 

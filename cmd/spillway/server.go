@@ -343,14 +343,22 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 	shutdownCtx, cancel := context.WithTimeout(stopNow, c.shutdownTimeout)
 	defer cancel()
 
+	// The listeners stay open through the drain, answering new events 503
+	// with Retry-After (SDKs keep them and retry) and serving /readyz and
+	// /metrics, so the drain can be watched.
 	logger.Info("shutdown: refusing new events")
 	srv.BeginShutdown()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		logger.Warn("shutdown: http server", "err", err)
+	if err := srv.WaitAdmitted(shutdownCtx); err != nil {
+		logger.Warn("shutdown: event requests still waiting for the spool", "err", err)
 	}
 	logger.Info("shutdown: draining destinations")
 	if err := group.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("shutdown: destinations did not drain; the rest stays in the spool", "err", err)
+	}
+	// After a drain that took all its time this only closes the listeners:
+	// what is still in flight is a 503 or an admin answer.
+	if err := srv.Shutdown(shutdownCtx); err != nil && shutdownCtx.Err() == nil {
+		logger.Warn("shutdown: http server", "err", err)
 	}
 	logger.Info("shutdown: closing spool")
 	if err := closeSpool(stopNow); err != nil {

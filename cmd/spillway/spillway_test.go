@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -260,6 +261,70 @@ func TestShutdownDrainsAndExitsZero(t *testing.T) {
 		if !strings.Contains(p.stderr.String(), step) {
 			t.Errorf("shutdown log lacks %q", step)
 		}
+	}
+}
+
+// TestShutdownAnswers503WhileDraining keeps a destination failing so the
+// drain lasts its whole --shutdown-timeout: meanwhile new events get 503
+// with Retry-After (an SDK keeps them and retries), not a refused
+// connection, and /readyz and /metrics still answer. What was acknowledged
+// before the signal is delivered after a restart.
+func TestShutdownAnswers503WhileDraining(t *testing.T) {
+	hook := newSink(t)
+	hook.setStatus(503)
+	spoolDir := filepath.Join(t.TempDir(), "spool")
+	args := []string{"--spool-dir", spoolDir, "--shutdown-timeout", "3s", "--backoff-min", "100ms", "--backoff-max", "200ms",
+		"--destination", "hook=" + hook.srv.URL}
+	p := startSpillway(t, "", nil, args...)
+	acked := trackEvents("before", 10)
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", acked); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the drain", func() bool { return strings.Contains(p.stderr.String(), "draining destinations") })
+
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Post(p.url()+"/v1/track", "application/json", strings.NewReader(`{"userId":"u","event":"late"}`))
+	if err != nil {
+		t.Fatalf("event during the drain: %v (want a 503 answer)", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), `"success":false`) {
+		t.Errorf("event during the drain: %d Retry-After %q %s, want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	for path, want := range map[string]int{"/readyz": 503, "/healthz": 200, "/metrics": 200} {
+		resp, err := client.Get(p.url() + path)
+		if err != nil {
+			t.Errorf("%s during the drain: %v", path, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s during the drain: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("spillway did not stop after its 3 s drain: %s", p.stderr)
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit status %d: %s", code, p.stderr)
+	}
+
+	hook.setStatus(200)
+	p = startSpillway(t, "", nil, args...)
+	var mu sync.Mutex
+	want := map[string]bool{}
+	for _, e := range acked {
+		want[e["messageId"].(string)] = true
+	}
+	waitForAll(t, 30*time.Second, "at the destination", &mu, want, hook.has)
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}
 }
 
