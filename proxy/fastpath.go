@@ -172,9 +172,8 @@ func (pp *parser) fastEvent(s *fastScan, in *ingest, ep endpoint, keys *keyMemo,
 		return false
 	}
 	size := len(s.out) - start + 1
-	var err error
-	in.out, err = in.appendEnrichment(s.out, first, ep, &f, bt)
-	return err == nil && pp.addEvent(in, ep, keys, bt, n, start, size, &f, true) == nil
+	in.out = in.appendEnrichment(s.out, first, ep, &f, bt)
+	return pp.addEvent(in, ep, keys, bt, n, start, size, &f, true) == nil
 }
 
 // fastScan reads JSON from b at i and appends it to out as stored.
@@ -404,7 +403,7 @@ func (s *fastScan) literal(word string) bool {
 }
 
 // number copies a number: the run of bytes fastjson takes as one, valid
-// and in range as appendValue requires.
+// and in range as checkNumbers requires.
 func (s *fastScan) number() bool {
 	j := s.i
 	for j < len(s.b) {

@@ -11,8 +11,10 @@ import (
 
 // FuzzParseBatch feeds arbitrary bodies to the request parser, as a batch
 // and as a single event. Whatever the input, the parser must not panic, must
-// refuse only with a 4xx, and everything it hands the spool must be valid
-// JSON without writeKey or sentAt, enriched, and within the limits.
+// refuse only with a 4xx, must accept only JSON (but for raw control
+// characters in strings, which are stored escaped), and everything it hands the
+// spool must be valid JSON without writeKey or sentAt, enriched, and within
+// the limits.
 //
 // Seeds are in testdata/fuzz/FuzzParseBatch; run with
 // go test -fuzz FuzzParseBatch ./proxy/
@@ -33,6 +35,11 @@ func FuzzParseBatch(f *testing.F) {
 					t.Fatalf("%s: refused with %d (%v); only 400 and 401 are client errors", ep, status, err)
 				}
 				continue
+			}
+			// Raw control characters inside strings are the one leniency:
+			// they are stored escaped.
+			if !json.Valid(body) && !bytes.ContainsFunc(body, isASCIIControl) {
+				t.Fatalf("%s: accepted a body that is not JSON: %q", ep, body)
 			}
 			n := len(in.events) + len(in.dead)
 			if n == 0 || n > cfg.MaxBatchEvents || (ep.single() && n != 1) {

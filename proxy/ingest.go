@@ -182,6 +182,7 @@ type ingest struct {
 
 	fastKeys []int32 // for fastScan
 	fastJunk []byte
+	numText  []byte // for checkNumbers
 
 	inflate []byte
 	br      bytes.Reader
@@ -348,6 +349,14 @@ func (pp *parser) parseTree(in *ingest, ep endpoint, body, headerKey []byte, now
 	if err != nil {
 		return badRequest(errInvalidJSON, "body is not valid JSON: "+jsonErrorText(err))
 	}
+	// After the parse, so that every backslash is inside a string.
+	if fixed, err := checkEscapes(body); err != nil {
+		return badRequest(errInvalidJSON, "body is not valid JSON: "+err.Error())
+	} else if &fixed[0] != &body[0] {
+		if v, err = jp.ParseBytes(fixed); err != nil {
+			return fmt.Errorf("reparse after rewriting surrogate escapes: %w", err)
+		}
+	}
 	if v.Type() != fastjson.TypeObject {
 		return badRequest(errInvalidJSON, "body must be a JSON object")
 	}
@@ -356,6 +365,9 @@ func (pp *parser) parseTree(in *ingest, ep endpoint, body, headerKey []byte, now
 	nowEnd := len(in.scratch)
 
 	if ep.single() {
+		if err := checkNumbers(v, &in.numText); err != nil {
+			return badRequest(errInvalidJSON, "event 0: "+err.Error())
+		}
 		one := [1]*fastjson.Value{v}
 		bt.nowText = in.scratch[:nowEnd]
 		return pp.addEvents(in, ep, one[:], &bt)
@@ -393,21 +405,20 @@ func (pp *parser) parseTree(in *ingest, ep endpoint, body, headerKey []byte, now
 	if len(arr) > pp.maxBatch {
 		return pp.errBatchTooLarge
 	}
+	if err := checkBatchNumbers(root, items, arr, &in.numText); err != nil {
+		return err
+	}
 	// Batch-level objects are encoded once and copied into each event
 	// that lacks them.
 	if ctxV != nil && ctxV.Type() == fastjson.TypeObject {
 		start := len(in.scratch)
-		if in.scratch, err = appendValue(in.scratch, ctxV); err != nil {
-			return badRequest(errInvalidJSON, "context: "+err.Error())
-		}
+		in.scratch = appendValue(in.scratch, ctxV)
 		bt.context = in.scratch[start:]
 		bt.contextObj, _ = ctxV.Object()
 	}
 	if intV != nil && intV.Type() == fastjson.TypeObject {
 		start := len(in.scratch)
-		if in.scratch, err = appendValue(in.scratch, intV); err != nil {
-			return badRequest(errInvalidJSON, "integrations: "+err.Error())
-		}
+		in.scratch = appendValue(in.scratch, intV)
 		bt.integrations = in.scratch[start:]
 		bt.integObj, _ = intV.Object()
 	}
@@ -417,14 +428,39 @@ func (pp *parser) parseTree(in *ingest, ep endpoint, body, headerKey []byte, now
 	return pp.addEvents(in, ep, arr, &bt)
 }
 
+// checkBatchNumbers is checkNumbers over a batch body, naming where the
+// bad number is: the event's index, or the batch-level field.
+func checkBatchNumbers(root *fastjson.Object, items *fastjson.Value, events []*fastjson.Value, buf *[]byte) error {
+	var err error
+	root.Visit(func(k []byte, v *fastjson.Value) {
+		if err != nil {
+			return
+		}
+		if v != items {
+			if e := checkNumbers(v, buf); e != nil {
+				where := "body"
+				if string(k) == "context" || string(k) == "integrations" {
+					where = string(k)
+				}
+				err = badRequest(errInvalidJSON, where+": "+e.Error())
+			}
+			return
+		}
+		for i, ev := range events {
+			if e := checkNumbers(ev, buf); e != nil {
+				err = badRequest(errInvalidJSON, fmt.Sprintf("event %d: %v", i, e))
+				return
+			}
+		}
+	})
+	return err
+}
+
 func (pp *parser) addEvents(in *ingest, ep endpoint, items []*fastjson.Value, bt *batchTop) error {
 	var keys keyMemo
 	for i, item := range items {
 		start := len(in.out)
-		f, size, err := pp.writeEvent(in, ep, item, bt)
-		if err != nil {
-			return badRequest(errInvalidJSON, fmt.Sprintf("event %d: %v", i, err))
-		}
+		f, size := pp.writeEvent(in, ep, item, bt)
 		if err := pp.addEvent(in, ep, &keys, bt, i, start, size, &f, item.Type() == fastjson.TypeObject); err != nil {
 			return err
 		}
@@ -498,11 +534,11 @@ func (in *ingest) sliceEvents() {
 // and sentAt, with batch-level context/integrations merged in and with
 // Segment's enrichment. size is the event as the client sent it (merged,
 // not enriched), the figure --max-event-bytes bounds.
-func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *batchTop) (f fields, size int, err error) {
+func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *batchTop) (f fields, size int) {
 	start := len(in.out)
 	if item.Type() != fastjson.TypeObject {
-		in.out, err = appendValue(in.out, item)
-		return f, len(in.out) - start, err
+		in.out = appendValue(in.out, item)
+		return f, len(in.out) - start
 	}
 	o, _ := item.Object()
 	out := append(in.out, '{')
@@ -511,7 +547,7 @@ func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *
 	i := -1
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		i++
-		if err != nil || (over != nil && over[i]) {
+		if over != nil && over[i] {
 			return
 		}
 		if !f.take(string(k), scalarOf(v)) {
@@ -524,23 +560,19 @@ func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *
 		case "context":
 			if bt.contextObj != nil && v.Type() == fastjson.TypeObject {
 				out = appendKey(out, &first, k)
-				out, err = appendMerged(out, v, bt.contextObj)
+				out = appendMerged(out, v, bt.contextObj)
 				return
 			}
 		case "integrations":
 			if bt.integObj != nil && v.Type() == fastjson.TypeObject {
 				out = appendKey(out, &first, k)
-				out, err = appendMerged(out, v, bt.integObj)
+				out = appendMerged(out, v, bt.integObj)
 				return
 			}
 		}
 		out = appendKey(out, &first, k)
-		out, err = appendValue(out, v)
+		out = appendValue(out, v)
 	})
-	if err != nil {
-		in.out = out
-		return f, 0, err
-	}
 	if !f.hasContext && bt.context != nil {
 		out = appendKey(out, &first, []byte("context"))
 		out = append(out, bt.context...)
@@ -550,13 +582,13 @@ func (pp *parser) writeEvent(in *ingest, ep endpoint, item *fastjson.Value, bt *
 		out = append(out, bt.integrations...)
 	}
 	size = len(out) - start + 1
-	in.out, err = in.appendEnrichment(out, first, ep, &f, bt)
-	return f, size, err
+	in.out = in.appendEnrichment(out, first, ep, &f, bt)
+	return f, size
 }
 
 // appendEnrichment appends what spillway adds to an event whose own fields
 // are in out (first: none), and closes it.
-func (in *ingest) appendEnrichment(out []byte, first bool, ep endpoint, f *fields, bt *batchTop) ([]byte, error) {
+func (in *ingest) appendEnrichment(out []byte, first bool, ep endpoint, f *fields, bt *batchTop) []byte {
 	if !f.typ.set && ep.single() {
 		out = appendKey(out, &first, []byte("type"))
 		out = append(out, '"')
@@ -567,14 +599,11 @@ func (in *ingest) appendEnrichment(out []byte, first bool, ep endpoint, f *field
 		out = appendKey(out, &first, []byte("messageId"))
 		out = in.appendUUID(out)
 	}
-	out, err := appendTimestamps(out, &first, f, bt)
-	if err != nil {
-		return out, err
-	}
+	out = appendTimestamps(out, &first, f, bt)
 	out = appendKey(out, &first, []byte("receivedAt"))
 	out = append(out, '"')
 	out = append(out, bt.nowText...)
-	return append(out, '"', '}'), nil
+	return append(out, '"', '}')
 }
 
 // appendTimestamps corrects the device's clock as Segment does: the time the
@@ -582,7 +611,7 @@ func (in *ingest) appendEnrichment(out []byte, first bool, ep endpoint, f *field
 // not, so timestamp = receivedAt - (sentAt - timestamp). The device's value
 // is kept as originalTimestamp unless the event already has one (it was
 // forwarded by another spillway, which kept the device's).
-func appendTimestamps(out []byte, first *bool, f *fields, bt *batchTop) ([]byte, error) {
+func appendTimestamps(out []byte, first *bool, f *fields, bt *batchTop) []byte {
 	ts := bt.now
 	if f.timestamp.set && f.timestamp.t != fastjson.TypeNull {
 		if !f.origTS.set {
@@ -590,10 +619,7 @@ func appendTimestamps(out []byte, first *bool, f *fields, bt *batchTop) ([]byte,
 			if f.timestampValue == nil {
 				out = append(out, f.timestampJSON...)
 			} else {
-				var err error
-				if out, err = appendValue(out, f.timestampValue); err != nil {
-					return out, err
-				}
+				out = appendValue(out, f.timestampValue)
 			}
 		}
 		if t, ok := parseTime(f.timestamp); ok {
@@ -610,7 +636,7 @@ func appendTimestamps(out []byte, first *bool, f *fields, bt *batchTop) ([]byte,
 	out = appendKey(out, first, []byte("timestamp"))
 	out = append(out, '"')
 	out = appendTime(out, ts)
-	return append(out, '"'), nil
+	return append(out, '"')
 }
 
 func appendKey(out []byte, first *bool, k []byte) []byte {
@@ -624,13 +650,10 @@ func appendKey(out []byte, first *bool, k []byte) []byte {
 
 // appendMerged writes the event's own object followed by the batch-level
 // keys it lacks: the event's values win, as in Segment's batch merge.
-func appendMerged(out []byte, own *fastjson.Value, batch *fastjson.Object) ([]byte, error) {
+func appendMerged(out []byte, own *fastjson.Value, batch *fastjson.Object) []byte {
 	o, _ := own.Object()
 	n := len(out)
-	out, err := appendObject(out, o)
-	if err != nil {
-		return out, err
-	}
+	out = appendObject(out, o)
 	first := n+2 == len(out) // "{}"
 	out = out[:len(out)-1]   // reopen
 	ownKeys := newKeyLookup(o)
@@ -638,13 +661,13 @@ func appendMerged(out []byte, own *fastjson.Value, batch *fastjson.Object) ([]by
 	i := -1
 	batch.Visit(func(k []byte, v *fastjson.Value) {
 		i++
-		if err != nil || (over != nil && over[i]) || ownKeys.has(k) {
+		if (over != nil && over[i]) || ownKeys.has(k) {
 			return
 		}
 		out = appendKey(out, &first, k)
-		out, err = appendValue(out, v)
+		out = appendValue(out, v)
 	})
-	return append(out, '}'), err
+	return append(out, '}')
 }
 
 // validate applies the Segment spec rules to an event object.

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
@@ -16,6 +19,9 @@ import (
 // \U0001f600 are not JSON escapes), passes through raw control characters
 // and invalid UTF-8, and accepts NaN, Inf, +1 and 1.2.3 as numbers. Every
 // stored event must be valid JSON, since forwarders send it as it is.
+// fastjson also keeps invalid escapes as text, and decodes a lone UTF-16
+// surrogate escape into its six characters or swallows the escape after
+// it: checkEscapes runs first.
 
 var (
 	errBadNumber      = errors.New("invalid number")
@@ -105,8 +111,44 @@ func stringStops(w uint64) uint64 {
 	return (ctl | q | bs) & hi
 }
 
-// appendValue appends v as strict JSON.
-func appendValue(dst []byte, v *fastjson.Value) ([]byte, error) {
+// checkNumbers returns the first number in v that is not strict JSON (01,
+// +1, NaN: fastjson takes them) or is beyond a 64-bit float. It looks at
+// every value, the ones a repeated key overrides too, since the body must
+// be JSON as a whole; the writer below then copies numbers as they are.
+// buf holds each number's text: fastjson gives it only by copying.
+func checkNumbers(v *fastjson.Value, buf *[]byte) error {
+	switch v.Type() {
+	case fastjson.TypeObject:
+		o, _ := v.Object()
+		var err error
+		o.Visit(func(_ []byte, v *fastjson.Value) {
+			if err == nil {
+				err = checkNumbers(v, buf)
+			}
+		})
+		return err
+	case fastjson.TypeArray:
+		a, _ := v.Array()
+		for _, e := range a {
+			if err := checkNumbers(e, buf); err != nil {
+				return err
+			}
+		}
+	case fastjson.TypeNumber:
+		*buf = v.MarshalTo((*buf)[:0])
+		if !validNumber(*buf) {
+			return errBadNumber
+		}
+		if !numberInRange(*buf) {
+			return errNumberTooLarge
+		}
+	}
+	return nil
+}
+
+// appendValue appends v as strict JSON; its numbers have passed
+// checkNumbers.
+func appendValue(dst []byte, v *fastjson.Value) []byte {
 	switch v.Type() {
 	case fastjson.TypeObject:
 		o, _ := v.Object()
@@ -118,37 +160,26 @@ func appendValue(dst []byte, v *fastjson.Value) ([]byte, error) {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			var err error
-			if dst, err = appendValue(dst, e); err != nil {
-				return dst, err
-			}
+			dst = appendValue(dst, e)
 		}
-		return append(dst, ']'), nil
+		return append(dst, ']')
 	case fastjson.TypeString:
 		s, _ := v.StringBytes()
-		return appendString(dst, s), nil
+		return appendString(dst, s)
 	case fastjson.TypeNumber:
-		n := len(dst)
-		dst = v.MarshalTo(dst)
-		if !validNumber(dst[n:]) {
-			return dst, errBadNumber
-		}
-		if !numberInRange(dst[n:]) {
-			return dst, errNumberTooLarge
-		}
-		return dst, nil
+		return v.MarshalTo(dst)
 	case fastjson.TypeTrue:
-		return append(dst, "true"...), nil
+		return append(dst, "true"...)
 	case fastjson.TypeFalse:
-		return append(dst, "false"...), nil
+		return append(dst, "false"...)
 	default:
-		return append(dst, "null"...), nil
+		return append(dst, "null"...)
 	}
 }
 
 // appendObject appends o with each repeated key written once, its last
 // value winning (see overridden).
-func appendObject(dst []byte, o *fastjson.Object) ([]byte, error) {
+func appendObject(dst []byte, o *fastjson.Object) []byte {
 	if o.Len() > smallObject {
 		return appendFields(dst, o, overridden(o))
 	}
@@ -156,27 +187,23 @@ func appendObject(dst []byte, o *fastjson.Object) ([]byte, error) {
 	// overrides is cut out of dst when that one comes. Writing the object
 	// again instead would write its nested objects again too, at every
 	// level: 2^depth work for a hostile body.
-	var err error
 	var w writtenFields
 	dst = append(dst, '{')
 	o.Visit(func(k []byte, v *fastjson.Value) {
-		if err == nil {
-			dst = w.appendKey(dst, k)
-			dst, err = appendValue(dst, v)
-		}
+		dst = w.appendKey(dst, k)
+		dst = appendValue(dst, v)
 	})
-	return append(dst, '}'), err
+	return append(dst, '}')
 }
 
 // appendFields appends o without the fields over marks.
-func appendFields(dst []byte, o *fastjson.Object, over []bool) ([]byte, error) {
-	var err error
+func appendFields(dst []byte, o *fastjson.Object, over []bool) []byte {
 	first := true
 	i := -1
 	dst = append(dst, '{')
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		i++
-		if err != nil || (over != nil && over[i]) {
+		if over != nil && over[i] {
 			return
 		}
 		if !first {
@@ -185,9 +212,9 @@ func appendFields(dst []byte, o *fastjson.Object, over []bool) ([]byte, error) {
 		first = false
 		dst = appendString(dst, k)
 		dst = append(dst, ':')
-		dst, err = appendValue(dst, v)
+		dst = appendValue(dst, v)
 	})
-	return append(dst, '}'), err
+	return append(dst, '}')
 }
 
 // smallObject is the most fields an object may have for its repeated keys
@@ -391,4 +418,73 @@ func validNumber(b []byte) bool {
 		}
 	}
 	return i == len(b)
+}
+
+// checkEscapes returns the first escape in the JSON text b that is not
+// one (\q, \u12), and b with each \u escape of a lone UTF-16 surrogate
+// rewritten as \ufffd, as encoding/json decodes it: a browser sends one for
+// a string cut inside an emoji, and the characters around it must arrive
+// as sent. b is copied only when something is rewritten.
+func checkEscapes(b []byte) ([]byte, error) {
+	fixed := b
+	i := bytes.IndexByte(b, '\\')
+	for i >= 0 {
+		n := 2
+		switch byteAt(b, i+1) {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		case 'u':
+			r, ok := hex4(b, i+2)
+			if !ok {
+				return nil, fmt.Errorf("invalid escape at byte %d: \\u needs four hex digits", i)
+			}
+			n = 6
+			if utf16.IsSurrogate(r) {
+				if lo, ok := hex4(b, i+8); ok && r < 0xdc00 && byteAt(b, i+6) == '\\' && byteAt(b, i+7) == 'u' &&
+					lo >= 0xdc00 && lo < 0xe000 {
+					n = 12
+				} else {
+					if &fixed[0] == &b[0] {
+						fixed = bytes.Clone(b)
+					}
+					copy(fixed[i:], `\ufffd`)
+				}
+			}
+		default:
+			r, _ := utf8.DecodeRune(b[i+1:])
+			return nil, fmt.Errorf("invalid escape \\%c at byte %d", r, i)
+		}
+		i += n
+		j := bytes.IndexByte(b[i:], '\\')
+		if j < 0 {
+			break
+		}
+		i += j
+	}
+	return fixed, nil
+}
+
+func byteAt(b []byte, i int) byte {
+	if i < len(b) {
+		return b[i]
+	}
+	return 0
+}
+
+// hex4 reads the four hex digits at b[i:].
+func hex4(b []byte, i int) (rune, bool) {
+	if i+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[i : i+4] {
+		d := strings.IndexByte(hexDigits+"ABCDEF", c)
+		if d < 0 {
+			return 0, false
+		}
+		if d >= 16 {
+			d -= 6
+		}
+		r = r<<4 | rune(d)
+	}
+	return r, true
 }

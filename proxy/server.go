@@ -65,6 +65,9 @@ const (
 	// maxPooledOut bounds the output buffer kept in the pool between
 	// requests, in multiples of MaxRequestBytes.
 	maxPooledOut = 4
+	// maxPooledNumber bounds the number buffer kept in the pool: a number
+	// in range has at most a few hundred digits.
+	maxPooledNumber = 1 << 10
 )
 
 var successBody = []byte(`{"success":true}`)
@@ -453,6 +456,9 @@ func (s *Server) putIngest(in *ingest) {
 	}
 	if cap(in.scratch) > maxPooledOut*s.cfg.MaxRequestBytes {
 		in.scratch = nil
+	}
+	if cap(in.numText) > maxPooledNumber {
+		in.numText = nil // a hostile number, refused
 	}
 	s.ingest.Put(in)
 }
