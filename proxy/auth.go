@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"unicode"
 )
 
 // keyring checks write keys. Keys are compared as SHA-256 digests so that
@@ -153,9 +154,9 @@ func acceptedKeys(cfg Config) ([]string, error) {
 
 // ReadWriteKeyFile reads write keys from path, one a line; blank lines and
 // lines starting with # are skipped, and surrounding white space (a CRLF, a
-// trailing newline) is not part of a key. A file without any key is an
-// error, since no keys would mean that any key is accepted. Errors never
-// quote the file, which holds secrets.
+// trailing newline) is not part of a key; white space inside one is an
+// error. A file without any key is an error, since no keys would mean that
+// any key is accepted. Errors never quote the file, which holds secrets.
 func ReadWriteKeyFile(path string) ([]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -170,11 +171,20 @@ func ReadWriteKeyFile(path string) ([]string, error) {
 		return nil, fmt.Errorf("read --write-key-file %s: over %d bytes", path, maxKeyFileBytes)
 	}
 	var keys []string
+	n := 0
 	for line := range strings.Lines(string(b)) {
+		n++
 		line = strings.TrimSpace(line)
-		if line != "" && !strings.HasPrefix(line, "#") {
-			keys = append(keys, line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
 		}
+		// No SDK sends a key with white space in it: such a line is most
+		// likely a key with a comment after it, which would lock its
+		// clients out.
+		if strings.ContainsFunc(line, unicode.IsSpace) {
+			return nil, fmt.Errorf("--write-key-file %s line %d: white space inside a key (comments go on lines of their own)", path, n)
+		}
+		keys = append(keys, line)
 	}
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("--write-key-file %s holds no write key", path)

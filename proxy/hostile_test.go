@@ -605,6 +605,7 @@ func TestReadWriteKeyFile(t *testing.T) {
 		{"a single key without a newline, as a Kubernetes secret mounts it", "wk_live_only", []string{"wk_live_only"}, ""},
 		{"a file of comments only is refused, since no keys would accept any", "# none yet\n\n", nil, "holds no write key"},
 		{"an empty file is refused", "", nil, "holds no write key"},
+		{"a key with a comment after it is refused, naming the line", "wk_live_one\nkkkk # old one\n", nil, "line 2: white space inside a key"},
 		{"a file over 1 MiB is refused", strings.Repeat("k", 2<<20), nil, "over"},
 	}
 	for _, tt := range tests {
