@@ -237,6 +237,77 @@ func TestDropOldestMakesRoomAndCountsWhatEachDestinationLost(t *testing.T) {
 	}
 }
 
+// TestFullSpoolRefusesWithoutWaitingForTheNextMeasurement: the disk is
+// measured once a second, but what is committed in between counts at
+// once, so a burst stops near --spool-max-bytes, not a second of writes
+// past it. Once the destination has caught up, the spool has room again
+// within seconds, though it is smaller than one generation.
+func TestFullSpoolRefusesWithoutWaitingForTheNextMeasurement(t *testing.T) {
+	const maxBytes = 2 << 20
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, MaxBytes: maxBytes, Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	if room := maxBytes - s.measured.Load(); room < maxBytes/2 {
+		t.Fatalf("an empty spool takes %d bytes: no room to test in", s.measured.Load())
+	}
+	for i := 0; ; i++ {
+		err := s.Append(t.Context(), randomEvents(20, 1000), nil)
+		if err == ErrFull {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 500 {
+			t.Fatal("no ErrFull after 40 MB into a 2 MiB spool")
+		}
+	}
+	if used := DiskUsage(dir); used > maxBytes+maxBlockBytes {
+		t.Fatalf("first refused at %d bytes on disk; the bound is %d", used, maxBytes)
+	}
+
+	all := readAll(t, s, "a")
+	if err := s.Ack("a", all[len(all)-1].Seq+1); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { return s.Ready() == nil })
+}
+
+// TestDropOldestCountsOnlyWhatWasNeverRead: events a destination has read
+// and not yet acknowledged are in flight, delivered from memory, so
+// dropping their generation does not lose them.
+func TestDropOldestCountsOnlyWhatWasNeverRead(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir(), MaxBytes: 8 << 20, WhenFull: DropOldest, Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	if err := s.Append(t.Context(), randomEvents(100, 1000), nil); err != nil {
+		t.Fatal(err)
+	}
+	inFlight, err := s.Read("a", 60, 1<<30)
+	if err != nil || len(inFlight) != 60 {
+		t.Fatalf("read %d records, err %v", len(inFlight), err)
+	}
+	dropped := func() float64 { return testutil.ToFloat64(s.metrics.dropped.WithLabelValues("a", "spool_full")) }
+	deadline := time.Now().Add(30 * time.Second)
+	for dropped() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing dropped after 30 s of writing into an 8 MiB spool")
+		}
+		if err := s.Append(t.Context(), randomEvents(100, 1000), nil); err != nil {
+			t.Fatalf("append with drop-oldest = %v", err)
+		}
+	}
+	cursor, _ := s.Cursor("a")
+	if want := float64(cursor - 60); dropped() != want {
+		t.Fatalf("counted %v dropped; the cursor moved to %d past 60 events in flight: want %v", dropped(), cursor, want)
+	}
+}
+
 // A disk that stops taking writes must not keep the process from exiting:
 // Badger retries a failed memtable flush forever, so Close gives up when
 // its context ends, and a restart finds every acknowledged event, as after

@@ -40,7 +40,7 @@ func (s *Spool) maintenanceLoop() {
 		s.reclaim()
 		s.prepareSpare()
 		s.refreshSize()
-		if s.overMax.Load() && s.cfg.WhenFull == DropOldest {
+		if s.cfg.WhenFull == DropOldest && s.full() {
 			s.dropOldest()
 		}
 	}
@@ -60,7 +60,9 @@ func (s *Spool) minCursor() uint64 {
 
 // reclaim removes every generation whose events all consumers have passed,
 // closes the unused ones, and asks for a new generation when the active one
-// is fully delivered and old enough, so its space comes back too.
+// is fully delivered and old enough, or the spool is full, so its space
+// comes back too: below a generation's size a full spool would otherwise
+// refuse events for up to genMaxAge after its destinations caught up.
 func (s *Spool) reclaim() {
 	low := s.minCursor()
 	s.genMu.Lock()
@@ -90,7 +92,7 @@ func (s *Spool) reclaim() {
 	s.mu.Lock()
 	next := s.next
 	s.mu.Unlock()
-	if low == next && next > active.first && time.Since(active.created) >= genMaxAge {
+	if low == next && next > active.first && (time.Since(active.created) >= genMaxAge || s.full()) {
 		select {
 		case s.rotate <- struct{}{}:
 		default:
@@ -142,10 +144,16 @@ func (s *Spool) dropOldest() {
 	dropped := map[string]uint64{}
 	for _, c := range s.consumers {
 		c.mu.Lock()
-		if cur := c.cursor.Load(); cur < end {
-			n := end - max(cur, g.first)
-			dropped[c.name] = n
-			s.metrics.dropped.WithLabelValues(c.name, "spool_full").Add(float64(n))
+		if c.cursor.Load() < end {
+			// What the consumer has read is in flight, held in memory
+			// until delivered or dead-lettered: only what it has not
+			// read is lost.
+			if c.pos < end {
+				n := end - max(c.pos, g.first)
+				dropped[c.name] = n
+				s.dropEpisode[c.name] += n
+				s.metrics.dropped.WithLabelValues(c.name, "spool_full").Add(float64(n))
+			}
 			c.cursor.Store(end)
 			c.pos = max(c.pos, end)
 			c.cur = nil
@@ -155,14 +163,18 @@ func (s *Spool) dropOldest() {
 	s.forget([]*generation{g})
 	if !s.fullEpisode {
 		s.fullEpisode = true
-		s.log.Error("spool full: dropped the oldest undelivered events", "dropped", dropped, "max_bytes", s.cfg.MaxBytes)
+		s.log.Error("spool full: dropping the oldest undelivered events", "dropped", dropped, "max_bytes", s.cfg.MaxBytes)
 	}
 }
 
 // refreshSize measures the spool directory and the free space on its file
 // system, and sets the flags that Append and Ready consult.
 func (s *Spool) refreshSize() {
+	// Reset first: a block committed during the walk may then be counted
+	// twice until the next one, never missed.
+	s.writtenSince.Store(0)
 	total := DiskUsage(s.cfg.Dir)
+	s.measured.Store(total)
 	s.metrics.bytes.Set(float64(total))
 	over := s.cfg.MaxBytes > 0 && total >= s.cfg.MaxBytes
 	if over != s.overMax.Swap(over) {
@@ -171,7 +183,12 @@ func (s *Spool) refreshSize() {
 			s.log.Warn("spool full: refusing new events", "bytes", total, "max_bytes", s.cfg.MaxBytes)
 		case !over:
 			s.fullEpisode = false
-			s.log.Info("spool has room again", "bytes", total, "max_bytes", s.cfg.MaxBytes)
+			attrs := []any{"bytes", total, "max_bytes", s.cfg.MaxBytes}
+			if len(s.dropEpisode) > 0 {
+				attrs = append(attrs, "dropped", s.dropEpisode)
+				s.dropEpisode = map[string]uint64{}
+			}
+			s.log.Info("spool has room again", attrs...)
 		}
 	}
 	if free, err := freeBytes(s.cfg.Dir); err == nil {

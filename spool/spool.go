@@ -172,11 +172,16 @@ type Spool struct {
 	quit       chan struct{}
 	wg         sync.WaitGroup
 
-	closing   atomic.Bool
-	overMax   atomic.Bool // beyond MaxBytes
-	lowDisk   atomic.Bool // the file system is below MinFreeBytes
-	closeOnce sync.Once
-	closeErr  error
+	closing atomic.Bool
+	overMax atomic.Bool // beyond MaxBytes when last measured
+	// measured is the spool's disk usage when last measured, and
+	// writtenSince the block bytes committed since: the disk is walked
+	// once a second, in which a burst may write far more than the room
+	// left under MaxBytes.
+	measured, writtenSince atomic.Int64
+	lowDisk                atomic.Bool // the file system is below MinFreeBytes
+	closeOnce              sync.Once
+	closeErr               error
 
 	nextDead atomic.Uint64
 
@@ -206,7 +211,10 @@ type Spool struct {
 
 	quarantineMu sync.Mutex
 	quarantined  map[uint64]bool // first seqs of quarantined blocks
-	fullEpisode  bool            // maintenance loop only: logs a drop-oldest episode once
+	// Maintenance loop only: a drop-oldest episode is logged when it
+	// starts, and what it dropped in all when the spool has room again.
+	fullEpisode bool
+	dropEpisode map[string]uint64
 }
 
 type consumer struct {
@@ -242,16 +250,17 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		return nil, fmt.Errorf("create spool dir: %w", err)
 	}
 	s := &Spool{
-		cfg:        cfg,
-		log:        logger,
-		kick:       make(chan struct{}, 1),
-		sealed:     make(chan *sealedGroup),
-		committed:  make(chan struct{}, 1),
-		rotate:     make(chan struct{}, 1),
-		spareTaken: make(chan struct{}, 1),
-		quit:       make(chan struct{}),
-		changed:    make(chan struct{}),
-		consumers:  make(map[string]*consumer, len(cfg.Consumers)),
+		cfg:         cfg,
+		log:         logger,
+		kick:        make(chan struct{}, 1),
+		sealed:      make(chan *sealedGroup),
+		committed:   make(chan struct{}, 1),
+		rotate:      make(chan struct{}, 1),
+		spareTaken:  make(chan struct{}, 1),
+		quit:        make(chan struct{}),
+		changed:     make(chan struct{}),
+		consumers:   make(map[string]*consumer, len(cfg.Consumers)),
+		dropEpisode: map[string]uint64{},
 	}
 	// Dead letters live in meta's LSM tree (below the value threshold);
 	// Badger caps a transaction at 15% of the memtable, so a larger one
@@ -591,10 +600,17 @@ func (s *Spool) Ready() error {
 	if s.closing.Load() {
 		return ErrClosed
 	}
-	if s.lowDisk.Load() || (s.overMax.Load() && s.cfg.WhenFull == Block) {
+	if s.lowDisk.Load() || (s.cfg.WhenFull == Block && s.full()) {
 		return ErrFull
 	}
 	return nil
+}
+
+// full reports whether the spool is at MaxBytes, counting what was
+// committed since it was last measured.
+func (s *Spool) full() bool {
+	return s.overMax.Load() ||
+		s.cfg.MaxBytes > 0 && s.measured.Load()+s.writtenSince.Load() >= s.cfg.MaxBytes
 }
 
 // Changed returns a channel closed at the next commit of events.

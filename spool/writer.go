@@ -361,6 +361,11 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	s.active.mu.Lock()
 	s.active.blocks += len(sg.blocks)
 	s.active.mu.Unlock()
+	written := 0
+	for _, b := range sg.blocks {
+		written += len(b.val)
+	}
+	s.writtenSince.Add(int64(written))
 	s.mu.Lock()
 	for _, b := range sg.blocks {
 		s.activeBytes += int64(len(b.val))
