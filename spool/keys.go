@@ -9,7 +9,10 @@ import (
 const (
 	prefixBlock  = 'b' // 'b' | first seq (8) | count (4) | stored unix millis (8)
 	prefixCursor = 'c' // 'c' | consumer name -> next seq to deliver (8)
-	prefixDead   = 'd' // 'd' | id (8) -> JSON DeadLetter
+	// 'r' | consumer name -> next seq to read (8): what the consumer had
+	// read, acknowledged or not, when its cursor was last saved.
+	prefixReadMark = 'r'
+	prefixDead     = 'd' // 'd' | id (8) -> JSON DeadLetter
 	// 'q' | first seq (8): a quarantined block, skipped by readers. Meta store.
 	prefixQuarantine = 'q'
 )
@@ -59,6 +62,8 @@ func seekBlockKey(seq uint64) []byte {
 }
 
 func cursorKey(consumer string) []byte { return append([]byte{prefixCursor}, consumer...) }
+
+func readMarkKey(consumer string) []byte { return append([]byte{prefixReadMark}, consumer...) }
 
 func deadKey(id uint64) []byte {
 	k := make([]byte, 9)

@@ -10,6 +10,7 @@ type metrics struct {
 	corrupt     prometheus.Counter
 	generations prometheus.Counter
 	dropped     *prometheus.CounterVec
+	resent      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
@@ -43,6 +44,10 @@ func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
 			Name: "spillway_events_dropped_total",
 			Help: "Undelivered events dropped to make room (--when-full=drop-oldest).",
 		}, []string{"destination", "reason"}),
+		resent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_events_resent_total",
+			Help: "Events a destination had read and not acknowledged when spillway last stopped (a crash, or a drain cut short): sent again after the restart, so they may arrive twice.",
+		}, []string{"destination"}),
 	}
 	blocks := 0
 	for _, g := range s.gens {
@@ -52,9 +57,10 @@ func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
 	m.deadLetters.Set(float64(countKeys(s.meta, prefixDead)))
 	for _, name := range s.cfg.Consumers {
 		m.dropped.WithLabelValues(name, "spool_full")
+		m.resent.WithLabelValues(name)
 	}
 	if reg != nil {
-		reg.MustRegister(m.fsync, m.bytes, m.blocks, m.deadLetters, m.corrupt, m.generations, m.dropped)
+		reg.MustRegister(m.fsync, m.bytes, m.blocks, m.deadLetters, m.corrupt, m.generations, m.dropped, m.resent)
 	}
 	return m
 }

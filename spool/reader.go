@@ -280,16 +280,21 @@ func (s *Spool) Ack(consumer string, upTo uint64) error {
 	return nil
 }
 
-// saveCursors writes every cursor that moved since it was last saved.
+// saveCursors writes every cursor, and read mark, that moved since it was
+// last saved.
 func (s *Spool) saveCursors() error {
 	type dirty struct {
-		c *consumer
-		v uint64
+		c         *consumer
+		cur, read uint64
 	}
 	var moved []dirty
 	for _, c := range s.consumers {
-		if v := c.cursor.Load(); v != c.saved.Load() {
-			moved = append(moved, dirty{c, v})
+		cur := c.cursor.Load()
+		c.mu.Lock()
+		read := c.pos
+		c.mu.Unlock()
+		if cur != c.saved.Load() || read != c.savedRead.Load() {
+			moved = append(moved, dirty{c, cur, read})
 		}
 	}
 	if len(moved) == 0 {
@@ -297,9 +302,10 @@ func (s *Spool) saveCursors() error {
 	}
 	err := s.meta.Update(func(txn *badger.Txn) error {
 		for _, d := range moved {
-			var v [8]byte
-			binary.BigEndian.PutUint64(v[:], d.v)
-			if err := txn.Set(cursorKey(d.c.name), v[:]); err != nil {
+			if err := txn.Set(cursorKey(d.c.name), binary.BigEndian.AppendUint64(nil, d.cur)); err != nil {
+				return err
+			}
+			if err := txn.Set(readMarkKey(d.c.name), binary.BigEndian.AppendUint64(nil, d.read)); err != nil {
 				return err
 			}
 		}
@@ -309,7 +315,8 @@ func (s *Spool) saveCursors() error {
 		return fmt.Errorf("save cursors: %w", err)
 	}
 	for _, d := range moved {
-		d.c.saved.Store(d.v)
+		d.c.saved.Store(d.cur)
+		d.c.savedRead.Store(d.read)
 	}
 	return nil
 }

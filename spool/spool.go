@@ -215,6 +215,10 @@ type Spool struct {
 	// starts, and what it dropped in all when the spool has room again.
 	fullEpisode bool
 	dropEpisode map[string]uint64
+
+	// resend is, per consumer, what it had read past its cursor when the
+	// spool was last saved: at-least-once sends it again.
+	resend map[string]uint64
 }
 
 type consumer struct {
@@ -223,8 +227,12 @@ type consumer struct {
 	pos    uint64 // next seq Read returns; only the consumer's loop moves it
 	cursor atomic.Uint64
 	saved  atomic.Uint64 // the cursor as last written to disk
-	cur    *decodedBlock // the block Read is in: nil or &block
-	block  decodedBlock  // memory every block this consumer reads is decoded into
+	// savedRead is pos as last written to disk: after a crash, what lies
+	// between the saved cursor and it was read, maybe delivered, and is
+	// sent again.
+	savedRead atomic.Uint64
+	cur       *decodedBlock // the block Read is in: nil or &block
+	block     decodedBlock  // memory every block this consumer reads is decoded into
 	// onDisk is the finished generation this consumer last read a block
 	// from; it is closed once the consumer leaves it (see leaveGeneration).
 	onDisk *generation
@@ -261,6 +269,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		changed:     make(chan struct{}),
 		consumers:   make(map[string]*consumer, len(cfg.Consumers)),
 		dropEpisode: map[string]uint64{},
+		resend:      map[string]uint64{},
 	}
 	// Dead letters live in meta's LSM tree (below the value threshold);
 	// Badger caps a transaction at 15% of the memtable, so a larger one
@@ -278,6 +287,11 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		return nil, err
 	}
 	s.metrics = newMetrics(reg, s)
+	for name, n := range s.resend {
+		s.metrics.resent.WithLabelValues(name).Add(float64(n))
+		logger.Info("events read before the stop and not acknowledged will be sent again",
+			"destination", name, "events", n)
+	}
 	s.refreshSize()
 	s.fillTaken = sync.NewCond(&s.fillMu)
 	s.assigned = s.next
@@ -289,6 +303,24 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	}
 	logger.Info("spool open", "dir", cfg.Dir, "sync", cfg.Sync.String(), "generations", len(s.gens), "next_seq", s.next)
 	return s, nil
+}
+
+// readPositions reads the sequence numbers stored under prefix, by
+// consumer name.
+func readPositions(txn *badger.Txn, prefix byte, what string, into map[string]uint64) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		v, err := it.Item().ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		if len(v) != 8 {
+			return fmt.Errorf("%s %q: %d bytes, want 8", what, it.Item().Key()[1:], len(v))
+		}
+		into[string(it.Item().Key()[1:])] = binary.BigEndian.Uint64(v)
+	}
+	return nil
 }
 
 func (s *Spool) badgerOptions(dir string) badger.Options {
@@ -417,24 +449,19 @@ func (s *Spool) recover() error {
 	}
 	s.gens = kept
 
-	cursors := make(map[string]uint64)
+	cursors, readMarks := make(map[string]uint64), make(map[string]uint64)
 	err = s.meta.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixCursor}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			if len(v) != 8 {
-				return fmt.Errorf("cursor %q: %d bytes, want 8", it.Item().Key()[1:], len(v))
-			}
-			c := binary.BigEndian.Uint64(v)
-			cursors[string(it.Item().Key()[1:])] = c
-			// Cursors are a lower bound too: once every generation is
-			// removed, numbering must not restart below an acknowledged
-			// position.
+		if err := readPositions(txn, prefixCursor, "cursor", cursors); err != nil {
+			return err
+		}
+		// Cursors are a lower bound too: once every generation is
+		// removed, numbering must not restart below an acknowledged
+		// position.
+		for _, c := range cursors {
 			s.next = max(s.next, c)
+		}
+		if err := readPositions(txn, prefixReadMark, "read mark", readMarks); err != nil {
+			return err
 		}
 		rit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDead}, Reverse: true})
 		defer rit.Close()
@@ -459,6 +486,9 @@ func (s *Spool) recover() error {
 		c.cursor.Store(start)
 		c.saved.Store(start)
 		c.pos = start
+		if read := min(readMarks[name], s.next); ok && read > start {
+			s.resend[name] = read - start
+		}
 		s.consumers[name] = c
 	}
 	if err := s.loadQuarantined(); err != nil {

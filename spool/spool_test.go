@@ -506,3 +506,53 @@ func TestMaskWriteKeyKeepsOnlyEnoughToTellKeysApart(t *testing.T) {
 		}
 	}
 }
+
+// TestReopenCountsWhatWillBeSentAgain: what a consumer had read past its
+// cursor when the spool last saved is read again after a restart, and
+// counted as sent again; after a clean stop with everything acknowledged,
+// nothing is.
+func TestReopenCountsWhatWillBeSentAgain(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	if err := s.Append(t.Context(), events(0, 100), nil); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.Read("a", 40, 1<<20)
+	if err != nil || len(recs) != 40 {
+		t.Fatalf("read %d, err %v", len(recs), err)
+	}
+	if err := s.Ack("a", recs[9].Seq+1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	reg := prometheus.NewRegistry()
+	s, err = Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(s.metrics.resent.WithLabelValues("a")); got != 30 {
+		t.Fatalf("counted %v events sent again, want the 30 read past the cursor", got)
+	}
+	again := readAll(t, s, "a")
+	if len(again) != 90 || again[0].Seq != recs[10].Seq {
+		t.Fatalf("after reopening read %d events from %v, want 90 from %d", len(again), again[0].Seq, recs[10].Seq)
+	}
+	if err := s.Ack("a", again[len(again)-1].Seq+1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	if got := testutil.ToFloat64(s.metrics.resent.WithLabelValues("a")); got != 0 {
+		t.Fatalf("counted %v events sent again after everything was acknowledged", got)
+	}
+}
