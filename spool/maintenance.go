@@ -64,6 +64,11 @@ func (s *Spool) minCursor() uint64 {
 // comes back too: below a generation's size a full spool would otherwise
 // refuse events for up to genMaxAge after its destinations caught up.
 func (s *Spool) reclaim() {
+	if len(s.consumers) == 0 {
+		// Opened to work on dead letters (spillway dlq --spool-dir): who
+		// still needs which events is unknown, so nothing is delivered.
+		return
+	}
 	low := s.minCursor()
 	s.genMu.Lock()
 	gens := append([]*generation(nil), s.gens...)

@@ -556,3 +556,30 @@ func TestReopenCountsWhatWillBeSentAgain(t *testing.T) {
 		t.Fatalf("counted %v events sent again after everything was acknowledged", got)
 	}
 }
+
+// TestOpenWithoutConsumersReclaimsNothing: spillway dlq --spool-dir opens
+// the spool without knowing its destinations; however long it stays open
+// (a listing piped into a pager), no undelivered event may be reclaimed.
+func TestOpenWithoutConsumersReclaimsNothing(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	if err := s.Append(t.Context(), events(0, 100), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(Config{Dir: dir}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.reclaim() // what the maintenance loop does every second
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, dir, "a")
+	defer s.Close(context.Background())
+	if got := len(readAll(t, s, "a")); got != 100 {
+		t.Fatalf("read %d of 100 undelivered events after a spool was opened without consumers", got)
+	}
+}
