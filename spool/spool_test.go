@@ -291,7 +291,9 @@ func TestDeliveredGenerationsAreRemovedAndNumberingSurvives(t *testing.T) {
 	}
 	first := s.active
 	s.rotate <- struct{}{}
-	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != first })
+	// Once the next spare is made too: until then its directory would
+	// count as written.
+	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != first && s.spare != nil })
 	s.reclaim()
 	if gens := writtenGenerations(t, s, dir); len(gens) != 2 {
 		t.Fatalf("%d generations before delivery, want the old and the new", len(gens))
