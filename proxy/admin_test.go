@@ -222,6 +222,7 @@ func TestStatusFor(t *testing.T) {
 		{"a remote admin client is a 403", errForbidden, 403, "forbidden"},
 		{"an unknown path is a 404", errNotFound, 404, "not_found"},
 		{"a wrong method is a 405", errMethodNotAllowed, 405, "method_not_allowed"},
+		{"replaying for a destination not configured is a 400", errors.Join(errors.New("destination x"), spool.ErrUnknownConsumer), 400, "unknown_destination"},
 		{"a full spool is a 503", spool.ErrFull, 503, "unavailable"},
 		{"a wrapped full spool is a 503", errors.Join(errors.New("commit"), spool.ErrFull), 503, "unavailable"},
 		{"a closed spool is a 503", spool.ErrClosed, 503, "unavailable"},

@@ -68,6 +68,8 @@ func statusFor(err error) (status int, code string) {
 		return http.StatusNotFound, "not_found"
 	case errors.Is(err, errMethodNotAllowed):
 		return http.StatusMethodNotAllowed, "method_not_allowed"
+	case errors.Is(err, spool.ErrUnknownConsumer):
+		return http.StatusBadRequest, "unknown_destination"
 	case errors.Is(err, spool.ErrFull), errors.Is(err, spool.ErrClosed),
 		errors.Is(err, errShuttingDown),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -92,6 +94,8 @@ func messageFor(err error) string {
 		return "not found"
 	case errors.Is(err, errMethodNotAllowed):
 		return "method not allowed"
+	case errors.Is(err, spool.ErrUnknownConsumer):
+		return err.Error() // names only the destination asked for
 	case errors.Is(err, spool.ErrFull):
 		return "spool is full, retry later"
 	case errors.Is(err, spool.ErrClosed), errors.Is(err, errShuttingDown),

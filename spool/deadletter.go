@@ -46,25 +46,41 @@ func (s *Spool) DeadLetters(f Filter, fn func(DeadLetter) error) error {
 // queue (every destination's, for ingest-time rejects), with the same
 // event and write key, and then removes them from the store. A crash
 // between the two replays them twice: at-least-once, like everything else.
+//
+// A dead letter of a destination the spool has no consumer for stays in
+// the store: replayed, it would reach nobody and be reclaimed with its
+// generation. A spool opened without consumers (to work on a stopped one)
+// replays them all, for whichever destinations the next run has.
 func (s *Spool) Replay(ctx context.Context, f Filter) (int, error) {
+	if f.Destination != "" && len(s.consumers) > 0 {
+		if _, ok := s.consumers[f.Destination]; !ok {
+			return 0, fmt.Errorf("destination %q is not configured, so its replayed events would be delivered nowhere: %w", f.Destination, ErrUnknownConsumer)
+		}
+	}
 	var picked []DeadLetter
 	if err := s.DeadLetters(f, func(d DeadLetter) error { picked = append(picked, d); return nil }); err != nil {
 		return 0, err
 	}
-	if len(picked) == 0 {
-		return 0, nil
+	replayable := func(d DeadLetter) bool {
+		if d.Reason == ReasonCorrupt {
+			return false // its events are unreadable; only purge removes it
+		}
+		_, configured := s.consumers[d.Destination]
+		return d.Destination == "" || configured || len(s.consumers) == 0
 	}
 	events := make([]Event, 0, len(picked))
 	for _, d := range picked {
-		if d.Reason == ReasonCorrupt {
-			continue // its events are unreadable; only purge removes it
+		if replayable(d) {
+			events = append(events, Event{WriteKey: d.WriteKey, Dest: d.Destination, Data: d.Event})
 		}
-		events = append(events, Event{WriteKey: d.WriteKey, Dest: d.Destination, Data: d.Event})
+	}
+	if len(events) == 0 {
+		return 0, nil
 	}
 	if err := s.Append(ctx, events, nil); err != nil {
 		return 0, fmt.Errorf("append replayed events: %w", err)
 	}
-	if err := s.deleteDead(picked, func(d DeadLetter) bool { return d.Reason != ReasonCorrupt }); err != nil {
+	if err := s.deleteDead(picked, replayable); err != nil {
 		return 0, err
 	}
 	return len(events), nil

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -174,6 +175,48 @@ func TestReplayedEventGoesOnlyToItsDestination(t *testing.T) {
 	}
 	if n, _ := s.Purge(Filter{}); n != 0 {
 		t.Fatalf("store still held %d after replay", n)
+	}
+}
+
+// TestReplayKeepsDeadLettersOfDestinationsNotConfigured: replayed, they
+// would reach no consumer and be reclaimed with their generation. A spool
+// opened without consumers (spillway dlq --spool-dir) replays them all.
+func TestReplayKeepsDeadLettersOfDestinationsNotConfigured(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	dead := []DeadLetter{
+		{Destination: "a", Reason: ReasonRejected, Status: 400, Event: []byte(`{"to":"a"}`)},
+		{Destination: "gone", Reason: ReasonRejected, Status: 400, Event: []byte(`{"to":"gone"}`)},
+		{Reason: ReasonInvalid, Error: "track requires event", Event: []byte(`{"to":"all"}`)},
+	}
+	if err := s.DeadLetter(t.Context(), dead); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Replay(t.Context(), Filter{Destination: "gone"}); !errors.Is(err, ErrUnknownConsumer) || n != 0 {
+		t.Fatalf("replay for a destination not configured = %d, %v; want ErrUnknownConsumer", n, err)
+	}
+	if n, err := s.Replay(t.Context(), Filter{}); err != nil || n != 2 {
+		t.Fatalf("replay all = %d, %v; want the 2 with a consumer", n, err)
+	}
+	if got := readAll(t, s, "a"); len(got) != 2 {
+		t.Fatalf("a got %d replayed events, want its own and the ingest reject", len(got))
+	}
+	var left []DeadLetter
+	_ = s.DeadLetters(Filter{}, func(d DeadLetter) error { left = append(left, d); return nil })
+	if len(left) != 1 || left[0].Destination != "gone" {
+		t.Fatalf("left in the store: %+v, want only gone's", left)
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := Open(Config{Dir: dir}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	if n, err := s.Replay(t.Context(), Filter{Destination: "gone"}); err != nil || n != 1 {
+		t.Fatalf("replay on a spool opened without consumers = %d, %v; want 1", n, err)
 	}
 }
 
