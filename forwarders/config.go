@@ -1,13 +1,18 @@
 package forwarders
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -132,7 +137,7 @@ type Destination struct {
 
 	// Filters on the event's "type" and "event" fields; an empty include
 	// list includes everything. Events filtered out are acknowledged and
-	// not delivered.
+	// not delivered. The type lists hold Segment's types in lower case.
 	IncludeTypes, ExcludeTypes   []string
 	IncludeEvents, ExcludeEvents []string
 
@@ -203,7 +208,9 @@ func checkUnique(dests []Destination) error {
 // backoff_min, backoff_max, max_age, include_types, exclude_types,
 // include_events and exclude_events override d, plus write_key (segment),
 // format (webhook) and the kafka kind's own (applyKafkaParam). Any other parameter is an error, except on a
-// webhook, whose URL keeps it: it belongs to the endpoint.
+// webhook, whose URL keeps it: it belongs to the endpoint. It also reads
+// the tls_ca file and checks that a file destination's directory exists, so
+// that every mistake in a URL is reported before anything starts.
 func ParseDestination(spec string, d Defaults) (Destination, error) {
 	name, raw, ok := strings.Cut(spec, "=")
 	if !ok {
@@ -275,6 +282,11 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 		if dest.TLSCA != "" && dest.Insecure {
 			return fail("tls_ca and insecure=true exclude each other")
 		}
+		if dest.TLSCA != "" {
+			if _, err := loadRootCAs(dest.TLSCA); err != nil {
+				return fail("tls_ca: %v", err)
+			}
+		}
 		u.Fragment, u.RawFragment = "", ""
 		if dest.Kind == KindSegment {
 			if u.User != nil {
@@ -298,6 +310,9 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 		}
 		if path == "" {
 			return fail("file URL has no path, write file:///path/events.ndjson")
+		}
+		if err := checkFilePath(path); err != nil {
+			return fail("%v", err)
 		}
 		dest.URL = path
 	case KindKafka:
@@ -375,9 +390,9 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 	case "max_age":
 		dest.MaxAge, err = parseDuration(val, false)
 	case "include_types":
-		dest.IncludeTypes, err = parseList(val)
+		dest.IncludeTypes, err = parseTypes(val)
 	case "exclude_types":
-		dest.ExcludeTypes, err = parseList(val)
+		dest.ExcludeTypes, err = parseTypes(val)
 	case "include_events":
 		dest.IncludeEvents, err = parseList(val)
 	case "exclude_events":
@@ -454,4 +469,70 @@ func parseList(s string) ([]string, error) {
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// eventTypes are Segment's event types, the values include_types and
+// exclude_types take. The proxy stores no event of another type (it
+// dead-letters it as invalid), so a filter naming one would match nothing,
+// silently: it is refused instead.
+var eventTypes = []string{"track", "identify", "page", "screen", "group", "alias"}
+
+// parseTypes parses a type filter. Segment's types are lower case, and the
+// proxy stores no other spelling, but someone writing Track means track:
+// the list is taken in any case and kept in lower case, so that matching
+// an event stays an exact comparison.
+func parseTypes(s string) ([]string, error) {
+	types, err := parseList(s)
+	if err != nil {
+		return nil, err
+	}
+	for i, t := range types {
+		types[i] = strings.ToLower(t)
+		if !slices.Contains(eventTypes, types[i]) {
+			return nil, fmt.Errorf("unknown event type %q (want %s)", t, strings.Join(eventTypes, ", "))
+		}
+	}
+	return types, nil
+}
+
+// eventTypesOnly reports whether every one of types is one of eventTypes,
+// in lower case, as parseTypes leaves them.
+func eventTypesOnly(types []string) bool {
+	return !slices.ContainsFunc(types, func(t string) bool { return !slices.Contains(eventTypes, t) })
+}
+
+// loadRootCAs returns the system's CAs plus those of the PEM file at path.
+func loadRootCAs(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err // names the path and the operation
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
+}
+
+// checkFilePath finds what would keep a file destination from opening at
+// start-up, without creating the file: a bad URL is a usage error,
+// reported with the others before anything starts.
+func checkFilePath(path string) error {
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("file %s: directory %s does not exist", path, dir)
+	case err != nil:
+		return fmt.Errorf("file %s: %w", path, err)
+	case !fi.IsDir():
+		return fmt.Errorf("file %s: %s is not a directory", path, dir)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return fmt.Errorf("file %s is a directory", path)
+	}
+	return nil
 }

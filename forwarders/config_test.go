@@ -1,6 +1,8 @@
 package forwarders
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -8,6 +10,7 @@ import (
 )
 
 func TestParseDestination(t *testing.T) {
+	dir := t.TempDir()
 	base := func(name, kind, url string) Destination {
 		return Destination{
 			Name: name, Kind: kind, URL: url,
@@ -56,8 +59,15 @@ func TestParseDestination(t *testing.T) {
 				d.IncludeEvents, d.ExcludeEvents = []string{"Signed Up", "Order Completed"}, []string{"Test"}
 				return d
 			}},
-		{"a file URL names an absolute path", "f=file:///var/log/events.ndjson",
-			func() Destination { return base("f", KindFile, "/var/log/events.ndjson") }},
+		{"a file URL names an absolute path", "f=file://" + filepath.Join(dir, "events.ndjson"),
+			func() Destination { return base("f", KindFile, filepath.Join(dir, "events.ndjson")) }},
+		{"event types are taken in any case and kept as Segment writes them",
+			"s=stdout://?include_types=Track,PAGE,identify&exclude_types=Alias",
+			func() Destination {
+				d := base("s", KindStdout, "")
+				d.IncludeTypes, d.ExcludeTypes = []string{"track", "page", "identify"}, []string{"alias"}
+				return d
+			}},
 		{"a file URL may name a relative path", "f=file://events.ndjson",
 			func() Destination { return base("f", KindFile, "events.ndjson") }},
 	}
@@ -68,7 +78,7 @@ func TestParseDestination(t *testing.T) {
 				t.Fatal(err)
 			}
 			if want := tt.want(); !reflect.DeepEqual(got, want) {
-				t.Errorf("got  %+v\nwant %+v", got, want)
+				t.Errorf("got  %#v\nwant %#v", got, want)
 			}
 		})
 	}
@@ -105,6 +115,10 @@ func TestParseDestinationErrorsNameTheDestinationAndParameter(t *testing.T) {
 		{"too much concurrency", "s=stdout://?concurrency=100000", `destination s: concurrency: want an integer in 1..256`},
 		{"backoff_max below backoff_min", "s=stdout://?backoff_min=2s&backoff_max=1s", `destination s: backoff_max 1s is below`},
 		{"an empty list item", "s=stdout://?include_types=track,,page", `destination s: include_types: empty item`},
+		{"a misspelt type to include", "f=stdout://?include_types=trak",
+			`destination f: include_types: unknown event type "trak" (want track, identify, page, screen, group, alias)`},
+		{"an unknown type among those to exclude", "s=stdout://?exclude_types=track,Purchase",
+			`destination s: exclude_types: unknown event type "Purchase"`},
 		{"a parameter given twice", "s=stdout://?flush=1s&flush=2s", `destination s: flush: given twice`},
 		{"a write key on a webhook", "h=https://x?write_key=k", `destination h: write_key: only a segment destination`},
 		{"an empty write key", "s=segment+https://x?write_key=", `destination s: write_key: must not be empty`},
@@ -121,6 +135,43 @@ func TestParseDestinationErrorsNameTheDestinationAndParameter(t *testing.T) {
 				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// A file destination that could not be opened is a bad URL, found when
+// parsing (spillway exits 2) rather than at start-up (exit 1), and the file
+// is not created by parsing.
+func TestParseDestinationChecksAFileDestinationsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	notDir := filepath.Join(dir, "plain")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		scenario string
+		path     string
+		want     string
+	}{
+		{"a directory that does not exist", filepath.Join(dir, "nonexistent", "x.ndjson"),
+			"destination f: file " + filepath.Join(dir, "nonexistent", "x.ndjson") + ": directory " +
+				filepath.Join(dir, "nonexistent") + " does not exist"},
+		{"a directory that is a file", filepath.Join(notDir, "x.ndjson"), notDir + " is not a directory"},
+		{"a path that is a directory", dir, "destination f: file " + dir + " is a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.scenario, func(t *testing.T) {
+			_, err := ParseDestination("f=file://"+tt.path, Defaults{})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+	path := filepath.Join(dir, "events.ndjson")
+	if _, err := ParseDestination("f=file://"+path, Defaults{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("parsing created %s (stat: %v)", path, err)
 	}
 }
 

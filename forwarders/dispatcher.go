@@ -65,7 +65,12 @@ type Dispatcher struct {
 	lastErr    string
 	lastFail   error          // the failure that made the destination not up; nil while up
 	dlUnlogged map[string]int // dead letters not yet logged, by reason
-	dlLoggedAt time.Time
+	dlLoggedAt time.Time      // when dead letters were last logged
+	// dlEvery is the least time between two logs of dead letters
+	// (deadLetterLogEvery; tests shorten it before Start), and dlHeld
+	// wakes run, which does the logging, when some are counted.
+	dlEvery time.Duration
+	dlHeld  chan struct{}
 
 	drain     chan struct{} // closed by Group.Shutdown
 	drained   chan struct{} // closed once drain is asked and nothing is left
@@ -87,6 +92,8 @@ func newDispatcher(d Destination, fwd Forwarder, sp store, log *slog.Logger, m *
 		mDeadLettered: map[string]prometheus.Counter{},
 		mRetries:      map[string]prometheus.Counter{},
 		dlUnlogged:    map[string]int{},
+		dlEvery:       deadLetterLogEvery,
+		dlHeld:        make(chan struct{}, 1),
 		drain:         make(chan struct{}),
 		drained:       make(chan struct{}),
 	}
@@ -191,7 +198,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 	)
 	timer.Stop()
 	defer timer.Stop()
-	defer d.flushDeadLetterLog()
+	defer func() { d.logDeadLetters(time.Now(), true) }()
 
 	for {
 		// Fill the batch being built.
@@ -291,6 +298,9 @@ func (d *Dispatcher) run(ctx context.Context) {
 				deadline = retryAt
 			}
 		}
+		if due := d.logDeadLetters(time.Now(), false); !due.IsZero() && (deadline.IsZero() || due.Before(deadline)) {
+			deadline = due
+		}
 		var timerC <-chan time.Time
 		if !deadline.IsZero() {
 			timer.Reset(time.Until(deadline))
@@ -315,6 +325,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 			free = d.putMem(free, r.mem)
 		case <-changedC:
 		case <-timerC:
+		case <-d.dlHeld:
 		case <-drain:
 			draining, drain = true, nil
 		}
@@ -688,43 +699,53 @@ func (d *Dispatcher) storeDead(ctx context.Context, dead []spool.DeadLetter, rea
 	}
 	d.deadLettered.Add(int64(len(dead)))
 	d.mDeadLettered[reason].Add(float64(len(dead)))
-	d.logDeadLetters(reason, len(dead))
+	d.holdDeadLetters(reason, len(dead))
 	return true
 }
 
-// logDeadLetters logs dead letters at most once a minute per destination,
-// with their count: never a line per event.
-func (d *Dispatcher) logDeadLetters(reason string, n int) {
+// holdDeadLetters counts n dead letters for logDeadLetters and wakes run to
+// log them.
+func (d *Dispatcher) holdDeadLetters(reason string, n int) {
 	d.mu.Lock()
 	d.dlUnlogged[reason] += n
-	if time.Since(d.dlLoggedAt) < time.Minute {
-		d.mu.Unlock()
-		return
-	}
-	d.dlLoggedAt = time.Now()
-	counts := d.takeDeadLetterCounts()
 	d.mu.Unlock()
-	for r, c := range counts {
-		d.log.Error("events dead-lettered", keyReason, r, keyEvents, c)
+	select {
+	case d.dlHeld <- struct{}{}:
+	default: // run is woken already
 	}
 }
 
-func (d *Dispatcher) flushDeadLetterLog() {
+// deadLetterLogEvery is the least time between two logs of a destination's
+// dead letters: a line per event would flood the log when a destination
+// refuses much of the traffic, and the metric counts every one anyway.
+const deadLetterLogEvery = time.Minute
+
+// logDeadLetters logs the dead letters counted since the last log, one
+// line per reason with their number, unless the last log was less than
+// dlEvery ago: it then returns when they are due, for run to wake up and
+// log them then rather than when the next dead letter comes, which may be
+// hours later. final logs them whatever the time, at shutdown. Called by
+// run only, so that what is held back always has a timer waiting for it.
+func (d *Dispatcher) logDeadLetters(now time.Time, final bool) time.Time {
 	d.mu.Lock()
-	counts := d.takeDeadLetterCounts()
-	d.mu.Unlock()
-	for r, c := range counts {
-		d.log.Error("events dead-lettered", keyReason, r, keyEvents, c)
-	}
-}
-
-func (d *Dispatcher) takeDeadLetterCounts() map[string]int {
 	if len(d.dlUnlogged) == 0 {
-		return nil
+		d.mu.Unlock()
+		return time.Time{}
+	}
+	if due := d.dlLoggedAt.Add(d.dlEvery); !final && now.Before(due) {
+		d.mu.Unlock()
+		return due
 	}
 	counts := d.dlUnlogged
 	d.dlUnlogged = map[string]int{}
-	return counts
+	d.dlLoggedAt = now
+	d.mu.Unlock()
+	for _, r := range deadLetterReasons {
+		if n := counts[r]; n > 0 {
+			d.log.Error("events dead-lettered", keyReason, r, keyEvents, n)
+		}
+	}
+	return time.Time{}
 }
 
 func (d *Dispatcher) deliveredN(n int) {

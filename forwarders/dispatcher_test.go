@@ -187,6 +187,79 @@ func TestMisconfiguredDestinationIsRetriedSlowlyAndNeverDeadLettered(t *testing.
 	}
 }
 
+// Dead letters are logged one line per interval, never one per event, and
+// what comes within an interval is logged when it ends, not when the next
+// dead letter comes (perhaps never: at shutdown, ten minutes later).
+func TestDeadLetterLogIsRateLimitedAndHoldsNothingPastTheInterval(t *testing.T) {
+	const every = 400 * time.Millisecond
+	s := newSink(t, func(_ int, r *sinkReq) answer {
+		if r.bad {
+			return answer{status: 400, body: "bad event"}
+		}
+		return answer{status: 200}
+	})
+	sp := openSpool(t, t.TempDir(), "dest")
+	reg := prometheus.NewRegistry()
+	log, logs := logBuffer(t)
+	d, err := ParseDestination("dest="+s.url()+"?"+opts(testOpts, "batch_events=1"), Defaults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := newGroup([]Destination{d}, nil, sp, log, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.ds[0].dlEvery = every
+	g.Start()
+	defer shutdown(t, g, time.Second)
+	lines := func() []string {
+		var out []string
+		for l := range strings.Lines(logs.String()) {
+			if strings.Contains(l, "events dead-lettered") {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	deadLettered := func() float64 {
+		return metric(t, reg, "spillway_events_dead_lettered_total", "reason", spool.ReasonRejected)
+	}
+
+	appendEvents(t, sp, ev{id: "bad-1", key: "wk", bad: true})
+	eventually(t, 5*time.Second, func() bool { return len(lines()) == 1 }, "the first dead letter was not logged")
+	firstSeen := time.Now()
+	appendEvents(t, sp, ev{id: "bad-2", key: "wk", bad: true})
+	eventually(t, 5*time.Second, func() bool { return deadLettered() == 2 }, "the second event was not dead-lettered")
+	if time.Since(firstSeen) < every/2 { // else the interval may have ended: nothing to check
+		if got := lines(); len(got) != 1 {
+			t.Errorf("%d lines within one interval, want 1:\n%s", len(got), strings.Join(got, ""))
+		}
+	}
+	eventually(t, 5*time.Second, func() bool { return len(lines()) == 2 },
+		"the second dead letter was not logged once the interval ended:\n%s", logs)
+	got := lines()
+	for _, l := range got {
+		if !strings.Contains(l, "reason=rejected events=1") {
+			t.Errorf("line %q, want reason=rejected events=1", l)
+		}
+	}
+	if gap := logTime(t, got[1]).Sub(logTime(t, got[0])); gap < every-10*time.Millisecond {
+		t.Errorf("lines %v apart, want at least the interval (%v)", gap, every)
+	}
+}
+
+// logTime is when a text handler's line was logged.
+func logTime(t *testing.T, line string) time.Time {
+	t.Helper()
+	_, rest, _ := strings.Cut(line, "time=")
+	v, _, _ := strings.Cut(rest, " ")
+	at, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		t.Fatalf("line %q: %v", line, err)
+	}
+	return at
+}
+
 func TestEventsOlderThanMaxAgeAreDeadLetteredAsExpired(t *testing.T) {
 	tests := []struct {
 		scenario string
@@ -589,8 +662,11 @@ func TestNewRefusesWhatCannotWork(t *testing.T) {
 	}{
 		{"a destination the spool has no cursor for", parse("b=stdout://"), "destination b"},
 		{"two destinations of one name", parse("a=stdout://", "a=stdout://"), "name used twice"},
-		{"a file in a missing directory", parse("a=file:///nonexistent-dir/x/events.ndjson"), "open file"},
+		{"a file in a missing directory, built by hand", []Destination{withURL(parse("a=file://events.ndjson")[0],
+			"/nonexistent-dir/x/events.ndjson")}, "open file"},
 		{"a destination built by hand without options", []Destination{{Name: "a", Kind: KindStdout}}, "out of range"},
+		{"a type filter built by hand with an unknown type", []Destination{withTypes(parse("a=stdout://")[0], "trak")},
+			"out of range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.scenario, func(t *testing.T) {
@@ -611,6 +687,16 @@ func TestNewRefusesWhatCannotWork(t *testing.T) {
 			t.Errorf("a second group on the same registry was accepted")
 		}
 	})
+}
+
+func withURL(d Destination, url string) Destination {
+	d.URL = url
+	return d
+}
+
+func withTypes(d Destination, include ...string) Destination {
+	d.IncludeTypes = include
+	return d
 }
 
 // A destination sends one batch at a time until it has taken one: a

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -75,16 +73,12 @@ func newHTTPClient(d Destination) (*http.Client, error) {
 	t.IdleConnTimeout = 90 * time.Second
 	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: d.Insecure} // only ?insecure=true skips it
 	if d.TLSCA != "" {
-		pem, err := os.ReadFile(d.TLSCA)
+		// ParseDestination has read it already, so that a bad file is a
+		// bad URL; reading it again here, where the pool is needed, also
+		// covers destinations built by hand.
+		pool, err := loadRootCAs(d.TLSCA)
 		if err != nil {
-			return nil, fmt.Errorf("read tls_ca: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls_ca %s holds no PEM certificate", d.TLSCA)
+			return nil, fmt.Errorf("tls_ca: %w", err)
 		}
 		t.TLSClientConfig.RootCAs = pool
 	}

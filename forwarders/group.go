@@ -92,7 +92,8 @@ func (d Destination) validate() error {
 	case !nameRE.MatchString(d.Name):
 		return fmt.Errorf("destination %q: name must match [a-z0-9_-]+", d.Name)
 	case d.BatchEvents < 1, d.BatchBytes < 1, d.Concurrency < 1, d.Flush < 0, d.Timeout <= 0,
-		d.BackoffMin <= 0, d.BackoffMax < d.BackoffMin, d.MaxAge <= 0:
+		d.BackoffMin <= 0, d.BackoffMax < d.BackoffMin, d.MaxAge <= 0,
+		!eventTypesOnly(d.IncludeTypes), !eventTypesOnly(d.ExcludeTypes):
 		return fmt.Errorf("destination %s: options out of range (build it with ParseDestination)", d.Name)
 	}
 	return nil

@@ -46,6 +46,25 @@ func TestRouting(t *testing.T) {
 	}
 }
 
+// Segment's types are lower case; someone writing exclude_types=Track
+// means track events.
+func TestTypeFiltersMatchWhateverCaseTheyAreWrittenIn(t *testing.T) {
+	d, err := ParseDestination("d=stdout://?include_types=Track,Page&exclude_types=PAGE", Defaults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRouter(d)
+	for event, want := range map[string]bool{
+		`{"type":"track","event":"A"}`: true,
+		`{"type":"page"}`:              false,
+		`{"type":"identify"}`:          false,
+	} {
+		if got := r.wants([]byte(event)); got != want {
+			t.Errorf("wants(%s) = %v, want %v", event, got, want)
+		}
+	}
+}
+
 func TestMentionsIntegrationsFindsTheKeyAnywhere(t *testing.T) {
 	for data, want := range map[string]bool{
 		`{"integrations":{"All":false}}`:                          true,

@@ -128,23 +128,29 @@ func TestMisconfiguredTLSStatus(t *testing.T) {
 }
 
 func TestTLSParams(t *testing.T) {
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, []byte("not a certificate"), 0o600); err != nil {
+	_, ca, _ := selfSigned(t)
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	missing := filepath.Join(t.TempDir(), "missing.pem")
 	for _, tt := range []struct {
 		spec   string
 		errHas string // "" parses
 	}{
-		{"d=https://h/x?tls_ca=/etc/ca.pem", ""},
+		{"d=https://h/x?tls_ca=" + ca, ""},
 		{"d=segment+https://h?insecure=true", ""},
 		{"d=https://h/x?insecure=false", ""},
-		{"d=http://h/x?tls_ca=/etc/ca.pem", "need an https URL"},
+		{"d=http://h/x?tls_ca=" + ca, "need an https URL"},
 		{"d=segment+http://h?insecure=true", "need an https URL"},
-		{"d=https://h/x?tls_ca=/etc/ca.pem&insecure=true", "exclude each other"},
+		{"d=https://h/x?tls_ca=" + ca + "&insecure=true", "exclude each other"},
 		{"d=https://h/x?insecure=maybe", "want true or false"},
 		{"d=https://h/x?tls_ca=", "must name a PEM file"},
-		{"d=stdout://?tls_ca=/etc/ca.pem", "only an https or segment+https destination"},
+		{"d=stdout://?tls_ca=" + ca, "only an https or segment+https destination"},
+		// Found when parsing, so that spillway exits 2 naming the
+		// destination and the parameter, as for any bad URL.
+		{"d=https://h/x?tls_ca=" + missing, "destination d: tls_ca: open " + missing + ": no such file"},
+		{"d=segment+https://h?tls_ca=" + notPEM, "destination d: tls_ca: " + notPEM + " holds no PEM certificate"},
 	} {
 		d, err := ParseDestination(tt.spec, Defaults{})
 		switch {
@@ -156,15 +162,17 @@ func TestTLSParams(t *testing.T) {
 			t.Errorf("%s: the endpoint's URL kept spillway's parameter: %s", tt.spec, d.URL)
 		}
 	}
+	// A destination built by hand is refused when its forwarder is built.
 	d, err := ParseDestination("d=https://127.0.0.1/x?tls_ca="+ca, Defaults{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.TLSCA = notPEM
 	if _, err := newForwarder(d); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
 		t.Errorf("a tls_ca that is not PEM: %v, want a start-up error", err)
 	}
-	d.TLSCA = filepath.Join(t.TempDir(), "missing.pem")
-	if _, err := newForwarder(d); err == nil || !strings.Contains(err.Error(), "read tls_ca") {
+	d.TLSCA = missing
+	if _, err := newForwarder(d); err == nil || !strings.Contains(err.Error(), "tls_ca: open") {
 		t.Errorf("a missing tls_ca: %v, want a start-up error", err)
 	}
 }
