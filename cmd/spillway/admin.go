@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -223,8 +224,8 @@ func pastTense(action string) string {
 // dlqOnDir works on a stopped spool. Badger's directory lock refuses a
 // spool that a running server holds, so the two never race.
 func dlqOnDir(ctx context.Context, action, dir string, f spool.Filter, w io.Writer) error {
-	if _, err := os.Stat(dir); err != nil {
-		return fmt.Errorf("--spool-dir: %w", err)
+	if err := checkSpoolDir(dir); err != nil {
+		return err
 	}
 	sp, err := spool.Open(spool.Config{Dir: dir}, nil, nil)
 	if err != nil {
@@ -262,4 +263,25 @@ func dlqOnDir(ctx context.Context, action, dir string, f spool.Filter, w io.Writ
 		_, err = fmt.Fprintf(w, "purged: %d\n", n)
 		return err
 	}
+}
+
+// checkSpoolDir refuses a directory that holds no spool before spool.Open
+// would make one there: a mistyped --spool-dir would otherwise list no dead
+// letters, or purge none, as if all were well, and leave an empty spool
+// behind. A spool is recognised by meta/, the Badger database of cursors
+// and dead letters that Open creates first (spool/FORMAT.md), whose
+// MANIFEST Badger writes as it opens: an empty meta/ of some other program
+// does not pass for one.
+func checkSpoolDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("--spool-dir: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("--spool-dir %s is not a directory", dir)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "meta", "MANIFEST")); err != nil {
+		return fmt.Errorf("--spool-dir %s holds no spool (no meta/ database): give the directory spillway run used", dir)
+	}
+	return nil
 }

@@ -6,6 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -136,4 +139,43 @@ func TestDeadLetterRoundTripThroughTheCommandLine(t *testing.T) {
 	if dls := listDeadLetters(t, "--spool-dir", dir); len(dls) != 0 {
 		t.Fatalf("%d dead letters after purging the stopped spool", len(dls))
 	}
+}
+
+// TestDLQOnADirectoryThatIsNotASpoolRefusesAndCreatesNothing: a mistyped
+// --spool-dir used to get a fresh spool made in it and an answer of no dead
+// letters, "purged: 0", as if all were well.
+func TestDLQOnADirectoryThatIsNotASpoolRefusesAndCreatesNothing(t *testing.T) {
+	others := t.TempDir()
+	if err := os.WriteFile(filepath.Join(others, "notes.txt"), []byte("not a spool\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(others, "gen-data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, dir := range map[string]string{"an empty directory": t.TempDir(), "a directory of other files": others} {
+		before := dirNames(t, dir)
+		for _, action := range []string{"list", "replay", "purge"} {
+			var out, errOut bytes.Buffer
+			code := run(t.Context(), []string{"dlq", action, "--spool-dir", dir}, &out, &errOut)
+			if code != 1 || !strings.Contains(errOut.String(), "--spool-dir") || !strings.Contains(errOut.String(), "no spool") {
+				t.Errorf("dlq %s on %s: exit %d, stdout %q, stderr %q; want 1 saying it holds no spool", action, name, code, out.String(), errOut.String())
+			}
+			if after := dirNames(t, dir); !slices.Equal(after, before) {
+				t.Errorf("dlq %s on %s changed it from %v to %v", action, name, before, after)
+			}
+		}
+	}
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,6 +36,9 @@ const (
 	// would never end, and exiting without it is as safe as a crash. With
 	// the default drain it fits Kubernetes' default 30 s grace period.
 	spoolCloseTimeout = 5 * time.Second
+	// hurriedCloseTimeout is spoolCloseTimeout after a second signal: still
+	// ample for a working disk, short for whoever is waiting on a stuck one.
+	hurriedCloseTimeout = time.Second
 )
 
 // serverConfig is everything the server's flags say.
@@ -66,7 +70,7 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	fs.StringVar(&c.syncMode, "sync", "always", "always: fsync before answering 200 (survives power loss); interval: fsync every --sync-interval (survives a process crash)")
 	fs.DurationVar(&c.spool.SyncInterval, "sync-interval", spool.DefaultSyncInterval, "fsync period with --sync=interval")
 	c.spool.MaxBytes = spool.DefaultMaxBytes
-	fs.Var((*byteSize)(&c.spool.MaxBytes), "spool-max-bytes", "bound on the spool's size on disk")
+	fs.Var((*byteSize)(&c.spool.MaxBytes), "spool-max-bytes", "bound on the spool's size on disk: at least 4MiB, or 0 for no bound")
 	fs.StringVar(&c.whenFull, "when-full", "block", "beyond --spool-max-bytes: block (answer 503) or drop-oldest (drop the oldest undelivered events, counted)")
 
 	fs.Var(&c.destinations, "destination", "NAME=URL, repeatable; none means stdout://")
@@ -153,6 +157,9 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	if c.shutdownTimeout <= 0 {
 		return nil, nil, nil, errors.New("--shutdown-timeout must be > 0")
 	}
+	if err := checkSettings(c); err != nil {
+		return nil, nil, nil, err
+	}
 	if err := c.proxy.Validate(); err != nil {
 		return nil, nil, nil, err
 	}
@@ -180,6 +187,56 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	return c, dests, logger, nil
 }
 
+// minSpoolMaxBytes is the smallest bound --spool-max-bytes takes. The
+// spool's own databases take room whatever the backlog: about 75 KiB when
+// empty, up to about 2 MiB once the cursors' memtable and the active
+// generation's have filled (measured by replaying hours of cursor saves
+// into a database with meta/'s options). A bound
+// below that would make the spool full of itself: refusing every event, it
+// has nothing to deliver, so nothing would ever free room.
+const minSpoolMaxBytes = 4 << 20
+
+// checkSettings refuses the values the packages cannot represent. They read
+// a zero as "the default", but no flag's default is zero, so a zero was
+// written by someone who meant something other than 1s or 4h: it is refused
+// as a negative is. --spool-max-bytes 0 is the exception: it means no bound.
+func checkSettings(c *serverConfig) error {
+	var errs []error
+	positive := func(ok bool, flag string) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("--%s must be > 0", flag))
+		}
+	}
+	for _, a := range []struct{ flag, addr string }{
+		{"listen", c.listen}, {"admin-listen", c.adminListen}, {"pprof-listen", c.pprofListen},
+	} {
+		if a.addr == "" && a.flag != "listen" {
+			continue // off
+		}
+		if err := checkAddr(a.addr); err != nil {
+			errs = append(errs, fmt.Errorf("--%s %q: %w", a.flag, a.addr, err))
+		}
+	}
+	d := c.defaults
+	positive(d.BatchEvents > 0, "batch-max-events")
+	positive(d.BatchBytes > 0, "batch-max-bytes")
+	if d.Flush <= 0 {
+		errs = append(errs, errors.New("--flush-interval must be > 0 (a destination's ?flush=0 sends without waiting)"))
+	}
+	positive(d.Concurrency > 0, "concurrency")
+	positive(d.Timeout > 0, "request-timeout")
+	positive(d.BackoffMin > 0, "backoff-min")
+	positive(d.BackoffMax > 0, "backoff-max")
+	positive(d.MaxAge > 0, "max-age")
+	positive(c.spool.SyncInterval > 0, "sync-interval")
+	positive(c.proxy.MaxConns > 0, "max-conns")
+	if m := c.spool.MaxBytes; m > 0 && m < minSpoolMaxBytes {
+		errs = append(errs, fmt.Errorf("--spool-max-bytes %s is too small: the spool's own databases take up to about 2 MiB; give at least %s, or 0 for no bound",
+			humanize.IBytes(uint64(m)), humanize.IBytes(minSpoolMaxBytes)))
+	}
+	return errors.Join(errs...)
+}
+
 // defaultMemoryLimit is GOMEMLIMIT unless the environment sets it: the
 // 64 MiB that spillway keeps to at full load, less the binary's pages and
 // the value log being written, which the kernel counts but the Go runtime
@@ -195,6 +252,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "spillway: %v\n", err)
 		return 2
 	}
+	// Go kills a program writing to a closed pipe on fd 1 or 2 unless
+	// SIGPIPE is handled. Ignored, the write fails with EPIPE instead, so
+	// a stdout:// destination whose reader went away fails as any other
+	// destination does: retried and reported, its events kept in the spool.
+	signal.Ignore(syscall.SIGPIPE)
 	// The spool holds events (personal data) and Badger creates its files
 	// 0644: nothing spillway creates may be readable by other users.
 	syscall.Umask(0o077)
@@ -226,18 +288,35 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 	if err != nil {
 		return err
 	}
-	// stop cuts closing short: cleanup must finish even when the caller's
-	// context is gone, but not wait forever on a disk that no longer takes
-	// writes, nor past a second signal.
-	closeSpool := func(stop context.Context) error {
-		ctx, cancel := context.WithTimeout(stop, spoolCloseTimeout)
+	// Closing must finish even when the caller's context is gone, but not
+	// wait forever on a disk that no longer takes writes. Once hurry is
+	// closed (a second signal) it is given hurriedCloseTimeout more at most.
+	closeSpool := func(hurry <-chan struct{}) error {
+		bounded, cancel := context.WithTimeoutCause(context.WithoutCancel(ctx), spoolCloseTimeout,
+			fmt.Errorf("not closed within %v", spoolCloseTimeout))
 		defer cancel()
-		return sp.Close(ctx)
+		closeCtx, hurried := context.WithCancelCause(bounded)
+		defer hurried(nil)
+		go func() {
+			select {
+			case <-hurry:
+			case <-closeCtx.Done():
+				return
+			}
+			t := time.NewTimer(hurriedCloseTimeout)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				hurried(fmt.Errorf("not closed within %v after a second signal", hurriedCloseTimeout))
+			case <-closeCtx.Done():
+			}
+		}()
+		return sp.Close(closeCtx)
 	}
 
 	group, err := forwarders.New(dests, sp, logger, reg)
 	if err != nil {
-		_ = closeSpool(context.WithoutCancel(ctx))
+		_ = closeSpool(nil)
 		return err
 	}
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -248,20 +327,20 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		Route:   group.Route,
 	}, logger, reg)
 	if err != nil {
-		_ = closeSpool(context.WithoutCancel(ctx))
+		_ = closeSpool(nil)
 		return err
 	}
 
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
-		_ = closeSpool(context.WithoutCancel(ctx))
+		_ = closeSpool(nil)
 		return fmt.Errorf("--listen %s: %w", c.listen, err)
 	}
 	var adminLn net.Listener
 	if c.adminListen != "" {
 		if adminLn, err = net.Listen("tcp", c.adminListen); err != nil {
 			ln.Close()
-			_ = closeSpool(context.WithoutCancel(ctx))
+			_ = closeSpool(nil)
 			return fmt.Errorf("--admin-listen %s: %w", c.adminListen, err)
 		}
 	}
@@ -273,7 +352,7 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 			if adminLn != nil {
 				adminLn.Close()
 			}
-			_ = closeSpool(context.WithoutCancel(ctx))
+			_ = closeSpool(nil)
 			return fmt.Errorf("--pprof-listen %s: %w", c.pprofListen, err)
 		}
 		pprofSrv := &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
@@ -329,18 +408,24 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		logger.Error("listener failed", "err", runErr)
 	}
 
-	// A second signal abandons the graceful drain and the spool's close.
-	stopNow, stop := context.WithCancel(context.WithoutCancel(ctx))
-	defer stop()
+	// A second signal abandons the drain at once: it is how an operator
+	// stops a drain that would take the whole --shutdown-timeout. The spool
+	// still closes, in milliseconds on a working disk, so the next start
+	// need not recover it as after a crash; only a stuck disk makes that
+	// close wait, and then hurriedCloseTimeout ends it.
+	abandon, abandonDrain := context.WithCancel(context.WithoutCancel(ctx))
+	defer abandonDrain()
+	hurry := make(chan struct{})
 	go func() {
 		select {
 		case sig := <-signals:
-			logger.Warn("second signal: stopping now", "signal", sig.String())
-			stop()
-		case <-stopNow.Done():
+			logger.Warn("second signal: abandoning the drain", "signal", sig.String(), "spool_close_limit", hurriedCloseTimeout)
+			close(hurry)
+			abandonDrain()
+		case <-abandon.Done():
 		}
 	}()
-	shutdownCtx, cancel := context.WithTimeout(stopNow, c.shutdownTimeout)
+	shutdownCtx, cancel := context.WithTimeout(abandon, c.shutdownTimeout)
 	defer cancel()
 
 	// The listeners stay open through the drain, answering new events 503
@@ -361,7 +446,7 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		logger.Warn("shutdown: http server", "err", err)
 	}
 	logger.Info("shutdown: closing spool")
-	if err := closeSpool(stopNow); err != nil {
+	if err := closeSpool(hurry); err != nil {
 		return err
 	}
 	logger.Info("shutdown complete")

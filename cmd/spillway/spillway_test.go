@@ -410,6 +410,117 @@ func TestShutdownOnAStuckDiskExitsAndLosesNothing(t *testing.T) {
 	}
 }
 
+// TestSecondSignalAbandonsTheDrainAndStillClosesTheSpool: a drain that
+// would take the whole --shutdown-timeout (a failing destination) ends at
+// a second signal, but the spool still closes cleanly on a working disk:
+// exit 0, nothing to recover at the next start, and every acknowledged
+// event delivered after it.
+func TestSecondSignalAbandonsTheDrainAndStillClosesTheSpool(t *testing.T) {
+	hook := newSink(t)
+	hook.setStatus(503)
+	spoolDir := filepath.Join(t.TempDir(), "spool")
+	args := []string{"--spool-dir", spoolDir, "--shutdown-timeout", "20s", "--backoff-min", "100ms", "--backoff-max", "200ms",
+		"--destination", "hook=" + hook.srv.URL}
+	p := startSpillway(t, "", nil, args...)
+	evs := trackEvents("second", 20)
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", evs); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the drain", func() bool { return strings.Contains(p.stderr.String(), "draining destinations") })
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case <-p.done:
+	case <-time.After(3 * time.Second):
+		t.Fatalf("spillway still draining 3 s after a second signal: %s", p.stderr)
+	}
+	t.Logf("exited %v after the second signal", time.Since(start).Round(time.Millisecond))
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit status %d after a second signal on a working disk: %s", code, p.stderr)
+	}
+	if log := p.stderr.String(); strings.Contains(log, "did not finish") || !strings.Contains(log, "spool closed") {
+		t.Errorf("the spool was not closed cleanly: %s", log)
+	}
+
+	hook.setStatus(200)
+	p = startSpillway(t, "", nil, args...)
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	for _, e := range evs {
+		acked[e["messageId"].(string)] = true
+	}
+	waitForAll(t, 30*time.Second, "at the destination after the restart", &mu, acked, hook.has)
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d: %s", code, p.stderr)
+	}
+	if strings.Contains(p.stderr.String(), "unclean") {
+		t.Errorf("the next start recovered the spool as after a crash: %s", p.stderr)
+	}
+}
+
+// TestClosedStdoutFailsTheDestinationNotTheProcess: with stdout a pipe
+// nobody reads any more (spillway run | head), Go would kill the process
+// with SIGPIPE at the first event printed, silently. The stdout destination
+// must fail as any other does instead: the process answers, the failure is
+// logged and reported, and the events stay in the spool.
+func TestClosedStdoutFailsTheDestinationNotTheProcess(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	spoolDir := filepath.Join(t.TempDir(), "spool")
+	args := []string{"--spool-dir", spoolDir, "--shutdown-timeout", "1s", "--backoff-min", "50ms", "--backoff-max", "200ms"}
+	p := startSpillway(t, "", w, args...)
+	w.Close() // the child holds its own copy
+	evs := trackEvents("epipe", 3)
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", evs); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	waitFor(t, 5*time.Second, "the failed write in the log", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("spillway died writing to a closed stdout (%v): %s", p.cmd.ProcessState, p.stderr)
+		default:
+		}
+		return strings.Contains(p.stderr.String(), "broken pipe")
+	})
+	resp, err := http.Get(p.url() + "/healthz")
+	if err != nil {
+		t.Fatalf("/healthz after the failed write: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/healthz after the failed write: %d", resp.StatusCode)
+	}
+	out := runCLI(t, "status", "--addr", p.addr, "--json")
+	if !strings.Contains(out, `"state":"failing"`) || !strings.Contains(out, `"backlog_events":3`) {
+		t.Errorf("status after the failed write: %s; want failing with the 3 events in its backlog", out)
+	}
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d: %s", code, p.stderr)
+	}
+
+	var stdout lockedBuffer
+	p = startSpillway(t, "", &stdout, args...)
+	waitFor(t, 10*time.Second, "the kept events on a working stdout", func() bool {
+		for _, e := range evs {
+			if !strings.Contains(stdout.String(), `"`+e["messageId"].(string)+`"`) {
+				return false
+			}
+		}
+		return true
+	})
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d: %s", code, p.stderr)
+	}
+}
+
 func TestNoFlagsPrintsEventsToStdout(t *testing.T) {
 	var out lockedBuffer
 	dir := t.TempDir()
