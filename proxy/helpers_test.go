@@ -80,6 +80,19 @@ func (f *fakeSpool) setAppend(fn func() error) {
 	f.appendFn = fn
 }
 
+// blockAppends makes commits wait until release is closed; entered is
+// closed once the first has begun.
+func (f *fakeSpool) blockAppends() (entered, release chan struct{}) {
+	entered, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f.setAppend(func() error {
+		once.Do(func() { close(entered) })
+		<-release
+		return nil
+	})
+	return entered, release
+}
+
 func (f *fakeSpool) setReady(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

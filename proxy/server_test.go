@@ -495,12 +495,7 @@ func TestHealthAndShutdown(t *testing.T) {
 // requests after it get 503 at once.
 func TestWaitAdmittedWaitsForCommitsInFlight(t *testing.T) {
 	h := newHarness(t, DefaultConfig())
-	entered, release := make(chan struct{}), make(chan struct{})
-	h.sp.setAppend(func() error {
-		close(entered)
-		<-release
-		return nil
-	})
+	entered, release := h.sp.blockAppends()
 	first := make(chan answer, 1)
 	go func() { first <- h.post(t, "/v1/track", `{"userId":"u","event":"e"}`) }()
 	<-entered
@@ -624,12 +619,7 @@ func TestConcurrentRequestsKeepTheirOwnEvents(t *testing.T) {
 // retry) or no answer at all.
 func TestShutdownLetsAppendsFinish(t *testing.T) {
 	h := newHarness(t, DefaultConfig())
-	entered, release := make(chan struct{}), make(chan struct{})
-	h.sp.setAppend(func() error {
-		close(entered)
-		<-release
-		return nil
-	})
+	entered, release := h.sp.blockAppends()
 	type result struct {
 		status int
 		body   string

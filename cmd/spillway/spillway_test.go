@@ -270,20 +270,8 @@ func TestShutdownDrainsAndExitsZero(t *testing.T) {
 // connection, and /readyz and /metrics still answer. What was acknowledged
 // before the signal is delivered after a restart.
 func TestShutdownAnswers503WhileDraining(t *testing.T) {
-	hook := newSink(t)
-	hook.setStatus(503)
-	spoolDir := filepath.Join(t.TempDir(), "spool")
-	args := []string{"--spool-dir", spoolDir, "--shutdown-timeout", "3s", "--backoff-min", "100ms", "--backoff-max", "200ms",
-		"--destination", "hook=" + hook.srv.URL}
-	p := startSpillway(t, "", nil, args...)
-	acked := trackEvents("before", 10)
-	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", acked); err != nil || code != 200 {
-		t.Fatalf("batch: %d %v", code, err)
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the drain", func() bool { return strings.Contains(p.stderr.String(), "draining destinations") })
+	d := startDraining(t, "3s")
+	p := d.p
 
 	client := &http.Client{Timeout: 2 * time.Second}
 	resp, err := client.Post(p.url()+"/v1/track", "application/json", strings.NewReader(`{"userId":"u","event":"late"}`))
@@ -314,18 +302,52 @@ func TestShutdownAnswers503WhileDraining(t *testing.T) {
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}
+	d.restartDelivers(t)
+}
 
-	hook.setStatus(200)
-	p = startSpillway(t, "", nil, args...)
+// draining is a spillway whose only destination fails (503), so that after
+// the SIGTERM it was sent it drains for its whole --shutdown-timeout,
+// holding the acknowledged events acked.
+type draining struct {
+	p     *process
+	hook  *sink
+	args  []string
+	acked []map[string]any
+}
+
+func startDraining(t *testing.T, shutdownTimeout string) *draining {
+	t.Helper()
+	d := &draining{hook: newSink(t), acked: trackEvents("drain", 10)}
+	d.hook.setStatus(503)
+	d.args = []string{"--spool-dir", filepath.Join(t.TempDir(), "spool"), "--shutdown-timeout", shutdownTimeout,
+		"--backoff-min", "100ms", "--backoff-max", "200ms", "--destination", "hook=" + d.hook.srv.URL}
+	d.p = startSpillway(t, "", nil, d.args...)
+	if code, err := postBatch(t.Context(), http.DefaultClient, d.p.url(), "wk", d.acked); err != nil || code != 200 {
+		t.Fatalf("batch: %d %v", code, err)
+	}
+	if err := d.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the drain", func() bool { return strings.Contains(d.p.stderr.String(), "draining destinations") })
+	return d
+}
+
+// restartDelivers starts spillway again, on the same spool, with the
+// destination healthy: every acknowledged event must arrive.
+func (d *draining) restartDelivers(t *testing.T) *process {
+	t.Helper()
+	d.hook.setStatus(200)
+	p := startSpillway(t, "", nil, d.args...)
 	var mu sync.Mutex
 	want := map[string]bool{}
-	for _, e := range acked {
+	for _, e := range d.acked {
 		want[e["messageId"].(string)] = true
 	}
-	waitForAll(t, 30*time.Second, "at the destination", &mu, want, hook.has)
+	waitForAll(t, 30*time.Second, "at the destination after the restart", &mu, want, d.hook.has)
 	if code := p.stop(10 * time.Second); code != 0 {
 		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}
+	return p
 }
 
 // TestShutdownOnAStuckDiskExitsAndLosesNothing takes the spool's
@@ -416,20 +438,8 @@ func TestShutdownOnAStuckDiskExitsAndLosesNothing(t *testing.T) {
 // exit 0, nothing to recover at the next start, and every acknowledged
 // event delivered after it.
 func TestSecondSignalAbandonsTheDrainAndStillClosesTheSpool(t *testing.T) {
-	hook := newSink(t)
-	hook.setStatus(503)
-	spoolDir := filepath.Join(t.TempDir(), "spool")
-	args := []string{"--spool-dir", spoolDir, "--shutdown-timeout", "20s", "--backoff-min", "100ms", "--backoff-max", "200ms",
-		"--destination", "hook=" + hook.srv.URL}
-	p := startSpillway(t, "", nil, args...)
-	evs := trackEvents("second", 20)
-	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", evs); err != nil || code != 200 {
-		t.Fatalf("batch: %d %v", code, err)
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the drain", func() bool { return strings.Contains(p.stderr.String(), "draining destinations") })
+	d := startDraining(t, "20s")
+	p := d.p
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -447,17 +457,7 @@ func TestSecondSignalAbandonsTheDrainAndStillClosesTheSpool(t *testing.T) {
 		t.Errorf("the spool was not closed cleanly: %s", log)
 	}
 
-	hook.setStatus(200)
-	p = startSpillway(t, "", nil, args...)
-	var mu sync.Mutex
-	acked := map[string]bool{}
-	for _, e := range evs {
-		acked[e["messageId"].(string)] = true
-	}
-	waitForAll(t, 30*time.Second, "at the destination after the restart", &mu, acked, hook.has)
-	if code := p.stop(10 * time.Second); code != 0 {
-		t.Fatalf("exit status %d: %s", code, p.stderr)
-	}
+	p = d.restartDelivers(t)
 	if strings.Contains(p.stderr.String(), "unclean") {
 		t.Errorf("the next start recovered the spool as after a crash: %s", p.stderr)
 	}
