@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -172,11 +173,14 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	}
 	var dests []forwarders.Destination
 	for _, spec := range specs {
+		// The error names the destination, never its URL, which may hold
+		// a password or a write key.
 		d, err := forwarders.ParseDestination(spec, c.defaults)
 		if err != nil {
-			// Only the name: the URL may hold a password or a write key.
-			name, _, _ := strings.Cut(spec, "=")
-			return nil, nil, nil, fmt.Errorf("--destination %s: %w", name, err)
+			return nil, nil, nil, fmt.Errorf("--destination: %w", err)
+		}
+		if slices.Contains(c.spool.Consumers, d.Name) {
+			return nil, nil, nil, fmt.Errorf("--destination: destination %s: name given twice", d.Name)
 		}
 		dests = append(dests, d)
 		c.spool.Consumers = append(c.spool.Consumers, d.Name)

@@ -546,7 +546,9 @@ func TestBadFlagsExitTwoNamingTheFlag(t *testing.T) {
 		"a size that is not a size":     {[]string{"--max-event-bytes", "lots"}, "max-event-bytes"},
 		"a destination without a name":  {[]string{"--destination", "http://x"}, "--destination"},
 		"a destination of unknown kind": {[]string{"--destination", "x=gopher://x"}, "--destination"},
-		"an unknown log format":         {[]string{"--log-format", "xml"}, "--log-format"},
+		"a destination name given twice": {[]string{"--destination", "x=stdout://", "--destination", "x=file:///tmp/x.ndjson"},
+			"--destination: destination x: name given twice"},
+		"an unknown log format": {[]string{"--log-format", "xml"}, "--log-format"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -556,6 +558,15 @@ func TestBadFlagsExitTwoNamingTheFlag(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want 2 naming %s", code, stderr.String(), c.want)
 			}
 		})
+	}
+}
+
+// TestADestinationWithoutANameIsNotEchoed: the URL may hold a password.
+func TestADestinationWithoutANameIsNotEchoed(t *testing.T) {
+	var stderr bytes.Buffer
+	code := run(t.Context(), []string{"run", "--spool-dir", t.TempDir(), "--destination", "https://user:s3cret@example.com/hook"}, &bytes.Buffer{}, &stderr)
+	if code != 2 || !strings.Contains(stderr.String(), "NAME=URL") || strings.Contains(stderr.String(), "s3cret") {
+		t.Fatalf("exit %d, stderr %q; want 2, asking for NAME=URL without echoing the URL", code, stderr.String())
 	}
 }
 
