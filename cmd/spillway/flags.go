@@ -17,7 +17,14 @@ type byteSize int64
 
 var _ flag.Value = (*byteSize)(nil)
 
-func (b *byteSize) String() string { return humanize.IBytes(uint64(*b)) }
+// String writes a size in the units it was most likely given in: the
+// default --batch-max-bytes is Segment's 500 KB, not 488 KiB.
+func (b *byteSize) String() string {
+	if n := uint64(*b); n%1000 == 0 && n%1024 != 0 {
+		return humanize.Bytes(n)
+	}
+	return humanize.IBytes(uint64(*b))
+}
 
 func (b *byteSize) Set(s string) error {
 	n, err := humanize.ParseBytes(s)

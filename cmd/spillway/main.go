@@ -40,6 +40,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "tail":
 		return runTail(ctx, args, stdout, stderr)
 	case "version":
+		if len(args) > 0 {
+			fmt.Fprintf(stderr, "spillway version takes no arguments, got %q\n", args)
+			return 2
+		}
 		fmt.Fprintln(stdout, "spillway", version)
 		return 0
 	case "help":

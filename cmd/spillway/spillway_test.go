@@ -594,3 +594,28 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("version: %d %q", code, out.String())
 	}
 }
+
+// TestSizesAreShownInTheUnitsTheyWereGivenIn: -h shows Segment's 500 KB
+// limit as 500 kB, not 488 KiB, and binary sizes as such.
+func TestSizesAreShownInTheUnitsTheyWereGivenIn(t *testing.T) {
+	for in, want := range map[string]string{"500KB": "500 kB", "32KiB": "32 KiB", "1GiB": "1.0 GiB", "4MiB": "4.0 MiB"} {
+		var b byteSize
+		if err := b.Set(in); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.String(); got != want {
+			t.Errorf("%s is shown as %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestVersionTakesNoArguments(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run(t.Context(), []string{"version", "--json"}, &stdout, &stderr); code != 2 || stdout.Len() != 0 {
+		t.Fatalf("version --json: exit %d, stdout %q; want 2 and nothing printed", code, stdout.String())
+	}
+	stdout.Reset()
+	if code := run(t.Context(), []string{"version"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "spillway ") {
+		t.Fatalf("version: exit %d, stdout %q", code, stdout.String())
+	}
+}
