@@ -63,6 +63,7 @@ type Dispatcher struct {
 
 	mu         sync.Mutex
 	lastErr    string
+	lastErrAt  time.Time
 	lastFail   error          // the failure that made the destination not up; nil while up
 	dlUnlogged map[string]int // dead letters not yet logged, by reason
 	dlLoggedAt time.Time      // when dead letters were last logged
@@ -117,13 +118,16 @@ type DestinationStatus struct {
 	Retried       int64   `json:"retried"`
 	DeadLettered  int64   `json:"dead_lettered"`
 	LastError     string  `json:"last_error,omitempty"`
+	// LastErrorAt is when LastError happened: it stays after the
+	// destination has recovered.
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
 // Status reports the destination's state and counters since start.
 func (d *Dispatcher) Status() DestinationStatus {
 	b := d.sp.Backlog(d.dest.Name)
 	d.mu.Lock()
-	lastErr := d.lastErr
+	lastErr, lastErrAt := d.lastErr, d.lastErrAt
 	d.mu.Unlock()
 	return DestinationStatus{
 		Name:          d.dest.Name,
@@ -135,6 +139,7 @@ func (d *Dispatcher) Status() DestinationStatus {
 		Retried:       d.retried.Load(),
 		DeadLettered:  d.deadLettered.Load(),
 		LastError:     lastErr,
+		LastErrorAt:   lastErrAt,
 	}
 }
 
@@ -773,7 +778,7 @@ func (d *Dispatcher) failure() error {
 
 func (d *Dispatcher) setLastErr(err error) {
 	d.mu.Lock()
-	d.lastErr = truncate(err.Error(), errorBodyLimit)
+	d.lastErr, d.lastErrAt = truncate(err.Error(), errorBodyLimit), time.Now().UTC()
 	d.mu.Unlock()
 }
 

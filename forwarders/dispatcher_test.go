@@ -623,7 +623,8 @@ func TestStatus(t *testing.T) {
 
 	st := g.Status()[0]
 	if st.Name != "dest" || st.Kind != KindWebhook || st.State != StateFailing || st.BacklogEvents != 4 ||
-		st.LagSeconds <= 0 || st.Delivered != 0 || !strings.Contains(st.LastError, "503: maintenance") {
+		st.LagSeconds <= 0 || st.Delivered != 0 || !strings.Contains(st.LastError, "503: maintenance") ||
+		time.Since(st.LastErrorAt) > time.Minute {
 		t.Errorf("status %+v", st)
 	}
 	raw, err := json.Marshal(st)
@@ -635,7 +636,7 @@ func TestStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"name", "kind", "state", "backlog_events", "lag_seconds", "delivered", "retried",
-		"dead_lettered", "last_error"} {
+		"dead_lettered", "last_error", "last_error_at"} {
 		if _, ok := fields[k]; !ok {
 			t.Errorf("status JSON %s has no %q", raw, k)
 		}

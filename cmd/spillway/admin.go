@@ -61,15 +61,16 @@ func (a *adminClient) do(ctx context.Context, method, path string, q url.Values)
 
 // destinationStatus mirrors the admin API's status rows.
 type destinationStatus struct {
-	Name         string  `json:"name"`
-	Kind         string  `json:"kind"`
-	State        string  `json:"state"`
-	Backlog      int64   `json:"backlog_events"`
-	LagSeconds   float64 `json:"lag_seconds"`
-	Delivered    uint64  `json:"delivered"`
-	Retried      uint64  `json:"retried"`
-	DeadLettered uint64  `json:"dead_lettered"`
-	LastError    string  `json:"last_error"`
+	Name         string    `json:"name"`
+	Kind         string    `json:"kind"`
+	State        string    `json:"state"`
+	Backlog      int64     `json:"backlog_events"`
+	LagSeconds   float64   `json:"lag_seconds"`
+	Delivered    uint64    `json:"delivered"`
+	Retried      uint64    `json:"retried"`
+	DeadLettered uint64    `json:"dead_lettered"`
+	LastError    string    `json:"last_error"`
+	LastErrorAt  time.Time `json:"last_error_at"`
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -127,8 +128,14 @@ func printStatus(ctx context.Context, client *adminClient, asJSON bool, w io.Wri
 	fmt.Fprintln(tw, "DESTINATION\tKIND\tSTATE\tBACKLOG\tLAG\tDELIVERED\tRETRIED\tDEAD-LETTERED\tLAST ERROR")
 	for _, r := range rows {
 		lag := time.Duration(r.LagSeconds * float64(time.Second)).Round(time.Millisecond)
+		lastErr := r.LastError
+		if lastErr != "" && !r.LastErrorAt.IsZero() {
+			// A destination that has recovered still shows its last error:
+			// its age tells the two apart.
+			lastErr = fmt.Sprintf("%v ago: %s", time.Since(r.LastErrorAt).Round(time.Second), lastErr)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", r.Name, r.Kind, r.State, r.Backlog, lag,
-			r.Delivered, r.Retried, r.DeadLettered, r.LastError)
+			r.Delivered, r.Retried, r.DeadLettered, lastErr)
 	}
 	return tw.Flush()
 }

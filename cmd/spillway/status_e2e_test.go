@@ -19,7 +19,7 @@ import (
 
 // statusFields are the keys of a row of GET /admin/status and of
 // `spillway status --json`.
-var statusFields = []string{"backlog_events", "dead_lettered", "delivered", "kind", "lag_seconds", "last_error", "name", "retried", "state"}
+var statusFields = []string{"backlog_events", "dead_lettered", "delivered", "kind", "lag_seconds", "last_error", "last_error_at", "name", "retried", "state"}
 
 func TestStatusCommandAgainstARunningServer(t *testing.T) {
 	healthy, failing := newSink(t), newSink(t)
@@ -51,7 +51,7 @@ func TestStatusCommandAgainstARunningServer(t *testing.T) {
 			}
 			for _, r := range raw {
 				if _, ok := r["last_error"]; !ok {
-					r["last_error"] = "" // omitted when empty
+					r["last_error"], r["last_error_at"] = "", "" // omitted when empty
 				}
 				if got := slices.Sorted(maps.Keys(r)); !slices.Equal(got, statusFields) {
 					t.Fatalf("status --json row keys = %v, want %v", got, statusFields)
@@ -70,7 +70,7 @@ func TestStatusCommandAgainstARunningServer(t *testing.T) {
 			t.Errorf("healthy row = %+v", h)
 		}
 		if f.Name != "failing" || f.BacklogEvents != 20 || f.LagSeconds <= 0 || f.Delivered != 0 ||
-			f.DeadLettered != 0 || !strings.Contains(f.LastError, "503") {
+			f.DeadLettered != 0 || !strings.Contains(f.LastError, "503") || time.Since(f.LastErrorAt) > time.Minute {
 			t.Errorf("failing row = %+v", f)
 		}
 	})
@@ -92,7 +92,7 @@ func TestStatusCommandAgainstARunningServer(t *testing.T) {
 		}
 		f := strings.Fields(lines[2])
 		if len(f) < 9 || f[0] != "failing" || f[2] != "failing" || f[3] != "20" || f[4] == "0s" || f[5] != "0" || f[7] != "0" ||
-			!strings.Contains(lines[2], "503") {
+			!strings.Contains(lines[2], "s ago: ") || !strings.Contains(lines[2], "503") {
 			t.Errorf("failing row = %q", lines[2])
 		}
 		if retried, err := strconv.Atoi(f[6]); err != nil || retried < 1 {
