@@ -24,12 +24,14 @@ type tailPage struct {
 	Next   uint64 `json:"next"`
 	Missed uint64 `json:"missed"`
 	Events []struct {
-		Event json.RawMessage `json:"event"`
+		Event   json.RawMessage `json:"event"`
+		Invalid string          `json:"invalid"`
 	} `json:"events"`
 }
 
 // runTail prints the events the server receives, one JSON event per line,
-// as stored (enriched, without write key), until interrupted. It shows
+// as stored (enriched, without write key), until interrupted; the ones
+// that break the spec, dead-lettered as invalid, go to stderr with why. It shows
 // what the server still holds first; the server records only while someone
 // watches, so a first tail usually starts empty.
 func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -73,6 +75,12 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "spillway tail: %d events went by between two polls\n", page.Missed)
 			}
 			for _, e := range page.Events {
+				if e.Invalid != "" {
+					// Not stored for delivery: stdout holds only what the
+					// destinations get.
+					fmt.Fprintf(stderr, "spillway tail: dead-lettered as invalid (%s): %s\n", e.Invalid, e.Event)
+					continue
+				}
 				w.Write(e.Event)
 				w.WriteByte('\n')
 			}

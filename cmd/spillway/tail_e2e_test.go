@@ -63,7 +63,7 @@ func TestTailPrintsReceivedEventsLive(t *testing.T) {
 	hook, other := newSink(t), newSink(t)
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--write-key", "wk-tail-secret",
 		"--destination", "hook="+hook.srv.URL, "--destination", "other="+other.srv.URL)
-	all, _ := tailProcess(t, "--addr", p.addr)
+	all, allErr := tailProcess(t, "--addr", p.addr)
 	tracks, _ := tailProcess(t, "--addr", p.addr, "--type", "track")
 	onlyOther, _ := tailProcess(t, "--addr", p.addr, "--destination", "other")
 
@@ -79,6 +79,7 @@ func TestTailPrintsReceivedEventsLive(t *testing.T) {
 		{"type": "track", "userId": "u1", "event": "Paid", "messageId": "tail-track"},
 		{"type": "track", "userId": "u1", "event": "Private", "messageId": "tail-hook-only",
 			"integrations": map[string]any{"All": false, "hook": true}},
+		{"type": "track", "userId": "u1", "messageId": "tail-invalid"}, // no event: dead-lettered
 	}
 	if status, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk-tail-secret", events); err != nil || status != 200 {
 		t.Fatalf("POST: %d %v", status, err)
@@ -101,6 +102,10 @@ func TestTailPrintsReceivedEventsLive(t *testing.T) {
 		if extra := nextID(t, c.ids, 700*time.Millisecond); extra != "" {
 			t.Errorf("%s: printed %q too", name, extra)
 		}
+	}
+
+	if e := allErr.String(); !strings.Contains(e, "tail-invalid") || !strings.Contains(e, "track requires event") {
+		t.Errorf("tail's stderr does not show the invalid event and why: %q", e)
 	}
 
 	var stderr bytes.Buffer
