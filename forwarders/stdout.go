@@ -19,6 +19,7 @@ type lineForwarder struct {
 	mu   sync.Mutex // one batch's lines stay together
 	w    io.Writer
 	f    *os.File // file kind only
+	path string   // file kind only
 	buf  []byte   // under mu
 	// closed guards against writing to a file Close has closed, and
 	// closeErr is what the first Close returned (both under mu).
@@ -36,14 +37,40 @@ func newStdout(d Destination) *lineForwarder {
 	return &lineForwarder{kind: KindStdout, w: w}
 }
 
-// openFile opens the file at start-up, so that a bad path fails fast. Events
-// carry personal data, hence 0600.
+// openFile opens the file at start-up, so that a bad path fails fast.
 func openFile(d Destination) (*lineForwarder, error) {
-	f, err := os.OpenFile(d.URL, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := openAppend(d.URL)
 	if err != nil {
 		return nil, fmt.Errorf("destination %s: open file: %w", d.Name, err)
 	}
-	return &lineForwarder{kind: KindFile, w: f, f: f}, nil
+	return &lineForwarder{kind: KindFile, w: f, f: f, path: d.URL}, nil
+}
+
+// openAppend opens path for appending, creating it 0600: events carry
+// personal data.
+func openAppend(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+}
+
+// reopenIfRotated follows the path to a new file once the one being
+// written was renamed or removed (logrotate, an operator), as tail -F
+// does: writing on into a file nobody can find by its name would leave
+// the new one empty. What was written before is synced already.
+func (f *lineForwarder) reopenIfRotated() error {
+	cur, err := f.f.Stat()
+	if err != nil {
+		return err
+	}
+	if named, err := os.Stat(f.path); err == nil && os.SameFile(cur, named) {
+		return nil
+	}
+	nf, err := openAppend(f.path)
+	if err != nil {
+		return err
+	}
+	_ = f.f.Close()
+	f.f, f.w = nf, nf
+	return nil
 }
 
 func (f *lineForwarder) Kind() string { return f.kind }
@@ -79,6 +106,9 @@ func (f *lineForwarder) Send(ctx context.Context, batch []spool.Record) error {
 // where it was, so that a half-written line does not glue itself to the
 // retry's first line.
 func (f *lineForwarder) appendFile() error {
+	if err := f.reopenIfRotated(); err != nil {
+		return &RetryableError{Err: fmt.Errorf("reopen %s: %w", f.path, err)}
+	}
 	end, err := f.f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return &RetryableError{Err: fmt.Errorf("seek: %w", err)}
