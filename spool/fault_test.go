@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -305,6 +306,84 @@ func TestDropOldestCountsOnlyWhatWasNeverRead(t *testing.T) {
 	cursor, _ := s.Cursor("a")
 	if want := float64(cursor - 60); dropped() != want {
 		t.Fatalf("counted %v dropped; the cursor moved to %d past 60 events in flight: want %v", dropped(), cursor, want)
+	}
+}
+
+// TestADamagedTableStopsTheStartNamingItsGeneration: a table holds the
+// keys that list a generation's blocks; damaged, it could hide blocks or
+// list ones that are not there. The start refuses, naming the generation,
+// instead of delivering around the damage without a word.
+func TestADamagedTableStopsTheStartNamingItsGeneration(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	for range 20 {
+		if err := s.Append(t.Context(), events(0, 50), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	tables, _ := filepath.Glob(filepath.Join(dir, "gen-*", "*.sst"))
+	if len(tables) == 0 {
+		t.Fatal("no table written at close")
+	}
+	b, err := os.ReadFile(tables[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/3] ^= 0x01
+	if err := os.WriteFile(tables[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gen := filepath.Base(filepath.Dir(tables[0]))
+	var logs bytes.Buffer
+	if s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, slog.New(slog.NewJSONHandler(&logs, nil)), prometheus.NewRegistry()); err == nil {
+		s.Close(context.Background())
+		t.Fatalf("opened a spool whose %s has a damaged table", gen)
+	} else if !strings.Contains(err.Error(), gen) {
+		t.Fatalf("open: %v; want the damaged generation %s named", err, gen)
+	}
+	// Badger's own error line goes through the spool's logger (JSON here),
+	// not as plain text to stderr.
+	if !strings.Contains(logs.String(), `"source":"badger"`) || !strings.Contains(logs.String(), "checksum") {
+		t.Errorf("Badger's error is not in the spool's log: %s", logs.String())
+	}
+}
+
+// TestAGenerationThatWillNotOpenIsAnErrorNotAnEnd: a reader that cannot
+// open the generation holding its next events must fail, and try again,
+// not take it for the end of the spool and skip what it holds.
+func TestAGenerationThatWillNotOpenIsAnErrorNotAnEnd(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	defer s.Close(context.Background())
+	if err := s.Append(t.Context(), events(0, 30), nil); err != nil {
+		t.Fatal(err)
+	}
+	first := s.active
+	s.rotate <- struct{}{}
+	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != first })
+	if err := s.Append(t.Context(), events(30, 10), nil); err != nil {
+		t.Fatal(err)
+	}
+	// Out of the recent cache, and closed: the next read opens it.
+	s.mu.Lock()
+	s.recent, s.recentLen, s.hot = nil, 0, hotBlock{}
+	s.mu.Unlock()
+	first.closeIfUnused(s.log)
+	manifest := filepath.Join(first.dir, "MANIFEST")
+	if err := os.Rename(manifest, manifest+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := s.Read("a", 100, 1<<20); err == nil {
+		t.Fatalf("read %d records past a generation that cannot be opened, without an error", len(recs))
+	}
+	if err := os.Rename(manifest+".away", manifest); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, s, "a"); len(got) != 40 || got[0].Seq != 0 {
+		t.Fatalf("once it opens again, read %d events from %v; want all 40 from 0", len(got), seqs(got[:min(1, len(got))]))
 	}
 }
 

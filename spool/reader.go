@@ -105,9 +105,16 @@ func (s *Spool) blockFor(c *consumer, seq uint64) (*decodedBlock, error) {
 		}
 	}
 	for {
-		g, m, ok := s.blockAtOrAfter(seq)
+		g, m, ok, err := s.blockAtOrAfter(seq)
+		if err != nil {
+			return nil, fmt.Errorf("open generation to read: %w", err)
+		}
 		if !ok {
 			return nil, nil
+		}
+		if m.end() <= seq {
+			// Only a damaged key could say so: stop here rather than spin.
+			return nil, fmt.Errorf("%w: block key %d+%d does not reach past %d", errCorrupt, m.first, m.count, seq)
 		}
 		if s.isQuarantined(m.first) {
 			seq = m.end()
@@ -164,10 +171,9 @@ func (s *Spool) loadBlock(g *generation, m blockMeta, b *decodedBlock) (*decoded
 			return nil
 		})
 	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return &decodedBlock{first: m.first, stored: m.stored}, nil
-	}
-	if errors.Is(err, y.ErrChecksumMismatch) {
+	// The key was just listed: not finding it is damage, and an empty block
+	// in its place would leave the reader on it for ever.
+	if errors.Is(err, y.ErrChecksumMismatch) || errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, fmt.Errorf("%w: %v", errCorrupt, err)
 	}
 	if err != nil {

@@ -325,8 +325,9 @@ func readPositions(txn *badger.Txn, prefix byte, what string, into map[string]ui
 
 func (s *Spool) badgerOptions(dir string) badger.Options {
 	return badger.DefaultOptions(dir).
+		// Not WithLoggingLevel: it replaces the logger with Badger's own,
+		// which writes plain text to stderr past --log-format json.
 		WithLogger(badgerLogger{s.log}).
-		WithLoggingLevel(badger.WARNING).
 		// One fsync per transaction, and we commit one transaction per
 		// group: this is what makes an acknowledged block durable. db.Sync
 		// alone would miss value-log and memtable files just rotated out.
@@ -355,7 +356,12 @@ func (s *Spool) badgerOptions(dir string) badger.Options {
 		WithBaseTableSize(256 << 10).
 		WithValueLogFileSize(genMaxBytes + maxBlockBytes).
 		WithNumCompactors(2).
-		WithNumGoroutines(2)
+		WithNumGoroutines(2).
+		// A table holding a damaged key would list blocks that are not
+		// there, or hide those that are: checked whole when opened, a
+		// damaged table stops the open instead (it holds keys only, a
+		// few KiB, so the check is cheap).
+		WithChecksumVerificationMode(options.OnTableRead)
 }
 
 func (s *Spool) openGeneration(dir string) (*badger.DB, error) {
@@ -720,7 +726,7 @@ func (s *Spool) Backlog(consumer string) Backlog {
 		return Backlog{}
 	}
 	if oldest.IsZero() && !s.closing.Load() {
-		if _, m, ok := s.blockAtOrAfter(cursor); ok {
+		if _, m, ok, _ := s.blockAtOrAfter(cursor); ok {
 			oldest = m.stored
 		}
 	}
@@ -739,21 +745,22 @@ func (s *Spool) generationsFrom(seq uint64) []*generation {
 }
 
 // blockAtOrAfter returns the stored block holding seq, or else the first
-// after it, and its generation.
-func (s *Spool) blockAtOrAfter(seq uint64) (*generation, blockMeta, bool) {
+// after it, and its generation; ok is false when there is none. A
+// generation that cannot be opened is an error, never "nothing there":
+// readers would skip its events.
+func (s *Spool) blockAtOrAfter(seq uint64) (g *generation, m blockMeta, ok bool, err error) {
 	for _, g := range s.generationsFrom(seq) {
 		db, err := g.acquire(s.openFinished)
 		if err != nil {
-			s.log.Error("open generation to read", "err", err)
-			return nil, blockMeta{}, false
+			return nil, blockMeta{}, false, err
 		}
 		m, ok := findBlock(db, seq)
 		g.release()
 		if ok {
-			return g, m, true
+			return g, m, true, nil
 		}
 	}
-	return nil, blockMeta{}, false
+	return nil, blockMeta{}, false, nil
 }
 
 func findBlock(db *badger.DB, seq uint64) (m blockMeta, ok bool) {
@@ -761,7 +768,7 @@ func findBlock(db *badger.DB, seq uint64) (m blockMeta, ok bool) {
 		rit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixBlock}, Reverse: true})
 		rit.Seek(seekBlockKey(seq))
 		if rit.Valid() {
-			if m, ok = parseBlockKey(rit.Item().Key()); ok && m.end() > seq {
+			if m, ok = parseBlockKey(rit.Item().Key()); ok && m.end() > seq && m.count > 0 {
 				rit.Close()
 				return nil
 			}
