@@ -351,6 +351,42 @@ func TestADamagedTableStopsTheStartNamingItsGeneration(t *testing.T) {
 	}
 }
 
+// TestAGenerationWithoutItsManifestStopsTheStart: a read-write open would
+// start it anew, deleting the tables that list its blocks.
+func TestAGenerationWithoutItsManifestStopsTheStart(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	if err := s.Append(t.Context(), events(0, 50), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	gens, err := listGenerations(dir)
+	if err != nil || len(gens) == 0 {
+		t.Fatalf("generations: %v %v", gens, err)
+	}
+	gen := gens[0].dir
+	if err := os.Rename(filepath.Join(gen, "MANIFEST"), filepath.Join(dir, "MANIFEST.away")); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry()); err == nil {
+		s.Close(context.Background())
+		t.Fatalf("opened a spool whose %s lost its MANIFEST", filepath.Base(gen))
+	} else if !strings.Contains(err.Error(), filepath.Base(gen)) || !strings.Contains(err.Error(), "MANIFEST") {
+		t.Fatalf("open: %v; want the generation and its missing MANIFEST named", err)
+	}
+	// Put back, nothing was lost.
+	if err := os.Rename(filepath.Join(dir, "MANIFEST.away"), filepath.Join(gen, "MANIFEST")); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, dir, "a")
+	defer s.Close(context.Background())
+	if got := len(readAll(t, s, "a")); got != 50 {
+		t.Fatalf("read %d of 50 events once the MANIFEST was back", got)
+	}
+}
+
 // TestAGenerationThatWillNotOpenIsAnErrorNotAnEnd: a reader that cannot
 // open the generation holding its next events must fail, and try again,
 // not take it for the end of the spool and skip what it holds.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -394,6 +395,14 @@ func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
 	if err == nil {
 		return db, nil
 	}
+	// Without its MANIFEST, a read-write open would start the generation
+	// anew and delete its tables: every key, so every block, gone.
+	if lost, err := lostManifest(dir); err != nil || lost {
+		if err == nil {
+			err = errors.New("its MANIFEST is missing but its data files are there")
+		}
+		return nil, fmt.Errorf("open generation %s: %w (move the directory aside to start without it)", filepath.Base(dir), err)
+	}
 	rw, rwErr := s.openGeneration(dir)
 	if rwErr != nil {
 		return nil, fmt.Errorf("%w (move the directory aside to start without it)", rwErr)
@@ -407,6 +416,26 @@ func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
 		return nil, fmt.Errorf("%w (move the directory aside to start without it)", err)
 	}
 	return db, nil
+}
+
+// lostManifest reports whether dir holds Badger's data files but not the
+// MANIFEST that lists them. A generation that crashed while being created
+// may lack both, which is harmless.
+func lostManifest(dir string) (bool, error) {
+	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		switch filepath.Ext(e.Name()) {
+		case ".sst", ".vlog", ".mem":
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // recover rebuilds the in-memory state from disk: the generations, the
