@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -234,6 +235,9 @@ func dlqOnDir(ctx context.Context, action, dir string, f spool.Filter, w io.Writ
 	if err := checkSpoolDir(dir); err != nil {
 		return err
 	}
+	// Opening the spool writes to it (a new generation, meta's log), and a
+	// replay writes events: private, as the server's files are.
+	syscall.Umask(0o077)
 	sp, err := spool.Open(spool.Config{Dir: dir}, nil, nil)
 	if err != nil {
 		return err

@@ -221,6 +221,10 @@ func TestSpoolAndFilesArePrivate(t *testing.T) {
 	if code := p.stop(30 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
+	// The dlq commands open the stopped spool, and write to it, too.
+	if out, err := exec.CommandContext(t.Context(), binary, "dlq", "replay", "--spool-dir", spoolDir).CombinedOutput(); err != nil {
+		t.Fatalf("dlq replay: %v: %s", err, out)
+	}
 	var files int
 	check := func(path string) {
 		fi, err := os.Stat(path)
