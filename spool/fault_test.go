@@ -351,6 +351,38 @@ func TestADamagedTableStopsTheStartNamingItsGeneration(t *testing.T) {
 	}
 }
 
+// TestACutShortTableStopsTheStartNamingItsGeneration: Badger reads a
+// table's footer unchecked, in a goroutine of its own; cut short, the
+// table was a panic that ended the process naming nothing.
+func TestACutShortTableStopsTheStartNamingItsGeneration(t *testing.T) {
+	for _, size := range []int64{3, 100} {
+		dir := t.TempDir()
+		s := openTest(t, dir, "a")
+		for range 20 {
+			if err := s.Append(t.Context(), events(0, 50), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Close(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		tables, _ := filepath.Glob(filepath.Join(dir, "gen-*", "*.sst"))
+		if len(tables) == 0 {
+			t.Fatal("no table written at close")
+		}
+		if err := os.Truncate(tables[0], size); err != nil {
+			t.Fatal(err)
+		}
+		gen := filepath.Base(filepath.Dir(tables[0]))
+		if s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry()); err == nil {
+			s.Close(context.Background())
+			t.Fatalf("opened a spool whose %s has a table cut to %d bytes", gen, size)
+		} else if !strings.Contains(err.Error(), gen) || !strings.Contains(err.Error(), "cut short") {
+			t.Fatalf("open with a table cut to %d bytes: %v; want the generation named", size, err)
+		}
+	}
+}
+
 // TestAGenerationWithoutItsManifestStopsTheStart: a read-write open would
 // start it anew, deleting the tables that list its blocks.
 func TestAGenerationWithoutItsManifestStopsTheStart(t *testing.T) {

@@ -275,6 +275,9 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	// Dead letters live in meta's LSM tree (below the value threshold);
 	// Badger caps a transaction at 15% of the memtable, so a larger one
 	// than a generation's means fewer commits for a batch of them.
+	if err := checkTableFooters(filepath.Join(cfg.Dir, "meta")); err != nil {
+		return nil, fmt.Errorf("open spool %s: meta: %w", cfg.Dir, err)
+	}
 	meta, err := badger.Open(s.badgerOptions(filepath.Join(cfg.Dir, "meta")).
 		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20).
 		WithBaseTableSize(2 << 20))
@@ -391,6 +394,9 @@ func (s *Spool) openFinished(dir string) (*badger.DB, error) {
 // a crash its memtable must first be replayed by a read-write open, which
 // also trims a write torn by the crash.
 func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
+	if err := checkTableFooters(dir); err != nil {
+		return nil, fmt.Errorf("open generation %s: %w (move the directory aside to start without it)", filepath.Base(dir), err)
+	}
 	db, err := s.openFinished(dir)
 	if err == nil {
 		return db, nil
@@ -416,6 +422,42 @@ func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
 		return nil, fmt.Errorf("%w (move the directory aside to start without it)", err)
 	}
 	return db, nil
+}
+
+// checkTableFooters checks that the lengths at the end of each of dir's
+// tables fit in the file. Badger reads them unchecked when it opens a
+// table, in a goroutine of its own, so a truncated table is a panic that
+// ends the process without naming anything; its checksums cover the rest.
+// The layout is Badger's (table.initIndex): ... index | index length (4) |
+// checksum | checksum length (4). A table a crash left half made is sized
+// before it is written, its footer zeros, and not in the MANIFEST, which
+// Badger then deletes: zeros pass here, and so does an empty file (a
+// crash between creating and sizing it).
+func checkTableFooters(dir string) error {
+	tables, err := filepath.Glob(filepath.Join(dir, "*.sst"))
+	if err != nil {
+		return err
+	}
+	for _, path := range tables {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if len(b) == 0 {
+			continue
+		}
+		end := len(b) - 4
+		if end >= 0 {
+			end -= int(binary.BigEndian.Uint32(b[end:])) + 4 // the checksum and the index length
+		}
+		if end >= 0 {
+			end -= int(binary.BigEndian.Uint32(b[end:])) // the index
+		}
+		if end < 0 {
+			return fmt.Errorf("table %s is cut short (%d bytes)", filepath.Base(path), len(b))
+		}
+	}
+	return nil
 }
 
 // lostManifest reports whether dir holds Badger's data files but not the
