@@ -177,6 +177,9 @@ func openBlock(val []byte) ([]byte, error) { return openBlockInto(nil, val) }
 
 // openBlockInto is openBlock decompressing into dst's memory.
 func openBlockInto(dst, val []byte) ([]byte, error) {
+	if len(val) == 0 {
+		return nil, fmt.Errorf("%w: empty value (its value log is damaged or cut short)", errCorrupt)
+	}
 	if len(val) < envelopeLen {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than its envelope", errCorrupt, len(val))
 	}

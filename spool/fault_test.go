@@ -147,8 +147,8 @@ func TestSpoolDamagedWhileStoppedRecoversIntactDataOrRefusesClearly(t *testing.T
 			lost := 0
 			_ = s2.DeadLetters(Filter{Reason: ReasonCorrupt}, func(d DeadLetter) error {
 				var ce corruptEvent
-				if err := json.Unmarshal(d.Event, &ce); err != nil {
-					t.Fatalf("corrupt dead letter %s: %v", d.Event, err)
+				if err := json.Unmarshal(d.Event, &ce); err != nil || !strings.HasPrefix(ce.Generation, "gen-") {
+					t.Fatalf("corrupt dead letter %s: %v; want its generation named", d.Event, err)
 				}
 				lost += int(ce.Events)
 				return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -214,8 +215,9 @@ func (b *decodedBlock) decodeRaw(m blockMeta) error {
 // corruptEvent is what the dead-letter store keeps of a block it could
 // not decode: where it was and why, since its events are unreadable.
 type corruptEvent struct {
-	FirstSeq uint64 `json:"first_seq"`
-	Events   uint32 `json:"events"`
+	FirstSeq   uint64 `json:"first_seq"`
+	Events     uint32 `json:"events"`
+	Generation string `json:"generation"` // the directory, for whoever looks at the damage
 }
 
 // quarantine moves a block that fails its checksum or decoding to the
@@ -228,7 +230,7 @@ func (s *Spool) quarantine(g *generation, m blockMeta, cause error) error {
 	if s.quarantined[m.first] {
 		return nil // another consumer quarantined it first
 	}
-	ev, _ := json.Marshal(corruptEvent{FirstSeq: m.first, Events: m.count})
+	ev, _ := json.Marshal(corruptEvent{FirstSeq: m.first, Events: m.count, Generation: filepath.Base(g.dir)})
 	dl := DeadLetter{Reason: ReasonCorrupt, Error: cause.Error(), Event: ev}
 	if err := s.storeDeadLetters([]DeadLetter{dl}, time.Now(), quarantineKey(m.first)); err != nil {
 		return fmt.Errorf("quarantine block %d: %w", m.first, err)
@@ -239,7 +241,7 @@ func (s *Spool) quarantine(g *generation, m blockMeta, cause error) error {
 	g.mu.Unlock()
 	s.metrics.corrupt.Inc()
 	s.metrics.blocks.Dec()
-	s.log.Error("quarantined corrupt block", "first_seq", m.first, "events", m.count, "err", cause)
+	s.log.Error("quarantined corrupt block", "generation", filepath.Base(g.dir), "first_seq", m.first, "events", m.count, "err", cause)
 	return nil
 }
 
