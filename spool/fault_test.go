@@ -412,6 +412,20 @@ func TestAGenerationWithoutItsManifestStopsTheStart(t *testing.T) {
 	if err := os.Rename(filepath.Join(dir, "MANIFEST.away"), filepath.Join(gen, "MANIFEST")); err != nil {
 		t.Fatal(err)
 	}
+	// The same for meta, which holds the cursors and the dead letters.
+	metaManifest := filepath.Join(dir, "meta", "MANIFEST")
+	if err := os.Rename(metaManifest, metaManifest+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry()); err == nil {
+		s.Close(context.Background())
+		t.Fatal("opened a spool whose meta lost its MANIFEST")
+	} else if !strings.Contains(err.Error(), "meta") || !strings.Contains(err.Error(), "MANIFEST") {
+		t.Fatalf("open: %v; want meta and its missing MANIFEST named", err)
+	}
+	if err := os.Rename(metaManifest+".away", metaManifest); err != nil {
+		t.Fatal(err)
+	}
 	s = openTest(t, dir, "a")
 	defer s.Close(context.Background())
 	if got := len(readAll(t, s, "a")); got != 50 {

@@ -278,6 +278,11 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	if err := checkTableFooters(filepath.Join(cfg.Dir, "meta")); err != nil {
 		return nil, fmt.Errorf("open spool %s: meta: %w", cfg.Dir, err)
 	}
+	// Opened anew, meta would lose every cursor (all is delivered again)
+	// and every dead letter.
+	if err := checkManifest(filepath.Join(cfg.Dir, "meta")); err != nil {
+		return nil, fmt.Errorf("open spool %s: meta: %w", cfg.Dir, err)
+	}
 	meta, err := badger.Open(s.badgerOptions(filepath.Join(cfg.Dir, "meta")).
 		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20).
 		WithBaseTableSize(2 << 20))
@@ -403,10 +408,7 @@ func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
 	}
 	// Without its MANIFEST, a read-write open would start the generation
 	// anew and delete its tables: every key, so every block, gone.
-	if lost, err := lostManifest(dir); err != nil || lost {
-		if err == nil {
-			err = errors.New("its MANIFEST is missing but its data files are there")
-		}
+	if err := checkManifest(dir); err != nil {
 		return nil, fmt.Errorf("open generation %s: %w (move the directory aside to start without it)", filepath.Base(dir), err)
 	}
 	rw, rwErr := s.openGeneration(dir)
@@ -460,24 +462,27 @@ func checkTableFooters(dir string) error {
 	return nil
 }
 
-// lostManifest reports whether dir holds Badger's data files but not the
-// MANIFEST that lists them. A generation that crashed while being created
-// may lack both, which is harmless.
-func lostManifest(dir string) (bool, error) {
+// checkManifest fails when dir holds Badger's data files but not the
+// MANIFEST that lists them. A database that crashed while being created,
+// or was never created, lacks both, which is harmless.
+func checkManifest(dir string) error {
 	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return false, err
+		return err
 	}
 	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
-		return false, err
+		return err
 	}
 	for _, e := range entries {
 		switch filepath.Ext(e.Name()) {
 		case ".sst", ".vlog", ".mem":
-			return true, nil
+			return errors.New("its MANIFEST is missing but its data files are there")
 		}
 	}
-	return false, nil
+	return nil
 }
 
 // recover rebuilds the in-memory state from disk: the generations, the
