@@ -309,12 +309,12 @@ func TestDropOldestCountsOnlyWhatWasNeverRead(t *testing.T) {
 	}
 }
 
-// TestADamagedTableStopsTheStartNamingItsGeneration: a table holds the
-// keys that list a generation's blocks; damaged, it could hide blocks or
-// list ones that are not there. The start refuses, naming the generation,
-// instead of delivering around the damage without a word.
-func TestADamagedTableStopsTheStartNamingItsGeneration(t *testing.T) {
-	dir := t.TempDir()
+// closedSpoolWithATable writes a thousand events into a spool and closes
+// it, which writes its generation's keys into a table; it returns the
+// spool's directory and the table.
+func closedSpoolWithATable(t *testing.T) (dir, table string) {
+	t.Helper()
+	dir = t.TempDir()
 	s := openTest(t, dir, "a")
 	for range 20 {
 		if err := s.Append(t.Context(), events(0, 50), nil); err != nil {
@@ -328,15 +328,24 @@ func TestADamagedTableStopsTheStartNamingItsGeneration(t *testing.T) {
 	if len(tables) == 0 {
 		t.Fatal("no table written at close")
 	}
-	b, err := os.ReadFile(tables[0])
+	return dir, tables[0]
+}
+
+// TestADamagedTableStopsTheStartNamingItsGeneration: a table holds the
+// keys that list a generation's blocks; damaged, it could hide blocks or
+// list ones that are not there. The start refuses, naming the generation,
+// instead of delivering around the damage without a word.
+func TestADamagedTableStopsTheStartNamingItsGeneration(t *testing.T) {
+	dir, table := closedSpoolWithATable(t)
+	b, err := os.ReadFile(table)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b[len(b)/3] ^= 0x01
-	if err := os.WriteFile(tables[0], b, 0o600); err != nil {
+	if err := os.WriteFile(table, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	gen := filepath.Base(filepath.Dir(tables[0]))
+	gen := filepath.Base(filepath.Dir(table))
 	var logs bytes.Buffer
 	if s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, slog.New(slog.NewJSONHandler(&logs, nil)), prometheus.NewRegistry()); err == nil {
 		s.Close(context.Background())
@@ -356,24 +365,11 @@ func TestADamagedTableStopsTheStartNamingItsGeneration(t *testing.T) {
 // table was a panic that ended the process naming nothing.
 func TestACutShortTableStopsTheStartNamingItsGeneration(t *testing.T) {
 	for _, size := range []int64{3, 100} {
-		dir := t.TempDir()
-		s := openTest(t, dir, "a")
-		for range 20 {
-			if err := s.Append(t.Context(), events(0, 50), nil); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := s.Close(t.Context()); err != nil {
+		dir, table := closedSpoolWithATable(t)
+		if err := os.Truncate(table, size); err != nil {
 			t.Fatal(err)
 		}
-		tables, _ := filepath.Glob(filepath.Join(dir, "gen-*", "*.sst"))
-		if len(tables) == 0 {
-			t.Fatal("no table written at close")
-		}
-		if err := os.Truncate(tables[0], size); err != nil {
-			t.Fatal(err)
-		}
-		gen := filepath.Base(filepath.Dir(tables[0]))
+		gen := filepath.Base(filepath.Dir(table))
 		if s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry()); err == nil {
 			s.Close(context.Background())
 			t.Fatalf("opened a spool whose %s has a table cut to %d bytes", gen, size)
