@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -498,8 +499,6 @@ func (s *Spool) recover() error {
 	if err != nil {
 		return fmt.Errorf("list generations: %w", err)
 	}
-	var oldest blockMeta
-	found := false
 	kept := gens[:0]
 	for _, g := range gens {
 		s.nextGen = max(s.nextGen, g.num+1)
@@ -523,12 +522,15 @@ func (s *Spool) recover() error {
 			continue
 		}
 		g.blocks, g.first = n, first.first
-		if !found {
-			oldest, found = first, true
-		}
 		s.next = max(s.next, last.end())
 		kept = append(kept, g)
 	}
+	// Oldest events first, as reclaiming, dropping and finding a block all
+	// assume. The directories' numbers need not be in that order: the
+	// writer makes its own next generation when the spare is not ready yet,
+	// and the spare, made meanwhile with the number before, goes into use
+	// after it.
+	slices.SortFunc(kept, func(a, b *generation) int { return cmp.Compare(a.first, b.first) })
 	s.gens = kept
 
 	cursors, readMarks := make(map[string]uint64), make(map[string]uint64)
@@ -561,8 +563,8 @@ func (s *Spool) recover() error {
 		start, ok := cursors[name]
 		if !ok {
 			start = s.next
-			if found {
-				start = oldest.first
+			if len(s.gens) > 0 {
+				start = s.gens[0].first
 			}
 		}
 		c.cursor.Store(start)
