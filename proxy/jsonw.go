@@ -3,10 +3,10 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -472,19 +472,12 @@ func byteAt(b []byte, i int) byte {
 
 // hex4 reads the four hex digits at b[i:].
 func hex4(b []byte, i int) (rune, bool) {
+	var u [2]byte
 	if i+4 > len(b) {
 		return 0, false
 	}
-	var r rune
-	for _, c := range b[i : i+4] {
-		d := strings.IndexByte(hexDigits+"ABCDEF", c)
-		if d < 0 {
-			return 0, false
-		}
-		if d >= 16 {
-			d -= 6
-		}
-		r = r<<4 | rune(d)
+	if _, err := hex.Decode(u[:], b[i:i+4]); err != nil {
+		return 0, false
 	}
-	return r, true
+	return rune(u[0])<<8 | rune(u[1]), true
 }
