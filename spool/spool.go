@@ -217,10 +217,6 @@ type Spool struct {
 	// starts, and what it dropped in all when the spool has room again.
 	fullEpisode bool
 	dropEpisode map[string]uint64
-
-	// resend is, per consumer, what it had read past its cursor when the
-	// spool was last saved: at-least-once sends it again.
-	resend map[string]uint64
 }
 
 type consumer struct {
@@ -271,17 +267,11 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		changed:     make(chan struct{}),
 		consumers:   make(map[string]*consumer, len(cfg.Consumers)),
 		dropEpisode: map[string]uint64{},
-		resend:      map[string]uint64{},
 	}
 	// Dead letters live in meta's LSM tree (below the value threshold);
 	// Badger caps a transaction at 15% of the memtable, so a larger one
 	// than a generation's means fewer commits for a batch of them.
-	if err := checkTableFooters(filepath.Join(cfg.Dir, "meta")); err != nil {
-		return nil, fmt.Errorf("open spool %s: meta: %w", cfg.Dir, err)
-	}
-	// Opened anew, meta would lose every cursor (all is delivered again)
-	// and every dead letter.
-	if err := checkManifest(filepath.Join(cfg.Dir, "meta")); err != nil {
+	if err := checkDamage(filepath.Join(cfg.Dir, "meta")); err != nil {
 		return nil, fmt.Errorf("open spool %s: meta: %w", cfg.Dir, err)
 	}
 	meta, err := badger.Open(s.badgerOptions(filepath.Join(cfg.Dir, "meta")).
@@ -297,10 +287,14 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		return nil, err
 	}
 	s.metrics = newMetrics(reg, s)
-	for name, n := range s.resend {
-		s.metrics.resent.WithLabelValues(name).Add(float64(n))
-		logger.Info("events read before the stop and not acknowledged will be sent again",
-			"destination", name, "events", n)
+	for _, c := range s.consumers {
+		// What the consumer had read past its cursor when last saved:
+		// at-least-once sends it again.
+		if n := c.savedRead.Load() - c.saved.Load(); n > 0 {
+			s.metrics.resent.WithLabelValues(c.name).Add(float64(n))
+			logger.Info("events read before the stop and not acknowledged will be sent again",
+				"destination", c.name, "events", n)
+		}
 	}
 	s.refreshSize()
 	s.fillTaken = sync.NewCond(&s.fillMu)
@@ -400,17 +394,12 @@ func (s *Spool) openFinished(dir string) (*badger.DB, error) {
 // a crash its memtable must first be replayed by a read-write open, which
 // also trims a write torn by the crash.
 func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
-	if err := checkTableFooters(dir); err != nil {
+	if err := checkDamage(dir); err != nil {
 		return nil, fmt.Errorf("open generation %s: %w (move the directory aside to start without it)", filepath.Base(dir), err)
 	}
 	db, err := s.openFinished(dir)
 	if err == nil {
 		return db, nil
-	}
-	// Without its MANIFEST, a read-write open would start the generation
-	// anew and delete its tables: every key, so every block, gone.
-	if err := checkManifest(dir); err != nil {
-		return nil, fmt.Errorf("open generation %s: %w (move the directory aside to start without it)", filepath.Base(dir), err)
 	}
 	rw, rwErr := s.openGeneration(dir)
 	if rwErr != nil {
@@ -427,49 +416,24 @@ func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
 	return db, nil
 }
 
-// checkTableFooters checks that the lengths at the end of each of dir's
-// tables fit in the file. Badger reads them unchecked when it opens a
-// table, in a goroutine of its own, so a truncated table is a panic that
-// ends the process without naming anything; its checksums cover the rest.
-// The layout is Badger's (table.initIndex): ... index | index length (4) |
-// checksum | checksum length (4). A table a crash left half made is sized
-// before it is written, its footer zeros, and not in the MANIFEST, which
-// Badger then deletes: zeros pass here, and so does an empty file (a
-// crash between creating and sizing it).
-func checkTableFooters(dir string) error {
-	tables, err := filepath.Glob(filepath.Join(dir, "*.sst"))
-	if err != nil {
-		return err
-	}
-	for _, path := range tables {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if len(b) == 0 {
-			continue
-		}
-		end := len(b) - 4
-		if end >= 0 {
-			end -= int(binary.BigEndian.Uint32(b[end:])) + 4 // the checksum and the index length
-		}
-		if end >= 0 {
-			end -= int(binary.BigEndian.Uint32(b[end:])) // the index
-		}
-		if end < 0 {
-			return fmt.Errorf("table %s is cut short (%d bytes)", filepath.Base(path), len(b))
-		}
-	}
-	return nil
-}
-
-// checkManifest fails when dir holds Badger's data files but not the
-// MANIFEST that lists them. A database that crashed while being created,
-// or was never created, lacks both, which is harmless.
-func checkManifest(dir string) error {
-	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
+// checkDamage finds, in the Badger database at dir, the damage that
+// Badger would not report as an error of its own:
+//
+//   - A table whose footer lengths do not fit in the file. Badger reads
+//     them unchecked when it opens a table, in a goroutine of its own, so a
+//     table cut short is a panic that ends the process naming nothing; its
+//     checksums cover the rest. The layout is Badger's (table.initIndex):
+//     ... index | index length (4) | checksum | checksum length (4). A table
+//     a crash left half made is sized before it is written, its footer
+//     zeros, and not in the MANIFEST, which Badger then deletes: zeros pass
+//     here, and so does an empty file (a crash between creating and sizing
+//     it).
+//   - Data files without the MANIFEST that lists them. Opened read-write,
+//     Badger would start the database anew and delete its tables: for a
+//     generation every key, so every block; for meta every cursor and dead
+//     letter. A database that crashed while being created, or was never
+//     created, lacks both, which is harmless.
+func checkDamage(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -477,10 +441,52 @@ func checkManifest(dir string) error {
 	if err != nil {
 		return err
 	}
+	manifest, data := false, false
 	for _, e := range entries {
-		switch filepath.Ext(e.Name()) {
-		case ".sst", ".vlog", ".mem":
-			return errors.New("its MANIFEST is missing but its data files are there")
+		switch name := e.Name(); {
+		case name == "MANIFEST":
+			manifest = true
+		case filepath.Ext(name) == ".sst":
+			data = true
+			if err := checkTableFooter(filepath.Join(dir, name)); err != nil {
+				return err
+			}
+		case filepath.Ext(name) == ".vlog", filepath.Ext(name) == ".mem":
+			data = true
+		}
+	}
+	if data && !manifest {
+		return errors.New("its MANIFEST is missing but its data files are there")
+	}
+	return nil
+}
+
+// checkTableFooter checks the footer of the table at path (see checkDamage),
+// reading only the footer.
+func checkTableFooter(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	end := fi.Size()
+	if end == 0 {
+		return nil
+	}
+	var n [4]byte
+	for range 2 { // the checksum's length, then the index's
+		if end -= 4; end >= 0 {
+			if _, err := f.ReadAt(n[:], end); err != nil {
+				return err
+			}
+			end -= int64(binary.BigEndian.Uint32(n[:]))
+		}
+		if end < 0 {
+			return fmt.Errorf("table %s is cut short (%d bytes)", filepath.Base(path), fi.Size())
 		}
 	}
 	return nil
@@ -570,8 +576,9 @@ func (s *Spool) recover() error {
 		c.cursor.Store(start)
 		c.saved.Store(start)
 		c.pos = start
+		c.savedRead.Store(start)
 		if read := min(readMarks[name], s.next); ok && read > start {
-			s.resend[name] = read - start
+			c.savedRead.Store(read)
 		}
 		s.consumers[name] = c
 	}
@@ -823,10 +830,10 @@ func (s *Spool) generationsFrom(seq uint64) []*generation {
 }
 
 // blockAtOrAfter returns the stored block holding seq, or else the first
-// after it, and its generation; ok is false when there is none. A
-// generation that cannot be opened is an error, never "nothing there":
-// readers would skip its events.
-func (s *Spool) blockAtOrAfter(seq uint64) (g *generation, m blockMeta, ok bool, err error) {
+// after it, and its generation; false when there is none. A generation
+// that cannot be opened is an error, never "nothing there": readers would
+// skip its events.
+func (s *Spool) blockAtOrAfter(seq uint64) (*generation, blockMeta, bool, error) {
 	for _, g := range s.generationsFrom(seq) {
 		db, err := g.acquire(s.openFinished)
 		if err != nil {
