@@ -294,33 +294,24 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 	}
 	// Closing must finish even when the caller's context is gone, but not
 	// wait forever on a disk that no longer takes writes. Once hurry is
-	// closed (a second signal) it is given hurriedCloseTimeout more at most.
-	closeSpool := func(hurry <-chan struct{}) error {
+	// done (a second signal) it is given hurriedCloseTimeout more at most.
+	closeSpool := func(hurry context.Context) error {
 		bounded, cancel := context.WithTimeoutCause(context.WithoutCancel(ctx), spoolCloseTimeout,
 			fmt.Errorf("not closed within %v", spoolCloseTimeout))
 		defer cancel()
 		closeCtx, hurried := context.WithCancelCause(bounded)
 		defer hurried(nil)
-		go func() {
-			select {
-			case <-hurry:
-			case <-closeCtx.Done():
-				return
-			}
-			t := time.NewTimer(hurriedCloseTimeout)
-			defer t.Stop()
-			select {
-			case <-t.C:
+		defer context.AfterFunc(hurry, func() {
+			time.AfterFunc(hurriedCloseTimeout, func() {
 				hurried(fmt.Errorf("not closed within %v after a second signal", hurriedCloseTimeout))
-			case <-closeCtx.Done():
-			}
-		}()
+			})
+		})()
 		return sp.Close(closeCtx)
 	}
 
 	group, err := forwarders.New(dests, sp, logger, reg)
 	if err != nil {
-		_ = closeSpool(nil)
+		_ = closeSpool(context.Background())
 		return err
 	}
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -331,20 +322,20 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		Route:   group.Route,
 	}, logger, reg)
 	if err != nil {
-		_ = closeSpool(nil)
+		_ = closeSpool(context.Background())
 		return err
 	}
 
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
-		_ = closeSpool(nil)
+		_ = closeSpool(context.Background())
 		return fmt.Errorf("--listen %s: %w", c.listen, err)
 	}
 	var adminLn net.Listener
 	if c.adminListen != "" {
 		if adminLn, err = net.Listen("tcp", c.adminListen); err != nil {
 			ln.Close()
-			_ = closeSpool(nil)
+			_ = closeSpool(context.Background())
 			return fmt.Errorf("--admin-listen %s: %w", c.adminListen, err)
 		}
 	}
@@ -356,7 +347,7 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 			if adminLn != nil {
 				adminLn.Close()
 			}
-			_ = closeSpool(nil)
+			_ = closeSpool(context.Background())
 			return fmt.Errorf("--pprof-listen %s: %w", c.pprofListen, err)
 		}
 		pprofSrv := &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
@@ -419,12 +410,10 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 	// close wait, and then hurriedCloseTimeout ends it.
 	abandon, abandonDrain := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandonDrain()
-	hurry := make(chan struct{})
 	go func() {
 		select {
 		case sig := <-signals:
 			logger.Warn("second signal: abandoning the drain", "signal", sig.String(), "spool_close_limit", hurriedCloseTimeout)
-			close(hurry)
 			abandonDrain()
 		case <-abandon.Done():
 		}
@@ -450,7 +439,7 @@ func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination,
 		logger.Warn("shutdown: http server", "err", err)
 	}
 	logger.Info("shutdown: closing spool")
-	if err := closeSpool(hurry); err != nil {
+	if err := closeSpool(abandon); err != nil {
 		return err
 	}
 	logger.Info("shutdown complete")
