@@ -439,9 +439,7 @@ func TestAGenerationThatWillNotOpenIsAnErrorNotAnEnd(t *testing.T) {
 	if err := s.Append(t.Context(), events(0, 30), nil); err != nil {
 		t.Fatal(err)
 	}
-	first := s.active
-	s.rotate <- struct{}{}
-	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != first })
+	first := rotate(t, s)
 	if err := s.Append(t.Context(), events(30, 10), nil); err != nil {
 		t.Fatal(err)
 	}

@@ -337,11 +337,10 @@ func TestDeliveredGenerationsAreRemovedAndNumberingSurvives(t *testing.T) {
 	if err := s.Append(t.Context(), events(0, 10), nil); err != nil {
 		t.Fatal(err)
 	}
-	first := s.active
-	s.rotate <- struct{}{}
+	rotate(t, s)
 	// Once the next spare is made too: until then its directory would
 	// count as written.
-	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != first && s.spare != nil })
+	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.spare != nil })
 	s.reclaim()
 	if gens := writtenGenerations(t, s, dir); len(gens) != 2 {
 		t.Fatalf("%d generations before delivery, want the old and the new", len(gens))
@@ -383,6 +382,18 @@ func writtenGenerations(t *testing.T, s *Spool, dir string) []string {
 		}
 	}
 	return out
+}
+
+// rotate has the writer move to a new generation and waits until it has;
+// it returns the generation it left.
+func rotate(t *testing.T, s *Spool) *generation {
+	t.Helper()
+	s.genMu.Lock()
+	left := s.active
+	s.genMu.Unlock()
+	s.rotate <- struct{}{}
+	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != left })
+	return left
 }
 
 func waitUntil(t *testing.T, cond func() bool) {
@@ -619,9 +630,7 @@ func TestGenerationsNumberedOutOfOrderAreReadAndReclaimedInOrder(t *testing.T) {
 		if err := s.Append(t.Context(), events(i*10, 10), nil); err != nil {
 			t.Fatal(err)
 		}
-		active := s.active
-		s.rotate <- struct{}{}
-		waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != active })
+		rotate(t, s)
 	}
 	byFirst := map[uint64]string{}
 	for _, g := range s.gens {
