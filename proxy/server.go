@@ -274,7 +274,34 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.handleEvents(ctx, ep)
 		return
 	}
+	if string(ctx.Path()) == clientMetricsPath {
+		acceptClientMetrics(ctx)
+		return
+	}
 	s.serveAdmin(ctx, !s.adminMoved.Load())
+}
+
+// clientMetricsPath is where analytics.js posts its own telemetry, beside
+// the tracking paths on the same apiHost. Its counters describe the
+// library, not the app's users, and Segment keeps them; a sidecar has no
+// one to give them to.
+const clientMetricsPath = "/v1/m"
+
+// acceptClientMetrics answers analytics.js's telemetry with success and
+// drops it. Answered 404 without CORS headers, every page left open for
+// its 30 s flush logged a console error in the browser.
+func acceptClientMetrics(ctx *fasthttp.RequestCtx) {
+	setCORS(ctx)
+	switch {
+	case ctx.IsPost():
+		ctx.SetContentType("application/json")
+		ctx.SetBody(successBody)
+	case ctx.IsOptions():
+		preflight(ctx)
+	default:
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, "POST, OPTIONS")
+		writeError(ctx, errMethodNotAllowed)
+	}
 }
 
 // handleAdmin serves the admin listener: everything but events.

@@ -257,6 +257,25 @@ func TestCORS(t *testing.T) {
 	})
 }
 
+func TestClientMetricsAreAnsweredAndDropped(t *testing.T) {
+	h := newHarness(t, DefaultConfig())
+	a := h.do(t, http.MethodOptions, "/v1/m", nil,
+		"Origin: https://shop.example", "Access-Control-Request-Method: POST")
+	if a.status != http.StatusNoContent || a.header.Get("Access-Control-Allow-Origin") != "https://shop.example" {
+		t.Errorf("preflight: status %d, Allow-Origin %q; want 204 and the origin", a.status, a.header.Get("Access-Control-Allow-Origin"))
+	}
+	body := `{"series":[{"type":"Counter","metric":"analytics_js.invoke","value":1,"tags":{"type":"track"}}]}`
+	a = h.post(t, "/v1/m", body, "Origin: https://shop.example", "Content-Type: text/plain")
+	wantAnswer(t, a, http.StatusOK, "success.json")
+	if got := a.header.Get("Access-Control-Allow-Origin"); got != "https://shop.example" {
+		t.Errorf("Allow-Origin = %q, want the origin", got)
+	}
+	h.sp.wantNoCalls(t)
+	if a := h.do(t, http.MethodGet, "/v1/m", nil); a.status != http.StatusMethodNotAllowed {
+		t.Errorf("GET /v1/m: status %d, want 405", a.status)
+	}
+}
+
 func TestLimits(t *testing.T) {
 	small := DefaultConfig()
 	small.MaxEventBytes = 200
