@@ -75,6 +75,18 @@ type KafkaOptions struct {
 	PasswordEnv string
 }
 
+// saslPassword is the password SASL logs in with: ?password=, or else the
+// variable PasswordEnv names. Without SASL there is none to find.
+func (o KafkaOptions) saslPassword() (string, error) {
+	if o.SASL == "" || o.Password != "" {
+		return string(o.Password), nil
+	}
+	if pass := os.Getenv(o.PasswordEnv); pass != "" {
+		return pass, nil
+	}
+	return "", fmt.Errorf("sasl=%s needs a password: set %s (or name another variable with password_env=)", o.SASL, o.PasswordEnv)
+}
+
 // Secret is a string that prints as [redacted], so that a password kept in
 // a struct never reaches a log or an error through fmt or slog.
 type Secret string
@@ -136,6 +148,11 @@ func (dest *Destination) parseKafkaURL(u *url.URL) error {
 		return fmt.Errorf("sasl=%s needs user=", o.SASL)
 	case o.SASL != "" && o.Password == "" && o.PasswordEnv == "":
 		o.PasswordEnv = DefaultKafkaPasswordEnv
+	}
+	// Looked for now as well as when the forwarder is built, so that a
+	// missing password is a usage error before the spool is opened.
+	if _, err := o.saslPassword(); err != nil {
+		return err
 	}
 	// Only the brokers and topic: our parameters are not the broker's, and
 	// the password must never be part of what String prints.
@@ -281,13 +298,9 @@ func newKafka(d Destination) (*kafkaForwarder, error) {
 		opts = append(opts, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
 	}
 	if o.SASL != "" {
-		pass := string(o.Password)
-		if pass == "" {
-			pass = os.Getenv(o.PasswordEnv)
-		}
-		if pass == "" {
-			return nil, fmt.Errorf("destination %s: sasl=%s needs a password: set %s (or name another variable with password_env=)",
-				d.Name, o.SASL, o.PasswordEnv)
+		pass, err := o.saslPassword()
+		if err != nil {
+			return nil, fmt.Errorf("destination %s: %w", d.Name, err)
 		}
 		switch o.SASL {
 		case "plain":

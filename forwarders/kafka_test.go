@@ -638,12 +638,20 @@ func TestKafkaSASL(t *testing.T) {
 			t.Errorf("the password leaked: %s", out)
 		}
 	})
-	t.Run("no password at all fails at start-up, naming the variable", func(t *testing.T) {
+	t.Run("no password at all is a usage error, naming the variable", func(t *testing.T) {
 		t.Setenv(DefaultKafkaPasswordEnv, "")
-		d, err := ParseDestination("k="+kafkaURL(c, "events", "sasl=plain&user=spill"), Defaults{})
+		spec := "k=" + kafkaURL(c, "events", "sasl=plain&user=spill")
+		if _, err := ParseDestination(spec, Defaults{}); err == nil || !strings.Contains(err.Error(), DefaultKafkaPasswordEnv) {
+			t.Errorf("ParseDestination = %v, want an error naming %s", err, DefaultKafkaPasswordEnv)
+		}
+		// A destination whose variable was emptied after it was parsed
+		// is refused when its forwarder is built.
+		t.Setenv(DefaultKafkaPasswordEnv, "pass")
+		d, err := ParseDestination(spec, Defaults{})
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Setenv(DefaultKafkaPasswordEnv, "")
 		if _, err := newForwarder(d); err == nil || !strings.Contains(err.Error(), DefaultKafkaPasswordEnv) {
 			t.Errorf("newForwarder = %v, want an error naming %s", err, DefaultKafkaPasswordEnv)
 		}
@@ -651,6 +659,9 @@ func TestKafkaSASL(t *testing.T) {
 }
 
 func TestParseKafkaDestination(t *testing.T) {
+	t.Setenv(DefaultKafkaPasswordEnv, "from-the-default-variable")
+	t.Setenv("MY_PASS", "from-my-variable")
+	t.Setenv("EMPTY_PASS", "")
 	for _, tc := range []struct {
 		spec    string
 		want    func(d Destination) bool
@@ -686,6 +697,7 @@ func TestParseKafkaDestination(t *testing.T) {
 		{spec: "k=kafka://b:9092/t?acks=1", wantErr: "acks"},
 		{spec: "k=kafka://b:9092/t?key=email", wantErr: "key"},
 		{spec: "k=kafka://b:9092/t?sasl=plain", wantErr: "needs user"},
+		{spec: "k=kafka://b:9092/t?sasl=plain&user=u&password_env=EMPTY_PASS", wantErr: "needs a password: set EMPTY_PASS"},
 		{spec: "k=kafka://b:9092/t?user=u", wantErr: "need sasl"},
 		{spec: "k=kafka://b:9092/t?format=ndjson", wantErr: "only an http(s) destination"},
 		{spec: "k=kafka://b:9092/t?partition=3", wantErr: "unknown parameter"},

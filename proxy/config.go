@@ -81,6 +81,22 @@ func DefaultConfig() Config {
 	}
 }
 
+// CheckSecrets reads --write-key-file and the --tls-cert/--tls-key pair as
+// New will, so that a missing or malformed one is a usage error found
+// before anything is opened, rather than a failure after the spool is.
+func (c Config) CheckSecrets() error {
+	var errs []error
+	if _, err := acceptedKeys(c); err != nil {
+		errs = append(errs, err)
+	}
+	if c.TLSCertFile != "" {
+		if _, err := newCertStore(c.TLSCertFile, c.TLSKeyFile); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Validate reports every invalid field, each naming its flag.
 func (c Config) Validate() error {
 	var errs []error

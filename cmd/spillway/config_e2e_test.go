@@ -90,6 +90,51 @@ func TestMeaninglessValuesExitTwoNamingTheFlag(t *testing.T) {
 	}
 }
 
+// TestUnusableSecretsExitTwoBeforeTheSpoolOpens: the files and variables
+// that hold secrets are read with the flags. They used to be read after
+// the spool had opened, so a missing certificate exited 1 having created
+// the spool, where README promises a usage error before anything opens.
+func TestUnusableSecretsExitTwoBeforeTheSpoolOpens(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	spaced, empty := write("spaced-keys", "a b\n"), write("no-keys", "# none yet\n")
+	notPEM := write("not-pem", "not a certificate\n")
+	missing := filepath.Join(dir, "missing")
+	cases := map[string]struct {
+		args []string
+		env  []string
+		want string
+	}{
+		"a missing certificate":                   {[]string{"--tls-cert", missing, "--tls-key", missing}, nil, "--tls-cert"},
+		"a certificate that is not PEM":           {[]string{"--tls-cert", notPEM, "--tls-key", notPEM}, nil, "--tls-cert"},
+		"a missing write-key file":                {[]string{"--write-key-file", missing}, nil, "--write-key-file"},
+		"a write key with a space inside":         {[]string{"--write-key-file", spaced}, nil, "--write-key-file"},
+		"a write-key file without keys":           {[]string{"--write-key-file", empty}, nil, "--write-key-file"},
+		"kafka SASL without a password":           {[]string{"--destination", "k=kafka://127.0.0.1:9092/events?sasl=scram-sha-256&user=u"}, []string{"SPILLWAY_KAFKA_PASSWORD="}, "SPILLWAY_KAFKA_PASSWORD"},
+		"kafka SASL with an empty named variable": {[]string{"--destination", "k=kafka://127.0.0.1:9092/events?sasl=plain&user=u&password_env=SPILLWAY_TEST_EMPTY"}, []string{"SPILLWAY_TEST_EMPTY="}, "SPILLWAY_TEST_EMPTY"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			spoolDir := filepath.Join(t.TempDir(), "spool")
+			args := append([]string{"run", "--listen", freeAddr(t), "--spool-dir", spoolDir}, c.args...)
+			code, stderr := runBinary(t, 5*time.Second, c.env, args...)
+			if code != 2 || !strings.Contains(stderr, c.want) {
+				t.Fatalf("exit %d, stderr %q; want 2 naming %s", code, stderr, c.want)
+			}
+			if _, err := os.Stat(spoolDir); err == nil {
+				t.Errorf("a refused configuration created the spool %s", spoolDir)
+			}
+		})
+	}
+}
+
 // TestSpoolMaxBytesZeroMeansNoBound: the one zero with a meaning.
 func TestSpoolMaxBytesZeroMeansNoBound(t *testing.T) {
 	for _, size := range []string{"0", "4MiB"} {

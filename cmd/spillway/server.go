@@ -164,6 +164,9 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	if err := c.proxy.Validate(); err != nil {
 		return nil, nil, nil, err
 	}
+	if err := c.proxy.CheckSecrets(); err != nil {
+		return nil, nil, nil, err
+	}
 	if err := c.defaults.Validate(); err != nil {
 		return nil, nil, nil, err
 	}
