@@ -77,7 +77,7 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	fs.Var(&c.destinations, "destination", "NAME=URL, repeatable; none means stdout://")
 	fs.Var((*stringList)(&c.proxy.WriteKeys), "write-key", "accepted write key, repeatable; none means any key is accepted")
 	fs.BoolVar(&c.proxy.Strict, "strict", false, "answer 400 to a request holding a spec-invalid event, storing nothing of it")
-	fs.StringVar(&c.proxy.AdminToken, "admin-token", "", "bearer token that allows dead-letter replay and purge from non-loopback clients")
+	fs.StringVar(&c.proxy.AdminToken, "admin-token", "", "bearer token that admin requests reading events or dead letters need from another host or through a reverse proxy")
 	fs.StringVar(&c.proxy.WriteKeyFile, "write-key-file", "", "file of accepted write keys, one a line (# comments), added to --write-key; reread on SIGHUP")
 	fs.StringVar(&c.proxy.TLSCertFile, "tls-cert", "", "PEM certificate chain: serve HTTPS on --listen (with --tls-key); reread on SIGHUP")
 	fs.StringVar(&c.proxy.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
