@@ -149,16 +149,17 @@ func (s *Spool) dropOldest() {
 	dropped := map[string]uint64{}
 	for _, c := range s.consumers {
 		c.mu.Lock()
-		if c.cursor.Load() < end {
-			// What the consumer has read is in flight, held in memory
-			// until delivered or dead-lettered: only what it has not
-			// read is lost.
-			if c.pos < end {
-				n := end - max(c.pos, g.first)
-				dropped[c.name] = n
-				s.dropEpisode[c.name] += n
-				s.metrics.dropped.WithLabelValues(c.name, "spool_full").Add(float64(n))
-			}
+		if cursor := c.cursor.Load(); cursor < end {
+			// Counted from the cursor, not from what the consumer has
+			// read: the events it holds in flight lose their stored copy
+			// here, so a stop before their delivery, or a failed one,
+			// loses them. They may still arrive from memory, and be
+			// counted both dropped and delivered; uncounted, they
+			// vanished without a word.
+			n := end - max(cursor, g.first)
+			dropped[c.name] = n
+			s.dropEpisode[c.name] += n
+			s.metrics.dropped.WithLabelValues(c.name, "spool_full").Add(float64(n))
 			c.cursor.Store(end)
 			c.pos = max(c.pos, end)
 			c.cur = nil
