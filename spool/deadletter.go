@@ -2,7 +2,9 @@ package spool
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -17,11 +19,27 @@ func (s *Spool) DeadLetter(ctx context.Context, dls []DeadLetter) error {
 // DeadLetters calls fn for each dead letter f selects, oldest first, up to
 // f.Limit. An error from fn stops the walk and is returned.
 func (s *Spool) DeadLetters(f Filter, fn func(DeadLetter) error) error {
+	_, err := s.walkDead(f, 0, fn)
+	return err
+}
+
+// errChunkFull stops a walk once a chunk holds enough; errPastStart once
+// it reaches dead letters stored after the walk began.
+var (
+	errChunkFull = errors.New("chunk full")
+	errPastStart = errors.New("past the start")
+)
+
+// walkDead is DeadLetters from the dead letter numbered from on. It
+// returns the number after the last one it visited, where a walk that
+// fn stopped goes on.
+func (s *Spool) walkDead(f Filter, from uint64, fn func(DeadLetter) error) (next uint64, err error) {
 	n := 0
-	return s.meta.View(func(txn *badger.Txn) error {
+	next = from
+	err = s.meta.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDead}, PrefetchValues: true, PrefetchSize: 16})
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		for it.Seek(deadKey(from)); it.Valid(); it.Next() {
 			if f.Limit > 0 && n >= f.Limit {
 				return nil
 			}
@@ -30,6 +48,7 @@ func (s *Spool) DeadLetters(f Filter, fn func(DeadLetter) error) error {
 			if err != nil {
 				return fmt.Errorf("decode dead letter %x: %w", it.Item().Key(), err)
 			}
+			next = binary.BigEndian.Uint64(it.Item().Key()[1:]) + 1
 			if !f.Matches(&d) {
 				continue
 			}
@@ -40,12 +59,67 @@ func (s *Spool) DeadLetters(f Filter, fn func(DeadLetter) error) error {
 		}
 		return nil
 	})
+	return next, err
+}
+
+// deadChunkBytes bounds the events of the dead letters Replay and Purge
+// take at once. Taken whole, a replay of 150,000 dead letters held 650 MB
+// and made one commit that held up every acknowledgement for 1.7 s.
+const deadChunkBytes = 1 << 20
+
+// eachDeadChunk calls fn with the dead letters f selects, oldest first, a
+// chunk of about deadChunkBytes at a time, until they are all seen, ctx is
+// done or fn fails.
+//
+// Dead letters stored meanwhile (a replayed event a destination refuses
+// again) are left for the next call: a walk that took them would replay
+// such an event for as long as it is refused.
+func (s *Spool) eachDeadChunk(ctx context.Context, f Filter, fn func([]DeadLetter) error) error {
+	var chunk []DeadLetter
+	from, seen, until := uint64(0), 0, s.nextDead.Load()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		chunk = chunk[:0]
+		size := 0
+		walk := f
+		if f.Limit > 0 {
+			walk.Limit = f.Limit - seen
+		}
+		next, err := s.walkDead(walk, from, func(d DeadLetter) error {
+			if d.ID >= until {
+				return errPastStart
+			}
+			chunk = append(chunk, d)
+			if size += len(d.Event); size >= deadChunkBytes {
+				return errChunkFull
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errChunkFull) && !errors.Is(err, errPastStart) {
+			return err
+		}
+		if len(chunk) > 0 {
+			if err := fn(chunk); err != nil {
+				return err
+			}
+		}
+		seen += len(chunk)
+		if !errors.Is(err, errChunkFull) || (f.Limit > 0 && seen >= f.Limit) {
+			return nil
+		}
+		from = next
+	}
 }
 
 // Replay puts the dead letters f selects back on their destination's
 // queue (every destination's, for ingest-time rejects), with the same
-// event and write key, and then removes them from the store. A crash
-// between the two replays them twice: at-least-once, like everything else.
+// event and write key, and then removes them from the store, a chunk at a
+// time, so that neither memory nor the commits that acknowledge new events
+// wait on the size of the store. A crash between the two replays a chunk
+// twice: at-least-once, like everything else. A replay that ctx ends
+// stops between chunks, what it replayed replayed.
 //
 // A dead letter of a destination the spool has no consumer for stays in
 // the store: replayed, it would reach nobody and be reclaimed with its
@@ -57,10 +131,6 @@ func (s *Spool) Replay(ctx context.Context, f Filter) (int, error) {
 			return 0, fmt.Errorf("destination %q is not configured, so its replayed events would be delivered nowhere: %w", f.Destination, ErrUnknownConsumer)
 		}
 	}
-	var picked []DeadLetter
-	if err := s.DeadLetters(f, func(d DeadLetter) error { picked = append(picked, d); return nil }); err != nil {
-		return 0, err
-	}
 	replayable := func(d DeadLetter) bool {
 		if d.Reason == ReasonCorrupt {
 			return false // its events are unreadable; only purge removes it
@@ -68,31 +138,41 @@ func (s *Spool) Replay(ctx context.Context, f Filter) (int, error) {
 		_, configured := s.consumers[d.Destination]
 		return d.Destination == "" || configured || len(s.consumers) == 0
 	}
-	events := make([]Event, 0, len(picked))
-	for _, d := range picked {
-		if replayable(d) {
-			events = append(events, Event{WriteKey: d.WriteKey, Dest: d.Destination, Data: d.Event})
+	replayed := 0
+	var events []Event
+	err := s.eachDeadChunk(ctx, f, func(chunk []DeadLetter) error {
+		events = events[:0]
+		for _, d := range chunk {
+			if replayable(d) {
+				events = append(events, Event{WriteKey: d.WriteKey, Dest: d.Destination, Data: d.Event})
+			}
 		}
-	}
-	if len(events) == 0 {
-		return 0, nil
-	}
-	if err := s.Append(ctx, events, nil); err != nil {
-		return 0, fmt.Errorf("append replayed events: %w", err)
-	}
-	if err := s.deleteDead(picked, replayable); err != nil {
-		return 0, err
-	}
-	return len(events), nil
+		if len(events) == 0 {
+			return nil
+		}
+		if err := s.Append(ctx, events, nil); err != nil {
+			return fmt.Errorf("append replayed events: %w", err)
+		}
+		if err := s.deleteDead(chunk, replayable); err != nil {
+			return err
+		}
+		replayed += len(events)
+		return nil
+	})
+	return replayed, err
 }
 
-// Purge deletes the dead letters f selects.
+// Purge deletes the dead letters f selects, a chunk at a time.
 func (s *Spool) Purge(f Filter) (int, error) {
-	var picked []DeadLetter
-	if err := s.DeadLetters(f, func(d DeadLetter) error { picked = append(picked, d); return nil }); err != nil {
-		return 0, err
-	}
-	return len(picked), s.deleteDead(picked, func(DeadLetter) bool { return true })
+	purged := 0
+	err := s.eachDeadChunk(context.Background(), f, func(chunk []DeadLetter) error {
+		if err := s.deleteDead(chunk, func(DeadLetter) bool { return true }); err != nil {
+			return err
+		}
+		purged += len(chunk)
+		return nil
+	})
+	return purged, err
 }
 
 func (s *Spool) deleteDead(dls []DeadLetter, keep func(DeadLetter) bool) error {

@@ -1,11 +1,13 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 )
 
@@ -222,6 +225,55 @@ func TestReplayKeepsDeadLettersOfDestinationsNotConfigured(t *testing.T) {
 	defer s.Close(context.Background())
 	if n, err := s.Replay(t.Context(), Filter{Destination: "gone"}); err != nil || n != 1 {
 		t.Fatalf("replay on a spool opened without consumers = %d, %v; want 1", n, err)
+	}
+}
+
+// TestReplayAndPurgeGoAChunkAtATime: taken whole, a replay of a large
+// store held every dead letter in memory and made one commit of them all,
+// which every acknowledgement behind it waited for. Each chunk is its own
+// commit; a limit holds across chunks.
+func TestReplayAndPurgeGoAChunkAtATime(t *testing.T) {
+	s := openTest(t, t.TempDir(), "a")
+	defer s.Close(context.Background())
+	const n, size = 600, 10 << 10 // 6 MiB: six chunks or so
+	var dead []DeadLetter
+	for i := range n {
+		dead = append(dead, DeadLetter{Destination: "a", Reason: ReasonRejected, Status: 400,
+			Event: fmt.Appendf(nil, `{"n":%d,"pad":"%s"}`, i, strings.Repeat("x", size))})
+	}
+	for chunk := range slices.Chunk(dead, 50) {
+		if err := s.DeadLetter(t.Context(), chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commits := func() uint64 {
+		var m dto.Metric
+		if err := s.metrics.fsync.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount()
+	}
+	before := commits()
+	if got, err := s.Replay(t.Context(), Filter{Limit: 450}); err != nil || got != 450 {
+		t.Fatalf("replay of 450 = %d, %v", got, err)
+	}
+	if c := commits() - before; c < 4 {
+		t.Errorf("450 dead letters of 10 KiB replayed in %d commits, want a chunk (1 MiB) a commit", c)
+	}
+	got := readAll(t, s, "a")
+	if len(got) != 450 {
+		t.Fatalf("a got %d replayed events, want 450", len(got))
+	}
+	for i, r := range got {
+		if want := fmt.Sprintf(`{"n":%d,`, i); !bytes.HasPrefix(r.Data, []byte(want)) {
+			t.Fatalf("replayed event %d is %.20s, want the oldest first", i, r.Data)
+		}
+	}
+	if purged, err := s.Purge(Filter{}); err != nil || purged != n-450 {
+		t.Fatalf("purge = %d, %v; want the %d left", purged, err, n-450)
+	}
+	if err := s.DeadLetters(Filter{}, func(d DeadLetter) error { return fmt.Errorf("left in the store: %d", d.ID) }); err != nil {
+		t.Fatal(err)
 	}
 }
 
