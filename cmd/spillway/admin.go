@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -33,8 +34,19 @@ func newAdminClient(addr string) *adminClient {
 	if u, err := url.Parse(addr); err != nil || u.Scheme == "" || u.Host == "" {
 		base = "http://" + addr
 	}
-	return &adminClient{base: base, http: &http.Client{Timeout: 10 * time.Second}}
+	// No timeout on the whole request: a replay of a large store answers
+	// once it is done, and a client that gave up after 10 s reported a
+	// replay that went on as failed, so that running it again sent every
+	// event twice. Reaching the server is bounded; quick reads set their
+	// own limit (quickTimeout).
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.DialContext = (&net.Dialer{Timeout: 5 * time.Second}).DialContext
+	return &adminClient{base: base, http: &http.Client{Transport: transport}}
 }
+
+// quickTimeout bounds the admin requests that answer at once (status,
+// a page of tail), so that a hung server does not hang the command.
+const quickTimeout = 10 * time.Second
 
 func (a *adminClient) do(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
 	u := a.base + path
@@ -108,6 +120,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
 func printStatus(ctx context.Context, client *adminClient, asJSON bool, w io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, quickTimeout)
+	defer cancel()
 	resp, err := client.do(ctx, http.MethodGet, "/admin/status", nil)
 	if err != nil {
 		return err

@@ -141,6 +141,30 @@ func TestDeadLetterRoundTripThroughTheCommandLine(t *testing.T) {
 	}
 }
 
+// TestDLQReplayWaitsForTheServersAnswer: a replay of a large store takes
+// as long as it takes. The command gave up after 10 s and reported a
+// replay that went on as failed, and running it again sent every event
+// twice. The server here answers after 11 s, as a long replay does.
+func TestDLQReplayWaitsForTheServersAnswer(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/admin/dlq/replay" {
+			http.Error(w, "want POST /admin/dlq/replay", http.StatusNotFound)
+			return
+		}
+		select {
+		case <-time.After(11 * time.Second):
+		case <-r.Context().Done():
+			return
+		}
+		w.Write([]byte(`{"count":260100}`))
+	}))
+	defer srv.Close()
+	if out := runCLI(t, "dlq", "replay", "--addr", srv.Listener.Addr().String()); out != "replayed: 260100\n" {
+		t.Errorf("dlq replay printed %q, want the server's count", out)
+	}
+}
+
 // TestDLQOnADirectoryThatIsNotASpoolRefusesAndCreatesNothing: a mistyped
 // --spool-dir used to get a fresh spool made in it and an answer of no dead
 // letters, "purged: 0", as if all were well.

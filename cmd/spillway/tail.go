@@ -98,6 +98,8 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func fetchTail(ctx context.Context, client *adminClient, q url.Values) (*tailPage, error) {
+	ctx, cancel := context.WithTimeout(ctx, quickTimeout)
+	defer cancel()
 	resp, err := client.do(ctx, http.MethodGet, "/admin/events", q)
 	if err != nil {
 		return nil, err
