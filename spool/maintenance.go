@@ -186,7 +186,15 @@ func (s *Spool) refreshSize() {
 	if over != s.overMax.Swap(over) {
 		switch {
 		case over && s.cfg.WhenFull == Block:
-			s.log.Warn("spool full: refusing new events", "bytes", total, "max_bytes", s.cfg.MaxBytes)
+			// Dead letters stay until an operator replays or purges
+			// them: a store that fills the spool keeps it full however
+			// well the destinations do, and says so here.
+			dead := DiskUsage(filepath.Join(s.cfg.Dir, "meta"))
+			attrs := []any{"bytes", total, "max_bytes", s.cfg.MaxBytes, "dead_letter_bytes", dead}
+			if dead >= total/2 {
+				attrs = append(attrs, "hint", "most of the spool is dead letters, kept until replayed or purged: see spillway dlq")
+			}
+			s.log.Warn("spool full: refusing new events", attrs...)
 		case !over:
 			s.fullEpisode = false
 			attrs := []any{"bytes", total, "max_bytes", s.cfg.MaxBytes}

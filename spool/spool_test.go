@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -471,6 +472,53 @@ func TestFullSpoolRefusesAppend(t *testing.T) {
 	if s.Ready() != ErrFull {
 		t.Fatal("full spool reports ready")
 	}
+}
+
+// TestASpoolFullOfDeadLettersSaysSo: dead letters stay until an operator
+// replays or purges them, so a store that fills the spool keeps refusing
+// events while every destination is up and caught up. The log line that
+// says the spool is full points at them.
+func TestASpoolFullOfDeadLettersSaysSo(t *testing.T) {
+	var logs syncBuffer
+	s, err := Open(Config{Dir: t.TempDir(), MaxBytes: 4 << 20, Consumers: []string{"a"}},
+		slog.New(slog.NewTextHandler(&logs, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	pad := strings.Repeat("x", 10<<10)
+	for i := range 600 { // 6 MB
+		dl := DeadLetter{Destination: "a", Reason: ReasonRejected, Status: 400, Event: fmt.Appendf(nil, `{"n":%d,"pad":%q}`, i, pad)}
+		if err := s.DeadLetter(t.Context(), []DeadLetter{dl}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, func() bool { return strings.Contains(logs.String(), "spool full") })
+	if s.Ready() != ErrFull {
+		t.Fatalf("ready = %v with 6 MB of dead letters in a 4 MiB spool, want ErrFull", s.Ready())
+	}
+	if out := logs.String(); !strings.Contains(out, "dead_letter_bytes=") || !strings.Contains(out, "spillway dlq") {
+		t.Errorf("the spool is full of dead letters, and its log does not say so:\n%s", out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer the spool's goroutines may log into while
+// a test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func TestClosedSpoolRefusesAppendAndCloseIsIdempotent(t *testing.T) {
