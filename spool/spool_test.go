@@ -236,7 +236,7 @@ func TestReplayKeepsDeadLettersOfDestinationsNotConfigured(t *testing.T) {
 func TestReplayAndPurgeGoAChunkAtATime(t *testing.T) {
 	s := openTest(t, t.TempDir(), "a")
 	defer s.Close(context.Background())
-	const n, size = 600, 10 << 10 // 6 MiB: six chunks or so
+	const n, size = 600, 10 << 10 // 6 MiB: two dozen chunks
 	var dead []DeadLetter
 	for i := range n {
 		dead = append(dead, DeadLetter{Destination: "a", Reason: ReasonRejected, Status: 400,
@@ -259,7 +259,7 @@ func TestReplayAndPurgeGoAChunkAtATime(t *testing.T) {
 		t.Fatalf("replay of 450 = %d, %v", got, err)
 	}
 	if c := commits() - before; c < 4 {
-		t.Errorf("450 dead letters of 10 KiB replayed in %d commits, want a chunk (1 MiB) a commit", c)
+		t.Errorf("450 dead letters of 10 KiB replayed in %d commits, want a chunk (256 KiB) a commit", c)
 	}
 	got := readAll(t, s, "a")
 	if len(got) != 450 {
