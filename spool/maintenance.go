@@ -189,7 +189,7 @@ func (s *Spool) refreshSize() {
 			// Dead letters stay until an operator replays or purges
 			// them: a store that fills the spool keeps it full however
 			// well the destinations do, and says so here.
-			dead := DiskUsage(filepath.Join(s.cfg.Dir, "meta"))
+			dead := DiskUsage(metaDir(s.cfg.Dir))
 			attrs := []any{"bytes", total, "max_bytes", s.cfg.MaxBytes, "dead_letter_bytes", dead}
 			if dead >= total/2 {
 				attrs = append(attrs, "hint", "most of the spool is dead letters, kept until replayed or purged: see spillway dlq")

@@ -271,10 +271,10 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	// Dead letters live in meta's LSM tree (below the value threshold);
 	// Badger caps a transaction at 15% of the memtable, so a larger one
 	// than a generation's means fewer commits for a batch of them.
-	if err := checkDamage(filepath.Join(cfg.Dir, "meta")); err != nil {
+	if err := checkDamage(metaDir(cfg.Dir)); err != nil {
 		return nil, fmt.Errorf("open spool %s: meta: %w", cfg.Dir, err)
 	}
-	meta, err := badger.Open(s.badgerOptions(filepath.Join(cfg.Dir, "meta")).
+	meta, err := badger.Open(s.badgerOptions(metaDir(cfg.Dir)).
 		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20).
 		WithBaseTableSize(2 << 20))
 	if err != nil {
@@ -307,6 +307,18 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	}
 	logger.Info("spool open", "dir", cfg.Dir, "sync", cfg.Sync.String(), "generations", len(s.gens), "next_seq", s.next)
 	return s, nil
+}
+
+// metaDir is the spool's database of cursors, read marks and dead letters
+// (FORMAT.md), the first thing Open creates.
+func metaDir(spoolDir string) string { return filepath.Join(spoolDir, "meta") }
+
+// Exists reports whether dir holds a spool: its meta database with the
+// MANIFEST Badger writes as it opens one, so that an empty meta/ of some
+// other program does not pass for a spool.
+func Exists(dir string) bool {
+	_, err := os.Stat(filepath.Join(metaDir(dir), "MANIFEST"))
+	return err == nil
 }
 
 // readPositions reads the sequence numbers stored under prefix, by

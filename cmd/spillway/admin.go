@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"text/tabwriter"
@@ -293,10 +292,7 @@ func dlqOnDir(ctx context.Context, action, dir string, f spool.Filter, w io.Writ
 // checkSpoolDir refuses a directory that holds no spool before spool.Open
 // would make one there: a mistyped --spool-dir would otherwise list no dead
 // letters, or purge none, as if all were well, and leave an empty spool
-// behind. A spool is recognised by meta/, the Badger database of cursors
-// and dead letters that Open creates first (spool/FORMAT.md), whose
-// MANIFEST Badger writes as it opens: an empty meta/ of some other program
-// does not pass for one.
+// behind.
 func checkSpoolDir(dir string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
@@ -305,7 +301,7 @@ func checkSpoolDir(dir string) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("--spool-dir %s is not a directory", dir)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "meta", "MANIFEST")); err != nil {
+	if !spool.Exists(dir) {
 		return fmt.Errorf("--spool-dir %s holds no spool (no meta/ database): give the directory spillway run used", dir)
 	}
 	return nil
