@@ -361,14 +361,14 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	s.active.mu.Lock()
 	s.active.blocks += len(sg.blocks)
 	s.active.mu.Unlock()
-	written := 0
+	var written int64
 	for _, b := range sg.blocks {
-		written += len(b.val)
+		written += int64(len(b.val))
 	}
-	s.writtenSince.Add(int64(written))
+	s.activeBytes += written // the writer's alone: no lock
+	s.writtenSince.Add(written)
 	s.mu.Lock()
 	for _, b := range sg.blocks {
-		s.activeBytes += int64(len(b.val))
 		s.next = b.meta.end()
 		s.recent = append(s.recent, b.recentBlock)
 		s.recentLen += len(b.val)
