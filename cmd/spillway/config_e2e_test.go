@@ -69,24 +69,32 @@ func TestMeaninglessValuesExitTwoNamingTheFlag(t *testing.T) {
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			spoolDir := filepath.Join(t.TempDir(), "spool")
-			args := []string{"run", "--listen", freeAddr(t), "--spool-dir", spoolDir}
-			var env []string
-			for _, a := range c.args {
-				if kv, ok := strings.CutPrefix(a, "env:"); ok {
-					env = append(env, kv)
-				} else {
-					args = append(args, a)
-				}
-			}
-			code, stderr := runBinary(t, 5*time.Second, env, args...)
-			if code != 2 || !strings.Contains(stderr, c.want) {
-				t.Fatalf("exit %d, stderr %q; want 2 naming %s", code, stderr, c.want)
-			}
-			if _, err := os.Stat(spoolDir); err == nil {
-				t.Errorf("a refused configuration created the spool %s", spoolDir)
-			}
+			wantUsageErrorBeforeTheSpool(t, c.args, c.want)
 		})
+	}
+}
+
+// wantUsageErrorBeforeTheSpool runs spillway run with args (those written
+// "env:NAME=VALUE" go to its environment instead) and fails unless it
+// exits 2 naming want, without having created its spool.
+func wantUsageErrorBeforeTheSpool(t *testing.T, args []string, want string) {
+	t.Helper()
+	spoolDir := filepath.Join(t.TempDir(), "spool")
+	cmd := []string{"run", "--listen", freeAddr(t), "--spool-dir", spoolDir}
+	var env []string
+	for _, a := range args {
+		if kv, ok := strings.CutPrefix(a, "env:"); ok {
+			env = append(env, kv)
+		} else {
+			cmd = append(cmd, a)
+		}
+	}
+	code, stderr := runBinary(t, 5*time.Second, env, cmd...)
+	if code != 2 || !strings.Contains(stderr, want) {
+		t.Fatalf("exit %d, stderr %q; want 2 naming %s", code, stderr, want)
+	}
+	if _, err := os.Stat(spoolDir); err == nil {
+		t.Errorf("a refused configuration created the spool %s", spoolDir)
 	}
 }
 
@@ -108,29 +116,22 @@ func TestUnusableSecretsExitTwoBeforeTheSpoolOpens(t *testing.T) {
 	missing := filepath.Join(dir, "missing")
 	cases := map[string]struct {
 		args []string
-		env  []string
 		want string
 	}{
-		"a missing certificate":                   {[]string{"--tls-cert", missing, "--tls-key", missing}, nil, "--tls-cert"},
-		"a certificate that is not PEM":           {[]string{"--tls-cert", notPEM, "--tls-key", notPEM}, nil, "--tls-cert"},
-		"a missing write-key file":                {[]string{"--write-key-file", missing}, nil, "--write-key-file"},
-		"a write key with a space inside":         {[]string{"--write-key-file", spaced}, nil, "--write-key-file"},
-		"a write-key file without keys":           {[]string{"--write-key-file", empty}, nil, "--write-key-file"},
-		"kafka SASL without a password":           {[]string{"--destination", "k=kafka://127.0.0.1:9092/events?sasl=scram-sha-256&user=u"}, []string{"SPILLWAY_KAFKA_PASSWORD="}, "SPILLWAY_KAFKA_PASSWORD"},
-		"kafka SASL with an empty named variable": {[]string{"--destination", "k=kafka://127.0.0.1:9092/events?sasl=plain&user=u&password_env=SPILLWAY_TEST_EMPTY"}, []string{"SPILLWAY_TEST_EMPTY="}, "SPILLWAY_TEST_EMPTY"},
+		"a missing certificate":           {[]string{"--tls-cert", missing, "--tls-key", missing}, "--tls-cert"},
+		"a certificate that is not PEM":   {[]string{"--tls-cert", notPEM, "--tls-key", notPEM}, "--tls-cert"},
+		"a missing write-key file":        {[]string{"--write-key-file", missing}, "--write-key-file"},
+		"a write key with a space inside": {[]string{"--write-key-file", spaced}, "--write-key-file"},
+		"a write-key file without keys":   {[]string{"--write-key-file", empty}, "--write-key-file"},
+		"kafka SASL without a password": {[]string{"env:SPILLWAY_KAFKA_PASSWORD=",
+			"--destination", "k=kafka://127.0.0.1:9092/events?sasl=scram-sha-256&user=u"}, "SPILLWAY_KAFKA_PASSWORD"},
+		"kafka SASL with an empty named variable": {[]string{"env:SPILLWAY_TEST_EMPTY=",
+			"--destination", "k=kafka://127.0.0.1:9092/events?sasl=plain&user=u&password_env=SPILLWAY_TEST_EMPTY"}, "SPILLWAY_TEST_EMPTY"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			spoolDir := filepath.Join(t.TempDir(), "spool")
-			args := append([]string{"run", "--listen", freeAddr(t), "--spool-dir", spoolDir}, c.args...)
-			code, stderr := runBinary(t, 5*time.Second, c.env, args...)
-			if code != 2 || !strings.Contains(stderr, c.want) {
-				t.Fatalf("exit %d, stderr %q; want 2 naming %s", code, stderr, c.want)
-			}
-			if _, err := os.Stat(spoolDir); err == nil {
-				t.Errorf("a refused configuration created the spool %s", spoolDir)
-			}
+			wantUsageErrorBeforeTheSpool(t, c.args, c.want)
 		})
 	}
 }
