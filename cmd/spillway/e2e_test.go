@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -202,6 +204,94 @@ func (s *sink) event(id string) map[string]any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.byID[id]
+}
+
+// segmentAPI is a Segment-compatible batch API on loopback, as spillway's
+// segment+ destinations post to: it keeps each event by messageId, with
+// the write key (Basic auth) and the batch's sentAt that came with it, and
+// refuses, remembering why, any request but a gzipped POST /v1/batch with
+// both.
+type segmentAPI struct {
+	srv *httptest.Server
+
+	mu     sync.Mutex
+	events map[string]map[string]any
+	key    map[string]string
+	sentAt map[string]string
+	errs   []string
+}
+
+func newSegmentAPI(t *testing.T) *segmentAPI {
+	s := &segmentAPI{events: map[string]map[string]any{}, key: map[string]string{}, sentAt: map[string]string{}}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *segmentAPI) serve(w http.ResponseWriter, r *http.Request) {
+	key, _, _ := r.BasicAuth()
+	var batch struct {
+		Batch  []map[string]any `json:"batch"`
+		SentAt string           `json:"sentAt"`
+	}
+	err := func() error {
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/batch" || r.Header.Get("Content-Encoding") != "gzip" || key == "" {
+			return fmt.Errorf("%s %s with Content-Encoding %q and write key %q", r.Method, r.URL.Path, r.Header.Get("Content-Encoding"), key)
+		}
+		zr, err := gzip.NewReader(r.Body)
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(zr)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(b, &batch); err != nil {
+			return err
+		}
+		if batch.SentAt == "" {
+			return fmt.Errorf("a batch without sentAt: %s", b)
+		}
+		return nil
+	}()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.errs = append(s.errs, err.Error())
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	for _, e := range batch.Batch {
+		id, _ := e["messageId"].(string)
+		s.events[id], s.key[id], s.sentAt[id] = e, key, batch.SentAt
+	}
+	w.Write([]byte(`{"success":true}`))
+}
+
+// event is the event with messageId id and the write key it came with; nil
+// if it has not come.
+func (s *segmentAPI) event(id string) (map[string]any, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.events[id], s.key[id]
+}
+
+// snapshot copies what has come so far, by messageId.
+func (s *segmentAPI) snapshot() (events map[string]map[string]any, key, sentAt map[string]string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	events, key, sentAt = map[string]map[string]any{}, map[string]string{}, map[string]string{}
+	for id, e := range s.events {
+		events[id], key[id], sentAt[id] = e, s.key[id], s.sentAt[id]
+	}
+	return events, key, sentAt
+}
+
+// refused says why each refused request was refused.
+func (s *segmentAPI) refused() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.errs)
 }
 
 // waitFor polls cond until it holds or the deadline passes.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -82,71 +81,6 @@ const ajsSession = `(async (c) => {
   return {anonymousId: analytics.user().anonymousId(), sent};
 })`
 
-// ajsUpstream is a Segment-compatible batch API on loopback: it keeps each
-// event with the write key of the request that carried it.
-type ajsUpstream struct {
-	srv *httptest.Server
-
-	mu     sync.Mutex
-	events map[string]map[string]any // by messageId
-	keys   map[string]string         // messageId -> Basic auth user
-	errs   []string
-}
-
-func newAJSUpstream(t *testing.T) *ajsUpstream {
-	u := &ajsUpstream{events: map[string]map[string]any{}, keys: map[string]string{}}
-	u.srv = httptest.NewServer(http.HandlerFunc(u.serve))
-	t.Cleanup(u.srv.Close)
-	return u
-}
-
-func (u *ajsUpstream) serve(w http.ResponseWriter, r *http.Request) {
-	key, _, _ := r.BasicAuth()
-	var body struct {
-		Batch  []map[string]any `json:"batch"`
-		SentAt *string          `json:"sentAt"`
-	}
-	err := func() error {
-		if r.Method != http.MethodPost || r.URL.Path != "/v1/batch" || r.Header.Get("Content-Encoding") != "gzip" {
-			return fmt.Errorf("%s %s with Content-Encoding %q", r.Method, r.URL.Path, r.Header.Get("Content-Encoding"))
-		}
-		zr, err := gzip.NewReader(r.Body)
-		if err != nil {
-			return err
-		}
-		b, err := io.ReadAll(zr)
-		if err != nil {
-			return err
-		}
-		if err := json.Unmarshal(b, &body); err != nil {
-			return err
-		}
-		if body.SentAt == nil {
-			return fmt.Errorf("a batch without sentAt: %s", b)
-		}
-		return nil
-	}()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if err != nil {
-		u.errs = append(u.errs, err.Error())
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	for _, e := range body.Batch {
-		id, _ := e["messageId"].(string)
-		u.events[id] = e
-		u.keys[id] = key
-	}
-	w.WriteHeader(http.StatusOK)
-}
-
-func (u *ajsUpstream) event(id string) (map[string]any, string) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.events[id], u.keys[id]
-}
-
 // ajsResult is what ajsSession returns.
 type ajsResult struct {
 	AnonymousID string
@@ -183,7 +117,7 @@ func TestAnalyticsJSInAHeadlessBrowser(t *testing.T) {
 
 func testAnalyticsJS(t *testing.T, chromium, version string, strategy any, wantPaths []string) {
 	const writeKey = "wk_browser_e2e_0123456789"
-	upstream := newAJSUpstream(t)
+	upstream := newSegmentAPI(t)
 	// --write-key: a request whose key spillway did not find gets 401,
 	// which the network check below would see.
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--write-key", writeKey,
@@ -401,14 +335,13 @@ func testAnalyticsJS(t *testing.T, chromium, version string, strategy any, wantP
 				s.Type, s.MessageID, e["originalTimestamp"], s.Timestamp, e["timestamp"], e["receivedAt"])
 		}
 	}
-	upstream.mu.Lock()
-	for _, e := range upstream.errs {
+	events, _, _ := upstream.snapshot()
+	for _, e := range upstream.refused() {
 		t.Errorf("upstream: %s", e)
 	}
-	if len(upstream.events) != len(result.Sent) {
-		t.Errorf("the upstream got %d events, want %d", len(upstream.events), len(result.Sent))
+	if len(events) != len(result.Sent) {
+		t.Errorf("the upstream got %d events, want %d", len(events), len(result.Sent))
 	}
-	upstream.mu.Unlock()
 }
 
 // ajsHas reports whether got holds want: equal values, or for

@@ -2,19 +2,14 @@ package main
 
 import (
 	"bufio"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -226,66 +221,6 @@ func checkNodeEnrichment(t *testing.T, where, libVersion string, sdk, got map[st
 	}
 }
 
-// segmentAPI is a Segment-compatible destination that records the write
-// key (Basic auth) each event came under and the batch's sentAt.
-type segmentAPI struct {
-	srv *httptest.Server
-
-	mu     sync.Mutex
-	events map[string]map[string]any
-	key    map[string]string
-	sentAt map[string]string
-}
-
-func newSegmentAPI(t *testing.T) *segmentAPI {
-	s := &segmentAPI{events: map[string]map[string]any{}, key: map[string]string{}, sentAt: map[string]string{}}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.srv.Close)
-	return s
-}
-
-func (s *segmentAPI) serve(w http.ResponseWriter, r *http.Request) {
-	key, _, ok := r.BasicAuth()
-	if r.URL.Path != "/v1/batch" || !ok {
-		http.Error(w, "want POST /v1/batch with Basic auth", 400)
-		return
-	}
-	var body io.Reader = r.Body
-	if r.Header.Get("Content-Encoding") == "gzip" {
-		zr, err := gzip.NewReader(r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), 400)
-			return
-		}
-		body = zr
-	}
-	var batch struct {
-		Batch  []map[string]any `json:"batch"`
-		SentAt string           `json:"sentAt"`
-	}
-	if err := json.NewDecoder(body).Decode(&batch); err != nil {
-		http.Error(w, err.Error(), 400)
-		return
-	}
-	s.mu.Lock()
-	for _, e := range batch.Batch {
-		id, _ := e["messageId"].(string)
-		s.events[id], s.key[id], s.sentAt[id] = e, key, batch.SentAt
-	}
-	s.mu.Unlock()
-	w.Write([]byte(`{"success":true}`))
-}
-
-func (s *segmentAPI) snapshot() (events map[string]map[string]any, key, sentAt map[string]string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	events, key, sentAt = map[string]map[string]any{}, map[string]string{}, map[string]string{}
-	for id, e := range s.events {
-		events[id], key[id], sentAt[id] = e, s.key[id], s.sentAt[id]
-	}
-	return events, key, sentAt
-}
-
 // TestAnalyticsNodeSendsEveryCallThroughUnchanged runs two apps' SDKs, set
 // up as the README says, under different write keys at once: every event
 // each reports delivered reaches a file and a Segment-compatible
@@ -321,6 +256,9 @@ func TestAnalyticsNodeSendsEveryCallThroughUnchanged(t *testing.T) {
 	waitFor(t, 10*time.Second, "every event at the Segment API", func() bool { e, _, _ := api.snapshot(); return len(e) >= len(sent) })
 	fromFile := readNDJSON(t, file)
 	fromAPI, key, sentAt := api.snapshot()
+	for _, e := range api.refused() {
+		t.Errorf("the Segment API refused a request: %s", e)
+	}
 	if len(fromFile) != len(sent) || len(fromAPI) != len(sent) {
 		t.Errorf("%d events in the file and %d at the Segment API, want the %d sent", len(fromFile), len(fromAPI), len(sent))
 	}
