@@ -95,6 +95,11 @@ type Server struct {
 	certs *certStore
 
 	closing atomic.Bool
+	// served holds the listeners Serve and ServeAdmin were given, and
+	// stopped is set by Shutdown: see serveOn.
+	lnMu    sync.Mutex
+	served  []net.Listener
+	stopped bool
 	// admitted counts the event requests past the closing check, whose
 	// events may be on their way into the spool.
 	admitted atomic.Int64
@@ -206,10 +211,27 @@ func (s *Server) Serve(ln net.Listener) error {
 		// ReadTimeout, so a client stalling it is cut off like any other.
 		ln = tls.NewListener(ln, s.certs.config())
 	}
-	if err := s.srv.Serve(ln); err != nil {
+	if err := s.serveOn(s.srv, ln); err != nil {
 		return fmt.Errorf("serve http: %w", err)
 	}
 	return nil
+}
+
+// serveOn serves ln with srv until Shutdown, whichever of the two is called
+// first. fasthttp's Shutdown passes over a listener its Serve has not yet
+// taken, and that Serve then accepted connections for ever: a Shutdown
+// right after the server started (a test, a signal at start-up) never saw
+// Serve return.
+func (s *Server) serveOn(srv *fasthttp.Server, ln net.Listener) error {
+	s.lnMu.Lock()
+	if s.stopped {
+		s.lnMu.Unlock()
+		_ = ln.Close()
+		return nil
+	}
+	s.served = append(s.served, ln)
+	s.lnMu.Unlock()
+	return srv.Serve(ln)
 }
 
 // ServeAdmin serves /healthz, /readyz, /metrics and /admin/* on ln until
@@ -218,7 +240,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // balancers ask the port that takes events.
 func (s *Server) ServeAdmin(ln net.Listener) error {
 	s.adminMoved.Store(true)
-	if err := s.adminSrv.Serve(ln); err != nil {
+	if err := s.serveOn(s.adminSrv, ln); err != nil {
 		return fmt.Errorf("serve admin http: %w", err)
 	}
 	return nil
@@ -265,6 +287,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err := s.adminSrv.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("shut down admin http server: %w", err))
 	}
+	// What fasthttp closed already only answers an error here.
+	s.lnMu.Lock()
+	s.stopped = true
+	for _, ln := range s.served {
+		_ = ln.Close()
+	}
+	s.lnMu.Unlock()
 	return errors.Join(errs...)
 }
 

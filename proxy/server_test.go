@@ -257,6 +257,37 @@ func TestCORS(t *testing.T) {
 	})
 }
 
+// TestServeAfterShutdownReturns: fasthttp's Shutdown passes over a
+// listener its Serve has not taken yet, and Serve, called just after,
+// then accepted for ever.
+func TestServeAfterShutdownReturns(t *testing.T) {
+	s, err := New(DefaultConfig(), &fakeSpool{}, Options{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for name, serve := range map[string]func(net.Listener) error{"Serve": s.Serve, "ServeAdmin": s.ServeAdmin} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- serve(ln) }()
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("%s after Shutdown = %v", name, err)
+			}
+		case <-time.After(5 * time.Second):
+			ln.Close()
+			<-served
+			t.Errorf("%s after Shutdown still serving after 5 s", name)
+		}
+	}
+}
+
 func TestClientMetricsAreAnsweredAndDropped(t *testing.T) {
 	h := newHarness(t, DefaultConfig())
 	a := h.do(t, http.MethodOptions, "/v1/m", nil,
