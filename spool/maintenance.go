@@ -39,10 +39,22 @@ func (s *Spool) maintenanceLoop() {
 		}
 		s.reclaim()
 		s.prepareSpare()
+		s.leaseAhead()
 		s.refreshSize()
 		if s.cfg.WhenFull == DropOldest && s.full() {
 			s.dropOldest()
 		}
+	}
+}
+
+// leaseAhead extends the sequence lease before the committer needs it, so
+// that a commit seldom waits for the lease's fsyncs.
+func (s *Spool) leaseAhead() {
+	s.mu.Lock()
+	next := s.next
+	s.mu.Unlock()
+	if err := s.ensureLease(next + leaseSize/2); err != nil {
+		s.log.Warn("extend sequence lease", "err", err)
 	}
 }
 

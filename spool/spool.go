@@ -187,6 +187,13 @@ type Spool struct {
 
 	nextDead atomic.Uint64
 
+	// leased is the durable lease on sequence numbers (numbering.go);
+	// leaseMu serialises its writes.
+	leaseMu sync.Mutex
+	leased  atomic.Uint64
+	// gap is where numbering jumped to the lease after a crash.
+	gap numberingGap
+
 	genMu   sync.Mutex
 	gens    []*generation // oldest first; the last one is the writer's
 	active  *generation   // only the committer replaces it
@@ -271,6 +278,9 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	// Dead letters live in meta's LSM tree (below the value threshold);
 	// Badger caps a transaction at 15% of the memtable, so a larger one
 	// than a generation's means fewer commits for a batch of them.
+	if err := clearUnsizedLogs(metaDir(cfg.Dir), logger); err != nil {
+		return nil, fmt.Errorf("open spool %s: meta: %w", cfg.Dir, err)
+	}
 	if err := checkDamage(metaDir(cfg.Dir)); err != nil {
 		return nil, fmt.Errorf("open spool %s: meta: %w", cfg.Dir, err)
 	}
@@ -281,6 +291,12 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		return nil, fmt.Errorf("open spool %s: %w", cfg.Dir, err)
 	}
 	s.meta = meta
+	// Badger creates its log files without syncing their directory: a
+	// power cut could take the files, with everything synced into them.
+	if err := syncDir(metaDir(cfg.Dir)); err != nil {
+		_ = meta.Close()
+		return nil, fmt.Errorf("open spool %s: %w", cfg.Dir, err)
+	}
 	if err := s.recover(); err != nil {
 		s.closeGenerations()
 		_ = meta.Close()
@@ -406,13 +422,20 @@ func (s *Spool) openFinished(dir string) (*badger.DB, error) {
 // a crash its memtable must first be replayed by a read-write open, which
 // also trims a write torn by the crash.
 func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
+	if err := clearUnsizedLogs(dir, s.log); err != nil {
+		return nil, fmt.Errorf("open generation %s: %w", filepath.Base(dir), err)
+	}
 	if err := checkDamage(dir); err != nil {
 		return nil, fmt.Errorf("open generation %s: %w (move the directory aside to start without it)", filepath.Base(dir), err)
 	}
-	db, err := s.openFinished(dir)
-	if err == nil {
-		return db, nil
+	if !hasMemtables(dir) {
+		db, err := s.openFinished(dir)
+		if err == nil {
+			return db, nil
+		}
 	}
+	// Not closed cleanly: only a read-write open replays its memtables
+	// (tried read-only first, Badger's failed open left goroutines behind).
 	rw, rwErr := s.openGeneration(dir)
 	if rwErr != nil {
 		return nil, fmt.Errorf("%w (move the directory aside to start without it)", rwErr)
@@ -421,7 +444,7 @@ func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
 		return nil, fmt.Errorf("close generation %s: %w", filepath.Base(dir), err)
 	}
 	s.log.Info("recovered generation after an unclean stop", "dir", filepath.Base(dir))
-	db, err = s.openFinished(dir)
+	db, err := s.openFinished(dir)
 	if err != nil {
 		return nil, fmt.Errorf("%w (move the directory aside to start without it)", err)
 	}
@@ -513,6 +536,9 @@ func (s *Spool) recover() error {
 	if err := sweepRemovals(s.cfg.Dir); err != nil {
 		return err
 	}
+	if err := sweepTemporary(s.cfg.Dir); err != nil {
+		return err
+	}
 	gens, err := listGenerations(s.cfg.Dir)
 	if err != nil {
 		return fmt.Errorf("list generations: %w", err)
@@ -576,14 +602,28 @@ func (s *Spool) recover() error {
 	if err != nil {
 		return fmt.Errorf("read cursors: %w", err)
 	}
+	lease, err := readLease(s.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	stored := s.next
+	if lease > s.next {
+		// Numbers up to the lease may have been handed out before a crash.
+		s.gap = numberingGap{from: s.next, to: lease}
+		s.next = lease
+		s.log.Info("numbering resumes at the sequence lease after an unclean stop", "stored_end", stored, "next_seq", lease)
+	}
+	s.leased.Store(lease)
 	for _, name := range s.cfg.Consumers {
 		c := &consumer{name: name}
 		start, ok := cursors[name]
-		if !ok {
+		switch {
+		case !ok && len(s.gens) > 0:
+			start = s.gens[0].first
+		case !ok || start >= stored:
+			// Nothing is stored past it: the skipped numbers are not
+			// backlog to wait on.
 			start = s.next
-			if len(s.gens) > 0 {
-				start = s.gens[0].first
-			}
 		}
 		c.cursor.Store(start)
 		c.saved.Store(start)
@@ -630,7 +670,9 @@ func (s *Spool) createGeneration(num uint64) (*generation, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := syncDir(s.cfg.Dir); err != nil {
+	// The generation's own directory too: Badger syncs it for its
+	// MANIFEST, not for the log files it creates after.
+	if err := errors.Join(syncDir(g.dir), syncDir(s.cfg.Dir)); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -784,6 +826,11 @@ func (s *Spool) Close(ctx context.Context) error {
 func (s *Spool) closeAll() error {
 	s.wg.Wait()
 	cursorsErr := s.saveCursors()
+	// Every number below next is stored: a clean restart need skip none.
+	s.mu.Lock()
+	next := s.next
+	s.mu.Unlock()
+	leaseErr := writeLease(s.cfg.Dir, next)
 	generationsErr := s.closeGenerations()
 	var spareErr error
 	if s.spare != nil {
@@ -794,7 +841,7 @@ func (s *Spool) closeAll() error {
 	if metaErr != nil {
 		metaErr = fmt.Errorf("close spool meta: %w", metaErr)
 	}
-	return errors.Join(cursorsErr, generationsErr, spareErr, metaErr)
+	return errors.Join(cursorsErr, leaseErr, generationsErr, spareErr, metaErr)
 }
 
 func (s *Spool) consumer(name string) (*consumer, error) {
@@ -827,7 +874,7 @@ func (s *Spool) Backlog(consumer string) Backlog {
 			oldest = m.stored
 		}
 	}
-	return Backlog{Events: int64(next - cursor), Oldest: oldest}
+	return Backlog{Events: int64(next - cursor - s.gap.within(cursor, next)), Oldest: oldest}
 }
 
 // generationsFrom returns the generations that may hold seq or later.

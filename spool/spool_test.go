@@ -23,6 +23,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(crashChildEnv); dir != "" {
+		os.Exit(runCrashChild(dir))
+	}
 	goleak.VerifyTestMain(m,
 		// Badger's and ristretto's process-wide helpers outlive any one DB.
 		goleak.IgnoreAnyFunction("github.com/golang/glog.(*fileSink).flushDaemon"),

@@ -344,6 +344,9 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	if len(sg.blocks) == 0 {
 		return nil
 	}
+	if err := s.ensureLease(sg.blocks[len(sg.blocks)-1].meta.end()); err != nil {
+		return s.writeError(err)
+	}
 	start := time.Now()
 	err := s.active.db.Update(func(txn *badger.Txn) error {
 		for _, b := range sg.blocks {
