@@ -13,6 +13,11 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
+// maxBlockBytes bounds how much event data one group commit gathers: large
+// enough to amortise an fsync over many requests, small enough that one
+// block decodes quickly and stays far below Badger's value size limit.
+const maxBlockBytes = 1 << 20
+
 // A block value is an envelope: [version][flags][crc32c of body, 4 bytes BE][body].
 // With flagZstd the body is zstd-compressed. The decompressed body is
 //

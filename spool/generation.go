@@ -15,6 +15,16 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 )
 
+// Generation sizing: a generation is rotated once it holds genMaxBytes of
+// blocks or is genMaxAge old, so that a drained backlog gives its space
+// back within about a minute. What is written to the active generation's
+// mmapped value log stays resident until it is closed, so its size is
+// part of peak RSS; each costs about 20 KiB of disk besides its blocks.
+const (
+	genMaxBytes = 4 << 20
+	genMaxAge   = time.Minute
+)
+
 // A generation is one Badger database holding the blocks of a range of
 // sequence numbers. Space comes back by removing a whole generation once
 // every consumer has passed it: Badger used as a queue does not reliably
@@ -156,4 +166,108 @@ func scanBlocks(db *badger.DB) (oldest, newest blockMeta, count int, err error) 
 		return nil
 	})
 	return oldest, newest, count, err
+}
+
+// prepareSpare opens the generation the writer will move to next, so that
+// moving is a swap rather than the tens of milliseconds Badger takes to
+// create a database, which every request waiting on that commit would feel.
+func (s *Spool) prepareSpare() {
+	s.genMu.Lock()
+	if s.spare != nil {
+		s.genMu.Unlock()
+		return
+	}
+	num := s.nextGen
+	s.nextGen++
+	s.genMu.Unlock()
+	g, err := s.createGeneration(num)
+	if err != nil {
+		s.log.Warn("prepare next generation", "err", err)
+		return
+	}
+	s.genMu.Lock()
+	s.spare = g // only this loop sets it, so it is still nil
+	s.genMu.Unlock()
+}
+
+func (s *Spool) createGeneration(num uint64) (*generation, error) {
+	g := &generation{num: num, dir: filepath.Join(s.cfg.Dir, genDirName(num))}
+	db, err := s.openGeneration(g.dir)
+	if err != nil {
+		return nil, err
+	}
+	// The generation's own directory too: Badger syncs it for its
+	// MANIFEST, not for the log files it creates after.
+	if err := errors.Join(syncDir(g.dir), syncDir(s.cfg.Dir)); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	g.db = db
+	return g, nil
+}
+
+// startGeneration moves the writer to a new generation, holding events
+// from s.next on: the spare if one is ready, else one opened now. Only the
+// committer (or recover, before it runs) calls it.
+func (s *Spool) startGeneration() error {
+	s.genMu.Lock()
+	g := s.spare
+	s.spare = nil
+	num := s.nextGen
+	if g == nil {
+		s.nextGen++
+	}
+	s.genMu.Unlock()
+	select {
+	case s.spareTaken <- struct{}{}:
+	default:
+	}
+	if g == nil {
+		var err error
+		if g, err = s.createGeneration(num); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	g.first = s.next
+	s.mu.Unlock()
+	g.created = time.Now()
+	g.refs = 1 // the writer's
+	s.genMu.Lock()
+	prev := s.active
+	s.gens = append(s.gens, g)
+	s.active = g
+	s.activeBytes = 0
+	s.genMu.Unlock()
+	if prev != nil {
+		if s.cfg.Sync == SyncInterval {
+			// The background fsync follows the active generation only.
+			if err := prev.db.Sync(); err != nil {
+				s.log.Error("sync finished generation", "err", err)
+			}
+		}
+		prev.release()
+		// Readers that keep up find its blocks in the recent cache; one
+		// that needs it later reopens it read-only. Closing it is a
+		// memtable flush and an fsync: not on the commit path.
+		s.spawn(func() { prev.closeIfUnused(s.log) })
+	}
+	return nil
+}
+
+func (s *Spool) closeGenerations() error {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	var first error
+	for _, g := range s.gens {
+		g.mu.Lock()
+		if g.db != nil {
+			if err := g.db.Close(); err != nil && first == nil {
+				first = fmt.Errorf("close generation: %w", err)
+			}
+			g.db = nil
+		}
+		g.mu.Unlock()
+	}
+	return first
 }

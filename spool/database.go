@@ -1,0 +1,100 @@
+package spool
+
+import (
+	"fmt"
+	"path/filepath"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+func (s *Spool) badgerOptions(dir string) badger.Options {
+	return badger.DefaultOptions(dir).
+		// Not WithLoggingLevel: it replaces the logger with Badger's own,
+		// which writes plain text to stderr past --log-format json.
+		WithLogger(badgerLogger{s.log}).
+		// One fsync per transaction, and we commit one transaction per
+		// group: this is what makes an acknowledged block durable. db.Sync
+		// alone would miss value-log and memtable files just rotated out.
+		WithSyncWrites(s.cfg.Sync == SyncAlways).
+		WithMetricsEnabled(false).
+		WithDetectConflicts(false).
+		// Blocks go to the value log: kept in the LSM tree their
+		// compaction would cost more than a core.
+		WithValueThreshold(1 << 10).
+		// Values are zstd blocks already; keys are tiny.
+		WithCompression(options.None).
+		WithBlockCacheSize(0).
+		WithIndexCacheSize(0).
+		// A sidecar lives under a memory limit: memtables and value-log
+		// files are mmapped, so what is written to them counts toward RSS.
+		// Keys and value pointers are all a memtable holds (values go to
+		// the value log), so a small one lasts for thousands of blocks.
+		// Three generations are often open at once (active, spare, one
+		// being drained): 256 KiB each instead of 1 MiB saves 4 MiB of heap.
+		WithMemTableSize(256 << 10).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		// A memtable flush builds its table in a buffer of twice this:
+		// a generation's tables hold only keys, a few KiB.
+		WithBaseTableSize(256 << 10).
+		WithValueLogFileSize(genMaxBytes + maxBlockBytes).
+		WithNumCompactors(2).
+		WithNumGoroutines(2).
+		// A table holding a damaged key would list blocks that are not
+		// there, or hide those that are: checked whole when opened, a
+		// damaged table stops the open instead (it holds keys only, a
+		// few KiB, so the check is cheap).
+		WithChecksumVerificationMode(options.OnTableRead)
+}
+
+func (s *Spool) openGeneration(dir string) (*badger.DB, error) {
+	db, err := badger.Open(s.badgerOptions(dir))
+	if err != nil {
+		return nil, fmt.Errorf("open generation %s: %w", filepath.Base(dir), err)
+	}
+	return db, nil
+}
+
+// openFinished opens a generation the writer has left, read-only. Opened
+// for writing, Badger would truncate its newest value-log file at the
+// first damaged entry, losing the intact blocks behind it; read-only, a
+// damaged block fails its own checksum and is quarantined alone.
+func (s *Spool) openFinished(dir string) (*badger.DB, error) {
+	// Badger checks a value's own checksum before decoding its header, so
+	// damage is an error here rather than a panic inside Badger.
+	db, err := badger.Open(s.badgerOptions(dir).WithReadOnly(true).WithVerifyValueChecksum(true))
+	if err != nil {
+		return nil, fmt.Errorf("open generation %s: %w", filepath.Base(dir), err)
+	}
+	return db, nil
+}
+
+// openMeta opens the database of cursors, read marks and dead letters,
+// after repairing what a crash may have left in it.
+func (s *Spool) openMeta() (*badger.DB, error) {
+	dir := metaDir(s.cfg.Dir)
+	if err := clearUnsizedLogs(dir, s.log); err != nil {
+		return nil, fmt.Errorf("meta: %w", err)
+	}
+	if err := checkDamage(dir); err != nil {
+		return nil, fmt.Errorf("meta: %w", err)
+	}
+	// Dead letters live in meta's LSM tree (below the value threshold);
+	// Badger caps a transaction at 15% of the memtable, so a larger one
+	// than a generation's means fewer commits for a batch of them.
+	meta, err := badger.Open(s.badgerOptions(dir).
+		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20).
+		WithBaseTableSize(2 << 20))
+	if err != nil {
+		return nil, err
+	}
+	// Badger creates its log files without syncing their directory: a
+	// power cut could take the files, with everything synced into them.
+	if err := syncDir(dir); err != nil {
+		_ = meta.Close()
+		return nil, err
+	}
+	return meta, nil
+}
