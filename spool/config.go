@@ -116,6 +116,3 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
-
-// Spool is the durable event log. Its methods are safe for concurrent use;
-// Read, Ack and Rewind for one consumer are meant to be called from that

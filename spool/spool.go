@@ -24,6 +24,23 @@ import (
 // (Spool.hot), which gave 8% more throughput at W1.
 const recentCacheBytes = 1 << 20
 
+// Spool is the durable event log. Its methods are safe for concurrent use;
+// Read, Ack and Rewind for one consumer are meant to be called from that
+// consumer's single delivery loop.
+//
+// Goroutines: writeLoop takes filling groups and seals them; commitLoop
+// alone writes the active generation and replaces it; maintenanceLoop
+// saves cursors, reclaims, drops, measures and opens the spare; syncLoop
+// (--sync=interval) fsyncs. Locks, outermost first; none is taken while a
+// later one in this list is held, except as the arrows say:
+//
+//	consumer.mu -> Spool.mu, genMu, quarantineMu, generation.mu
+//	quarantineMu -> generation.mu
+//	genMu -> generation.mu
+//	fillMu (with fillTaken), leaseMu: taken alone
+//
+// quarantineMu and genMu are never held together. docs/architecture.md
+// draws the whole path.
 type Spool struct {
 	cfg     Config
 	meta    *badger.DB // cursors and dead letters
