@@ -359,7 +359,10 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	if err != nil {
 		return s.writeError(err)
 	}
-	s.metrics.fsync.Observe(time.Since(start).Seconds())
+	if s.cfg.Sync == SyncAlways {
+		// With SyncInterval the commit is no fsync: syncLoop counts those.
+		s.metrics.fsync.Observe(time.Since(start).Seconds())
+	}
 	s.metrics.blocks.Add(float64(len(sg.blocks)))
 	s.active.mu.Lock()
 	s.active.blocks += len(sg.blocks)
