@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,10 +42,23 @@ type powerRig struct {
 	picky    *pickySink
 	args     []string
 
-	mu    sync.Mutex
-	acked map[string]time.Time // messageId -> when its 200 arrived
-	cuts  int
-	stats powercut.Stats
+	mu         sync.Mutex
+	acked      map[string]time.Time // messageId -> when its 200 arrived
+	ackedTotal uint64               // every event acknowledged, in every cycle
+	cuts       int
+	stats      powercut.Stats
+	nextSeq    uint64 // as the last start logged it
+	// pad, when set, adds that many random bytes to every event, so that
+	// generations fill (trackEvents compress to almost nothing).
+	pad int
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n/2)
+	for i := range b {
+		b[i] = byte(rand.Uint32())
+	}
+	return hex.EncodeToString(b)
 }
 
 // needPowerCut skips where FUSE cannot be mounted, except under CI=true,
@@ -110,8 +125,28 @@ func (r *powerRig) cut(p *process, mode powercut.Mode) powercut.Stats {
 }
 
 // start runs spillway on the rig and waits until it is ready: a start-up
-// that refuses the spool fails the test.
-func (r *powerRig) start() *process { return startSpillway(r.t, "", nil, r.args...) }
+// that refuses the spool fails the test, and so does numbering that went
+// back, which would number new events below cursors already past them.
+func (r *powerRig) start() *process {
+	r.t.Helper()
+	p := startSpillway(r.t, "", nil, r.args...)
+	m := nextSeqLog.FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		r.t.Fatalf("no next_seq in the spool's start-up log: %s", p.stderr)
+	}
+	next, _ := strconv.ParseUint(m[1], 10, 64)
+	// Every acknowledged event took a number of its own, from 0.
+	r.mu.Lock()
+	numbered := r.ackedTotal
+	r.mu.Unlock()
+	if next < r.nextSeq || next < numbered {
+		r.t.Fatalf("numbering went back after a cut: next_seq %d, after %d at the last start and %d events acknowledged", next, r.nextSeq, numbered)
+	}
+	r.nextSeq = next
+	return p
+}
+
+var nextSeqLog = regexp.MustCompile(`msg="spool open".* next_seq=(\d+)`)
 
 // startNoWait runs spillway without waiting for it, to cut the power
 // during its recovery.
@@ -137,6 +172,11 @@ func (r *powerRig) load(ctx context.Context, p *process, tag string) *sync.WaitG
 			defer client.CloseIdleConnections()
 			for i := 0; ctx.Err() == nil; i++ {
 				evs := trackEvents(fmt.Sprintf("%s-w%d-%d", tag, w, i), 20)
+				for _, e := range evs {
+					if r.pad > 0 {
+						e["properties"].(map[string]any)["pad"] = randomHex(r.pad)
+					}
+				}
 				if i%5 == 0 {
 					evs[0]["properties"].(map[string]any)["poison"] = true
 				}
@@ -149,6 +189,7 @@ func (r *powerRig) load(ctx context.Context, p *process, tag string) *sync.WaitG
 				for _, e := range evs {
 					r.acked[e["messageId"].(string)] = now
 				}
+				r.ackedTotal += uint64(len(evs))
 				r.mu.Unlock()
 			}
 		})
@@ -338,6 +379,36 @@ func TestPowerCutsWithIntervalSyncLoseAtMostAnInterval(t *testing.T) {
 	if mustKeep == 0 {
 		t.Fatal("no acknowledged event was old enough to have to survive: the test proves nothing")
 	}
+}
+
+// TestPowerCutAfterDeliveredGenerationsWereRemovedKeepsNumbering: with
+// --sync=interval and no background fsync due, the cursors that passed
+// delivered generations live in memory while the removal of those
+// generations is durable. After a cut neither the blocks nor the cursors
+// say where numbering stood, and it went back, below numbers already
+// delivered; the sequence lease keeps it going forward.
+func TestPowerCutAfterDeliveredGenerationsWereRemovedKeepsNumbering(t *testing.T) {
+	r := newPowerRig(t, crashSeed(t), "--sync", "interval", "--sync-interval", "1h")
+	r.pad = 1000
+	p := r.start()
+	started := metricValue(t, p, "spillway_spool_generations_started_total")
+	ctx, cancel := context.WithCancel(t.Context())
+	wg := r.load(ctx, p, "g")
+	waitFor(t, 60*time.Second, "two generations filled", func() bool {
+		return metricValue(t, p, "spillway_spool_generations_started_total") >= started+2
+	})
+	cancel()
+	wg.Wait()
+	waitForAll(t, 60*time.Second, "at the hook destination", &r.mu, ackedSet(r), r.hook.has)
+	gens := func() int {
+		names, _ := filepath.Glob(filepath.Join(r.mnt, "spool", "gen-*"))
+		return len(names)
+	}
+	before := gens()
+	waitFor(t, 60*time.Second, "a delivered generation removed", func() bool { return gens() < before })
+	r.cut(p, powercut.Clean)
+	p = r.start() // fails if numbering went back
+	p.kill()
 }
 
 // TestPowerCutCatchesAcknowledgingBeforeTheFsync checks the tool itself:
