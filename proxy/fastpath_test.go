@@ -166,21 +166,25 @@ func TestFastPathTakesWhatSDKsSend(t *testing.T) {
 }
 
 // BenchmarkParse compares the fast path with the tree parser on a
-// realistic 100-event batch, parsing and enrichment only.
+// realistic 100-event batch, parsing and enrichment only. The last case
+// adds a batch-level context, which the tree parser merges into each event.
 func BenchmarkParse(b *testing.B) {
 	body := realisticBatch(100)
+	withContext := realisticBatchWithContext(100)
 	pp := newParser(DefaultConfig(), newKeyring(nil))
 	in := newIngest()
 	for _, path := range []struct {
 		name  string
+		body  []byte
 		parse func() error
 	}{
-		{"fast", func() error { return pp.parse(in, epBatch, body, nil, fixedNow) }},
-		{"tree", func() error { in.reset(); return pp.parseTree(in, epBatch, body, nil, fixedNow) }},
+		{"fast", body, func() error { return pp.parse(in, epBatch, body, nil, fixedNow) }},
+		{"tree", body, func() error { in.reset(); return pp.parseTree(in, epBatch, body, nil, fixedNow) }},
+		{"tree_batch_context", withContext, func() error { return pp.parse(in, epBatch, withContext, nil, fixedNow) }},
 	} {
 		b.Run(path.name, func(b *testing.B) {
 			b.ReportAllocs()
-			b.SetBytes(int64(len(body)))
+			b.SetBytes(int64(len(path.body)))
 			for b.Loop() {
 				if err := path.parse(); err != nil {
 					b.Fatal(err)
