@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/spillwayhq/spillway/internal/segment"
 )
 
 // The fast path. Nearly every request is an SDK's output, whose events are
@@ -45,7 +47,7 @@ func (pp *parser) parseFast(in *ingest, ep endpoint, body, headerKey []byte, now
 
 func (pp *parser) parseFastInto(s *fastScan, in *ingest, ep endpoint, headerKey []byte, now time.Time) bool {
 	bt := batchTop{key: headerKey, now: now}
-	in.scratch = appendTime(in.scratch, now)
+	in.scratch = segment.AppendTime(in.scratch, now)
 	bt.nowText = in.scratch
 	var keys keyMemo
 	s.ws()
@@ -88,7 +90,7 @@ func fastBatchTop(s *fastScan, bt *batchTop) (batchStart, batchEnd int, ok bool)
 	batchStart = -1
 	ok = s.fields(func(k []byte) bool {
 		switch string(k) {
-		case "batch":
+		case segment.FieldBatch:
 			if s.b[s.i] != '[' {
 				return false
 			}
@@ -99,17 +101,17 @@ func fastBatchTop(s *fastScan, bt *batchTop) (batchStart, batchEnd int, ok bool)
 			}
 			s.i = batchEnd
 			return ok
-		case "writeKey":
+		case segment.FieldWriteKey:
 			sc, esc, ok := s.discard()
 			if sc.t == fastjson.TypeString && len(sc.s) > 0 {
 				bt.key = sc.s
 			}
 			return ok && !esc
-		case "sentAt":
+		case segment.FieldSentAt:
 			sc, esc, ok := s.discard()
 			bt.sentAt, bt.hasSentAt = parseTime(sc)
 			return ok && !esc
-		case "context", "integrations":
+		case segment.FieldContext, segment.FieldIntegrations:
 			if s.b[s.i] == '{' {
 				return false // merged into each event: the tree parser's work
 			}
@@ -149,14 +151,14 @@ func (pp *parser) fastEvent(s *fastScan, in *ingest, ep endpoint, keys *keyMemo,
 		}
 		if esc {
 			switch string(k) {
-			case "writeKey", "sentAt", "timestamp", "type":
+			case segment.FieldWriteKey, segment.FieldSentAt, segment.FieldTimestamp, segment.FieldType:
 				// Read unescaped: of the others only non-empty lengths
 				// are, the same escaped.
 				return false
 			}
 		}
 		keep := f.take(string(k), sc)
-		if !keep && string(k) == "timestamp" {
+		if !keep && string(k) == segment.FieldTimestamp {
 			if sc.t == fastjson.TypeObject || sc.t == fastjson.TypeArray {
 				return false // stored as read only if it has no whitespace to drop
 			}

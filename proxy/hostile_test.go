@@ -19,6 +19,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fastjson"
+
+	"github.com/spillwayhq/spillway/internal/segment"
 )
 
 // errorAnswer is the body of every refusal.
@@ -222,9 +224,9 @@ func wantOnlyError(t *testing.T, h *harness, code string) {
 			t.Errorf("spillway_request_errors_total{code=%q} = %v, want %v", c, got, want)
 		}
 	}
-	for r := ruleNotObject; r < numRules; r++ {
+	for r := segment.RuleNotObject; r < segment.NumRules; r++ {
 		if got := testutil.ToFloat64(h.s.m.rejected[r]); got != 0 {
-			t.Errorf("spillway_events_rejected_total{reason=%q} = %v, want 0: no event of a refused request is counted", ruleLabels[r], got)
+			t.Errorf("spillway_events_rejected_total{reason=%q} = %v, want 0: no event of a refused request is counted", r.Code(), got)
 		}
 	}
 	for ep := range numEndpoints {

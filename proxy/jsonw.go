@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/valyala/fastjson"
 )
@@ -480,4 +481,11 @@ func hex4(b []byte, i int) (rune, bool) {
 		return 0, false
 	}
 	return rune(u[0])<<8 | rune(u[1]), true
+}
+
+// unsafeString views b as a string without copying. Only for calls that
+// do not keep their argument past the request (time.Parse keeps it only in
+// an error we drop; Object.Get compares it).
+func unsafeString(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spillwayhq/spillway/internal/segment"
 )
 
 // answerCodes are the codes an event endpoint can answer with, the bounded
@@ -16,7 +18,7 @@ var answerCodes = []string{
 
 type metrics struct {
 	received [numEndpoints]prometheus.Counter
-	rejected [numRules]prometheus.Counter
+	rejected [segment.NumRules]prometheus.Counter
 	duration [numEndpoints]prometheus.Observer
 	errors   map[string]prometheus.Counter
 }
@@ -52,8 +54,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.received[ep] = received.WithLabelValues(endpointNames[ep])
 		m.duration[ep] = duration.WithLabelValues(endpointNames[ep])
 	}
-	for r := ruleNotObject; r < numRules; r++ {
-		m.rejected[r] = rejected.WithLabelValues(ruleLabels[r])
+	for r := segment.RuleNotObject; r < segment.NumRules; r++ {
+		m.rejected[r] = rejected.WithLabelValues(r.Code())
 	}
 	for _, c := range answerCodes {
 		m.errors[c] = errs.WithLabelValues(c)

@@ -460,7 +460,7 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		b = append(b, `{"index":`...)
 		b = strconv.AppendInt(b, int64(r.index), 10)
 		b = append(b, `,"reason":`...)
-		b = appendString(b, []byte(ruleTexts[r.rule]))
+		b = appendString(b, []byte(r.rule.String()))
 		b = append(b, '}')
 	}
 	in.scratch = append(b, ']', '}')
@@ -485,7 +485,7 @@ func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint) (*ingest,
 	if err == nil && s.cfg.Strict && len(in.rejected) > 0 {
 		s.countRejected(in)
 		r := in.rejected[0]
-		err = badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", r.index, ruleTexts[r.rule]))
+		err = badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", r.index, r.rule.String()))
 	}
 	if err != nil {
 		return in, nil, err

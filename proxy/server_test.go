@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -450,17 +451,17 @@ func TestInvalidEvents(t *testing.T) {
 		a := h.post(t, "/v1/batch", `{"batch":[`+good+`,{"type":"track","userId":"u"}]}`)
 		wantAnswer(t, a, http.StatusBadRequest, "invalid_event_strict.json")
 		h.sp.wantNoCalls(t)
-		if got := testutil.ToFloat64(h.s.m.rejected[ruleTrackEvent]); got != 1 {
+		if got := testutil.ToFloat64(h.s.m.rejected[segment.RuleTrackEvent]); got != 1 {
 			t.Errorf("rejected{missing_event} = %v, want 1", got)
 		}
 	})
 }
 
-func labelRule(t *testing.T, label string) rule {
+func labelRule(t *testing.T, label string) segment.Rule {
 	t.Helper()
-	for r, l := range ruleLabels {
-		if l == label {
-			return rule(r)
+	for r := range segment.NumRules {
+		if r.Code() == label {
+			return r
 		}
 	}
 	t.Fatalf("no rule labelled %q", label)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -44,8 +45,8 @@ type tailSlot struct {
 	seq     uint64 // 0: empty
 	at      int64  // unix ns
 	ep      endpoint
-	invalid rule   // ruleOK, or why the event was dead-lettered at ingest
-	data    []byte // reused by the next event in this slot
+	invalid segment.Rule // segment.RuleOK, or why the event was dead-lettered at ingest
+	data    []byte       // reused by the next event in this slot
 }
 
 // watch keeps recording on for tailIdle from now.
@@ -85,7 +86,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 	for k := range n {
 		if di < len(dead) && (di >= len(rejected) || rejected[di].index == k || ei == len(events)) {
 			if k >= skip {
-				r := ruleNotObject
+				r := segment.RuleNotObject
 				if di < len(rejected) {
 					r = rejected[di].rule
 				}
@@ -97,7 +98,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 			continue
 		}
 		if k >= skip {
-			t.put(at, ep, ruleOK, events[ei].Data)
+			t.put(at, ep, segment.RuleOK, events[ei].Data)
 		} else {
 			t.last++
 		}
@@ -107,7 +108,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 	t.mu.Unlock()
 }
 
-func (t *tailRing) put(at int64, ep endpoint, invalid rule, data []byte) {
+func (t *tailRing) put(at int64, ep endpoint, invalid segment.Rule, data []byte) {
 	t.last++
 	s := &t.slots[t.last%tailSize]
 	s.seq, s.at, s.ep, s.invalid = t.last, at, ep, invalid
@@ -231,8 +232,8 @@ func (s *Server) handleTail(ctx *fasthttp.RequestCtx) {
 			Type:       eventType(sl.data),
 			Event:      sl.data,
 		}
-		if sl.invalid != ruleOK {
-			e.Invalid = ruleTexts[sl.invalid]
+		if sl.invalid != segment.RuleOK {
+			e.Invalid = sl.invalid.String()
 		}
 		if (typ != "" && e.Type != typ) || (wants != nil && (e.Invalid != "" || !wants(sl.data))) {
 			continue
