@@ -3,7 +3,10 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/spillwayhq/spillway/spool"
 )
@@ -105,5 +108,46 @@ func messageFor(err error) string {
 		return "timed out storing events, retry later"
 	default:
 		return "internal error"
+	}
+}
+
+// retryAfter is what a 503 asks SDKs to wait, in seconds. A full spool or
+// a restart takes seconds to clear, not milliseconds.
+const retryAfter = "5"
+
+// writeError answers with err's status and the Segment error shape.
+func writeError(ctx *fasthttp.RequestCtx, err error) {
+	status, code := statusFor(err)
+	ctx.SetStatusCode(status)
+	if status == fasthttp.StatusServiceUnavailable {
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, retryAfter)
+	}
+	ctx.SetContentType("application/json")
+	b := make([]byte, 0, 128)
+	b = append(b, `{"success":false,"code":`...)
+	b = appendString(b, []byte(code))
+	b = append(b, `,"message":`...)
+	b = appendString(b, []byte(messageFor(err)))
+	ctx.SetBody(append(b, '}'))
+}
+
+// handleConnError answers requests fasthttp refused before our handler saw
+// them. A body far over the limit lands here: it gets the same 400 JSON as
+// one slightly over, though fasthttp then closes the connection without
+// reading the body, so a client still sending may see a reset instead.
+func (s *Server) handleConnError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr *net.OpError
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		setCORS(ctx)
+		s.m.errors["too_large"].Inc()
+		writeError(ctx, s.errRequestTooLarge)
+	case errors.As(err, &small):
+		ctx.Error("Too big request header", fasthttp.StatusRequestHeaderFieldsTooLarge)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		ctx.Error("Request timeout", fasthttp.StatusRequestTimeout)
+	default:
+		ctx.Error("Error when parsing request", fasthttp.StatusBadRequest)
 	}
 }
