@@ -193,9 +193,9 @@ func (s *Server) putIngest(in *ingest) {
 // the operator must act on are logged: client mistakes are counted, and a
 // full spool is reported by the spool itself.
 func (s *Server) failEvents(ctx *fasthttp.RequestCtx, ep endpoint, err error) {
-	status, code := statusFor(err)
-	s.m.errors[code].Inc()
-	if status == fasthttp.StatusInternalServerError {
+	a := answerFor(err)
+	s.m.errors[a.code].Inc()
+	if a.status == fasthttp.StatusInternalServerError {
 		s.log.LogAttrs(context.Background(), slog.LevelError, "store events",
 			slog.String(logKeyEndpoint, ep.String()), slog.Any(logKeyErr, err))
 	}
