@@ -50,9 +50,9 @@ type answerRow struct {
 	err    error // matched with errors.Is
 	status int
 	code   string
-	// message is what the answer says; "" says the error's own message, a
-	// requestError's or one that names only what the client asked for.
-	// A requestError's message always wins.
+	// message is what the answer says. A requestError's own message wins
+	// over it; "" answers the error's text, for errors whose text names
+	// only what the client asked for.
 	message string
 }
 
