@@ -61,24 +61,35 @@ type Has struct {
 // anonymousId, track requires event and group requires groupId; alias
 // requires userId and previousId.
 func Check(typ string, has Has) Rule {
-	if typ == Alias {
+	identified := has.UserID || has.AnonymousID
+	switch typ {
+	case Identify, Page, Screen:
+		if !identified {
+			return RuleMissingIdentity
+		}
+	case Track:
+		switch {
+		case !identified:
+			return RuleMissingIdentity
+		case !has.Event:
+			return RuleTrackEvent
+		}
+	case Group:
+		switch {
+		case !identified:
+			return RuleMissingIdentity
+		case !has.GroupID:
+			return RuleGroupID
+		}
+	case Alias:
 		switch {
 		case !has.UserID:
 			return RuleAliasUserID
 		case !has.PreviousID:
 			return RuleAliasPreviousID
 		}
-		return RuleOK
-	}
-	switch {
-	case !IsType(typ):
+	default:
 		return RuleUnknownType
-	case !has.UserID && !has.AnonymousID:
-		return RuleMissingIdentity
-	case typ == Track && !has.Event:
-		return RuleTrackEvent
-	case typ == Group && !has.GroupID:
-		return RuleGroupID
 	}
 	return RuleOK
 }
