@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/spillwayhq/spillway/internal/segment"
 )
 
 // Defaults of the per-destination options, used where neither the URL nor a
@@ -475,7 +477,7 @@ func parseList(s string) ([]string, error) {
 // exclude_types take. The proxy stores no event of another type (it
 // dead-letters it as invalid), so a filter naming one would match nothing,
 // silently: it is refused instead.
-var eventTypes = []string{"track", "identify", "page", "screen", "group", "alias"}
+var eventTypes = segment.Types()
 
 // parseTypes parses a type filter. Segment's types are lower case, and the
 // proxy stores no other spelling, but someone writing Track means track:

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -15,12 +16,6 @@ import (
 // never pooled: net/http may still read a request body after Do returns
 // (http.RoundTripper's contract), so a pooled body could be overwritten
 // while it is being sent. Only the scratch space of gzip is pooled.
-
-// sentAtLayout is RFC 3339 in UTC with milliseconds, as the Segment SDKs send.
-const sentAtLayout = "2006-01-02T15:04:05.000Z07:00"
-
-// sentAtLen is the length of a time in sentAtLayout, which is always UTC.
-const sentAtLen = len("2006-01-02T15:04:05.000Z")
 
 // jsonArraySize is the exact length of appendJSONArray's output.
 func jsonArraySize(recs []spool.Record) int {
@@ -57,12 +52,12 @@ func appendSegmentBatch(dst []byte, recs []spool.Record, sentAt time.Time) []byt
 	dst = append(dst, `],"sentAt":"`...)
 	// Formatting straight into dst may grow it past the exact size.
 	var tb [32]byte
-	dst = append(dst, sentAt.UTC().AppendFormat(tb[:0], sentAtLayout)...)
+	dst = append(dst, sentAt.UTC().AppendFormat(tb[:0], segment.TimeLayout)...)
 	return append(dst, `"}`...)
 }
 
 func segmentBatchSize(recs []spool.Record) int {
-	return len(`{"batch":`) + jsonArraySize(recs) + len(`,"sentAt":""}`) + sentAtLen
+	return len(`{"batch":`) + jsonArraySize(recs) + len(`,"sentAt":""}`) + len(segment.TimeLayout)
 }
 
 // ndjsonSize is an upper bound of appendNDJSON's output.

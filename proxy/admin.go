@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strconv"
 
 	"github.com/valyala/fasthttp"
@@ -138,4 +139,80 @@ func (s *Server) handleDLQChange(ctx *fasthttp.RequestCtx, action string) {
 	b := append(make([]byte, 0, 24), `{"count":`...)
 	b = strconv.AppendInt(b, int64(n), 10)
 	ctx.SetBody(append(b, '}'))
+}
+
+// handleAdmin serves the admin listener: everything but events.
+func (s *Server) handleAdmin(ctx *fasthttp.RequestCtx) {
+	defer s.recoverPanic(ctx)
+	s.serveAdmin(ctx, true)
+}
+
+// serveAdmin serves the non-event paths; with all false, only the probes.
+func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, all bool) {
+	path := string(ctx.Path())
+	if !all && path != "/healthz" && path != "/readyz" {
+		writeError(ctx, errNotFound)
+		return
+	}
+	switch path {
+	case "/healthz":
+		if onlyGet(ctx) {
+			ctx.SetContentType("text/plain; charset=utf-8")
+			ctx.SetBodyString("ok\n")
+		}
+	case "/readyz":
+		s.handleReady(ctx)
+	case "/metrics":
+		if s.opts.Metrics == nil {
+			writeError(ctx, errNotFound)
+		} else if onlyGet(ctx) {
+			s.opts.Metrics(ctx)
+		}
+	case "/admin/status":
+		s.handleStatus(ctx)
+	case "/admin/events":
+		s.handleTail(ctx)
+	case "/ui":
+		s.handleUI(ctx)
+	case "/admin/dlq":
+		s.handleDLQList(ctx)
+	case "/admin/dlq/replay":
+		s.handleDLQChange(ctx, "replay")
+	case "/admin/dlq/purge":
+		s.handleDLQChange(ctx, "purge")
+	default:
+		writeError(ctx, errNotFound)
+	}
+}
+
+// recoverPanic keeps a bug in one request from taking down the sidecar,
+// and with it every other app request.
+func (s *Server) recoverPanic(ctx *fasthttp.RequestCtx) {
+	if r := recover(); r != nil {
+		s.log.LogAttrs(context.Background(), slog.LevelError, "handler panic",
+			slog.String(logKeyPath, string(ctx.Path())),
+			slog.Any(logKeyPanic, r), slog.String(logKeyStack, string(debug.Stack())))
+		ctx.Response.ResetBody()
+		writeError(ctx, fmt.Errorf("panic: %v", r))
+	}
+}
+
+func (s *Server) handleReady(ctx *fasthttp.RequestCtx) {
+	if !onlyGet(ctx) {
+		return
+	}
+	ctx.SetContentType("text/plain; charset=utf-8")
+	reason := ""
+	if s.closing.Load() {
+		reason = "shutting down"
+	} else if err := s.sp.Ready(); err != nil {
+		reason = err.Error()
+	}
+	if reason == "" {
+		ctx.SetBodyString("ok\n")
+		return
+	}
+	ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+	ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, retryAfter)
+	ctx.SetBodyString("not ready: " + reason + "\n")
 }

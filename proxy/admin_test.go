@@ -7,10 +7,14 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/valyala/fasthttp"
 
 	"github.com/spillwayhq/spillway/spool"
 )
@@ -344,5 +348,39 @@ func TestServeAdmin(t *testing.T) {
 	}
 	if a := h.post(t, "/v1/track", `{"userId":"u","event":"e"}`); a.status != http.StatusOK {
 		t.Errorf("events on the main listener = %d, want 200", a.status)
+	}
+}
+
+// TestEveryAnswerIsCounted: each row of answers is what its error is
+// answered with, and an event request answered with it is counted under
+// its code; a code without a counter would panic on the first such answer.
+func TestEveryAnswerIsCounted(t *testing.T) {
+	s, err := New(DefaultConfig(), &fakeSpool{}, Options{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := append(slices.Clone(answers), answerRow{err: errors.New("disk on fire"), status: 500, code: "internal"})
+	for _, row := range rows {
+		err := row.err
+		if row.status == http.StatusBadRequest && row.message == "" {
+			err = badRequest(row.err, "x")
+		}
+		if status, code := statusFor(err); status != row.status || code != row.code {
+			t.Errorf("statusFor(%v) = %d %q, want its row's %d %q", err, status, code, row.status, row.code)
+		}
+		counter, ok := s.m.errors[row.code]
+		if !ok {
+			t.Errorf("no spillway_request_errors_total{code=%q}", row.code)
+			continue
+		}
+		before := testutil.ToFloat64(counter)
+		var ctx fasthttp.RequestCtx
+		s.failEvents(&ctx, epTrack, err)
+		if got := ctx.Response.StatusCode(); got != row.status {
+			t.Errorf("%v answered %d, want %d", err, got, row.status)
+		}
+		if got := testutil.ToFloat64(counter) - before; got != 1 {
+			t.Errorf("%v counted %v times under %q, want once", err, got, row.code)
+		}
 	}
 }

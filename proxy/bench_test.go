@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"testing"
@@ -44,6 +45,14 @@ func realisticBatch(n int) []byte {
 	}
 	b.WriteString(`],"sentAt":"2024-05-01T11:59:59.000Z"}`)
 	return []byte(b.String())
+}
+
+// realisticBatchWithContext is realisticBatch with a batch-level context,
+// as analytics-python sends: the fast path declines it.
+func realisticBatchWithContext(n int) []byte {
+	b := realisticBatch(n)
+	b = bytes.TrimSuffix(b, []byte(`}`))
+	return append(b, `,"context":{"library":{"name":"analytics-python","version":"2.3.2"}}}`...)
 }
 
 // batchRequest builds a RequestCtx that the handler can serve again and

@@ -23,5 +23,7 @@
 //     Write keys are never logged and are masked in admin listings.
 //
 // The package knows the spool only through the Spool interface and never
-// imports forwarders.
+// imports forwarders. What it knows of Segment's API (event types, paths,
+// spec rules, field names, the time format) comes from internal/segment,
+// which forwarders read too.
 package proxy

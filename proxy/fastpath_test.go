@@ -2,13 +2,11 @@ package proxy
 
 import (
 	"bytes"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 	"unicode/utf8"
 )
 
@@ -166,21 +164,25 @@ func TestFastPathTakesWhatSDKsSend(t *testing.T) {
 }
 
 // BenchmarkParse compares the fast path with the tree parser on a
-// realistic 100-event batch, parsing and enrichment only.
+// realistic 100-event batch, parsing and enrichment only. The last case
+// adds a batch-level context, which the tree parser merges into each event.
 func BenchmarkParse(b *testing.B) {
 	body := realisticBatch(100)
+	withContext := realisticBatchWithContext(100)
 	pp := newParser(DefaultConfig(), newKeyring(nil))
 	in := newIngest()
 	for _, path := range []struct {
 		name  string
+		body  []byte
 		parse func() error
 	}{
-		{"fast", func() error { return pp.parse(in, epBatch, body, nil, fixedNow) }},
-		{"tree", func() error { in.reset(); return pp.parseTree(in, epBatch, body, nil, fixedNow) }},
+		{"fast", body, func() error { return pp.parse(in, epBatch, body, nil, fixedNow) }},
+		{"tree", body, func() error { in.reset(); return pp.parseTree(in, epBatch, body, nil, fixedNow) }},
+		{"tree_batch_context", withContext, func() error { return pp.parse(in, epBatch, withContext, nil, fixedNow) }},
 	} {
 		b.Run(path.name, func(b *testing.B) {
 			b.ReportAllocs()
-			b.SetBytes(int64(len(body)))
+			b.SetBytes(int64(len(path.body)))
 			for b.Loop() {
 				if err := path.parse(); err != nil {
 					b.Fatal(err)
@@ -188,25 +190,5 @@ func BenchmarkParse(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*100), "ns/event")
 		})
-	}
-}
-
-func TestAppendTimeIsTimeLayout(t *testing.T) {
-	times := []time.Time{
-		fixedNow,
-		time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC),
-		time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC),
-		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
-		time.Date(-1, 6, 1, 0, 0, 0, 0, time.UTC),
-		time.Date(2024, 2, 29, 23, 59, 59, 1_500_000, time.FixedZone("x", -7*3600)),
-	}
-	r := rand.New(rand.NewPCG(1, 2))
-	for range 1000 {
-		times = append(times, time.Unix(r.Int64N(400_000_000_000)-200_000_000_000, r.Int64N(1e9)))
-	}
-	for _, tm := range times {
-		if got, want := string(appendTime(nil, tm)), tm.UTC().Format(timeLayout); got != want {
-			t.Fatalf("appendTime(%v) = %s, want %s", tm, got, want)
-		}
 	}
 }

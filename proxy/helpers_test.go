@@ -184,11 +184,25 @@ func newHarness(t *testing.T, cfg Config, hopts ...harnessOpt) *harness {
 			t.Fatalf("listen: %v", err)
 		}
 	}
+	serveUntilCleanup(t, s, ln)
+	t.Cleanup(tr.CloseIdleConnections) // before the Shutdown: cleanups run last first
+	return &harness{
+		s:      s,
+		sp:     sp,
+		reg:    reg,
+		client: &http.Client{Transport: tr, Timeout: patience(t)},
+		base:   "http://" + ln.Addr().String(),
+	}
+}
+
+// serveUntilCleanup serves s on ln until the test ends, then shuts it down
+// and checks that Serve returned cleanly.
+func serveUntilCleanup(t *testing.T, s *Server, ln net.Listener) {
+	t.Helper()
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	t.Cleanup(func() {
-		tr.CloseIdleConnections()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), patience(t))
 		defer cancel()
 		if err := s.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
@@ -197,13 +211,20 @@ func newHarness(t *testing.T, cfg Config, hopts ...harnessOpt) *harness {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &harness{
-		s:      s,
-		sp:     sp,
-		reg:    reg,
-		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
-		base:   "http://" + ln.Addr().String(),
+}
+
+// patience is how long a test waits for what must happen (an answer, a
+// closed connection, a shutdown): until shortly before go test's -timeout.
+// A bound of a few seconds would be a guess at this machine's speed, and
+// a loaded machine would fail it; this one only turns a hang into a
+// failure that names the test, instead of the dump of every goroutine that
+// -timeout ends with.
+func patience(t *testing.T) time.Duration {
+	deadline, ok := t.Deadline()
+	if !ok {
+		return time.Hour
 	}
+	return time.Until(deadline) * 9 / 10
 }
 
 type answer struct {

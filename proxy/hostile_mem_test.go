@@ -33,27 +33,37 @@ func TestIdleKeepAliveConnectionsHoldMemoryFlat(t *testing.T) {
 	// Warm the pools and the first connections' costs up.
 	warm := dialRaw(t, h)
 	io.WriteString(warm, request)
-	warm.answer(t, 5*time.Second)
+	warm.answer(t)
 	before := inUse()
 	open := make([]*rawConn, 0, conns)
 	for range conns {
 		c := dialRaw(t, h)
 		io.WriteString(c, request)
-		if status, _, b := c.answer(t, 5*time.Second); status != http.StatusOK {
+		if status, _, b := c.answer(t); status != http.StatusOK {
 			t.Fatalf("status %d: %s", status, b)
 		}
 		open = append(open, c)
 	}
-	time.Sleep(200 * time.Millisecond) // let the server go idle on them
-	per := (int64(inUse()) - int64(before)) / conns
-	t.Logf("%d idle keep-alive connections: %d bytes each (heap and stacks, client side included)", conns, per)
 	// What is left is the served connection's goroutine (an 8 KiB stack),
 	// its socket and bookkeeping (~3 KiB), and our client's socket and
 	// 4 KiB reader. fasthttp's 8 KiB read and 4 KiB write buffers and its
 	// request context go back to their pools while the connection is idle
-	// (ReduceMemoryUsage); holding them cost 34 KiB a connection.
-	if per > 20<<10 {
-		t.Errorf("an idle keep-alive connection costs %d bytes, want < 20 KiB", per)
+	// (ReduceMemoryUsage); holding them cost 34 KiB a connection. Each
+	// connection goes idle a moment after its answer, so the cost is
+	// measured again until it is in budget or the test runs out of
+	// patience.
+	const budget = 20 << 10
+	deadline := time.Now().Add(patience(t))
+	for {
+		per := (int64(inUse()) - int64(before)) / conns
+		if per <= budget {
+			t.Logf("%d idle keep-alive connections: %d bytes each (heap and stacks, client side included)", conns, per)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an idle keep-alive connection costs %d bytes, want < 20 KiB", per)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	for _, c := range open {
 		c.Close()

@@ -19,6 +19,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fastjson"
+
+	"github.com/spillwayhq/spillway/internal/segment"
 )
 
 // errorAnswer is the body of every refusal.
@@ -57,7 +59,6 @@ func TestHostileBodies(t *testing.T) {
 		status   int
 		code     string
 		message  string // the exact message, or its start when it ends in "…"
-		within   time.Duration
 	}{
 		{scenario: "an empty body", path: "/v1/track",
 			status: 400, code: "invalid_json", message: "body is empty"},
@@ -80,12 +81,10 @@ func TestHostileBodies(t *testing.T) {
 		{scenario: "arrays nested 400,000 deep", path: "/v1/track",
 			body:   []byte(`{"userId":"u","event":"e","properties":{"p":` + strings.Repeat("[", 400_000) + strings.Repeat("]", 400_000) + `}}`),
 			cfg:    func(c *Config) { c.MaxRequestBytes, c.MaxEventBytes = 1<<20, 1<<20 },
-			status: 400, code: "invalid_json", message: "body is not valid JSON: cannot parse JSON: too big depth for the nested JSON; it exceeds 300…",
-			within: time.Second},
+			status: 400, code: "invalid_json", message: "body is not valid JSON: cannot parse JSON: too big depth for the nested JSON; it exceeds 300…"},
 		{scenario: "objects nested 100,000 deep and never closed", path: "/v1/track",
 			body:   []byte(`{"userId":"u","event":"e","properties":` + strings.Repeat(`{"a":`, 100_000)),
-			status: 400, code: "invalid_json", message: "body is not valid JSON: cannot parse JSON: too big depth for the nested JSON; it exceeds 300…",
-			within: time.Second},
+			status: 400, code: "invalid_json", message: "body is not valid JSON: cannot parse JSON: too big depth for the nested JSON; it exceeds 300…"},
 		{scenario: "a number beyond float64", path: "/v1/track", body: []byte(`{"userId":"u","event":"e","properties":{"n":1e400}}`),
 			status: 400, code: "invalid_json", message: "event 0: number is out of the range of a 64-bit float"},
 		{scenario: "a negative number beyond float64", body: []byte(`{"batch":[` + ev + `,{"type":"track","userId":"u","event":"e","properties":{"n":-1.5e309}}]}`),
@@ -126,15 +125,13 @@ func TestHostileBodies(t *testing.T) {
 			status: 400, code: "too_large", message: "batch is over --max-batch-events (2500 events)"},
 		{scenario: "a 1 GiB gzip bomb, let in by a 2 MiB wire limit, cut off at the limit",
 			cfg:     func(c *Config) { c.MaxRequestBytes = 2 << 20 },
-			body:    gzipBomb(t, 1024),
+			body:    gzipBomb(t, 1024, 2<<20),
 			headers: []string{"Content-Encoding: gzip"},
-			status:  400, code: "too_large", message: "request body is over --max-request-bytes (2097152 bytes)",
-			within: time.Second},
+			status:  400, code: "too_large", message: "request body is over --max-request-bytes (2097152 bytes)"},
 		{scenario: "a 400 MiB gzip bomb under the default limits, cut off at the limit",
-			body:    gzipBomb(t, 400),
+			body:    gzipBomb(t, 400, DefaultMaxRequestBytes),
 			headers: []string{"Content-Encoding: gzip"},
-			status:  400, code: "too_large", message: "request body is over --max-request-bytes (512000 bytes)",
-			within: time.Second},
+			status:  400, code: "too_large", message: "request body is over --max-request-bytes (512000 bytes)"},
 		{scenario: "gzip announced but not sent", body: []byte(ev), headers: []string{"Content-Encoding: gzip"},
 			status: 400, code: "invalid_gzip", message: "body is not valid gzip: gzip: invalid header"},
 		{scenario: "a truncated gzip body", body: gzipped(t, []byte(batchOf(1)))[:20], headers: []string{"Content-Encoding: gzip"},
@@ -195,9 +192,6 @@ func TestHostileBodies(t *testing.T) {
 			}
 			h.sp.wantNoCalls(t)
 			wantOnlyError(t, h, tt.code)
-			if tt.within > 0 && took > tt.within {
-				t.Errorf("answered in %v, want under %v", took, tt.within)
-			}
 			// Client and server share this process: together they must stay
 			// far below what inflating or copying the hostile body would take.
 			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
@@ -222,9 +216,9 @@ func wantOnlyError(t *testing.T, h *harness, code string) {
 			t.Errorf("spillway_request_errors_total{code=%q} = %v, want %v", c, got, want)
 		}
 	}
-	for r := ruleNotObject; r < numRules; r++ {
+	for r := segment.RuleNotObject; r < segment.NumRules; r++ {
 		if got := testutil.ToFloat64(h.s.m.rejected[r]); got != 0 {
-			t.Errorf("spillway_events_rejected_total{reason=%q} = %v, want 0: no event of a refused request is counted", ruleLabels[r], got)
+			t.Errorf("spillway_events_rejected_total{reason=%q} = %v, want 0: no event of a refused request is counted", r.Code(), got)
 		}
 	}
 	for ep := range numEndpoints {
@@ -332,13 +326,12 @@ func TestRepeatedKeysAtEveryLevelStayLinear(t *testing.T) {
 			const depth = 290
 			body := `{"userId":"u","event":"e","properties":` + strings.Repeat(`{"x":`, depth) + `1` + strings.Repeat(`,`+pair[0]+`}`, depth) + `}`
 			h := newHarness(t, DefaultConfig())
-			start := time.Now()
+			// Rewriting would take 2^290 steps: no answer would ever come,
+			// and the client's patience fails the test. A bound on the
+			// time taken would add only a guess at this machine's speed.
 			a := h.post(t, "/v1/track", body)
 			if a.status != http.StatusOK {
 				t.Fatalf("status %d: %s", a.status, a.body)
-			}
-			if took := time.Since(start); took > 2*time.Second {
-				t.Errorf("took %v", took)
 			}
 			checkUniqueKeys(t, h.sp.onlyCall(t).events[0].Data)
 		})
@@ -361,10 +354,10 @@ func dialRaw(t *testing.T, h *harness) *rawConn {
 	return &rawConn{Conn: c, r: bufio.NewReader(c)}
 }
 
-// answer reads one answer, failing the test if none comes within d.
-func (c *rawConn) answer(t *testing.T, d time.Duration) (int, http.Header, []byte) {
+// answer reads one answer, failing the test if none comes.
+func (c *rawConn) answer(t *testing.T) (int, http.Header, []byte) {
 	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(d))
+	_ = c.SetReadDeadline(time.Now().Add(patience(t)))
 	resp, err := http.ReadResponse(c.r, nil)
 	if err != nil {
 		t.Fatalf("read answer: %v", err)
@@ -374,10 +367,10 @@ func (c *rawConn) answer(t *testing.T, d time.Duration) (int, http.Header, []byt
 	return resp.StatusCode, resp.Header, body
 }
 
-// closedWithin reports whether the server closes the connection within d,
-// reading and dropping whatever it sends first.
-func (c *rawConn) closedWithin(d time.Duration) bool {
-	_ = c.SetReadDeadline(time.Now().Add(d))
+// closed reports whether the server closes the connection, reading and
+// dropping whatever it sends first; false if the test ran out of patience.
+func (c *rawConn) closed(t *testing.T) bool {
+	_ = c.SetReadDeadline(time.Now().Add(patience(t)))
 	_, err := io.Copy(io.Discard, c.r)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		return false
@@ -414,7 +407,7 @@ func TestHostileRequests(t *testing.T) {
 			if _, err := io.WriteString(c, tt.request); err != nil {
 				t.Fatal(err)
 			}
-			status, _, body := c.answer(t, 5*time.Second)
+			status, _, body := c.answer(t)
 			if status != tt.status {
 				t.Fatalf("status = %d, want %d (%s)", status, tt.status, body)
 			}
@@ -432,15 +425,18 @@ func TestHostileRequests(t *testing.T) {
 
 // TestSlowClients: a client that trickles its request, or opens a
 // connection and sends nothing, is cut off by the read timeout; an idle
-// keep-alive connection by the idle timeout. Timeouts are shortened.
+// keep-alive connection by the idle timeout. Timeouts are shortened. The
+// timeouts are fasthttp's, on a real socket and the real clock, so the
+// test bounds nothing by this machine's speed: a connection is cut off if
+// the server closes it while its client still has bytes to send, and not
+// before the timeout counted from before the server could start it.
 func TestSlowClients(t *testing.T) {
 	const readTimeout, idleTimeout = 400 * time.Millisecond, 600 * time.Millisecond
 	cfg := DefaultConfig()
 	cfg.ReadTimeout, cfg.IdleTimeout = readTimeout, idleTimeout
-	// Cut off means between the timeout and a little after it.
 	wantCutOff := func(t *testing.T, c *rawConn, from time.Time, timeout time.Duration) {
 		t.Helper()
-		if !c.closedWithin(timeout + 2*time.Second) {
+		if !c.closed(t) {
 			t.Fatalf("connection still open %v after the %v timeout", time.Since(from), timeout)
 		}
 		if took := time.Since(from); took < timeout-50*time.Millisecond {
@@ -448,7 +444,8 @@ func TestSlowClients(t *testing.T) {
 		}
 	}
 	// trickle writes one byte of s every step until the server stops
-	// reading or s ends, and returns whether it ended.
+	// reading or s ends, and returns whether it ended. Either string takes
+	// the client seconds to send, many times the read timeout.
 	trickle := func(c *rawConn, s string, step time.Duration, stop <-chan struct{}) bool {
 		for i := range len(s) {
 			select {
@@ -462,39 +459,33 @@ func TestSlowClients(t *testing.T) {
 		}
 		return true
 	}
+	trickled := func(t *testing.T, h *harness, head, slow string, from time.Time) {
+		t.Helper()
+		c := dialRaw(t, h)
+		io.WriteString(c, head)
+		stop := make(chan struct{})
+		var done sync.WaitGroup
+		var finished bool
+		done.Go(func() { finished = trickle(c, slow, 20*time.Millisecond, stop) })
+		wantCutOff(t, c, from, readTimeout)
+		close(stop)
+		done.Wait()
+		if finished {
+			t.Error("the client sent it all: the server waited for the whole slow request")
+		}
+		h.sp.wantNoCalls(t)
+	}
 
 	t.Run("a header trickled byte by byte (slowloris) is cut off", func(t *testing.T) {
 		h := newHarness(t, cfg)
-		c := dialRaw(t, h)
-		start := time.Now()
-		stop := make(chan struct{})
-		var done sync.WaitGroup
-		done.Go(func() {
-			trickle(c, "POST /v1/track HTTP/1.1\r\nHost: x\r\n"+strings.Repeat("X-Slow: 1\r\n", 1000), 20*time.Millisecond, stop)
-		})
-		wantCutOff(t, c, start, readTimeout)
-		close(stop)
-		done.Wait()
-		h.sp.wantNoCalls(t)
+		trickled(t, h, "", "POST /v1/track HTTP/1.1\r\nHost: x\r\n"+strings.Repeat("X-Slow: 1\r\n", 1000), time.Now())
 		wantHealthy(t, h)
 	})
 	t.Run("a body trickled byte by byte is cut off", func(t *testing.T) {
 		h := newHarness(t, cfg)
-		c := dialRaw(t, h)
-		body := `{"userId":"u","event":"` + strings.Repeat("x", 200) + `"}`
-		fmt.Fprintf(c, "POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", len(body))
-		start := time.Now()
-		stop := make(chan struct{})
-		var done sync.WaitGroup
-		var finished bool
-		done.Go(func() { finished = trickle(c, body, 20*time.Millisecond, stop) })
-		wantCutOff(t, c, start, readTimeout)
-		close(stop)
-		done.Wait()
-		if finished {
-			t.Error("the whole slow body was read")
-		}
-		h.sp.wantNoCalls(t)
+		body := `{"userId":"u","event":"` + strings.Repeat("x", 2000) + `"}`
+		head := fmt.Sprintf("POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", len(body))
+		trickled(t, h, head, body, time.Now())
 	})
 	t.Run("a connection that sends nothing is closed", func(t *testing.T) {
 		h := newHarness(t, cfg)
@@ -506,11 +497,13 @@ func TestSlowClients(t *testing.T) {
 		h := newHarness(t, cfg)
 		c := dialRaw(t, h)
 		body := `{"userId":"u","event":"e"}`
+		// The connection is idle from the answer on, which comes after this.
+		sent := time.Now()
 		fmt.Fprintf(c, "POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-		if status, _, b := c.answer(t, 5*time.Second); status != http.StatusOK {
+		if status, _, b := c.answer(t); status != http.StatusOK {
 			t.Fatalf("status %d: %s", status, b)
 		}
-		wantCutOff(t, c, time.Now(), idleTimeout)
+		wantCutOff(t, c, sent, idleTimeout)
 	})
 	t.Run("a keep-alive connection in use is not cut off", func(t *testing.T) {
 		h := newHarness(t, cfg)
@@ -519,7 +512,7 @@ func TestSlowClients(t *testing.T) {
 		for range 5 {
 			time.Sleep(readTimeout / 2)
 			fmt.Fprintf(c, "POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-			if status, _, b := c.answer(t, 5*time.Second); status != http.StatusOK {
+			if status, _, b := c.answer(t); status != http.StatusOK {
 				t.Fatalf("status %d: %s", status, b)
 			}
 		}
@@ -540,32 +533,34 @@ func TestMaxConns(t *testing.T) {
 	for range maxConns {
 		c := dialRaw(t, h)
 		io.WriteString(c, request)
-		if status, _, b := c.answer(t, 5*time.Second); status != http.StatusOK {
+		if status, _, b := c.answer(t); status != http.StatusOK {
 			t.Fatalf("status %d: %s", status, b)
 		}
 		conns = append(conns, c) // kept open, idle
 	}
 	over := dialRaw(t, h)
 	io.WriteString(over, request)
-	if status, _, b := over.answer(t, 5*time.Second); status != http.StatusServiceUnavailable {
+	if status, _, b := over.answer(t); status != http.StatusServiceUnavailable {
 		t.Fatalf("connection %d: status %d, want 503 (%s)", maxConns+1, status, b)
 	}
-	if !over.closedWithin(2 * time.Second) {
+	if !over.closed(t) {
 		t.Error("the refused connection was left open")
 	}
 	// The connections served are unaffected.
 	for i, c := range conns {
 		io.WriteString(c, request)
-		if status, _, _ := c.answer(t, 5*time.Second); status != http.StatusOK {
+		if status, _, _ := c.answer(t); status != http.StatusOK {
 			t.Fatalf("served connection %d: status %d", i, status)
 		}
 	}
 	conns[0].Close()
-	deadline := time.Now().Add(5 * time.Second)
+	// The server frees the slot once it has seen the close, a moment
+	// later: a new connection may be refused until then.
+	deadline := time.Now().Add(patience(t))
 	for {
 		c := dialRaw(t, h)
 		io.WriteString(c, request)
-		status, _, _ := c.answer(t, 5*time.Second)
+		status, _, _ := c.answer(t)
 		c.Close()
 		if status == http.StatusOK {
 			break

@@ -4,21 +4,16 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
-)
 
-// answerCodes are the codes an event endpoint can answer with, the bounded
-// label set of spillway_request_errors_total.
-var answerCodes = []string{
-	"invalid_json", "invalid_gzip", "unsupported_encoding", "empty_batch",
-	"too_large", "invalid_event", "unauthorized", "method_not_allowed",
-	"unavailable", "internal",
-}
+	"github.com/spillwayhq/spillway/internal/segment"
+)
 
 type metrics struct {
 	received [numEndpoints]prometheus.Counter
-	rejected [numRules]prometheus.Counter
+	rejected [segment.NumRules]prometheus.Counter
 	duration [numEndpoints]prometheus.Observer
-	errors   map[string]prometheus.Counter
+	// errors has a counter for every code of answers.
+	errors map[string]prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -45,17 +40,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, fmt.Errorf("register proxy metrics: %w", err)
 		}
 	}
-	m := &metrics{errors: make(map[string]prometheus.Counter, len(answerCodes))}
+	codes := answerCodes()
+	m := &metrics{errors: make(map[string]prometheus.Counter, len(codes))}
 	// Every known label value is created up front so that series exist at
 	// 0 from the start and rate() sees the first increment.
 	for ep := range numEndpoints {
 		m.received[ep] = received.WithLabelValues(endpointNames[ep])
 		m.duration[ep] = duration.WithLabelValues(endpointNames[ep])
 	}
-	for r := ruleNotObject; r < numRules; r++ {
-		m.rejected[r] = rejected.WithLabelValues(ruleLabels[r])
+	for r := segment.RuleNotObject; r < segment.NumRules; r++ {
+		m.rejected[r] = rejected.WithLabelValues(r.Code())
 	}
-	for _, c := range answerCodes {
+	for _, c := range codes {
 		m.errors[c] = errs.WithLabelValues(c)
 	}
 	return m, nil

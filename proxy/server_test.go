@@ -11,11 +11,14 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -259,7 +262,8 @@ func TestCORS(t *testing.T) {
 
 // TestServeAfterShutdownReturns: fasthttp's Shutdown passes over a
 // listener its Serve has not taken yet, and Serve, called just after,
-// then accepted for ever.
+// then accepted for ever. Serve after Shutdown must close its listener
+// without accepting once.
 func TestServeAfterShutdownReturns(t *testing.T) {
 	s, err := New(DefaultConfig(), &fakeSpool{}, Options{}, nil, nil)
 	if err != nil {
@@ -269,24 +273,34 @@ func TestServeAfterShutdownReturns(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, serve := range map[string]func(net.Listener) error{"Serve": s.Serve, "ServeAdmin": s.ServeAdmin} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		var ln countingListener
+		if err := serve(&ln); err != nil {
+			t.Errorf("%s after Shutdown = %v", name, err)
 		}
-		served := make(chan error, 1)
-		go func() { served <- serve(ln) }()
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("%s after Shutdown = %v", name, err)
-			}
-		case <-time.After(5 * time.Second):
-			ln.Close()
-			<-served
-			t.Errorf("%s after Shutdown still serving after 5 s", name)
+		if ln.accepts.Load() != 0 || ln.closes.Load() == 0 {
+			t.Errorf("%s after Shutdown: %d accepts, %d closes; want none and the listener closed", name, ln.accepts.Load(), ln.closes.Load())
 		}
 	}
 }
+
+// countingListener counts what is asked of it. It has no connections: its
+// Accept fails at once, as a closed listener's does, so that a Serve that
+// accepts returns instead of waiting.
+type countingListener struct {
+	accepts, closes atomic.Int32
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	l.accepts.Add(1)
+	return nil, net.ErrClosed
+}
+
+func (l *countingListener) Close() error {
+	l.closes.Add(1)
+	return nil
+}
+
+func (l *countingListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 
 func TestClientMetricsAreAnsweredAndDropped(t *testing.T) {
 	h := newHarness(t, DefaultConfig())
@@ -450,17 +464,17 @@ func TestInvalidEvents(t *testing.T) {
 		a := h.post(t, "/v1/batch", `{"batch":[`+good+`,{"type":"track","userId":"u"}]}`)
 		wantAnswer(t, a, http.StatusBadRequest, "invalid_event_strict.json")
 		h.sp.wantNoCalls(t)
-		if got := testutil.ToFloat64(h.s.m.rejected[ruleTrackEvent]); got != 1 {
+		if got := testutil.ToFloat64(h.s.m.rejected[segment.RuleTrackEvent]); got != 1 {
 			t.Errorf("rejected{missing_event} = %v, want 1", got)
 		}
 	})
 }
 
-func labelRule(t *testing.T, label string) rule {
+func labelRule(t *testing.T, label string) segment.Rule {
 	t.Helper()
-	for r, l := range ruleLabels {
-		if l == label {
-			return rule(r)
+	for r := range segment.NumRules {
+		if r.Code() == label {
+			return r
 		}
 	}
 	t.Fatalf("no rule labelled %q", label)
@@ -569,6 +583,43 @@ func TestWaitAdmittedWaitsForCommitsInFlight(t *testing.T) {
 	if n := len(h.sp.Calls()); n != 1 {
 		t.Fatalf("%d requests stored, want the one admitted before shutdown", n)
 	}
+}
+
+// TestWaitAdmittedTiming: WaitAdmitted returns within one poll of the last
+// admitted request being answered, and at its context's deadline with
+// the count still unanswered. Time is synctest's, so the bounds are exact.
+func TestWaitAdmittedTiming(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, err := New(DefaultConfig(), &fakeSpool{}, Options{}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.admitted.Add(2)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		start := time.Now()
+		err = s.WaitAdmitted(ctx)
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.HasPrefix(err.Error(), "2 event requests still unanswered") {
+			t.Errorf("WaitAdmitted with 2 requests unanswered = %v, want the count and the deadline", err)
+		}
+		if took := time.Since(start); took != time.Second {
+			t.Errorf("WaitAdmitted gave up after %v, want its context's 1s", took)
+		}
+
+		start = time.Now()
+		go func() {
+			time.Sleep(time.Second)
+			s.admitted.Add(-1)
+			time.Sleep(time.Second)
+			s.admitted.Add(-1)
+		}()
+		if err := s.WaitAdmitted(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took < 2*time.Second || took > 2*time.Second+admittedPoll {
+			t.Errorf("WaitAdmitted returned %v after the first request, want within %v of the second's answer at 2s", took, admittedPoll)
+		}
+	})
 }
 
 func TestRouting(t *testing.T) {

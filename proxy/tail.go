@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -44,8 +46,8 @@ type tailSlot struct {
 	seq     uint64 // 0: empty
 	at      int64  // unix ns
 	ep      endpoint
-	invalid rule   // ruleOK, or why the event was dead-lettered at ingest
-	data    []byte // reused by the next event in this slot
+	invalid segment.Rule // segment.RuleOK, or why the event was dead-lettered at ingest
+	data    []byte       // reused by the next event in this slot
 }
 
 // watch keeps recording on for tailIdle from now.
@@ -53,9 +55,6 @@ func (t *tailRing) watch(now time.Time) {
 	t.watchedUntil.Store(now.Add(tailIdle).UnixNano())
 }
 
-// record copies the events of one successful Append, if someone watches.
-// It must not keep the slices it is given; it copies into buffers it
-// reuses, so a watched proxy allocates nothing once they have grown.
 // watched reports whether someone polled the tail recently enough that
 // record would keep events.
 func (t *tailRing) watched(now time.Time) bool {
@@ -63,6 +62,9 @@ func (t *tailRing) watched(now time.Time) bool {
 	return until != 0 && now.UnixNano() <= until
 }
 
+// record copies the events of one successful Append, if someone watches.
+// It must not keep the slices it is given; it copies into buffers it
+// reuses, so a watched proxy allocates nothing once they have grown.
 func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead []spool.DeadLetter, rejected []rejection) {
 	until := t.watchedUntil.Load()
 	if until == 0 {
@@ -85,7 +87,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 	for k := range n {
 		if di < len(dead) && (di >= len(rejected) || rejected[di].index == k || ei == len(events)) {
 			if k >= skip {
-				r := ruleNotObject
+				r := segment.RuleNotObject
 				if di < len(rejected) {
 					r = rejected[di].rule
 				}
@@ -97,7 +99,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 			continue
 		}
 		if k >= skip {
-			t.put(at, ep, ruleOK, events[ei].Data)
+			t.put(at, ep, segment.RuleOK, events[ei].Data)
 		} else {
 			t.last++
 		}
@@ -107,7 +109,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 	t.mu.Unlock()
 }
 
-func (t *tailRing) put(at int64, ep endpoint, invalid rule, data []byte) {
+func (t *tailRing) put(at int64, ep endpoint, invalid segment.Rule, data []byte) {
 	t.last++
 	s := &t.slots[t.last%tailSize]
 	s.seq, s.at, s.ep, s.invalid = t.last, at, ep, invalid
@@ -188,64 +190,14 @@ func (s *Server) handleTail(ctx *fasthttp.RequestCtx) {
 	if !onlyGet(ctx) || !s.adminAllowed(ctx) {
 		return
 	}
-	args := ctx.QueryArgs()
-	var since uint64
-	if v := args.Peek("since"); len(v) > 0 {
-		n, err := strconv.ParseUint(string(v), 10, 64)
-		if err != nil {
-			writeError(ctx, badRequest(errInvalidQuery, "since must be a whole number >= 0"))
-			return
-		}
-		since = n
+	q, err := s.tailQuery(ctx.QueryArgs())
+	if err != nil {
+		writeError(ctx, err)
+		return
 	}
-	limit := tailSize
-	if v := args.Peek("limit"); len(v) > 0 {
-		n, err := strconv.Atoi(string(v))
-		if err != nil || n < 1 || n > tailSize {
-			writeError(ctx, badRequest(errInvalidQuery, "limit must be a whole number in 1..200"))
-			return
-		}
-		limit = n
-	}
-	typ := string(args.Peek("type"))
-	var wants func([]byte) bool
-	if name := string(args.Peek("destination")); name != "" {
-		if s.opts.Route != nil {
-			wants = s.opts.Route(name)
-		}
-		if wants == nil {
-			writeError(ctx, badRequest(errInvalidQuery, "unknown destination "+strconv.Quote(name)))
-			return
-		}
-	}
-
 	s.tail.watch(s.now())
-	page, slots := s.tail.read(since)
-	page.Events = make([]TailEvent, 0, min(len(slots), limit))
-	for i := len(slots) - 1; i >= 0 && len(page.Events) < limit; i-- {
-		sl := slots[i]
-		e := TailEvent{
-			Seq:        sl.seq,
-			ReceivedAt: time.Unix(0, sl.at).UTC(),
-			Endpoint:   sl.ep.String(),
-			Type:       eventType(sl.data),
-			Event:      sl.data,
-		}
-		if sl.invalid != ruleOK {
-			e.Invalid = ruleTexts[sl.invalid]
-		}
-		if (typ != "" && e.Type != typ) || (wants != nil && (e.Invalid != "" || !wants(sl.data))) {
-			continue
-		}
-		if !json.Valid(e.Event) {
-			e.Event, _ = json.Marshal(string(sl.data))
-		}
-		page.Events = append(page.Events, e)
-	}
-	// Newest last, as a log reads.
-	for i, j := 0, len(page.Events)-1; i < j; i, j = i+1, j-1 {
-		page.Events[i], page.Events[j] = page.Events[j], page.Events[i]
-	}
+	page, slots := s.tail.read(q.since)
+	page.Events = q.pick(slots)
 	b, err := json.Marshal(page)
 	if err != nil {
 		writeError(ctx, err)
@@ -254,6 +206,68 @@ func (s *Server) handleTail(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set(fasthttp.HeaderCacheControl, "no-store")
 	ctx.SetContentType("application/json")
 	ctx.SetBody(append(b, '\n'))
+}
+
+// tailQuery is what a GET /admin/events asks for.
+type tailQuery struct {
+	since uint64
+	limit int
+	typ   string            // "": any
+	wants func([]byte) bool // nil: any destination
+}
+
+// tailQuery reads the query of GET /admin/events.
+func (s *Server) tailQuery(args *fasthttp.Args) (tailQuery, error) {
+	q := tailQuery{limit: tailSize, typ: string(args.Peek("type"))}
+	if v := args.Peek("since"); len(v) > 0 {
+		n, err := strconv.ParseUint(string(v), 10, 64)
+		if err != nil {
+			return q, badRequest(errInvalidQuery, "since must be a whole number >= 0")
+		}
+		q.since = n
+	}
+	if v := args.Peek("limit"); len(v) > 0 {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 || n > tailSize {
+			return q, badRequest(errInvalidQuery, "limit must be a whole number in 1..200")
+		}
+		q.limit = n
+	}
+	if name := string(args.Peek("destination")); name != "" {
+		if s.opts.Route != nil {
+			q.wants = s.opts.Route(name)
+		}
+		if q.wants == nil {
+			return q, badRequest(errInvalidQuery, "unknown destination "+strconv.Quote(name))
+		}
+	}
+	return q, nil
+}
+
+// pick returns the events of slots, oldest first, that the query asks
+// for: the newest q.limit of them, newest last, as a log reads.
+func (q tailQuery) pick(slots []tailSlot) []TailEvent {
+	events := make([]TailEvent, 0, min(len(slots), q.limit))
+	for i := len(slots) - 1; i >= 0 && len(events) < q.limit; i-- {
+		sl := slots[i]
+		e := TailEvent{
+			Seq:        sl.seq,
+			ReceivedAt: time.Unix(0, sl.at).UTC(),
+			Endpoint:   sl.ep.String(),
+			Type:       eventType(sl.data),
+			Invalid:    sl.invalid.String(),
+			Event:      sl.data,
+		}
+		if (q.typ != "" && e.Type != q.typ) || (q.wants != nil && (e.Invalid != "" || !q.wants(sl.data))) {
+			continue
+		}
+		if !json.Valid(e.Event) {
+			e.Event, _ = json.Marshal(string(sl.data))
+		}
+		events = append(events, e)
+	}
+	slices.Reverse(events)
+	return events
 }
 
 // eventType is the event's "type", or "" when it has none.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -85,8 +86,8 @@ func TestTail(t *testing.T) {
 		if ev := decode(t, e.Event); ev["receivedAt"] == nil {
 			t.Errorf("event is not the stored, enriched one: %s", e.Event)
 		}
-		if p.Events[2].Invalid != ruleTexts[ruleTrackEvent] {
-			t.Errorf("a track without event: invalid = %q, want %q", p.Events[2].Invalid, ruleTexts[ruleTrackEvent])
+		if p.Events[2].Invalid != segment.RuleTrackEvent.String() {
+			t.Errorf("a track without event: invalid = %q, want %q", p.Events[2].Invalid, segment.RuleTrackEvent.String())
 		}
 		if again := getTail(t, h, fmt.Sprintf("?since=%d", p.Next)); len(again.Events) != 0 {
 			t.Errorf("polling at the cursor again returned %d events, want 0", len(again.Events))

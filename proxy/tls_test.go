@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -83,25 +82,14 @@ func serveTLS(t *testing.T, s *Server) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	serveUntilCleanup(t, s, ln)
 	return ln.Addr().String()
 }
 
 func httpsClient(t *testing.T, pool *x509.CertPool) *http.Client {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	return &http.Client{Transport: tr, Timeout: patience(t)}
 }
 
 func TestTLS(t *testing.T) {
@@ -147,7 +135,7 @@ func TestTLS(t *testing.T) {
 	})
 	t.Run("plain HTTP on the HTTPS port stores nothing", func(t *testing.T) {
 		before := len(sp.Calls())
-		resp, err := track(&http.Client{Timeout: 5 * time.Second}, "http")
+		resp, err := track(&http.Client{Timeout: patience(t)}, "http")
 		if err == nil && resp.StatusCode == http.StatusOK {
 			t.Fatal("plain HTTP was served")
 		}
