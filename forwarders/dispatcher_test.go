@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -34,16 +34,16 @@ func TestBatchingLimits(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.scenario, func(t *testing.T) {
-			s := newSink(t, nil)
+			s := testkit.NewSink(t, nil)
 			sp := openSpool(t, t.TempDir(), "dest")
 			appendEvents(t, sp, numbered(tt.events)...)
-			startGroup(t, sp, nil, "dest="+s.url()+"?"+opts("flush=20ms&concurrency=1", tt.opts))
-			eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == tt.events }, "not all delivered")
+			startGroup(t, sp, nil, "dest="+s.URL+"?"+opts("flush=20ms&concurrency=1", tt.opts))
+			testkit.Eventually(t, func() bool { return deliveredCount(s) == tt.events }, "not all delivered")
 			var sizes []int
-			for _, r := range s.requests() {
-				sizes = append(sizes, len(r.ids))
-				if tt.maxBody > 0 && r.bytes > tt.maxBody {
-					t.Errorf("a body of %d bytes, over batch_bytes %d", r.bytes, tt.maxBody)
+			for _, r := range s.Requests() {
+				sizes = append(sizes, len(r.IDs))
+				if tt.maxBody > 0 && r.Bytes > tt.maxBody {
+					t.Errorf("a body of %d bytes, over batch_bytes %d", r.Bytes, tt.maxBody)
 				}
 			}
 			if !slices.Equal(sizes, tt.wantSizes) {
@@ -53,17 +53,17 @@ func TestBatchingLimits(t *testing.T) {
 	}
 
 	t.Run("a partial batch waits for flush, then goes", func(t *testing.T) {
-		s := newSink(t, nil)
+		s := testkit.NewSink(t, nil)
 		sp := openSpool(t, t.TempDir(), "dest")
-		startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=100&flush=300ms")
+		startGroup(t, sp, nil, "dest="+s.URL+"?batch_events=100&flush=300ms")
 		start := time.Now()
 		appendEvents(t, sp, numbered(2)...)
-		eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 2 }, "not delivered")
-		reqs := s.requests()
-		if len(reqs) != 1 || len(reqs[0].ids) != 2 {
+		testkit.Eventually(t, func() bool { return deliveredCount(s) == 2 }, "not delivered")
+		reqs := s.Requests()
+		if len(reqs) != 1 || len(reqs[0].IDs) != 2 {
 			t.Fatalf("requests %+v, want one of 2 events", reqs)
 		}
-		if wait := reqs[0].at.Sub(start); wait < 250*time.Millisecond || wait > 2*time.Second {
+		if wait := reqs[0].At.Sub(start); wait < 250*time.Millisecond || wait > 2*time.Second {
 			t.Errorf("sent %v after the events came, want about the 300ms flush", wait)
 		}
 	})
@@ -77,16 +77,16 @@ func TestRestartResendsExactlyWhatWasNotAcknowledged(t *testing.T) {
 
 	// The second batch (m-005..m-009) hangs; the others succeed. Only the
 	// first batch is a contiguous finished prefix.
-	s := newSink(t, func(_ int, r *sinkReq) answer {
-		if slices.Contains(r.ids, "m-005") {
-			return answer{hang: true}
+	s := testkit.NewSink(t, func(_ int, r *testkit.Request) testkit.Answer {
+		if slices.Contains(r.IDs, "m-005") {
+			return testkit.Answer{Hang: true}
 		}
-		return answer{status: 200}
+		return testkit.Answer{}
 	})
-	g := startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=5&flush=5ms&concurrency=4&timeout=1m")
-	eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 15 }, "batches 1, 3 and 4 not delivered")
-	eventually(t, 5*time.Second, func() bool { return sp.Backlog("dest").Events == 15 },
-		"backlog %d, want 15: only the first batch may be acknowledged", sp.Backlog("dest").Events)
+	g := startGroup(t, sp, nil, "dest="+s.URL+"?batch_events=5&flush=5ms&concurrency=4&timeout=1m")
+	testkit.Eventually(t, func() bool { return deliveredCount(s) == 15 }, "batches 1, 3 and 4 not delivered")
+	testkit.Eventually(t, func() bool { return sp.Backlog("dest").Events == 15 },
+		"backlog %d, want 15: only the first batch may be acknowledged", backlog(sp, "dest"))
 
 	err := shutdown(t, g, 200*time.Millisecond)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "drain dest") {
@@ -100,44 +100,32 @@ func TestRestartResendsExactlyWhatWasNotAcknowledged(t *testing.T) {
 	}
 
 	sp2 := openSpool(t, dir, "dest")
-	s2 := newSink(t, nil)
-	startGroup(t, sp2, nil, "dest="+s2.url()+"?batch_events=5&flush=5ms")
-	eventually(t, 5*time.Second, func() bool { return sp2.Backlog("dest").Events == 0 }, "not drained after restart")
-	if got, want := s2.deliveredIDs(), ids(evs[5:]); !slices.Equal(got, want) {
+	s2 := testkit.NewSink(t, nil)
+	startGroup(t, sp2, nil, "dest="+s2.URL+"?batch_events=5&flush=5ms")
+	testkit.Eventually(t, func() bool { return sp2.Backlog("dest").Events == 0 }, "not drained after restart")
+	if got, want := s2.Delivered(), ids(evs[5:]); !slices.Equal(got, want) {
 		t.Errorf("after restart delivered %v, want exactly the unacknowledged %v", got, want)
 	}
 }
 
-// logBuffer captures a logger's lines for assertions.
-func logBuffer(t *testing.T) (*slog.Logger, *lockedBuffer) {
-	var buf lockedBuffer
-	h := slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})
-	return slog.New(h), &buf
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestMisconfiguredDestinationIsRetriedSlowlyAndNeverDeadLettered(t *testing.T) {
 	var fixed atomic.Bool
-	s := newSink(t, func(int, *sinkReq) answer {
+	s := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer {
 		if fixed.Load() {
-			return answer{status: 200}
+			return testkit.Answer{}
 		}
-		return answer{status: 401, body: `{"message":"invalid write key"}`}
+		return testkit.Answer{Status: 401, Body: `{"message":"invalid write key"}`}
 	})
 	sp := openSpool(t, t.TempDir(), "dest")
 	reg := prometheus.NewRegistry()
-	log, logs := logBuffer(t)
+	var logs testkit.Buffer
+	log := logs.Logger(t)
 	evs := numbered(10)
 	for i := range evs {
 		evs[i].key = "wk-secret"
 	}
 	appendEvents(t, sp, evs...)
-	d, err := ParseDestination("dest=segment+"+s.url()+"?"+opts(testOpts, "backoff_max=100ms"), Defaults{})
+	d, err := ParseDestination("dest=segment+"+s.URL+"?"+opts(testOpts, "backoff_max=100ms"), Defaults{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +136,7 @@ func TestMisconfiguredDestinationIsRetriedSlowlyAndNeverDeadLettered(t *testing.
 	g.Start()
 	defer shutdown(t, g, time.Second)
 
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, func() bool {
 		return metric(t, reg, "spillway_forward_retries_total", "reason", "misconfigured") >= 3
 	}, "no slow retries")
 	st := g.Status()[0]
@@ -159,17 +147,17 @@ func TestMisconfiguredDestinationIsRetriedSlowlyAndNeverDeadLettered(t *testing.
 		t.Errorf("up = %v while misconfigured", up)
 	}
 	// backoff_max apart: 3 retries cannot take less than about 200ms.
-	reqs := s.requests()
+	reqs := s.Requests()
 	for i := 2; i < len(reqs); i++ {
-		if gap := reqs[i].at.Sub(reqs[i-1].at); gap < 80*time.Millisecond {
+		if gap := reqs[i].At.Sub(reqs[i-1].At); gap < 80*time.Millisecond {
 			t.Errorf("misconfigured retries %v apart, want backoff_max (100ms)", gap)
 		}
 	}
 
 	fixed.Store(true)
-	eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 10 }, "not delivered after the fix")
+	testkit.Eventually(t, func() bool { return deliveredCount(s) == 10 }, "not delivered after the fix")
 	// The state changes first, and the line saying so follows it.
-	eventually(t, time.Second, func() bool {
+	testkit.Eventually(t, func() bool {
 		return g.Status()[0].State == StateUp && strings.Contains(logs.String(), "destination recovered")
 	}, "not up after the fix, or no line saying so")
 	if dls := deadLetters(t, sp, ""); len(dls) != 0 {
@@ -183,7 +171,7 @@ func TestMisconfiguredDestinationIsRetriedSlowlyAndNeverDeadLettered(t *testing.
 		t.Errorf("%d recovered log lines, want 1:\n%s", n, out)
 	}
 	if strings.Contains(out, "wk-secret") || strings.Contains(g.Status()[0].LastError, "wk-secret") {
-		t.Errorf("a write key reached the logs or status:\n%s", out)
+		t.Errorf("a write key reached the logs or Status:\n%s", out)
 	}
 }
 
@@ -192,16 +180,12 @@ func TestMisconfiguredDestinationIsRetriedSlowlyAndNeverDeadLettered(t *testing.
 // dead letter comes (perhaps never: at shutdown, ten minutes later).
 func TestDeadLetterLogIsRateLimitedAndHoldsNothingPastTheInterval(t *testing.T) {
 	const every = 400 * time.Millisecond
-	s := newSink(t, func(_ int, r *sinkReq) answer {
-		if r.bad {
-			return answer{status: 400, body: "bad event"}
-		}
-		return answer{status: 200}
-	})
+	s := testkit.NewSink(t, refuseBad("bad event"))
 	sp := openSpool(t, t.TempDir(), "dest")
 	reg := prometheus.NewRegistry()
-	log, logs := logBuffer(t)
-	d, err := ParseDestination("dest="+s.url()+"?"+opts(testOpts, "batch_events=1"), Defaults{})
+	var logs testkit.Buffer
+	log := logs.Logger(t)
+	d, err := ParseDestination("dest="+s.URL+"?"+opts(testOpts, "batch_events=1"), Defaults{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,17 +210,17 @@ func TestDeadLetterLogIsRateLimitedAndHoldsNothingPastTheInterval(t *testing.T) 
 	}
 
 	appendEvents(t, sp, ev{id: "bad-1", key: "wk", bad: true})
-	eventually(t, 5*time.Second, func() bool { return len(lines()) == 1 }, "the first dead letter was not logged")
+	testkit.Eventually(t, func() bool { return len(lines()) == 1 }, "the first dead letter was not logged")
 	firstSeen := time.Now()
 	appendEvents(t, sp, ev{id: "bad-2", key: "wk", bad: true})
-	eventually(t, 5*time.Second, func() bool { return deadLettered() == 2 }, "the second event was not dead-lettered")
+	testkit.Eventually(t, func() bool { return deadLettered() == 2 }, "the second event was not dead-lettered")
 	if time.Since(firstSeen) < every/2 { // else the interval may have ended: nothing to check
 		if got := lines(); len(got) != 1 {
 			t.Errorf("%d lines within one interval, want 1:\n%s", len(got), strings.Join(got, ""))
 		}
 	}
-	eventually(t, 5*time.Second, func() bool { return len(lines()) == 2 },
-		"the second dead letter was not logged once the interval ended:\n%s", logs)
+	testkit.Eventually(t, func() bool { return len(lines()) == 2 },
+		"the second dead letter was not logged once the interval ended:\n%s", &logs)
 	got := lines()
 	for _, l := range got {
 		if !strings.Contains(l, "reason=rejected events=1") {
@@ -263,25 +247,25 @@ func logTime(t *testing.T, line string) time.Time {
 func TestEventsOlderThanMaxAgeAreDeadLetteredAsExpired(t *testing.T) {
 	tests := []struct {
 		scenario string
-		answer   answer
+		answer   testkit.Answer
 		opts     string
 		status   int
 	}{
-		{"while the destination keeps failing", answer{status: 503, body: "down"}, "", 503},
+		{"while the destination keeps failing", testkit.Answer{Status: 503, Body: "down"}, "", 503},
 		{"on time even while the batch waits for a slow misconfigured probe",
-			answer{status: 403, body: "forbidden"}, "backoff_max=1m", 403},
+			testkit.Answer{Status: 403, Body: "forbidden"}, "backoff_max=1m", 403},
 	}
 	for _, tt := range tests {
 		t.Run(tt.scenario, func(t *testing.T) {
-			s := newSink(t, func(int, *sinkReq) answer { return tt.answer })
+			s := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return tt.answer })
 			sp := openSpool(t, t.TempDir(), "dest")
 			reg := prometheus.NewRegistry()
 			appendEvents(t, sp, numbered(6)...)
 			start := time.Now()
-			startGroup(t, sp, reg, "dest="+s.url()+"?"+opts(testOpts, "max_age=300ms", tt.opts))
+			startGroup(t, sp, reg, "dest="+s.URL+"?"+opts(testOpts, "max_age=300ms", tt.opts))
 
-			eventually(t, 5*time.Second, func() bool { return sp.Backlog("dest").Events == 0 },
-				"backlog %d: not expired", sp.Backlog("dest").Events)
+			testkit.Eventually(t, func() bool { return sp.Backlog("dest").Events == 0 },
+				"backlog %d: not expired", backlog(sp, "dest"))
 			if took := time.Since(start); took > 3*time.Second {
 				t.Errorf("expired after %v, want about max_age (300ms)", took)
 			}
@@ -298,7 +282,7 @@ func TestEventsOlderThanMaxAgeAreDeadLetteredAsExpired(t *testing.T) {
 			if n := metric(t, reg, "spillway_events_dead_lettered_total", "reason", "expired"); n != 6 {
 				t.Errorf("expired counter %v, want 6", n)
 			}
-			if s.deliveredCount() != 0 {
+			if deliveredCount(s) != 0 {
 				t.Errorf("something was delivered")
 			}
 		})
@@ -306,7 +290,7 @@ func TestEventsOlderThanMaxAgeAreDeadLetteredAsExpired(t *testing.T) {
 }
 
 func TestRoutingByIntegrationsAndFilters(t *testing.T) {
-	a, b := newSink(t, nil), newSink(t, nil)
+	a, b := testkit.NewSink(t, nil), testkit.NewSink(t, nil)
 	sp := openSpool(t, t.TempDir(), "a", "b")
 	evs := []ev{
 		{id: "plain-track"},
@@ -316,14 +300,14 @@ func TestRoutingByIntegrationsAndFilters(t *testing.T) {
 		{id: "page-only-a", typ: "page", extra: `,"integrations":{"All":false,"a":true}`},
 	}
 	appendEvents(t, sp, evs...)
-	startGroup(t, sp, nil, "a="+a.url()+"?flush=5ms", "b="+b.url()+"?flush=5ms&include_types=track")
-	eventually(t, 5*time.Second, func() bool {
+	startGroup(t, sp, nil, "a="+a.URL+"?flush=5ms", "b="+b.URL+"?flush=5ms&include_types=track")
+	testkit.Eventually(t, func() bool {
 		return sp.Backlog("a").Events == 0 && sp.Backlog("b").Events == 0
 	}, "filtered events were not acknowledged")
-	if got, want := a.deliveredIDs(), []string{"identify", "page-only-a", "plain-track"}; !slices.Equal(got, want) {
+	if got, want := a.Delivered(), []string{"identify", "page-only-a", "plain-track"}; !slices.Equal(got, want) {
 		t.Errorf("a got %v, want %v", got, want)
 	}
-	if got, want := b.deliveredIDs(), []string{"not-a", "only-b", "plain-track"}; !slices.Equal(got, want) {
+	if got, want := b.Delivered(), []string{"not-a", "only-b", "plain-track"}; !slices.Equal(got, want) {
 		t.Errorf("b got %v, want %v", got, want)
 	}
 }
@@ -343,19 +327,19 @@ func TestOneDestinationsTroubleNeverDelaysAnother(t *testing.T) {
 		badURL   func(t *testing.T) string
 	}{
 		{"the other answers 503", func(t *testing.T) string {
-			return newSink(t, func(int, *sinkReq) answer { return answer{status: 503} }).url()
+			return testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return testkit.Answer{Status: 503} }).URL
 		}},
 		{"the other hangs", func(t *testing.T) string {
-			return newSink(t, func(int, *sinkReq) answer { return answer{hang: true} }).url()
+			return testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return testkit.Answer{Hang: true} }).URL
 		}},
 		{"the other refuses connections", refused},
 	}
 	for _, tt := range tests {
 		t.Run(tt.scenario, func(t *testing.T) {
-			good := newSink(t, nil)
+			good := testkit.NewSink(t, nil)
 			sp := openSpool(t, t.TempDir(), "good", "bad")
 			g := startGroup(t, sp, nil,
-				"good="+good.url()+"?batch_events=10&flush=5ms",
+				"good="+good.URL+"?batch_events=10&flush=5ms",
 				"bad="+tt.badURL(t)+"?batch_events=10&flush=5ms&timeout=5s&backoff_min=5ms&backoff_max=20ms")
 			for round := range 3 {
 				start := time.Now()
@@ -364,8 +348,8 @@ func TestOneDestinationsTroubleNeverDelaysAnother(t *testing.T) {
 					evs[i].id = fmt.Sprintf("r%d-%s", round, evs[i].id)
 				}
 				appendEvents(t, sp, evs...)
-				eventually(t, 2*time.Second, func() bool { return good.deliveredCount() == 30*(round+1) },
-					"good destination got %d of %d", good.deliveredCount(), 30*(round+1))
+				testkit.Eventually(t, func() bool { return deliveredCount(good) == 30*(round+1) },
+					"good destination got %d of %d", func() any { return deliveredCount(good) }, 30*(round+1))
 				if took := time.Since(start); took > time.Second {
 					t.Errorf("round %d took %v for the good destination", round, took)
 				}
@@ -392,20 +376,20 @@ func TestSegmentKind(t *testing.T) {
 	}
 
 	t.Run("each request is gzipped and authenticated with its events' own write key", func(t *testing.T) {
-		s := newSink(t, nil)
+		s := testkit.NewSink(t, nil)
 		sp := openSpool(t, t.TempDir(), "seg")
 		appendEvents(t, sp, keyed(10, "k1", "k2")...)
-		startGroup(t, sp, nil, "seg=segment+"+s.url()+"?batch_events=10&flush=5ms")
-		eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 10 }, "not delivered")
+		startGroup(t, sp, nil, "seg=segment+"+s.URL+"?batch_events=10&flush=5ms")
+		testkit.Eventually(t, func() bool { return deliveredCount(s) == 10 }, "not delivered")
 		users := map[string]int{}
-		for _, r := range s.requests() {
-			users[r.user]++
-			if !r.gzip || r.contentType != "application/json" {
-				t.Errorf("gzip=%v content type %q", r.gzip, r.contentType)
+		for _, r := range s.Requests() {
+			users[r.User]++
+			if !r.Gzip || r.ContentType != "application/json" {
+				t.Errorf("gzip=%v content type %q", r.Gzip, r.ContentType)
 			}
-			for _, k := range r.keys {
-				if k != r.user {
-					t.Errorf("an event of key %s sent under %s", k, r.user)
+			for _, k := range eventKeys(r) {
+				if k != r.User {
+					t.Errorf("an event of key %s sent under %s", k, r.User)
 				}
 			}
 		}
@@ -415,65 +399,60 @@ func TestSegmentKind(t *testing.T) {
 	})
 
 	t.Run("write_key overrides the events' keys", func(t *testing.T) {
-		s := newSink(t, nil)
+		s := testkit.NewSink(t, nil)
 		sp := openSpool(t, t.TempDir(), "seg")
 		appendEvents(t, sp, keyed(10, "k1", "k2")...)
-		startGroup(t, sp, nil, "seg=segment+"+s.url()+"?batch_events=10&flush=5ms&write_key=override")
-		eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 10 }, "not delivered")
-		reqs := s.requests()
-		if len(reqs) != 1 || reqs[0].user != "override" {
+		startGroup(t, sp, nil, "seg=segment+"+s.URL+"?batch_events=10&flush=5ms&write_key=override")
+		testkit.Eventually(t, func() bool { return deliveredCount(s) == 10 }, "not delivered")
+		reqs := s.Requests()
+		if len(reqs) != 1 || reqs[0].User != "override" {
 			t.Errorf("requests %+v, want one under the override key", reqs)
 		}
 	})
 
 	t.Run("sentAt is the time of sending, not of storing", func(t *testing.T) {
-		s := newSink(t, firstN(1, answer{status: 503}))
+		s := testkit.NewSink(t, testkit.FirstN(1, testkit.Answer{Status: 503}))
 		sp := openSpool(t, t.TempDir(), "seg")
 		stored := time.Now()
 		appendEvents(t, sp, numbered(3)...)
-		startGroup(t, sp, nil, "seg=segment+"+s.url()+"?flush=5ms&backoff_min=300ms&backoff_max=400ms")
-		eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 3 }, "not delivered")
-		reqs := s.requests()
+		startGroup(t, sp, nil, "seg=segment+"+s.URL+"?flush=5ms&backoff_min=300ms&backoff_max=400ms")
+		testkit.Eventually(t, func() bool { return deliveredCount(s) == 3 }, "not delivered")
+		reqs := s.Requests()
 		if len(reqs) != 2 {
 			t.Fatalf("%d requests, want 2", len(reqs))
 		}
 		for _, r := range reqs {
-			sent, err := time.Parse(time.RFC3339Nano, r.sentAt)
-			if err != nil || !strings.HasSuffix(r.sentAt, "Z") {
-				t.Fatalf("sentAt %q: %v", r.sentAt, err)
+			sent, err := time.Parse(time.RFC3339Nano, r.SentAt)
+			if err != nil || !strings.HasSuffix(r.SentAt, "Z") {
+				t.Fatalf("sentAt %q: %v", r.SentAt, err)
 			}
-			if d := r.at.Sub(sent); d < -10*time.Millisecond || d > 100*time.Millisecond {
+			if d := r.At.Sub(sent); d < -10*time.Millisecond || d > 100*time.Millisecond {
 				t.Errorf("sentAt %v is %v before the request arrived", sent, d)
 			}
 		}
-		retrySent, _ := time.Parse(time.RFC3339Nano, reqs[1].sentAt)
+		retrySent, _ := time.Parse(time.RFC3339Nano, reqs[1].SentAt)
 		if retrySent.Sub(stored) < 250*time.Millisecond {
 			t.Errorf("the retry's sentAt %v is the storing time %v", retrySent, stored)
 		}
 	})
 
 	t.Run("a refused event under one key does not hold back the other key's events", func(t *testing.T) {
-		s := newSink(t, func(_ int, r *sinkReq) answer {
-			if r.bad {
-				return answer{status: 400, body: "bad"}
-			}
-			return answer{status: 200}
-		})
+		s := testkit.NewSink(t, refuseBad("bad"))
 		sp := openSpool(t, t.TempDir(), "seg")
 		evs := keyed(10, "k1", "k2")
 		evs[5].bad = true // a k2 event
 		appendEvents(t, sp, evs...)
-		startGroup(t, sp, nil, "seg=segment+"+s.url()+"?batch_events=10&flush=5ms")
-		eventually(t, 5*time.Second, func() bool { return sp.Backlog("seg").Events == 0 }, "not done")
+		startGroup(t, sp, nil, "seg=segment+"+s.URL+"?batch_events=10&flush=5ms")
+		testkit.Eventually(t, func() bool { return sp.Backlog("seg").Events == 0 }, "not done")
 		if got := deadIDs(deadLetters(t, sp, "seg")); !slices.Equal(got, []string{"m-005"}) {
 			t.Errorf("dead letters %v, want [m-005]", got)
 		}
-		if d := s.duplicates(); len(d) > 0 || s.deliveredCount() != 9 {
-			t.Errorf("delivered %v, duplicates %v", s.deliveredIDs(), d)
+		if d := s.Duplicates(); len(d) > 0 || deliveredCount(s) != 9 {
+			t.Errorf("delivered %v, duplicates %v", s.Delivered(), d)
 		}
-		for _, r := range s.requests() {
-			if r.user == "k1" && r.status != 200 {
-				t.Errorf("a k1 request was answered %d", r.status)
+		for _, r := range s.Requests() {
+			if r.User == "k1" && r.Status != 200 {
+				t.Errorf("a k1 request was answered %d", r.Status)
 			}
 		}
 	})
@@ -495,7 +474,7 @@ func (f *partialForwarder) Send(_ context.Context, batch []spool.Record) error {
 	errs := make([]error, len(batch))
 	failed := false
 	for i, r := range batch {
-		id := messageID(r.Data)
+		id := testkit.MessageID(r.Data)
 		f.sends[id]++
 		switch {
 		case strings.HasPrefix(id, "bad"):
@@ -527,7 +506,7 @@ func TestPartialFailuresAreSettledRecordByRecord(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	startDests(t, sp, reg, []Destination{d}, []Forwarder{f})
-	eventually(t, 5*time.Second, func() bool { return sp.Backlog("k").Events == 0 }, "not done")
+	testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 }, "not done")
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -562,9 +541,9 @@ func TestPartialFailuresAreSettledRecordByRecord(t *testing.T) {
 
 func TestShutdown(t *testing.T) {
 	t.Run("it drains the backlog, flushing partial batches at once", func(t *testing.T) {
-		s := newSink(t, nil)
+		s := testkit.NewSink(t, nil)
 		sp := openSpool(t, t.TempDir(), "dest")
-		g := startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=100&flush=1m")
+		g := startGroup(t, sp, nil, "dest="+s.URL+"?batch_events=100&flush=1m")
 		appendEvents(t, sp, numbered(3)...)
 		start := time.Now()
 		if err := shutdown(t, g, 5*time.Second); err != nil {
@@ -573,8 +552,8 @@ func TestShutdown(t *testing.T) {
 		if took := time.Since(start); took > 2*time.Second {
 			t.Errorf("drain took %v", took)
 		}
-		if s.deliveredCount() != 3 || sp.Backlog("dest").Events != 0 {
-			t.Errorf("delivered %d, backlog %d after drain", s.deliveredCount(), sp.Backlog("dest").Events)
+		if deliveredCount(s) != 3 || sp.Backlog("dest").Events != 0 {
+			t.Errorf("delivered %d, backlog %d after drain", deliveredCount(s), sp.Backlog("dest").Events)
 		}
 		if err := shutdown(t, g, time.Second); err != nil {
 			t.Errorf("second Shutdown: %v", err)
@@ -583,11 +562,11 @@ func TestShutdown(t *testing.T) {
 	})
 
 	t.Run("it stops at the deadline and cancels sends in flight", func(t *testing.T) {
-		s := newSink(t, func(int, *sinkReq) answer { return answer{hang: true} })
+		s := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return testkit.Answer{Hang: true} })
 		sp := openSpool(t, t.TempDir(), "dest")
 		appendEvents(t, sp, numbered(7)...)
-		g := startGroup(t, sp, nil, "dest="+s.url()+"?flush=5ms&timeout=1m")
-		eventually(t, 5*time.Second, func() bool { return len(s.requests()) > 0 }, "nothing sent")
+		g := startGroup(t, sp, nil, "dest="+s.URL+"?flush=5ms&timeout=1m")
+		testkit.Eventually(t, func() bool { return len(s.Requests()) > 0 }, "nothing sent")
 		start := time.Now()
 		err := shutdown(t, g, 200*time.Millisecond)
 		if !errors.Is(err, context.DeadlineExceeded) {
@@ -614,11 +593,11 @@ func TestShutdown(t *testing.T) {
 }
 
 func TestStatus(t *testing.T) {
-	s := newSink(t, func(int, *sinkReq) answer { return answer{status: 503, body: "maintenance"} })
+	s := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return testkit.Answer{Status: 503, Body: "maintenance"} })
 	sp := openSpool(t, t.TempDir(), "dest")
 	appendEvents(t, sp, numbered(4)...)
-	g := startGroup(t, sp, nil, "dest="+s.url()+"?"+testOpts)
-	eventually(t, 5*time.Second, func() bool { return g.Status()[0].Retried >= 2 }, "no retries")
+	g := startGroup(t, sp, nil, "dest="+s.URL+"?"+testOpts)
+	testkit.Eventually(t, func() bool { return g.Status()[0].Retried >= 2 }, "no retries")
 	time.Sleep(20 * time.Millisecond)
 
 	st := g.Status()[0]
@@ -707,45 +686,30 @@ func withTypes(d Destination, include ...string) Destination {
 func TestUnprovenDestinationTakesOneBatchAtATime(t *testing.T) {
 	var failing atomic.Bool
 	failing.Store(true)
-	s := newSink(t, func(int, *sinkReq) answer {
+	s := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer {
 		if failing.Load() {
-			return answer{status: 503}
+			return testkit.Answer{Status: 503}
 		}
 		time.Sleep(20 * time.Millisecond) // long enough for sends to overlap
-		return answer{status: 200}
+		return testkit.Answer{}
 	})
 	sp := openSpool(t, t.TempDir(), "dest")
 	appendEvents(t, sp, numbered(2000)...)
-	startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=100&flush=10ms&concurrency=4&backoff_min=20ms&backoff_max=50ms")
-	eventually(t, 5*time.Second, func() bool { return len(s.requests()) >= 3 }, "no retries")
+	startGroup(t, sp, nil, "dest="+s.URL+"?batch_events=100&flush=10ms&concurrency=4&backoff_min=20ms&backoff_max=50ms")
+	testkit.Eventually(t, func() bool { return len(s.Requests()) >= 3 }, "no retries")
 	// The batch in flight, and the next one, built and waiting.
 	if read := sp.Position("dest"); read > 200 {
 		t.Errorf("a failing destination read %d events, want at most two batches (200)", read)
 	}
 	failing.Store(false)
-	eventually(t, 10*time.Second, func() bool { return s.deliveredCount() == 2000 }, "not all delivered once it answers")
-	var answered []sinkReq
-	for _, r := range s.requests() {
-		if r.status == 200 {
+	testkit.Eventually(t, func() bool { return deliveredCount(s) == 2000 }, "not all delivered once it answers")
+	var answered []testkit.Request
+	for _, r := range s.Requests() {
+		if r.Status == 200 {
 			answered = append(answered, r)
 		}
 	}
 	if got := mostAtOnce(answered); got < 2 {
 		t.Errorf("at most %d requests at once after it answered, want full concurrency back", got)
 	}
-}
-
-// mostAtOnce is the most requests in flight at the same moment.
-func mostAtOnce(reqs []sinkReq) int {
-	most := 0
-	for _, r := range reqs {
-		n := 0
-		for _, o := range reqs {
-			if !o.at.After(r.at) && o.done.After(r.at) {
-				n++
-			}
-		}
-		most = max(most, n)
-	}
-	return most
 }

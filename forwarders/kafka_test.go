@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/spool"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -278,7 +279,7 @@ func TestKafkaDeliversEveryEventWhereItsKeyPutsItInOrder(t *testing.T) {
 	}
 	g := startGroup(t, sp, reg, "k="+kafkaURL(c, "events"))
 
-	eventually(t, 10*time.Second, func() bool { return sp.Backlog("k").Events == 0 }, "backlog %d", sp.Backlog("k").Events)
+	testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 }, "backlog %d", backlog(sp, "k"))
 	recs := consume(t, c, "events", kafkaIDs(evs), 10*time.Second)
 	if dups := checkPlacement(t, recs, evs, partitions); dups != 0 {
 		t.Errorf("%d duplicates with no fault injected", dups)
@@ -429,7 +430,7 @@ func TestKafkaLosesNothingThroughBrokerFaults(t *testing.T) {
 				appendKafkaEvents(t, sp, evs[i:i+100])
 				time.Sleep(5 * time.Millisecond)
 			}
-			eventually(t, 30*time.Second, func() bool { return sp.Backlog("k").Events == 0 },
+			testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 },
 				"status %v", status{g})
 			close(stop)
 			wg.Wait()
@@ -465,7 +466,7 @@ func TestKafkaMissingTopicIsMisconfiguredUntilCreated(t *testing.T) {
 			appendKafkaEvents(t, sp, evs)
 			g := startGroup(t, sp, reg, "k="+kafkaURL(c, "events", "backoff_max=200ms"))
 
-			eventually(t, 5*time.Second, func() bool { return g.Status()[0].State == StateMisconfigured },
+			testkit.Eventually(t, func() bool { return g.Status()[0].State == StateMisconfigured },
 				"status %v", status{g})
 			time.Sleep(300 * time.Millisecond) // a slow retry or two
 			st := g.Status()[0]
@@ -484,7 +485,7 @@ func TestKafkaMissingTopicIsMisconfiguredUntilCreated(t *testing.T) {
 			}
 
 			createTopic(t, c, "events", 3, nil)
-			eventually(t, 10*time.Second, func() bool { return sp.Backlog("k").Events == 0 }, "after creating the topic: %v", status{g})
+			testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 }, "after creating the topic: %v", status{g})
 			recs := consume(t, c, "events", kafkaIDs(evs), 10*time.Second)
 			checkPlacement(t, recs, evs, 3)
 			if st := g.Status()[0]; st.State != StateUp || st.DeadLettered != 0 {
@@ -566,7 +567,7 @@ func TestKafkaRecordTooLargeIsDeadLetteredAlone(t *testing.T) {
 			appendKafkaEvents(t, sp, evs)
 			g := startGroup(t, sp, reg, "k="+kafkaURL(c, "events", tc.opts))
 
-			eventually(t, 10*time.Second, func() bool { return sp.Backlog("k").Events == 0 }, "status %v", status{g})
+			testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 }, "status %v", status{g})
 			dls := deadLetters(t, sp, "k")
 			if got := deadIDs(dls); !slices.Equal(got, []string{big.id}) {
 				t.Fatalf("dead letters %v, want only %s", got, big.id)
@@ -602,7 +603,7 @@ func TestKafkaSASL(t *testing.T) {
 		sp := openSpool(t, t.TempDir(), "k")
 		appendKafkaEvents(t, sp, evs)
 		startGroup(t, sp, nil, "k="+kafkaURL(c, "events", "sasl=scram-sha-512&user=spill&password_env=TEST_KAFKA_PASS"))
-		eventually(t, 10*time.Second, func() bool { return sp.Backlog("k").Events == 0 }, "not delivered")
+		testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 }, "not delivered")
 	})
 	t.Run("a wrong password is a misconfiguration, never logged", func(t *testing.T) {
 		t.Setenv(DefaultKafkaPasswordEnv, "wrong-pass")
@@ -617,21 +618,21 @@ func TestKafkaSASL(t *testing.T) {
 			resp.ErrorMessage = &msg
 			return resp, nil, true
 		})
-		var logs lockedBuffer
+		var logs testkit.Buffer
 		sp := openSpool(t, t.TempDir(), "k")
 		appendKafkaEvents(t, sp, evs)
 		dests, err := ParseDestinations([]string{"k=" + kafkaURL(c, "events", "sasl=scram-sha-512&user=spill")}, Defaults{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		g, err := newGroup(dests, nil, sp, slog.New(slog.NewTextHandler(&logs, nil)), nil)
+		g, err := newGroup(dests, nil, sp, logs.Logger(t), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		g.Start()
 		defer shutdown(t, g, time.Second)
 		// The state changes first, and the line saying so follows it.
-		eventually(t, 10*time.Second, func() bool {
+		testkit.Eventually(t, func() bool {
 			return g.Status()[0].State == StateMisconfigured && strings.Contains(logs.String(), "misconfigured")
 		}, "status %v, or no log line saying so", status{g})
 		if out := logs.String(); strings.Contains(out, "wrong-pass") || strings.Contains(g.Status()[0].LastError, "wrong-pass") {
