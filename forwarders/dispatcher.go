@@ -67,11 +67,7 @@ type Dispatcher struct {
 	lastFail   error          // the failure that made the destination not up; nil while up
 	dlUnlogged map[string]int // dead letters not yet logged, by reason
 	dlLoggedAt time.Time      // when dead letters were last logged
-	// dlEvery is the least time between two logs of dead letters
-	// (deadLetterLogEvery; tests shorten it before Start), and dlHeld
-	// wakes run, which does the logging, when some are counted.
-	dlEvery time.Duration
-	dlHeld  chan struct{}
+	dlHeld     chan struct{}  // wakes run, which does the logging, when some are counted
 
 	drain     chan struct{} // closed by Group.Shutdown
 	drained   chan struct{} // closed once drain is asked and nothing is left
@@ -93,7 +89,6 @@ func newDispatcher(d Destination, fwd Forwarder, sp store, log *slog.Logger, m *
 		mDeadLettered: map[string]prometheus.Counter{},
 		mRetries:      map[string]prometheus.Counter{},
 		dlUnlogged:    map[string]int{},
-		dlEvery:       deadLetterLogEvery,
 		dlHeld:        make(chan struct{}, 1),
 		drain:         make(chan struct{}),
 		drained:       make(chan struct{}),
@@ -727,7 +722,7 @@ const deadLetterLogEvery = time.Minute
 
 // logDeadLetters logs the dead letters counted since the last log, one
 // line per reason with their number, unless the last log was less than
-// dlEvery ago: it then returns when they are due, for run to wake up and
+// deadLetterLogEvery ago: it then returns when they are due, for run to wake up and
 // log them then rather than when the next dead letter comes, which may be
 // hours later. final logs them whatever the time, at shutdown. Called by
 // run only, so that what is held back always has a timer waiting for it.
@@ -737,7 +732,7 @@ func (d *Dispatcher) logDeadLetters(now time.Time, final bool) time.Time {
 		d.mu.Unlock()
 		return time.Time{}
 	}
-	if due := d.dlLoggedAt.Add(d.dlEvery); !final && now.Before(due) {
+	if due := d.dlLoggedAt.Add(deadLetterLogEvery); !final && now.Before(due) {
 		d.mu.Unlock()
 		return due
 	}

@@ -92,7 +92,7 @@ func ids(evs []ev) []string {
 	return out
 }
 
-func appendEvents(t *testing.T, sp *spool.Spool, evs ...ev) {
+func appendEvents(t *testing.T, sp testStore, evs ...ev) {
 	t.Helper()
 	in := make([]spool.Event, len(evs))
 	for i, e := range evs {
@@ -105,7 +105,7 @@ func appendEvents(t *testing.T, sp *spool.Spool, evs ...ev) {
 
 // startGroup starts forwarding to dests (NAME=URL specs) from sp; the test
 // shuts it down at its end unless it did so itself.
-func startGroup(t *testing.T, sp *spool.Spool, reg prometheus.Registerer, specs ...string) *Group {
+func startGroup(t *testing.T, sp store, reg prometheus.Registerer, specs ...string) *Group {
 	t.Helper()
 	dests, err := ParseDestinations(specs, Defaults{})
 	if err != nil {
@@ -114,9 +114,22 @@ func startGroup(t *testing.T, sp *spool.Spool, reg prometheus.Registerer, specs 
 	return startDests(t, sp, reg, dests, nil)
 }
 
-func startDests(t *testing.T, sp *spool.Spool, reg prometheus.Registerer, dests []Destination, fwds []Forwarder) *Group {
+func startDests(t *testing.T, sp store, reg prometheus.Registerer, dests []Destination, fwds []Forwarder) *Group {
 	t.Helper()
-	g, err := newGroup(dests, fwds, sp, testLogger(t), reg)
+	return startLogged(t, sp, testLogger(t), reg, dests, fwds)
+}
+
+// startFake starts forwarding from sp through f, to a destination with the
+// name and options of spec (a NAME=stdout://?... spec will do).
+func startFake(t *testing.T, sp store, spec string, f Forwarder) *Group {
+	t.Helper()
+	return startDests(t, sp, nil, []Destination{parse(t, spec)}, []Forwarder{f})
+}
+
+// startLogged is startDests logging to log.
+func startLogged(t *testing.T, sp store, log *slog.Logger, reg prometheus.Registerer, dests []Destination, fwds []Forwarder) *Group {
+	t.Helper()
+	g, err := newGroup(dests, fwds, sp, log, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +142,16 @@ func startDests(t *testing.T, sp *spool.Spool, reg prometheus.Registerer, dests 
 	return g
 }
 
+// parse parses one NAME=URL spec with the package defaults.
+func parse(t *testing.T, spec string) Destination {
+	t.Helper()
+	d, err := ParseDestination(spec, Defaults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func shutdown(t *testing.T, g *Group, timeout time.Duration) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -138,11 +161,11 @@ func shutdown(t *testing.T, g *Group, timeout time.Duration) error {
 
 // backlog is the destination's backlog when a failure message is
 // formatted.
-func backlog(sp *spool.Spool, dest string) func() any {
+func backlog(sp store, dest string) func() any {
 	return func() any { return sp.Backlog(dest).Events }
 }
 
-func deadLetters(t *testing.T, sp *spool.Spool, dest string) []spool.DeadLetter {
+func deadLetters(t *testing.T, sp testStore, dest string) []spool.DeadLetter {
 	t.Helper()
 	var out []spool.DeadLetter
 	err := sp.DeadLetters(spool.Filter{Destination: dest}, func(d spool.DeadLetter) error {

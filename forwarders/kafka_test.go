@@ -468,7 +468,9 @@ func TestKafkaMissingTopicIsMisconfiguredUntilCreated(t *testing.T) {
 
 			testkit.Eventually(t, func() bool { return g.Status()[0].State == StateMisconfigured },
 				"status %v", status{g})
-			time.Sleep(300 * time.Millisecond) // a slow retry or two
+			testkit.Eventually(t, func() bool {
+				return metric(t, reg, "spillway_forward_retries_total", "destination", "k", "reason", "misconfigured") >= 2
+			}, "no slow retry: %v", status{g})
 			st := g.Status()[0]
 			if st.State != StateMisconfigured || !strings.Contains(st.LastError, "UNKNOWN_TOPIC_OR_PARTITION") ||
 				st.BacklogEvents != int64(len(evs)) || st.Delivered != 0 || st.DeadLettered != 0 {
@@ -774,17 +776,16 @@ func TestKafkaForwarderConformance(t *testing.T) {
 		return nil, nil, true
 	})
 	ctx, cancel = context.WithTimeout(t.Context(), 100*time.Millisecond)
-	start := time.Now()
 	err = f.Send(ctx, batch)
 	cancel()
-	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
-		t.Errorf("Send to a hanging broker, cancelled: %v after %v", err, time.Since(start))
+	if !errors.Is(err, context.DeadlineExceeded) || IsRetryable(err) {
+		t.Errorf("Send to a hanging broker, cancelled: %v, want the context's deadline, not retryable", err)
 	}
-	// Its own timeout, with the caller's context alive.
-	start = time.Now()
+	// Its own timeout, with the caller's context alive: a Send without one
+	// would hang the test.
 	err = f.Send(t.Context(), batch)
-	if !IsRetryable(err) || time.Since(start) > 4*time.Second {
-		t.Errorf("Send to a hanging broker: %v after %v, want retryable within the timeout", err, time.Since(start))
+	if !IsRetryable(err) {
+		t.Errorf("Send to a hanging broker: %v, want retryable once the timeout passed", err)
 	}
 	// Records failing together share one error, so the dispatcher retries
 	// them as one part, not one by one.
@@ -798,9 +799,8 @@ func TestKafkaForwarderConformance(t *testing.T) {
 		}
 	}
 
-	start = time.Now()
-	if err := f.Close(t.Context()); err == nil || time.Since(start) > 3*time.Second {
-		t.Errorf("Close with records the broker never took: %v after %v, want a flush error within the timeout", err, time.Since(start))
+	if err := f.Close(t.Context()); err == nil {
+		t.Errorf("Close with records the broker never took returned nil, want a flush error once the timeout passed")
 	}
 	if err := f.Close(t.Context()); err == nil {
 		t.Errorf("second Close returned nil, want the first's error")
@@ -835,12 +835,8 @@ func TestKafkaEveryCompressionAndAcksSettingDelivers(t *testing.T) {
 				evs[i].data = append(bytes.TrimSuffix(evs[i].data, []byte("}")), pad...)
 				batch[i] = spool.Record{Seq: uint64(i), WriteKey: "wk-1", Data: evs[i].data}
 			}
-			start := time.Now()
 			if err := f.Send(t.Context(), batch); err != nil {
 				t.Fatal(err)
-			}
-			if time.Since(start) > time.Second {
-				t.Errorf("Send took %v: it must not wait out the linger", time.Since(start))
 			}
 			var mine []*kgo.Record
 			for _, r := range consume(t, c, "events", kafkaIDs(evs), 10*time.Second) {

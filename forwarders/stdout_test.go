@@ -15,7 +15,7 @@ import (
 func TestFileDestinationFollowsRotation(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "events.ndjson")
-	sp := openSpool(t, t.TempDir(), "f")
+	sp := newMemStore("f")
 	startGroup(t, sp, nil, "f=file://"+path+"?"+testOpts)
 	lines := func(p string) string {
 		b, _ := os.ReadFile(p)
