@@ -229,6 +229,7 @@ type kafkaForwarder struct {
 	brokers string // for error messages
 	key     string
 	timeout time.Duration
+	linger  time.Duration
 	parsers fastjson.ParserPool
 	// topicOK is set once a record was produced, and cleared by a failure
 	// that may mean the topic went away: until then every Send checks the
@@ -322,6 +323,7 @@ func newKafka(d Destination) (*kafkaForwarder, error) {
 		brokers: strings.Join(o.Brokers, ","),
 		key:     o.Key,
 		timeout: d.Timeout,
+		linger:  o.Linger,
 	}, nil
 }
 
@@ -382,7 +384,7 @@ func (f *kafkaForwarder) Send(ctx context.Context, batch []spool.Record) error {
 	go func() {
 		defer f.wg.Done()
 		defer cancel()
-		done <- f.cl.ProduceSync(pctx, recs...)
+		done <- f.produce(pctx, recs)
 	}()
 	hard := time.NewTimer(2*f.timeout + time.Second)
 	defer hard.Stop()
@@ -443,6 +445,31 @@ func (f *kafkaForwarder) Send(ctx context.Context, batch []spool.Record) error {
 		return nil
 	}
 	return &BatchError{Errs: errs}
+}
+
+// produce produces recs and waits for every one's result. ProduceSync
+// stops the linger of the partitions it wrote to, but only of those the
+// client knew: until the topic's partitions are loaded (the first Send
+// after start) its records lingered for all of linger, past the timeout
+// when linger is longer, and were produced once more by the retry. Then
+// Flush stops every linger instead, other Sends' too.
+func (f *kafkaForwarder) produce(ctx context.Context, recs []*kgo.Record) kgo.ProduceResults {
+	if leader, _, _ := f.cl.PartitionLeader(f.topic, 0); f.linger == 0 || leader >= 0 {
+		return f.cl.ProduceSync(ctx, recs...)
+	}
+	var wg sync.WaitGroup
+	results := make(kgo.ProduceResults, 0, len(recs))
+	wg.Add(len(recs))
+	for _, r := range recs {
+		// franz-go calls one client's promises one at a time.
+		f.cl.Produce(ctx, r, func(r *kgo.Record, err error) {
+			results = append(results, kgo.ProduceResult{Record: r, Err: err})
+			wg.Done()
+		})
+	}
+	_ = f.cl.Flush(ctx) // on ctx's end the records fail, and results say so
+	wg.Wait()
+	return results
 }
 
 // sameCause reports whether two produce errors are one: the same value,
