@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -603,15 +602,6 @@ func groupFailures(errs []error) []failureGroup {
 		gs[j].idx = append(gs[j].idx, i)
 	}
 	return gs
-}
-
-// sameError compares only nil and pointers: comparing two values of some
-// other dynamic type with == may panic.
-func sameError(a, b error) bool {
-	if a == nil || b == nil {
-		return a == nil && b == nil
-	}
-	return reflect.TypeOf(a).Kind() == reflect.Pointer && a == b
 }
 
 // expire dead-letters the part's events older than max_age and returns the

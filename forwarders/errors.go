@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -118,6 +119,20 @@ func (e *BatchError) Unwrap() []error {
 		}
 	}
 	return out
+}
+
+// sameError reports whether a and b are one error value, as records that
+// failed together share: a Kafka record batch's records, a Segment
+// request's. Values are compared with ==, pointers by identity and values
+// such as context.DeadlineExceeded by content, except where == would
+// panic (a value holding a slice or a map), which are never the same. nil
+// is the same as nil only.
+func sameError(a, b error) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	va := reflect.ValueOf(a)
+	return va.Type() == reflect.TypeOf(b) && va.Comparable() && a == b
 }
 
 // statusError carries an HTTP answer that is not a success into

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -425,7 +424,7 @@ func (f *kafkaForwarder) Send(ctx context.Context, batch []spool.Record) error {
 		}
 		j := -1
 		for k, e := range seen {
-			if sameCause(e, res.Err) {
+			if sameError(e, res.Err) {
 				j = k
 				break
 			}
@@ -470,22 +469,6 @@ func (f *kafkaForwarder) produce(ctx context.Context, recs []*kgo.Record) kgo.Pr
 	_ = f.cl.Flush(ctx) // on ctx's end the records fail, and results say so
 	wg.Wait()
 	return results
-}
-
-// sameCause reports whether two produce errors are one: the same value,
-// compared only where its type allows (a record batch's records share one;
-// context.DeadlineExceeded is a struct value, not a pointer).
-func sameCause(a, b error) (same bool) {
-	if ta := reflect.TypeOf(a); ta != reflect.TypeOf(b) || !ta.Comparable() {
-		return false
-	}
-	// A comparable struct may still hold an incomparable value.
-	defer func() {
-		if recover() != nil {
-			same = false
-		}
-	}()
-	return a == b
 }
 
 // checkTopic asks the cluster whether the topic exists and may be written.

@@ -859,21 +859,3 @@ func TestKafkaEveryCompressionAndAcksSettingDelivers(t *testing.T) {
 		})
 	}
 }
-
-func TestKafkaRecordsFailingTogetherShareOneError(t *testing.T) {
-	tooLarge := fmt.Errorf("%w (uncompressed_bytes=9000)", kerr.MessageTooLarge)
-	for _, tc := range []struct {
-		a, b error
-		same bool
-	}{
-		{context.DeadlineExceeded, context.DeadlineExceeded, true}, // a struct value, not a pointer
-		{kerr.NotLeaderForPartition, kerr.NotLeaderForPartition, true},
-		{tooLarge, tooLarge, true},                                                          // one broker answer for one record batch
-		{tooLarge, fmt.Errorf("%w (uncompressed_bytes=9000)", kerr.MessageTooLarge), false}, // two batches
-		{context.DeadlineExceeded, context.Canceled, false},
-	} {
-		if got := sameCause(tc.a, tc.b); got != tc.same {
-			t.Errorf("sameCause(%v, %v) = %v", tc.a, tc.b, got)
-		}
-	}
-}
