@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -16,21 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/dustin/go-humanize"
-)
-
-// Defaults of the per-destination options, used where neither the URL nor a
-// global flag sets one.
-const (
-	DefaultBatchEvents = 500
-	DefaultBatchBytes  = 500_000 // Segment's limit per batch request: 500 KB
-	DefaultFlush       = time.Second
-	DefaultConcurrency = 4
-	DefaultTimeout     = 10 * time.Second
-	DefaultBackoffMin  = 500 * time.Millisecond
-	DefaultBackoffMax  = 60 * time.Second
-	DefaultMaxAge      = 4 * time.Hour // Centrifuge's retry horizon
 )
 
 // Destination kinds, chosen by the URL scheme.
@@ -47,75 +31,6 @@ const (
 	FormatNDJSON  = "ndjson"  // one event per line
 	FormatSegment = "segment" // {"batch":[...],"sentAt":"..."}
 )
-
-// Defaults holds the global values of the per-destination options (the
-// flags), which a destination's URL parameters override. A zero field means
-// the package default constant.
-type Defaults struct {
-	BatchEvents int           // most events in one batch; default 500
-	BatchBytes  int           // most bytes of events in one batch; default 500KiB
-	Flush       time.Duration // longest wait before a partial batch goes; default 1s
-	Concurrency int           // batches in flight; default 4
-	Timeout     time.Duration // per request; default 10s
-	BackoffMin  time.Duration // first retry wait; default 500ms
-	BackoffMax  time.Duration // longest retry wait, and the misconfigured retry period; default 60s
-	MaxAge      time.Duration // an event not delivered by then is dead-lettered; default 4h
-}
-
-// Validate checks the global values, naming the flag at fault.
-func (d Defaults) Validate() error {
-	d = d.withDefaults()
-	var errs []error
-	check := func(ok bool, flag, want string) {
-		if !ok {
-			errs = append(errs, fmt.Errorf("--%s %s", flag, want))
-		}
-	}
-	check(d.BatchEvents > 0, "batch-max-events", "must be > 0")
-	check(d.BatchBytes > 0, "batch-max-bytes", "must be > 0")
-	check(d.Flush >= 0, "flush-interval", "must be >= 0")
-	check(d.Concurrency > 0 && d.Concurrency <= maxConcurrency, "concurrency", fmt.Sprintf("must be in 1..%d", maxConcurrency))
-	check(d.Timeout > 0, "request-timeout", "must be > 0")
-	check(d.BackoffMin > 0, "backoff-min", "must be > 0")
-	check(d.BackoffMax >= d.BackoffMin, "backoff-max", "must be >= --backoff-min")
-	check(d.MaxAge > 0, "max-age", "must be > 0")
-	return errors.Join(errs...)
-}
-
-const maxConcurrency = 256
-
-func (d Defaults) withDefaults() Defaults {
-	set := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setD := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	set(&d.BatchEvents, DefaultBatchEvents)
-	set(&d.BatchBytes, DefaultBatchBytes)
-	setD(&d.Flush, DefaultFlush)
-	set(&d.Concurrency, DefaultConcurrency)
-	setD(&d.Timeout, DefaultTimeout)
-	setD(&d.BackoffMin, DefaultBackoffMin)
-	setD(&d.BackoffMax, DefaultBackoffMax)
-	setD(&d.MaxAge, DefaultMaxAge)
-	return d
-}
-
-func parseBytes(s string) (int, error) {
-	n, err := humanize.ParseBytes(s)
-	if err != nil {
-		return 0, fmt.Errorf("want a size such as 500KiB, got %q", s)
-	}
-	if n > math.MaxInt32 {
-		return 0, fmt.Errorf("%q is over 2GiB", s)
-	}
-	return int(n), nil
-}
 
 // Destination is one parsed --destination NAME=URL.
 type Destination struct {
@@ -172,6 +87,17 @@ func (d Destination) String() string {
 // LogValue keeps write keys and URL passwords out of logs.
 func (d Destination) LogValue() slog.Value {
 	return slog.StringValue(d.String())
+}
+
+// options are d's numeric options, as Defaults holds them.
+func (d Destination) options() Defaults {
+	return Defaults{BatchEvents: d.BatchEvents, BatchBytes: d.BatchBytes, Flush: d.Flush, Concurrency: d.Concurrency,
+		Timeout: d.Timeout, BackoffMin: d.BackoffMin, BackoffMax: d.BackoffMax, MaxAge: d.MaxAge}
+}
+
+func (d *Destination) setOptions(o Defaults) {
+	d.BatchEvents, d.BatchBytes, d.Flush, d.Concurrency = o.BatchEvents, o.BatchBytes, o.Flush, o.Concurrency
+	d.Timeout, d.BackoffMin, d.BackoffMax, d.MaxAge = o.Timeout, o.BackoffMin, o.BackoffMax, o.MaxAge
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9_-]+$`)
@@ -232,18 +158,8 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 		}
 		return fail("parse URL: %v", err)
 	}
-	def := d.withDefaults()
-	dest := Destination{
-		Name:        name,
-		BatchEvents: def.BatchEvents,
-		BatchBytes:  def.BatchBytes,
-		Flush:       def.Flush,
-		Concurrency: def.Concurrency,
-		Timeout:     def.Timeout,
-		BackoffMin:  def.BackoffMin,
-		BackoffMax:  def.BackoffMax,
-		MaxAge:      def.MaxAge,
-	}
+	dest := Destination{Name: name}
+	dest.setOptions(d.withDefaults())
 	switch scheme := strings.ToLower(u.Scheme); scheme {
 	case "segment+https", "segment+http":
 		dest.Kind = KindSegment
@@ -320,8 +236,8 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 			return fail("%v", err)
 		}
 	}
-	if dest.BackoffMax < dest.BackoffMin {
-		return fail("backoff_max %v is below backoff_min %v", dest.BackoffMax, dest.BackoffMin)
+	if err := checkBackoff(dest.BackoffMin, dest.BackoffMax, paramName); err != nil {
+		return fail("%v", err)
 	}
 	return dest, nil
 }
@@ -370,25 +286,22 @@ func (dest *Destination) applyParams(rawQuery string) (string, error) {
 func (dest *Destination) applyParam(key, val string) (bool, error) {
 	var err error
 	switch key {
-	case "batch_events":
-		dest.BatchEvents, err = parsePositive(val, math.MaxInt32)
-	case "batch_bytes":
-		dest.BatchBytes, err = parseBytes(val)
-		if err == nil && dest.BatchBytes <= 0 {
-			err = errors.New("must be > 0")
-		}
-	case "concurrency":
-		dest.Concurrency, err = parsePositive(val, maxConcurrency)
-	case "flush":
-		dest.Flush, err = parseDuration(val, true)
-	case "timeout":
-		dest.Timeout, err = parseDuration(val, false)
-	case "backoff_min":
-		dest.BackoffMin, err = parseDuration(val, false)
-	case "backoff_max":
-		dest.BackoffMax, err = parseDuration(val, false)
-	case "max_age":
-		dest.MaxAge, err = parseDuration(val, false)
+	case batchEventsSetting.param:
+		err = setNumber(&dest.BatchEvents, batchEventsSetting, val)
+	case batchBytesSetting.param:
+		err = setNumber(&dest.BatchBytes, batchBytesSetting, val)
+	case concurrencySetting.param:
+		err = setNumber(&dest.Concurrency, concurrencySetting, val)
+	case flushSetting.param:
+		err = setNumber(&dest.Flush, flushSetting, val)
+	case timeoutSetting.param:
+		err = setNumber(&dest.Timeout, timeoutSetting, val)
+	case backoffMinSetting.param:
+		err = setNumber(&dest.BackoffMin, backoffMinSetting, val)
+	case backoffMaxSetting.param:
+		err = setNumber(&dest.BackoffMax, backoffMaxSetting, val)
+	case maxAgeSetting.param:
+		err = setNumber(&dest.MaxAge, maxAgeSetting, val)
 	case "include_types":
 		dest.IncludeTypes, err = parseTypes(val)
 	case "exclude_types":
@@ -434,28 +347,6 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 		return false, nil
 	}
 	return true, err
-}
-
-func parsePositive(s string, limit int) (int, error) {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > limit {
-		return 0, fmt.Errorf("want an integer in 1..%d, got %q", limit, s)
-	}
-	return n, nil
-}
-
-func parseDuration(s string, zeroOK bool) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("want a duration such as 500ms or 4h, got %q", s)
-	}
-	switch {
-	case zeroOK && d < 0:
-		return 0, fmt.Errorf("must be >= 0, got %q", s)
-	case !zeroOK && d <= 0:
-		return 0, fmt.Errorf("must be > 0, got %q", s)
-	}
-	return d, nil
 }
 
 func parseList(s string) ([]string, error) {

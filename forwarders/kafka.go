@@ -180,10 +180,7 @@ func (dest *Destination) applyKafkaParam(key, val string) (bool, error) {
 	case "acks":
 		err = oneOf(&o.Acks, "all", "leader")
 	case "linger":
-		o.Linger, err = parseDuration(val, true)
-		if err == nil && o.Linger > time.Minute {
-			err = errors.New("must be at most 1m")
-		}
+		err = setNumber(&o.Linger, lingerSetting, val)
 	case "tls":
 		o.TLS, err = strconv.ParseBool(val)
 		if err != nil {
