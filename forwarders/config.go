@@ -146,9 +146,16 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 	if !nameRE.MatchString(name) {
 		return Destination{}, fmt.Errorf("destination %q: name must match [a-z0-9_-]+", name)
 	}
-	fail := func(format string, a ...any) (Destination, error) {
-		return Destination{}, fmt.Errorf("destination %s: "+format, append([]any{name}, a...)...)
+	dest, err := parseURL(name, raw, d)
+	if err != nil {
+		return Destination{}, fmt.Errorf("destination %s: %w", name, err)
 	}
+	return dest, nil
+}
+
+// parseURL is ParseDestination past the name: its errors do not name the
+// destination.
+func parseURL(name, raw string, d Defaults) (Destination, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		// url.Error repeats the URL, which may hold a password.
@@ -156,10 +163,29 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return fail("parse URL: %v", err)
+		return Destination{}, fmt.Errorf("parse URL: %v", err)
 	}
 	dest := Destination{Name: name}
 	dest.setOptions(d.withDefaults())
+	if err := dest.setKind(u); err != nil {
+		return Destination{}, err
+	}
+	kept, err := dest.applyParams(u.RawQuery)
+	if err != nil {
+		return Destination{}, err
+	}
+	u.RawQuery, u.ForceQuery = kept, false
+	if err := dest.setTarget(u); err != nil {
+		return Destination{}, err
+	}
+	if err := checkBackoff(dest.BackoffMin, dest.BackoffMax, paramName); err != nil {
+		return Destination{}, err
+	}
+	return dest, nil
+}
+
+// setKind picks the kind by u's scheme, and the kind's own defaults.
+func (dest *Destination) setKind(u *url.URL) error {
 	switch scheme := strings.ToLower(u.Scheme); scheme {
 	case "segment+https", "segment+http":
 		dest.Kind = KindSegment
@@ -177,69 +203,71 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 		// batches; ?concurrency= trades that for throughput.
 		dest.Concurrency = 1
 	default:
-		return fail("unsupported scheme %q (want segment+https, segment+http, https, http, kafka, stdout or file)", u.Scheme)
+		return fmt.Errorf("unsupported scheme %q (want segment+https, segment+http, https, http, kafka, stdout or file)", u.Scheme)
 	}
+	return nil
+}
 
-	kept, err := dest.applyParams(u.RawQuery)
-	if err != nil {
-		return Destination{}, fmt.Errorf("destination %s: %w", name, err)
-	}
-	u.RawQuery = kept
-	u.ForceQuery = false
-
+// setTarget sets where the kind delivers from u, whose parameters are
+// applied already, and checks what only makes sense together.
+func (dest *Destination) setTarget(u *url.URL) error {
 	switch dest.Kind {
 	case KindSegment, KindWebhook:
-		if u.Host == "" {
-			return fail("URL has no host")
-		}
-		if (dest.TLSCA != "" || dest.Insecure) && u.Scheme != "https" {
-			return fail("tls_ca and insecure need an https URL")
-		}
-		if dest.TLSCA != "" && dest.Insecure {
-			return fail("tls_ca and insecure=true exclude each other")
-		}
-		if dest.TLSCA != "" {
-			if _, err := loadRootCAs(dest.TLSCA); err != nil {
-				return fail("tls_ca: %v", err)
-			}
-		}
-		u.Fragment, u.RawFragment = "", ""
-		if dest.Kind == KindSegment {
-			if u.User != nil {
-				return fail("a segment URL takes the write key as ?write_key=, not in the URL")
-			}
-			u.Path = strings.TrimSuffix(u.Path, "/")
-			u.RawPath = ""
-		}
-		dest.URL = u.String()
+		return dest.setHTTPTarget(u)
 	case KindStdout:
 		if u.Host != "" || (u.Path != "" && u.Path != "/") || u.Opaque != "" {
-			return fail("stdout takes no host or path, write stdout://")
+			return errors.New("stdout takes no host or path, write stdout://")
 		}
 	case KindFile:
-		path := u.Path
-		switch {
-		case u.Opaque != "": // file:events.ndjson
-			path = u.Opaque
-		case u.Host != "" && u.Host != "localhost": // file://events.ndjson, a relative path
-			path = u.Host + u.Path
-		}
-		if path == "" {
-			return fail("file URL has no path, write file:///path/events.ndjson")
-		}
-		if err := checkFilePath(path); err != nil {
-			return fail("%v", err)
-		}
-		dest.URL = path
+		return dest.setFileTarget(u)
 	case KindKafka:
-		if err := dest.parseKafkaURL(u); err != nil {
-			return fail("%v", err)
+		return dest.parseKafkaURL(u)
+	}
+	return nil
+}
+
+func (dest *Destination) setHTTPTarget(u *url.URL) error {
+	switch {
+	case u.Host == "":
+		return errors.New("URL has no host")
+	case (dest.TLSCA != "" || dest.Insecure) && u.Scheme != "https":
+		return errors.New("tls_ca and insecure need an https URL")
+	case dest.TLSCA != "" && dest.Insecure:
+		return errors.New("tls_ca and insecure=true exclude each other")
+	}
+	if dest.TLSCA != "" {
+		if _, err := loadRootCAs(dest.TLSCA); err != nil {
+			return fmt.Errorf("tls_ca: %v", err)
 		}
 	}
-	if err := checkBackoff(dest.BackoffMin, dest.BackoffMax, paramName); err != nil {
-		return fail("%v", err)
+	if dest.Kind == KindSegment && u.User != nil {
+		return errors.New("a segment URL takes the write key as ?write_key=, not in the URL")
 	}
-	return dest, nil
+	u.Fragment, u.RawFragment = "", ""
+	if dest.Kind == KindSegment {
+		u.Path = strings.TrimSuffix(u.Path, "/")
+		u.RawPath = ""
+	}
+	dest.URL = u.String()
+	return nil
+}
+
+func (dest *Destination) setFileTarget(u *url.URL) error {
+	path := u.Path
+	switch {
+	case u.Opaque != "": // file:events.ndjson
+		path = u.Opaque
+	case u.Host != "" && u.Host != "localhost": // file://events.ndjson, a relative path
+		path = u.Host + u.Path
+	}
+	if path == "" {
+		return errors.New("file URL has no path, write file:///path/events.ndjson")
+	}
+	if err := checkFilePath(path); err != nil {
+		return err
+	}
+	dest.URL = path
+	return nil
 }
 
 // applyParams sets the options from a raw query and returns what is left of
@@ -282,8 +310,8 @@ func (dest *Destination) applyParams(rawQuery string) (string, error) {
 	return strings.Join(kept, "&"), nil
 }
 
-// applyParam sets one option; false when key is not one of ours.
-func (dest *Destination) applyParam(key, val string) (bool, error) {
+// applyNumber sets one numeric option; false when key is not one.
+func (dest *Destination) applyNumber(key, val string) (bool, error) {
 	var err error
 	switch key {
 	case batchEventsSetting.param:
@@ -302,6 +330,19 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 		err = setNumber(&dest.BackoffMax, backoffMaxSetting, val)
 	case maxAgeSetting.param:
 		err = setNumber(&dest.MaxAge, maxAgeSetting, val)
+	default:
+		return false, nil
+	}
+	return true, err
+}
+
+// applyParam sets one option; false when key is not one of ours.
+func (dest *Destination) applyParam(key, val string) (bool, error) {
+	if ok, err := dest.applyNumber(key, val); ok {
+		return true, err
+	}
+	var err error
+	switch key {
 	case "include_types":
 		dest.IncludeTypes, err = parseTypes(val)
 	case "exclude_types":
