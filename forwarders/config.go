@@ -312,28 +312,15 @@ func (dest *Destination) applyParams(rawQuery string) (string, error) {
 
 // applyNumber sets one numeric option; false when key is not one.
 func (dest *Destination) applyNumber(key, val string) (bool, error) {
-	var err error
-	switch key {
-	case batchEventsSetting.param:
-		err = setNumber(&dest.BatchEvents, batchEventsSetting, val)
-	case batchBytesSetting.param:
-		err = setNumber(&dest.BatchBytes, batchBytesSetting, val)
-	case concurrencySetting.param:
-		err = setNumber(&dest.Concurrency, concurrencySetting, val)
-	case flushSetting.param:
-		err = setNumber(&dest.Flush, flushSetting, val)
-	case timeoutSetting.param:
-		err = setNumber(&dest.Timeout, timeoutSetting, val)
-	case backoffMinSetting.param:
-		err = setNumber(&dest.BackoffMin, backoffMinSetting, val)
-	case backoffMaxSetting.param:
-		err = setNumber(&dest.BackoffMax, backoffMaxSetting, val)
-	case maxAgeSetting.param:
-		err = setNumber(&dest.MaxAge, maxAgeSetting, val)
-	default:
-		return false, nil
+	o := dest.options()
+	for _, f := range o.fields() {
+		if f.s.param == key {
+			err := f.parse(val)
+			dest.setOptions(o)
+			return true, err
+		}
 	}
-	return true, err
+	return false, nil
 }
 
 // applyParam sets one option; false when key is not one of ours.

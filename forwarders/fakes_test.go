@@ -90,20 +90,14 @@ func (m *memStore) ReadInto(consumer string, recs []spool.Record, arena []byte, 
 	if m.readErr != nil {
 		return recs, arena, m.readErr
 	}
-	n, bytes := 0, 0
-	for ; c.pos < uint64(len(m.events)) && n < maxEvents && (bytes < maxBytes || n == 0); c.pos++ {
-		if d := m.dests[c.pos]; d != "" && d != consumer {
-			continue
+	first, bytes := len(recs), 0
+	for ; c.pos < uint64(len(m.events)) && len(recs)-first < maxEvents && (bytes < maxBytes || len(recs) == first); c.pos++ {
+		if d := m.dests[c.pos]; d == "" || d == consumer {
+			recs = append(recs, m.events[c.pos])
+			bytes += len(m.events[c.pos].Data)
 		}
-		r := m.events[c.pos]
-		from := len(arena)
-		arena = append(arena, r.Data...)
-		r.Data = arena[from:len(arena):len(arena)]
-		recs = append(recs, r)
-		n++
-		bytes += len(r.Data)
 	}
-	return recs, arena, nil
+	return recs, moveData(arena, recs[first:]), nil
 }
 
 func (m *memStore) Changed() <-chan struct{} {

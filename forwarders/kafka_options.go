@@ -173,7 +173,7 @@ func (dest *Destination) applyKafkaParam(key, val string) (bool, error) {
 	case "acks":
 		err = oneOf(&o.Acks, "all", "leader")
 	case "linger":
-		err = setNumber(&o.Linger, lingerSetting, val)
+		err = field{lingerSetting, &o.Linger}.parse(val)
 	case "tls":
 		o.TLS, err = strconv.ParseBool(val)
 		if err != nil {

@@ -20,12 +20,19 @@ func TestSegmentKind(t *testing.T) {
 		return evs
 	}
 
-	t.Run("each request is gzipped and authenticated with its events' own write key", func(t *testing.T) {
+	// deliverKeyed delivers 10 events under two keys, and returns the sink
+	// that took them.
+	deliverKeyed := func(t *testing.T, params string) *testkit.Sink {
 		s := testkit.NewSink(t, nil)
 		sp := newMemStore("seg")
 		appendEvents(t, sp, keyed(10, "k1", "k2")...)
-		startGroup(t, sp, nil, "seg=segment+"+s.URL+"?batch_events=10&flush=5ms")
+		startGroup(t, sp, nil, "seg=segment+"+s.URL+"?batch_events=10&flush=5ms"+params)
 		testkit.Eventually(t, func() bool { return deliveredCount(s) == 10 }, "not delivered")
+		return s
+	}
+
+	t.Run("each request is gzipped and authenticated with its events' own write key", func(t *testing.T) {
+		s := deliverKeyed(t, "")
 		users := map[string]int{}
 		for _, r := range s.Requests() {
 			users[r.User]++
@@ -44,12 +51,7 @@ func TestSegmentKind(t *testing.T) {
 	})
 
 	t.Run("write_key overrides the events' keys", func(t *testing.T) {
-		s := testkit.NewSink(t, nil)
-		sp := newMemStore("seg")
-		appendEvents(t, sp, keyed(10, "k1", "k2")...)
-		startGroup(t, sp, nil, "seg=segment+"+s.URL+"?batch_events=10&flush=5ms&write_key=override")
-		testkit.Eventually(t, func() bool { return deliveredCount(s) == 10 }, "not delivered")
-		reqs := s.Requests()
+		reqs := deliverKeyed(t, "&write_key=override").Requests()
 		if len(reqs) != 1 || reqs[0].User != "override" {
 			t.Errorf("requests %+v, want one under the override key", reqs)
 		}

@@ -78,26 +78,56 @@ func (d Defaults) withDefaults() Defaults {
 // then that backoff_max is not below backoff_min. noZero refuses zeros.
 func (d Defaults) check(name func(setting) string, noZero bool) error {
 	var errs []error
-	for _, v := range []struct {
-		s setting
-		n int64
-	}{
-		{batchEventsSetting, int64(d.BatchEvents)}, {batchBytesSetting, int64(d.BatchBytes)},
-		{flushSetting, int64(d.Flush)}, {concurrencySetting, int64(d.Concurrency)},
-		{timeoutSetting, int64(d.Timeout)}, {backoffMinSetting, int64(d.BackoffMin)},
-		{backoffMaxSetting, int64(d.BackoffMax)}, {maxAgeSetting, int64(d.MaxAge)},
-	} {
+	for _, f := range d.fields() {
+		s := f.s
 		if noZero {
-			v.s = v.s.nonZero()
+			s = s.nonZero()
 		}
-		if err := v.s.check(v.n); err != nil {
-			errs = append(errs, fmt.Errorf("%s %w", name(v.s), err))
+		if err := s.check(f.get()); err != nil {
+			errs = append(errs, fmt.Errorf("%s %w", name(s), err))
 		}
 	}
 	if len(errs) == 0 {
 		errs = append(errs, checkBackoff(d.BackoffMin, d.BackoffMax, name))
 	}
 	return errors.Join(errs...)
+}
+
+// fields are d's values with their settings.
+func (d *Defaults) fields() []field {
+	return []field{
+		{batchEventsSetting, &d.BatchEvents}, {batchBytesSetting, &d.BatchBytes},
+		{flushSetting, &d.Flush}, {concurrencySetting, &d.Concurrency},
+		{timeoutSetting, &d.Timeout}, {backoffMinSetting, &d.BackoffMin},
+		{backoffMaxSetting, &d.BackoffMax}, {maxAgeSetting, &d.MaxAge},
+	}
+}
+
+// field is where a setting's value is kept: an *int or a *time.Duration.
+type field struct {
+	s setting
+	p any
+}
+
+func (f field) get() int64 {
+	if p, ok := f.p.(*int); ok {
+		return int64(*p)
+	}
+	return int64(*f.p.(*time.Duration))
+}
+
+// parse parses a URL parameter's value into the field.
+func (f field) parse(val string) error {
+	n, err := f.s.parse(val)
+	if err != nil {
+		return err
+	}
+	if p, ok := f.p.(*int); ok {
+		*p = int(n)
+	} else {
+		*f.p.(*time.Duration) = time.Duration(n)
+	}
+	return nil
 }
 
 // checkBackoff refuses a longest retry wait below the first.
@@ -233,15 +263,6 @@ func (s setting) parse(val string) (int64, error) {
 		return 0, fmt.Errorf("%w, got %q", err, val)
 	}
 	return n, nil
-}
-
-// setNumber parses a URL parameter's value for s into v.
-func setNumber[T int | time.Duration](v *T, s setting, val string) error {
-	n, err := s.parse(val)
-	if err == nil {
-		*v = T(n)
-	}
-	return err
 }
 
 // ParseByteSize reads a size such as 500KB, 32KiB or 1GiB (decimal and
