@@ -1,6 +1,7 @@
 package forwarders
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -65,6 +66,10 @@ type KafkaOptions struct {
 	// when Password is empty; default DefaultKafkaPasswordEnv. It is read
 	// when the forwarder is built.
 	PasswordEnv string
+	// Dial, when not nil, connects to the brokers instead of the system's
+	// network, with TLS off: for tests on an in-memory network and for
+	// embedding. Not settable from the URL.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // saslPassword is the password SASL logs in with: ?password=, or else the
@@ -240,7 +245,10 @@ func kafkaClientOpts(d Destination) ([]kgo.Opt, error) {
 	} else {
 		opts = append(opts, kgo.RequiredAcks(kgo.AllISRAcks()))
 	}
-	if o.TLS {
+	switch {
+	case o.Dial != nil:
+		opts = append(opts, kgo.Dialer(o.Dial))
+	case o.TLS:
 		opts = append(opts, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
 	}
 	if o.SASL != "" {

@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,6 +46,20 @@ func newKafkaCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
 	}
 	t.Cleanup(c.Close)
 	return c
+}
+
+// newVirtualKafka is newKafkaCluster on an in-memory network, for tests
+// in a testing/synctest bubble, with brokers listening on ports 19001 up;
+// a client connects through dial.
+func newVirtualKafka(t *testing.T, brokers int, opts ...kfake.Opt) (c *kfake.Cluster, dial func(context.Context, string, string) (net.Conn, error)) {
+	t.Helper()
+	var vn kfake.VirtualNetwork
+	ports := make([]int, brokers)
+	for i := range ports {
+		ports[i] = 19001 + i
+	}
+	c = newKafkaCluster(t, append([]kfake.Opt{kfake.NumBrokers(brokers), kfake.Ports(ports...), kfake.ListenFn(vn.Listen)}, opts...)...)
+	return c, vn.DialContext
 }
 
 func kafkaURL(c *kfake.Cluster, topic string, qs ...string) string {
@@ -89,7 +105,7 @@ func kafkaEvents(prefix string, count, users int) []kafkaEvent {
 	return out
 }
 
-func appendKafkaEvents(t *testing.T, sp *spool.Spool, evs []kafkaEvent) {
+func appendKafkaEvents(t *testing.T, sp testStore, evs []kafkaEvent) {
 	t.Helper()
 	in := make([]spool.Event, len(evs))
 	for i, e := range evs {
@@ -102,11 +118,11 @@ func appendKafkaEvents(t *testing.T, sp *spool.Spool, evs []kafkaEvent) {
 
 // consume reads the topic from the start until it holds every id in want
 // (duplicates allowed) or timeout passes, and returns the records read, in
-// offset order per partition.
-func consume(t *testing.T, c *kfake.Cluster, topic string, want []string, timeout time.Duration) []*kgo.Record {
+// offset order per partition. extra adds client options.
+func consume(t *testing.T, c *kfake.Cluster, topic string, want []string, timeout time.Duration, extra ...kgo.Opt) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(100*time.Millisecond))
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(100 * time.Millisecond)}, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +356,8 @@ func TestKafkaKeyChoices(t *testing.T) {
 
 // TestKafkaLosesNothingThroughBrokerFaults injects broker failures and
 // leader changes while events are produced, and checks that every event
-// arrives, each user's in order.
+// arrives, each user's in order. It runs on synctest's clock, on an
+// in-memory network: franz-go's backoffs and metadata waits take no time.
 func TestKafkaLosesNothingThroughBrokerFaults(t *testing.T) {
 	const partitions = 6
 	scenarios := []struct {
@@ -355,6 +372,9 @@ func TestKafkaLosesNothingThroughBrokerFaults(t *testing.T) {
 				for i := int32(0); ; i++ {
 					select {
 					case <-stop:
+						if i < 5 {
+							t.Errorf("leaders moved %d times while events were produced, want several", i)
+						}
 						return
 					case <-time.After(15 * time.Millisecond):
 					}
@@ -418,30 +438,36 @@ func TestKafkaLosesNothingThroughBrokerFaults(t *testing.T) {
 	}
 	for _, sc := range scenarios {
 		t.Run(sc.scenario, func(t *testing.T) {
-			c := newKafkaCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(partitions, "events"))
-			sp := openSpool(t, t.TempDir(), "k")
-			g := startGroup(t, sp, nil, "k="+kafkaURL(c, "events"))
-			evs := kafkaEvents("m", 3000, 41)
+			synctest.Test(t, func(t *testing.T) {
+				c, dial := newVirtualKafka(t, 3, kfake.SeedTopics(partitions, "events"))
+				sp := newMemStore("k")
+				// Uncompressed: franz-go's zstd decoders close bubbled
+				// channels in finalizers, which run outside the bubble.
+				d := parse(t, "k="+kafkaURL(c, "events", "compression=none"))
+				d.Kafka.Dial = dial
+				g := startDests(t, sp, nil, []Destination{d}, nil)
+				evs := kafkaEvents("m", 3000, 41)
 
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Go(func() { sc.during(t, c, stop) })
-			for i := 0; i < len(evs); i += 100 {
-				appendKafkaEvents(t, sp, evs[i:i+100])
-				time.Sleep(5 * time.Millisecond)
-			}
-			testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 },
-				"status %v", status{g})
-			close(stop)
-			wg.Wait()
+				stop := make(chan struct{})
+				var wg sync.WaitGroup
+				wg.Go(func() { sc.during(t, c, stop) })
+				for i := 0; i < len(evs); i += 100 {
+					appendKafkaEvents(t, sp, evs[i:i+100])
+					time.Sleep(5 * time.Millisecond)
+				}
+				testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 },
+					"status %v", status{g})
+				close(stop)
+				wg.Wait()
 
-			recs := consume(t, c, "events", kafkaIDs(evs), 15*time.Second)
-			dups := checkPlacement(t, recs, evs, partitions)
-			st := g.Status()[0]
-			t.Logf("%d events, %d records read, %d duplicates, %d retries", len(evs), len(recs), dups, st.Retried)
-			if dl := deadLetters(t, sp, "k"); len(dl) > 0 {
-				t.Errorf("%d dead letters, first %+v", len(dl), dl[0])
-			}
+				recs := consume(t, c, "events", kafkaIDs(evs), 15*time.Second, kgo.Dialer(dial))
+				dups := checkPlacement(t, recs, evs, partitions)
+				st := g.Status()[0]
+				t.Logf("%d events, %d records read, %d duplicates, %d retries", len(evs), len(recs), dups, st.Retried)
+				if dl := deadLetters(t, sp, "k"); len(dl) > 0 {
+					t.Errorf("%d dead letters, first %+v", len(dl), dl[0])
+				}
+			})
 		})
 	}
 }
@@ -449,7 +475,7 @@ func TestKafkaLosesNothingThroughBrokerFaults(t *testing.T) {
 // TestKafkaMissingTopicIsMisconfiguredUntilCreated: spillway never creates
 // the topic, even where the cluster would; until it exists the destination
 // is misconfigured, nothing is dead-lettered, and once it exists everything
-// is delivered.
+// is delivered. On synctest's clock, on an in-memory network.
 func TestKafkaMissingTopicIsMisconfiguredUntilCreated(t *testing.T) {
 	for _, tc := range []struct {
 		scenario string
@@ -459,47 +485,52 @@ func TestKafkaMissingTopicIsMisconfiguredUntilCreated(t *testing.T) {
 		{"cluster that would auto-create", []kfake.Opt{kfake.AllowAutoTopicCreation()}},
 	} {
 		t.Run(tc.scenario, func(t *testing.T) {
-			c := newKafkaCluster(t, append([]kfake.Opt{kfake.NumBrokers(2), kfake.SeedTopics(1, "other")}, tc.opts...)...)
-			sp := openSpool(t, t.TempDir(), "k")
-			reg := prometheus.NewRegistry()
-			evs := kafkaEvents("m", 120, 7)
-			appendKafkaEvents(t, sp, evs)
-			g := startGroup(t, sp, reg, "k="+kafkaURL(c, "events", "backoff_max=200ms"))
+			synctest.Test(t, func(t *testing.T) {
+				c, dial := newVirtualKafka(t, 2, append([]kfake.Opt{kfake.SeedTopics(1, "other")}, tc.opts...)...)
+				admin := adminClient(t, c, kgo.Dialer(dial))
+				sp := newMemStore("k")
+				reg := prometheus.NewRegistry()
+				evs := kafkaEvents("m", 120, 7)
+				appendKafkaEvents(t, sp, evs)
+				d := parse(t, "k="+kafkaURL(c, "events", "backoff_max=200ms&compression=none"))
+				d.Kafka.Dial = dial
+				g := startDests(t, sp, reg, []Destination{d}, nil)
 
-			testkit.Eventually(t, func() bool { return g.Status()[0].State == StateMisconfigured },
-				"status %v", status{g})
-			testkit.Eventually(t, func() bool {
-				return metric(t, reg, "spillway_forward_retries_total", "destination", "k", "reason", "misconfigured") >= 2
-			}, "no slow retry: %v", status{g})
-			st := g.Status()[0]
-			if st.State != StateMisconfigured || !strings.Contains(st.LastError, "UNKNOWN_TOPIC_OR_PARTITION") ||
-				st.BacklogEvents != int64(len(evs)) || st.Delivered != 0 || st.DeadLettered != 0 {
-				t.Errorf("while the topic is missing: %+v", st)
-			}
-			if up := metric(t, reg, "spillway_destination_up", "destination", "k"); up != 0 {
-				t.Errorf("spillway_destination_up %v, want 0", up)
-			}
-			if n := metric(t, reg, "spillway_forward_retries_total", "destination", "k", "reason", "misconfigured"); n == 0 {
-				t.Errorf("no misconfigured retry counted")
-			}
-			if topicExists(t, c, "events") {
-				t.Fatal("the topic was auto-created")
-			}
+				testkit.Eventually(t, func() bool { return g.Status()[0].State == StateMisconfigured },
+					"status %v", status{g})
+				testkit.Eventually(t, func() bool {
+					return metric(t, reg, "spillway_forward_retries_total", "destination", "k", "reason", "misconfigured") >= 2
+				}, "no slow retry: %v", status{g})
+				st := g.Status()[0]
+				if st.State != StateMisconfigured || !strings.Contains(st.LastError, "UNKNOWN_TOPIC_OR_PARTITION") ||
+					st.BacklogEvents != int64(len(evs)) || st.Delivered != 0 || st.DeadLettered != 0 {
+					t.Errorf("while the topic is missing: %+v", st)
+				}
+				if up := metric(t, reg, "spillway_destination_up", "destination", "k"); up != 0 {
+					t.Errorf("spillway_destination_up %v, want 0", up)
+				}
+				if n := metric(t, reg, "spillway_forward_retries_total", "destination", "k", "reason", "misconfigured"); n == 0 {
+					t.Errorf("no misconfigured retry counted")
+				}
+				if topicExists(t, admin, "events") {
+					t.Fatal("the topic was auto-created")
+				}
 
-			createTopic(t, c, "events", 3, nil)
-			testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 }, "after creating the topic: %v", status{g})
-			recs := consume(t, c, "events", kafkaIDs(evs), 10*time.Second)
-			checkPlacement(t, recs, evs, 3)
-			if st := g.Status()[0]; st.State != StateUp || st.DeadLettered != 0 {
-				t.Errorf("once the topic exists: %+v", st)
-			}
+				createTopic(t, admin, "events", 3, nil)
+				testkit.Eventually(t, func() bool { return sp.Backlog("k").Events == 0 }, "after creating the topic: %v", status{g})
+				recs := consume(t, c, "events", kafkaIDs(evs), 10*time.Second, kgo.Dialer(dial))
+				checkPlacement(t, recs, evs, 3)
+				if st := g.Status()[0]; st.State != StateUp || st.DeadLettered != 0 {
+					t.Errorf("once the topic exists: %+v", st)
+				}
+			})
 		})
 	}
 }
 
-func adminClient(t *testing.T, c *kfake.Cluster) *kgo.Client {
+func adminClient(t *testing.T, c *kfake.Cluster, extra ...kgo.Opt) *kgo.Client {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -507,7 +538,7 @@ func adminClient(t *testing.T, c *kfake.Cluster) *kgo.Client {
 	return cl
 }
 
-func createTopic(t *testing.T, c *kfake.Cluster, topic string, partitions int32, configs map[string]string) {
+func createTopic(t *testing.T, admin *kgo.Client, topic string, partitions int32, configs map[string]string) {
 	t.Helper()
 	req := kmsg.NewPtrCreateTopicsRequest()
 	rt := kmsg.NewCreateTopicsRequestTopic()
@@ -521,7 +552,7 @@ func createTopic(t *testing.T, c *kfake.Cluster, topic string, partitions int32,
 	}
 	req.Topics = append(req.Topics, rt)
 	req.TimeoutMillis = 5000
-	resp, err := req.RequestWith(t.Context(), adminClient(t, c))
+	resp, err := req.RequestWith(t.Context(), admin)
 	if err == nil {
 		err = kerr.ErrorForCode(resp.Topics[0].ErrorCode)
 	}
@@ -530,13 +561,13 @@ func createTopic(t *testing.T, c *kfake.Cluster, topic string, partitions int32,
 	}
 }
 
-func topicExists(t *testing.T, c *kfake.Cluster, topic string) bool {
+func topicExists(t *testing.T, admin *kgo.Client, topic string) bool {
 	t.Helper()
 	req := kmsg.NewPtrMetadataRequest()
 	rt := kmsg.NewMetadataRequestTopic()
 	rt.Topic = kmsg.StringPtr(topic)
 	req.Topics = append(req.Topics, rt)
-	resp, err := req.RequestWith(t.Context(), adminClient(t, c))
+	resp, err := req.RequestWith(t.Context(), admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -559,7 +590,7 @@ func TestKafkaRecordTooLargeIsDeadLetteredAlone(t *testing.T) {
 	} {
 		t.Run(tc.scenario, func(t *testing.T) {
 			c := newKafkaCluster(t)
-			createTopic(t, c, "events", 2, tc.configs)
+			createTopic(t, adminClient(t, c), "events", 2, tc.configs)
 			sp := openSpool(t, t.TempDir(), "k")
 			reg := prometheus.NewRegistry()
 			evs := kafkaEvents("m", 60, 5)
@@ -747,11 +778,17 @@ func TestKafkaPasswordNeverPrinted(t *testing.T) {
 // TestKafkaForwarderConformance checks what TestForwarderConformance
 // checks of the other kinds: Kind, cancellation, Close twice.
 func TestKafkaForwarderConformance(t *testing.T) {
-	c := newKafkaCluster(t, kfake.SeedTopics(1, "events"))
-	d, err := ParseDestination("k="+kafkaURL(c, "events", "timeout=1s"), Defaults{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	synctest.Test(t, testKafkaForwarderConformance)
+}
+
+// testKafkaForwarderConformance runs on synctest's clock, on an in-memory
+// network, where the timeouts it waits out take no time.
+func testKafkaForwarderConformance(t *testing.T) {
+	c, dial := newVirtualKafka(t, 1, kfake.SeedTopics(1, "events"))
+	// Uncompressed: franz-go's zstd coders close bubbled channels in
+	// finalizers, which run outside the bubble.
+	d := parse(t, "k="+kafkaURL(c, "events", "timeout=1s&compression=none"))
+	d.Kafka.Dial = dial
 	f, err := newForwarder(d)
 	if err != nil {
 		t.Fatal(err)
@@ -783,9 +820,10 @@ func TestKafkaForwarderConformance(t *testing.T) {
 	}
 	// Its own timeout, with the caller's context alive: a Send without one
 	// would hang the test.
+	start := time.Now()
 	err = f.Send(t.Context(), batch)
-	if !IsRetryable(err) {
-		t.Errorf("Send to a hanging broker: %v, want retryable once the timeout passed", err)
+	if took := time.Since(start); !IsRetryable(err) || took > 3*time.Second {
+		t.Errorf("Send to a hanging broker: %v after %v, want retryable once the timeout (1s) passed, at the latest at the hard timeout (3s)", err, took)
 	}
 	// Records failing together share one error, so the dispatcher retries
 	// them as one part, not one by one.
@@ -799,8 +837,9 @@ func TestKafkaForwarderConformance(t *testing.T) {
 		}
 	}
 
-	if err := f.Close(t.Context()); err == nil {
-		t.Errorf("Close with records the broker never took returned nil, want a flush error once the timeout passed")
+	start = time.Now()
+	if err := f.Close(t.Context()); err == nil || time.Since(start) > time.Second {
+		t.Errorf("Close with records the broker never took: %v after %v, want a flush error at the timeout (1s)", err, time.Since(start))
 	}
 	if err := f.Close(t.Context()); err == nil {
 		t.Errorf("second Close returned nil, want the first's error")
