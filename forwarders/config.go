@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -17,22 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dustin/go-humanize"
-
 	"github.com/spillwayhq/spillway/internal/segment"
-)
-
-// Defaults of the per-destination options, used where neither the URL nor a
-// global flag sets one.
-const (
-	DefaultBatchEvents = 500
-	DefaultBatchBytes  = 500_000 // Segment's limit per batch request: 500 KB
-	DefaultFlush       = time.Second
-	DefaultConcurrency = 4
-	DefaultTimeout     = 10 * time.Second
-	DefaultBackoffMin  = 500 * time.Millisecond
-	DefaultBackoffMax  = 60 * time.Second
-	DefaultMaxAge      = 4 * time.Hour // Centrifuge's retry horizon
 )
 
 // Destination kinds, chosen by the URL scheme.
@@ -49,75 +33,6 @@ const (
 	FormatNDJSON  = "ndjson"  // one event per line
 	FormatSegment = "segment" // {"batch":[...],"sentAt":"..."}
 )
-
-// Defaults holds the global values of the per-destination options (the
-// flags), which a destination's URL parameters override. A zero field means
-// the package default constant.
-type Defaults struct {
-	BatchEvents int           // most events in one batch; default 500
-	BatchBytes  int           // most bytes of events in one batch; default 500KiB
-	Flush       time.Duration // longest wait before a partial batch goes; default 1s
-	Concurrency int           // batches in flight; default 4
-	Timeout     time.Duration // per request; default 10s
-	BackoffMin  time.Duration // first retry wait; default 500ms
-	BackoffMax  time.Duration // longest retry wait, and the misconfigured retry period; default 60s
-	MaxAge      time.Duration // an event not delivered by then is dead-lettered; default 4h
-}
-
-// Validate checks the global values, naming the flag at fault.
-func (d Defaults) Validate() error {
-	d = d.withDefaults()
-	var errs []error
-	check := func(ok bool, flag, want string) {
-		if !ok {
-			errs = append(errs, fmt.Errorf("--%s %s", flag, want))
-		}
-	}
-	check(d.BatchEvents > 0, "batch-max-events", "must be > 0")
-	check(d.BatchBytes > 0, "batch-max-bytes", "must be > 0")
-	check(d.Flush >= 0, "flush-interval", "must be >= 0")
-	check(d.Concurrency > 0 && d.Concurrency <= maxConcurrency, "concurrency", fmt.Sprintf("must be in 1..%d", maxConcurrency))
-	check(d.Timeout > 0, "request-timeout", "must be > 0")
-	check(d.BackoffMin > 0, "backoff-min", "must be > 0")
-	check(d.BackoffMax >= d.BackoffMin, "backoff-max", "must be >= --backoff-min")
-	check(d.MaxAge > 0, "max-age", "must be > 0")
-	return errors.Join(errs...)
-}
-
-const maxConcurrency = 256
-
-func (d Defaults) withDefaults() Defaults {
-	set := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setD := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	set(&d.BatchEvents, DefaultBatchEvents)
-	set(&d.BatchBytes, DefaultBatchBytes)
-	setD(&d.Flush, DefaultFlush)
-	set(&d.Concurrency, DefaultConcurrency)
-	setD(&d.Timeout, DefaultTimeout)
-	setD(&d.BackoffMin, DefaultBackoffMin)
-	setD(&d.BackoffMax, DefaultBackoffMax)
-	setD(&d.MaxAge, DefaultMaxAge)
-	return d
-}
-
-func parseBytes(s string) (int, error) {
-	n, err := humanize.ParseBytes(s)
-	if err != nil {
-		return 0, fmt.Errorf("want a size such as 500KiB, got %q", s)
-	}
-	if n > math.MaxInt32 {
-		return 0, fmt.Errorf("%q is over 2GiB", s)
-	}
-	return int(n), nil
-}
 
 // Destination is one parsed --destination NAME=URL.
 type Destination struct {
@@ -176,6 +91,17 @@ func (d Destination) LogValue() slog.Value {
 	return slog.StringValue(d.String())
 }
 
+// options are d's numeric options, as Defaults holds them.
+func (d Destination) options() Defaults {
+	return Defaults{BatchEvents: d.BatchEvents, BatchBytes: d.BatchBytes, Flush: d.Flush, Concurrency: d.Concurrency,
+		Timeout: d.Timeout, BackoffMin: d.BackoffMin, BackoffMax: d.BackoffMax, MaxAge: d.MaxAge}
+}
+
+func (d *Destination) setOptions(o Defaults) {
+	d.BatchEvents, d.BatchBytes, d.Flush, d.Concurrency = o.BatchEvents, o.BatchBytes, o.Flush, o.Concurrency
+	d.Timeout, d.BackoffMin, d.BackoffMax, d.MaxAge = o.Timeout, o.BackoffMin, o.BackoffMax, o.MaxAge
+}
+
 var nameRE = regexp.MustCompile(`^[a-z0-9_-]+$`)
 
 // ParseDestinations parses every spec and checks that names are unique.
@@ -222,9 +148,16 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 	if !nameRE.MatchString(name) {
 		return Destination{}, fmt.Errorf("destination %q: name must match [a-z0-9_-]+", name)
 	}
-	fail := func(format string, a ...any) (Destination, error) {
-		return Destination{}, fmt.Errorf("destination %s: "+format, append([]any{name}, a...)...)
+	dest, err := parseURL(name, raw, d)
+	if err != nil {
+		return Destination{}, fmt.Errorf("destination %s: %w", name, err)
 	}
+	return dest, nil
+}
+
+// parseURL is ParseDestination past the name: its errors do not name the
+// destination.
+func parseURL(name, raw string, d Defaults) (Destination, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		// url.Error repeats the URL, which may hold a password.
@@ -232,20 +165,29 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return fail("parse URL: %v", err)
+		return Destination{}, fmt.Errorf("parse URL: %v", err)
 	}
-	def := d.withDefaults()
-	dest := Destination{
-		Name:        name,
-		BatchEvents: def.BatchEvents,
-		BatchBytes:  def.BatchBytes,
-		Flush:       def.Flush,
-		Concurrency: def.Concurrency,
-		Timeout:     def.Timeout,
-		BackoffMin:  def.BackoffMin,
-		BackoffMax:  def.BackoffMax,
-		MaxAge:      def.MaxAge,
+	dest := Destination{Name: name}
+	dest.setOptions(d.withDefaults())
+	if err := dest.setKind(u); err != nil {
+		return Destination{}, err
 	}
+	kept, err := dest.applyParams(u.RawQuery)
+	if err != nil {
+		return Destination{}, err
+	}
+	u.RawQuery, u.ForceQuery = kept, false
+	if err := dest.setTarget(u); err != nil {
+		return Destination{}, err
+	}
+	if err := checkBackoff(dest.BackoffMin, dest.BackoffMax, paramName); err != nil {
+		return Destination{}, err
+	}
+	return dest, nil
+}
+
+// setKind picks the kind by u's scheme, and the kind's own defaults.
+func (dest *Destination) setKind(u *url.URL) error {
 	switch scheme := strings.ToLower(u.Scheme); scheme {
 	case "segment+https", "segment+http":
 		dest.Kind = KindSegment
@@ -263,69 +205,71 @@ func ParseDestination(spec string, d Defaults) (Destination, error) {
 		// batches; ?concurrency= trades that for throughput.
 		dest.Concurrency = 1
 	default:
-		return fail("unsupported scheme %q (want segment+https, segment+http, https, http, kafka, stdout or file)", u.Scheme)
+		return fmt.Errorf("unsupported scheme %q (want segment+https, segment+http, https, http, kafka, stdout or file)", u.Scheme)
 	}
+	return nil
+}
 
-	kept, err := dest.applyParams(u.RawQuery)
-	if err != nil {
-		return Destination{}, fmt.Errorf("destination %s: %w", name, err)
-	}
-	u.RawQuery = kept
-	u.ForceQuery = false
-
+// setTarget sets where the kind delivers from u, whose parameters are
+// applied already, and checks what only makes sense together.
+func (dest *Destination) setTarget(u *url.URL) error {
 	switch dest.Kind {
 	case KindSegment, KindWebhook:
-		if u.Host == "" {
-			return fail("URL has no host")
-		}
-		if (dest.TLSCA != "" || dest.Insecure) && u.Scheme != "https" {
-			return fail("tls_ca and insecure need an https URL")
-		}
-		if dest.TLSCA != "" && dest.Insecure {
-			return fail("tls_ca and insecure=true exclude each other")
-		}
-		if dest.TLSCA != "" {
-			if _, err := loadRootCAs(dest.TLSCA); err != nil {
-				return fail("tls_ca: %v", err)
-			}
-		}
-		u.Fragment, u.RawFragment = "", ""
-		if dest.Kind == KindSegment {
-			if u.User != nil {
-				return fail("a segment URL takes the write key as ?write_key=, not in the URL")
-			}
-			u.Path = strings.TrimSuffix(u.Path, "/")
-			u.RawPath = ""
-		}
-		dest.URL = u.String()
+		return dest.setHTTPTarget(u)
 	case KindStdout:
 		if u.Host != "" || (u.Path != "" && u.Path != "/") || u.Opaque != "" {
-			return fail("stdout takes no host or path, write stdout://")
+			return errors.New("stdout takes no host or path, write stdout://")
 		}
 	case KindFile:
-		path := u.Path
-		switch {
-		case u.Opaque != "": // file:events.ndjson
-			path = u.Opaque
-		case u.Host != "" && u.Host != "localhost": // file://events.ndjson, a relative path
-			path = u.Host + u.Path
-		}
-		if path == "" {
-			return fail("file URL has no path, write file:///path/events.ndjson")
-		}
-		if err := checkFilePath(path); err != nil {
-			return fail("%v", err)
-		}
-		dest.URL = path
+		return dest.setFileTarget(u)
 	case KindKafka:
-		if err := dest.parseKafkaURL(u); err != nil {
-			return fail("%v", err)
+		return dest.parseKafkaURL(u)
+	}
+	return nil
+}
+
+func (dest *Destination) setHTTPTarget(u *url.URL) error {
+	switch {
+	case u.Host == "":
+		return errors.New("URL has no host")
+	case (dest.TLSCA != "" || dest.Insecure) && u.Scheme != "https":
+		return errors.New("tls_ca and insecure need an https URL")
+	case dest.TLSCA != "" && dest.Insecure:
+		return errors.New("tls_ca and insecure=true exclude each other")
+	}
+	if dest.TLSCA != "" {
+		if _, err := loadRootCAs(dest.TLSCA); err != nil {
+			return fmt.Errorf("tls_ca: %v", err)
 		}
 	}
-	if dest.BackoffMax < dest.BackoffMin {
-		return fail("backoff_max %v is below backoff_min %v", dest.BackoffMax, dest.BackoffMin)
+	if dest.Kind == KindSegment && u.User != nil {
+		return errors.New("a segment URL takes the write key as ?write_key=, not in the URL")
 	}
-	return dest, nil
+	u.Fragment, u.RawFragment = "", ""
+	if dest.Kind == KindSegment {
+		u.Path = strings.TrimSuffix(u.Path, "/")
+		u.RawPath = ""
+	}
+	dest.URL = u.String()
+	return nil
+}
+
+func (dest *Destination) setFileTarget(u *url.URL) error {
+	path := u.Path
+	switch {
+	case u.Opaque != "": // file:events.ndjson
+		path = u.Opaque
+	case u.Host != "" && u.Host != "localhost": // file://events.ndjson, a relative path
+		path = u.Host + u.Path
+	}
+	if path == "" {
+		return errors.New("file URL has no path, write file:///path/events.ndjson")
+	}
+	if err := checkFilePath(path); err != nil {
+		return err
+	}
+	dest.URL = path
+	return nil
 }
 
 // applyParams sets the options from a raw query and returns what is left of
@@ -368,29 +312,26 @@ func (dest *Destination) applyParams(rawQuery string) (string, error) {
 	return strings.Join(kept, "&"), nil
 }
 
+// applyNumber sets one numeric option; false when key is not one.
+func (dest *Destination) applyNumber(key, val string) (bool, error) {
+	o := dest.options()
+	for _, f := range o.fields() {
+		if f.s.param == key {
+			err := f.parse(val)
+			dest.setOptions(o)
+			return true, err
+		}
+	}
+	return false, nil
+}
+
 // applyParam sets one option; false when key is not one of ours.
 func (dest *Destination) applyParam(key, val string) (bool, error) {
+	if ok, err := dest.applyNumber(key, val); ok {
+		return true, err
+	}
 	var err error
 	switch key {
-	case "batch_events":
-		dest.BatchEvents, err = parsePositive(val, math.MaxInt32)
-	case "batch_bytes":
-		dest.BatchBytes, err = parseBytes(val)
-		if err == nil && dest.BatchBytes <= 0 {
-			err = errors.New("must be > 0")
-		}
-	case "concurrency":
-		dest.Concurrency, err = parsePositive(val, maxConcurrency)
-	case "flush":
-		dest.Flush, err = parseDuration(val, true)
-	case "timeout":
-		dest.Timeout, err = parseDuration(val, false)
-	case "backoff_min":
-		dest.BackoffMin, err = parseDuration(val, false)
-	case "backoff_max":
-		dest.BackoffMax, err = parseDuration(val, false)
-	case "max_age":
-		dest.MaxAge, err = parseDuration(val, false)
 	case "include_types":
 		dest.IncludeTypes, err = parseTypes(val)
 	case "exclude_types":
@@ -436,28 +377,6 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 		return false, nil
 	}
 	return true, err
-}
-
-func parsePositive(s string, limit int) (int, error) {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > limit {
-		return 0, fmt.Errorf("want an integer in 1..%d, got %q", limit, s)
-	}
-	return n, nil
-}
-
-func parseDuration(s string, zeroOK bool) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("want a duration such as 500ms or 4h, got %q", s)
-	}
-	switch {
-	case zeroOK && d < 0:
-		return 0, fmt.Errorf("must be >= 0, got %q", s)
-	case !zeroOK && d <= 0:
-		return 0, fmt.Errorf("must be > 0, got %q", s)
-	}
-	return d, nil
 }
 
 func parseList(s string) ([]string, error) {

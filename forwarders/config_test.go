@@ -197,14 +197,3 @@ func TestDestinationStringHidesSecrets(t *testing.T) {
 		}
 	}
 }
-
-func TestDefaultsValidateNamesTheFlag(t *testing.T) {
-	d := Defaults{BatchBytes: 1 << 20, Concurrency: 8, MaxAge: 30 * time.Minute}
-	if err := d.Validate(); err != nil {
-		t.Error(err)
-	}
-	d.BackoffMax = time.Millisecond
-	if err := d.Validate(); err == nil || !strings.Contains(err.Error(), "--backoff-max must be >= --backoff-min") {
-		t.Errorf("Validate() = %v", err)
-	}
-}

@@ -5,16 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -34,16 +35,16 @@ func TestBatchingLimits(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.scenario, func(t *testing.T) {
-			s := newSink(t, nil)
-			sp := openSpool(t, t.TempDir(), "dest")
+			s := testkit.NewSink(t, nil)
+			sp := newMemStore("dest")
 			appendEvents(t, sp, numbered(tt.events)...)
-			startGroup(t, sp, nil, "dest="+s.url()+"?"+opts("flush=20ms&concurrency=1", tt.opts))
-			eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == tt.events }, "not all delivered")
+			startGroup(t, sp, nil, "dest="+s.URL+"?"+opts("flush=20ms&concurrency=1", tt.opts))
+			testkit.Eventually(t, func() bool { return deliveredCount(s) == tt.events }, "not all delivered")
 			var sizes []int
-			for _, r := range s.requests() {
-				sizes = append(sizes, len(r.ids))
-				if tt.maxBody > 0 && r.bytes > tt.maxBody {
-					t.Errorf("a body of %d bytes, over batch_bytes %d", r.bytes, tt.maxBody)
+			for _, r := range s.Requests() {
+				sizes = append(sizes, len(r.IDs))
+				if tt.maxBody > 0 && r.Bytes > tt.maxBody {
+					t.Errorf("a body of %d bytes, over batch_bytes %d", r.Bytes, tt.maxBody)
 				}
 			}
 			if !slices.Equal(sizes, tt.wantSizes) {
@@ -51,20 +52,26 @@ func TestBatchingLimits(t *testing.T) {
 			}
 		})
 	}
+}
 
-	t.Run("a partial batch waits for flush, then goes", func(t *testing.T) {
-		s := newSink(t, nil)
-		sp := openSpool(t, t.TempDir(), "dest")
-		startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=100&flush=300ms")
+func TestAPartialBatchGoesAtItsFlushTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sp := newMemStore("dest")
+		f := &fakeForwarder{}
+		startFake(t, sp, "dest=stdout://?batch_events=100&flush=300ms", f)
+		synctest.Wait()
 		start := time.Now()
 		appendEvents(t, sp, numbered(2)...)
-		eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 2 }, "not delivered")
-		reqs := s.requests()
-		if len(reqs) != 1 || len(reqs[0].ids) != 2 {
-			t.Fatalf("requests %+v, want one of 2 events", reqs)
+		time.Sleep(299 * time.Millisecond)
+		synctest.Wait()
+		if sends := f.calls(); len(sends) != 0 {
+			t.Fatalf("sent %v before the flush time", sends)
 		}
-		if wait := reqs[0].at.Sub(start); wait < 250*time.Millisecond || wait > 2*time.Second {
-			t.Errorf("sent %v after the events came, want about the 300ms flush", wait)
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		sends := f.calls()
+		if len(sends) != 1 || len(sends[0].ids) != 2 || !sends[0].at.Equal(start.Add(300*time.Millisecond)) {
+			t.Fatalf("sends %+v, want one of 2 events at the 300ms flush", sends)
 		}
 	})
 }
@@ -77,16 +84,16 @@ func TestRestartResendsExactlyWhatWasNotAcknowledged(t *testing.T) {
 
 	// The second batch (m-005..m-009) hangs; the others succeed. Only the
 	// first batch is a contiguous finished prefix.
-	s := newSink(t, func(_ int, r *sinkReq) answer {
-		if slices.Contains(r.ids, "m-005") {
-			return answer{hang: true}
+	s := testkit.NewSink(t, func(_ int, r *testkit.Request) testkit.Answer {
+		if slices.Contains(r.IDs, "m-005") {
+			return testkit.Answer{Hang: true}
 		}
-		return answer{status: 200}
+		return testkit.Answer{}
 	})
-	g := startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=5&flush=5ms&concurrency=4&timeout=1m")
-	eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 15 }, "batches 1, 3 and 4 not delivered")
-	eventually(t, 5*time.Second, func() bool { return sp.Backlog("dest").Events == 15 },
-		"backlog %d, want 15: only the first batch may be acknowledged", sp.Backlog("dest").Events)
+	g := startGroup(t, sp, nil, "dest="+s.URL+"?batch_events=5&flush=5ms&concurrency=4&timeout=1m")
+	testkit.Eventually(t, func() bool { return deliveredCount(s) == 15 }, "batches 1, 3 and 4 not delivered")
+	testkit.Eventually(t, func() bool { return sp.Backlog("dest").Events == 15 },
+		"backlog %d, want 15: only the first batch may be acknowledged", backlog(sp, "dest"))
 
 	err := shutdown(t, g, 200*time.Millisecond)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "drain dest") {
@@ -100,214 +107,17 @@ func TestRestartResendsExactlyWhatWasNotAcknowledged(t *testing.T) {
 	}
 
 	sp2 := openSpool(t, dir, "dest")
-	s2 := newSink(t, nil)
-	startGroup(t, sp2, nil, "dest="+s2.url()+"?batch_events=5&flush=5ms")
-	eventually(t, 5*time.Second, func() bool { return sp2.Backlog("dest").Events == 0 }, "not drained after restart")
-	if got, want := s2.deliveredIDs(), ids(evs[5:]); !slices.Equal(got, want) {
+	s2 := testkit.NewSink(t, nil)
+	startGroup(t, sp2, nil, "dest="+s2.URL+"?batch_events=5&flush=5ms")
+	testkit.Eventually(t, func() bool { return sp2.Backlog("dest").Events == 0 }, "not drained after restart")
+	if got, want := s2.Delivered(), ids(evs[5:]); !slices.Equal(got, want) {
 		t.Errorf("after restart delivered %v, want exactly the unacknowledged %v", got, want)
 	}
 }
 
-// logBuffer captures a logger's lines for assertions.
-func logBuffer(t *testing.T) (*slog.Logger, *lockedBuffer) {
-	var buf lockedBuffer
-	h := slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})
-	return slog.New(h), &buf
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func TestMisconfiguredDestinationIsRetriedSlowlyAndNeverDeadLettered(t *testing.T) {
-	var fixed atomic.Bool
-	s := newSink(t, func(int, *sinkReq) answer {
-		if fixed.Load() {
-			return answer{status: 200}
-		}
-		return answer{status: 401, body: `{"message":"invalid write key"}`}
-	})
-	sp := openSpool(t, t.TempDir(), "dest")
-	reg := prometheus.NewRegistry()
-	log, logs := logBuffer(t)
-	evs := numbered(10)
-	for i := range evs {
-		evs[i].key = "wk-secret"
-	}
-	appendEvents(t, sp, evs...)
-	d, err := ParseDestination("dest=segment+"+s.url()+"?"+opts(testOpts, "backoff_max=100ms"), Defaults{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := newGroup([]Destination{d}, nil, sp, log, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Start()
-	defer shutdown(t, g, time.Second)
-
-	eventually(t, 5*time.Second, func() bool {
-		return metric(t, reg, "spillway_forward_retries_total", "reason", "misconfigured") >= 3
-	}, "no slow retries")
-	st := g.Status()[0]
-	if st.State != StateMisconfigured || !strings.Contains(st.LastError, "401") || st.BacklogEvents != 10 {
-		t.Errorf("status %+v", st)
-	}
-	if up := metric(t, reg, "spillway_destination_up", "destination", "dest"); up != 0 {
-		t.Errorf("up = %v while misconfigured", up)
-	}
-	// backoff_max apart: 3 retries cannot take less than about 200ms.
-	reqs := s.requests()
-	for i := 2; i < len(reqs); i++ {
-		if gap := reqs[i].at.Sub(reqs[i-1].at); gap < 80*time.Millisecond {
-			t.Errorf("misconfigured retries %v apart, want backoff_max (100ms)", gap)
-		}
-	}
-
-	fixed.Store(true)
-	eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 10 }, "not delivered after the fix")
-	// The state changes first, and the line saying so follows it.
-	eventually(t, time.Second, func() bool {
-		return g.Status()[0].State == StateUp && strings.Contains(logs.String(), "destination recovered")
-	}, "not up after the fix, or no line saying so")
-	if dls := deadLetters(t, sp, ""); len(dls) != 0 {
-		t.Errorf("%d dead letters for a misconfiguration, want none", len(dls))
-	}
-	out := logs.String()
-	if n := strings.Count(out, "destination misconfigured"); n != 1 {
-		t.Errorf("%d misconfigured log lines, want 1 (one per state change):\n%s", n, out)
-	}
-	if n := strings.Count(out, "destination recovered"); n != 1 {
-		t.Errorf("%d recovered log lines, want 1:\n%s", n, out)
-	}
-	if strings.Contains(out, "wk-secret") || strings.Contains(g.Status()[0].LastError, "wk-secret") {
-		t.Errorf("a write key reached the logs or status:\n%s", out)
-	}
-}
-
-// Dead letters are logged one line per interval, never one per event, and
-// what comes within an interval is logged when it ends, not when the next
-// dead letter comes (perhaps never: at shutdown, ten minutes later).
-func TestDeadLetterLogIsRateLimitedAndHoldsNothingPastTheInterval(t *testing.T) {
-	const every = 400 * time.Millisecond
-	s := newSink(t, func(_ int, r *sinkReq) answer {
-		if r.bad {
-			return answer{status: 400, body: "bad event"}
-		}
-		return answer{status: 200}
-	})
-	sp := openSpool(t, t.TempDir(), "dest")
-	reg := prometheus.NewRegistry()
-	log, logs := logBuffer(t)
-	d, err := ParseDestination("dest="+s.url()+"?"+opts(testOpts, "batch_events=1"), Defaults{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := newGroup([]Destination{d}, nil, sp, log, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.ds[0].dlEvery = every
-	g.Start()
-	defer shutdown(t, g, time.Second)
-	lines := func() []string {
-		var out []string
-		for l := range strings.Lines(logs.String()) {
-			if strings.Contains(l, "events dead-lettered") {
-				out = append(out, l)
-			}
-		}
-		return out
-	}
-	deadLettered := func() float64 {
-		return metric(t, reg, "spillway_events_dead_lettered_total", "reason", spool.ReasonRejected)
-	}
-
-	appendEvents(t, sp, ev{id: "bad-1", key: "wk", bad: true})
-	eventually(t, 5*time.Second, func() bool { return len(lines()) == 1 }, "the first dead letter was not logged")
-	firstSeen := time.Now()
-	appendEvents(t, sp, ev{id: "bad-2", key: "wk", bad: true})
-	eventually(t, 5*time.Second, func() bool { return deadLettered() == 2 }, "the second event was not dead-lettered")
-	if time.Since(firstSeen) < every/2 { // else the interval may have ended: nothing to check
-		if got := lines(); len(got) != 1 {
-			t.Errorf("%d lines within one interval, want 1:\n%s", len(got), strings.Join(got, ""))
-		}
-	}
-	eventually(t, 5*time.Second, func() bool { return len(lines()) == 2 },
-		"the second dead letter was not logged once the interval ended:\n%s", logs)
-	got := lines()
-	for _, l := range got {
-		if !strings.Contains(l, "reason=rejected events=1") {
-			t.Errorf("line %q, want reason=rejected events=1", l)
-		}
-	}
-	if gap := logTime(t, got[1]).Sub(logTime(t, got[0])); gap < every-10*time.Millisecond {
-		t.Errorf("lines %v apart, want at least the interval (%v)", gap, every)
-	}
-}
-
-// logTime is when a text handler's line was logged.
-func logTime(t *testing.T, line string) time.Time {
-	t.Helper()
-	_, rest, _ := strings.Cut(line, "time=")
-	v, _, _ := strings.Cut(rest, " ")
-	at, err := time.Parse(time.RFC3339Nano, v)
-	if err != nil {
-		t.Fatalf("line %q: %v", line, err)
-	}
-	return at
-}
-
-func TestEventsOlderThanMaxAgeAreDeadLetteredAsExpired(t *testing.T) {
-	tests := []struct {
-		scenario string
-		answer   answer
-		opts     string
-		status   int
-	}{
-		{"while the destination keeps failing", answer{status: 503, body: "down"}, "", 503},
-		{"on time even while the batch waits for a slow misconfigured probe",
-			answer{status: 403, body: "forbidden"}, "backoff_max=1m", 403},
-	}
-	for _, tt := range tests {
-		t.Run(tt.scenario, func(t *testing.T) {
-			s := newSink(t, func(int, *sinkReq) answer { return tt.answer })
-			sp := openSpool(t, t.TempDir(), "dest")
-			reg := prometheus.NewRegistry()
-			appendEvents(t, sp, numbered(6)...)
-			start := time.Now()
-			startGroup(t, sp, reg, "dest="+s.url()+"?"+opts(testOpts, "max_age=300ms", tt.opts))
-
-			eventually(t, 5*time.Second, func() bool { return sp.Backlog("dest").Events == 0 },
-				"backlog %d: not expired", sp.Backlog("dest").Events)
-			if took := time.Since(start); took > 3*time.Second {
-				t.Errorf("expired after %v, want about max_age (300ms)", took)
-			}
-			dls := deadLetters(t, sp, "dest")
-			if got, want := deadIDs(dls), ids(numbered(6)); !slices.Equal(got, want) {
-				t.Errorf("dead letters %v, want %v", got, want)
-			}
-			for _, d := range dls {
-				if d.Reason != spool.ReasonExpired || d.Status != tt.status ||
-					!strings.Contains(d.Error, "max_age 300ms") || !strings.Contains(d.Error, fmt.Sprint(tt.status)) {
-					t.Errorf("dead letter %+v", d)
-				}
-			}
-			if n := metric(t, reg, "spillway_events_dead_lettered_total", "reason", "expired"); n != 6 {
-				t.Errorf("expired counter %v, want 6", n)
-			}
-			if s.deliveredCount() != 0 {
-				t.Errorf("something was delivered")
-			}
-		})
-	}
-}
-
 func TestRoutingByIntegrationsAndFilters(t *testing.T) {
-	a, b := newSink(t, nil), newSink(t, nil)
-	sp := openSpool(t, t.TempDir(), "a", "b")
+	a, b := testkit.NewSink(t, nil), testkit.NewSink(t, nil)
+	sp := newMemStore("a", "b")
 	evs := []ev{
 		{id: "plain-track"},
 		{id: "identify", typ: "identify"},
@@ -316,315 +126,143 @@ func TestRoutingByIntegrationsAndFilters(t *testing.T) {
 		{id: "page-only-a", typ: "page", extra: `,"integrations":{"All":false,"a":true}`},
 	}
 	appendEvents(t, sp, evs...)
-	startGroup(t, sp, nil, "a="+a.url()+"?flush=5ms", "b="+b.url()+"?flush=5ms&include_types=track")
-	eventually(t, 5*time.Second, func() bool {
+	startGroup(t, sp, nil, "a="+a.URL+"?flush=5ms", "b="+b.URL+"?flush=5ms&include_types=track")
+	testkit.Eventually(t, func() bool {
 		return sp.Backlog("a").Events == 0 && sp.Backlog("b").Events == 0
 	}, "filtered events were not acknowledged")
-	if got, want := a.deliveredIDs(), []string{"identify", "page-only-a", "plain-track"}; !slices.Equal(got, want) {
+	if got, want := a.Delivered(), []string{"identify", "page-only-a", "plain-track"}; !slices.Equal(got, want) {
 		t.Errorf("a got %v, want %v", got, want)
 	}
-	if got, want := b.deliveredIDs(), []string{"not-a", "only-b", "plain-track"}; !slices.Equal(got, want) {
+	if got, want := b.Delivered(), []string{"not-a", "only-b", "plain-track"}; !slices.Equal(got, want) {
 		t.Errorf("b got %v, want %v", got, want)
 	}
 }
 
+// TestOneDestinationsTroubleNeverDelaysAnother: on the bubble's clock, the
+// good destination's events go the moment they are stored, however the
+// other one fails, and its shutdown waits for the good one alone.
 func TestOneDestinationsTroubleNeverDelaysAnother(t *testing.T) {
-	refused := func(t *testing.T) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		return "http://" + addr
-	}
 	tests := []struct {
 		scenario string
-		badURL   func(t *testing.T) string
+		answer   func(context.Context, int, []spool.Record) error
 	}{
-		{"the other answers 503", func(t *testing.T) string {
-			return newSink(t, func(int, *sinkReq) answer { return answer{status: 503} }).url()
-		}},
-		{"the other hangs", func(t *testing.T) string {
-			return newSink(t, func(int, *sinkReq) answer { return answer{hang: true} }).url()
-		}},
-		{"the other refuses connections", refused},
+		{"the other answers 503", failing(errDown)},
+		{"the other hangs", hang},
+		{"the other refuses connections", failing(&RetryableError{Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.scenario, func(t *testing.T) {
-			good := newSink(t, nil)
-			sp := openSpool(t, t.TempDir(), "good", "bad")
-			g := startGroup(t, sp, nil,
-				"good="+good.url()+"?batch_events=10&flush=5ms",
-				"bad="+tt.badURL(t)+"?batch_events=10&flush=5ms&timeout=5s&backoff_min=5ms&backoff_max=20ms")
-			for round := range 3 {
-				start := time.Now()
-				evs := numbered(30)
-				for i := range evs {
-					evs[i].id = fmt.Sprintf("r%d-%s", round, evs[i].id)
+			synctest.Test(t, func(t *testing.T) {
+				good, bad := &fakeForwarder{}, &fakeForwarder{answer: tt.answer}
+				sp := newMemStore("good", "bad")
+				g := startDests(t, sp, nil, []Destination{
+					parse(t, "good=stdout://?batch_events=10&flush=5ms"),
+					parse(t, "bad=stdout://?batch_events=10&flush=5ms&timeout=5s&backoff_min=5ms&backoff_max=20ms"),
+				}, []Forwarder{good, bad})
+				for round := range 3 {
+					evs := numbered(30)
+					for i := range evs {
+						evs[i].id = fmt.Sprintf("r%d-%s", round, evs[i].id)
+					}
+					stored := time.Now()
+					appendEvents(t, sp, evs...)
+					synctest.Wait()
+					if got := len(good.delivered()); got != 30*(round+1) || !time.Now().Equal(stored) {
+						t.Fatalf("round %d: the good destination has %d of %d events once everything waits, %v after they were stored",
+							round, got, 30*(round+1), time.Since(stored))
+					}
+					time.Sleep(time.Second) // the bad one's retries, hanging or failing
 				}
-				appendEvents(t, sp, evs...)
-				eventually(t, 2*time.Second, func() bool { return good.deliveredCount() == 30*(round+1) },
-					"good destination got %d of %d", good.deliveredCount(), 30*(round+1))
-				if took := time.Since(start); took > time.Second {
-					t.Errorf("round %d took %v for the good destination", round, took)
+				if n := sp.Backlog("bad").Events; n != 90 {
+					t.Errorf("bad destination's backlog %d, want 90", n)
 				}
-			}
-			if n := sp.Backlog("bad").Events; n != 90 {
-				t.Errorf("bad destination's backlog %d, want 90", n)
-			}
-			err := shutdown(t, g, 300*time.Millisecond)
-			if err == nil || !strings.Contains(err.Error(), "drain bad") || strings.Contains(err.Error(), "good") {
-				t.Errorf("Shutdown = %v, want only bad undrained", err)
-			}
+				err := shutdown(t, g, 300*time.Millisecond)
+				if err == nil || !strings.Contains(err.Error(), "drain bad") || strings.Contains(err.Error(), "good") {
+					t.Errorf("Shutdown = %v, want only bad undrained", err)
+				}
+			})
 		})
-	}
-}
-
-func TestSegmentKind(t *testing.T) {
-	keyed := func(n int, keys ...string) []ev {
-		evs := numbered(n)
-		for i := range evs {
-			evs[i].key = keys[i%len(keys)]
-			evs[i].extra = fmt.Sprintf(`,"key":%q`, evs[i].key)
-		}
-		return evs
-	}
-
-	t.Run("each request is gzipped and authenticated with its events' own write key", func(t *testing.T) {
-		s := newSink(t, nil)
-		sp := openSpool(t, t.TempDir(), "seg")
-		appendEvents(t, sp, keyed(10, "k1", "k2")...)
-		startGroup(t, sp, nil, "seg=segment+"+s.url()+"?batch_events=10&flush=5ms")
-		eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 10 }, "not delivered")
-		users := map[string]int{}
-		for _, r := range s.requests() {
-			users[r.user]++
-			if !r.gzip || r.contentType != "application/json" {
-				t.Errorf("gzip=%v content type %q", r.gzip, r.contentType)
-			}
-			for _, k := range r.keys {
-				if k != r.user {
-					t.Errorf("an event of key %s sent under %s", k, r.user)
-				}
-			}
-		}
-		if users["k1"] != 1 || users["k2"] != 1 || len(users) != 2 {
-			t.Errorf("requests per key %v, want one each", users)
-		}
-	})
-
-	t.Run("write_key overrides the events' keys", func(t *testing.T) {
-		s := newSink(t, nil)
-		sp := openSpool(t, t.TempDir(), "seg")
-		appendEvents(t, sp, keyed(10, "k1", "k2")...)
-		startGroup(t, sp, nil, "seg=segment+"+s.url()+"?batch_events=10&flush=5ms&write_key=override")
-		eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 10 }, "not delivered")
-		reqs := s.requests()
-		if len(reqs) != 1 || reqs[0].user != "override" {
-			t.Errorf("requests %+v, want one under the override key", reqs)
-		}
-	})
-
-	t.Run("sentAt is the time of sending, not of storing", func(t *testing.T) {
-		s := newSink(t, firstN(1, answer{status: 503}))
-		sp := openSpool(t, t.TempDir(), "seg")
-		stored := time.Now()
-		appendEvents(t, sp, numbered(3)...)
-		startGroup(t, sp, nil, "seg=segment+"+s.url()+"?flush=5ms&backoff_min=300ms&backoff_max=400ms")
-		eventually(t, 5*time.Second, func() bool { return s.deliveredCount() == 3 }, "not delivered")
-		reqs := s.requests()
-		if len(reqs) != 2 {
-			t.Fatalf("%d requests, want 2", len(reqs))
-		}
-		for _, r := range reqs {
-			sent, err := time.Parse(time.RFC3339Nano, r.sentAt)
-			if err != nil || !strings.HasSuffix(r.sentAt, "Z") {
-				t.Fatalf("sentAt %q: %v", r.sentAt, err)
-			}
-			if d := r.at.Sub(sent); d < -10*time.Millisecond || d > 100*time.Millisecond {
-				t.Errorf("sentAt %v is %v before the request arrived", sent, d)
-			}
-		}
-		retrySent, _ := time.Parse(time.RFC3339Nano, reqs[1].sentAt)
-		if retrySent.Sub(stored) < 250*time.Millisecond {
-			t.Errorf("the retry's sentAt %v is the storing time %v", retrySent, stored)
-		}
-	})
-
-	t.Run("a refused event under one key does not hold back the other key's events", func(t *testing.T) {
-		s := newSink(t, func(_ int, r *sinkReq) answer {
-			if r.bad {
-				return answer{status: 400, body: "bad"}
-			}
-			return answer{status: 200}
-		})
-		sp := openSpool(t, t.TempDir(), "seg")
-		evs := keyed(10, "k1", "k2")
-		evs[5].bad = true // a k2 event
-		appendEvents(t, sp, evs...)
-		startGroup(t, sp, nil, "seg=segment+"+s.url()+"?batch_events=10&flush=5ms")
-		eventually(t, 5*time.Second, func() bool { return sp.Backlog("seg").Events == 0 }, "not done")
-		if got := deadIDs(deadLetters(t, sp, "seg")); !slices.Equal(got, []string{"m-005"}) {
-			t.Errorf("dead letters %v, want [m-005]", got)
-		}
-		if d := s.duplicates(); len(d) > 0 || s.deliveredCount() != 9 {
-			t.Errorf("delivered %v, duplicates %v", s.deliveredIDs(), d)
-		}
-		for _, r := range s.requests() {
-			if r.user == "k1" && r.status != 200 {
-				t.Errorf("a k1 request was answered %d", r.status)
-			}
-		}
-	})
-}
-
-// partialForwarder fails record by record, as a Kafka kind does: "bad"
-// records are refused, "flaky" ones fail once.
-type partialForwarder struct {
-	mu    sync.Mutex
-	sends map[string]int
-	ok    map[string]int
-}
-
-func (f *partialForwarder) Kind() string { return "partial" }
-
-func (f *partialForwarder) Send(_ context.Context, batch []spool.Record) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	errs := make([]error, len(batch))
-	failed := false
-	for i, r := range batch {
-		id := messageID(r.Data)
-		f.sends[id]++
-		switch {
-		case strings.HasPrefix(id, "bad"):
-			errs[i] = &RejectedError{Err: errors.New("MESSAGE_TOO_LARGE")}
-		case strings.HasPrefix(id, "flaky") && f.sends[id] == 1:
-			errs[i] = &RetryableError{Err: errors.New("NOT_LEADER_FOR_PARTITION")}
-		default:
-			f.ok[id]++
-			continue
-		}
-		failed = true
-	}
-	if !failed {
-		return nil
-	}
-	return &BatchError{Errs: errs}
-}
-
-func (f *partialForwarder) Close(context.Context) error { return nil }
-
-func TestPartialFailuresAreSettledRecordByRecord(t *testing.T) {
-	f := &partialForwarder{sends: map[string]int{}, ok: map[string]int{}}
-	sp := openSpool(t, t.TempDir(), "k")
-	evs := []ev{{id: "good-1"}, {id: "bad-1"}, {id: "flaky-1"}, {id: "good-2"}, {id: "bad-2"}, {id: "flaky-2"}}
-	appendEvents(t, sp, evs...)
-	d, err := ParseDestination("k=stdout://?"+opts(testOpts, "batch_events=10"), Defaults{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	startDests(t, sp, reg, []Destination{d}, []Forwarder{f})
-	eventually(t, 5*time.Second, func() bool { return sp.Backlog("k").Events == 0 }, "not done")
-
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, id := range []string{"good-1", "good-2"} {
-		if f.sends[id] != 1 {
-			t.Errorf("%s sent %d times, want once: a partial failure must not resend what succeeded", id, f.sends[id])
-		}
-	}
-	for _, id := range []string{"flaky-1", "flaky-2"} {
-		if f.ok[id] != 1 {
-			t.Errorf("%s delivered %d times, want once", id, f.ok[id])
-		}
-	}
-	for _, id := range []string{"bad-1", "bad-2"} {
-		if f.sends[id] != 1 {
-			t.Errorf("%s sent %d times: a record refused on its own needs no splitting", id, f.sends[id])
-		}
-	}
-	dls := deadLetters(t, sp, "k")
-	if got := deadIDs(dls); !slices.Equal(got, []string{"bad-1", "bad-2"}) {
-		t.Errorf("dead letters %v", got)
-	}
-	for _, dl := range dls {
-		if !strings.Contains(dl.Error, "MESSAGE_TOO_LARGE") || dl.Reason != spool.ReasonRejected {
-			t.Errorf("dead letter %+v", dl)
-		}
-	}
-	if n := metric(t, reg, "spillway_events_delivered_total", "destination", "k"); n != 4 {
-		t.Errorf("delivered counter %v, want 4", n)
 	}
 }
 
 func TestShutdown(t *testing.T) {
 	t.Run("it drains the backlog, flushing partial batches at once", func(t *testing.T) {
-		s := newSink(t, nil)
-		sp := openSpool(t, t.TempDir(), "dest")
-		g := startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=100&flush=1m")
-		appendEvents(t, sp, numbered(3)...)
-		start := time.Now()
-		if err := shutdown(t, g, 5*time.Second); err != nil {
-			t.Fatalf("Shutdown: %v", err)
-		}
-		if took := time.Since(start); took > 2*time.Second {
-			t.Errorf("drain took %v", took)
-		}
-		if s.deliveredCount() != 3 || sp.Backlog("dest").Events != 0 {
-			t.Errorf("delivered %d, backlog %d after drain", s.deliveredCount(), sp.Backlog("dest").Events)
-		}
-		if err := shutdown(t, g, time.Second); err != nil {
-			t.Errorf("second Shutdown: %v", err)
-		}
-		g.Start() // after Shutdown: nothing happens
+		synctest.Test(t, func(t *testing.T) {
+			var out testkit.Buffer
+			sp := newMemStore("dest")
+			d := parse(t, "dest=stdout://?batch_events=100&flush=1m")
+			d.Output = &out
+			g := startDests(t, sp, nil, []Destination{d}, nil)
+			appendEvents(t, sp, numbered(3)...)
+			start := time.Now()
+			if err := shutdown(t, g, 5*time.Second); err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			if took := time.Since(start); took != 0 {
+				t.Errorf("drain took %v, want no wait for the 1m flush", took)
+			}
+			if got := lineIDs(t, out.Bytes()); !slices.Equal(got, ids(numbered(3))) || sp.Backlog("dest").Events != 0 {
+				t.Errorf("delivered %v, backlog %d after drain", got, sp.Backlog("dest").Events)
+			}
+			if err := shutdown(t, g, time.Second); err != nil {
+				t.Errorf("second Shutdown: %v", err)
+			}
+			g.Start() // after Shutdown: nothing happens
+		})
 	})
 
 	t.Run("it stops at the deadline and cancels sends in flight", func(t *testing.T) {
-		s := newSink(t, func(int, *sinkReq) answer { return answer{hang: true} })
-		sp := openSpool(t, t.TempDir(), "dest")
-		appendEvents(t, sp, numbered(7)...)
-		g := startGroup(t, sp, nil, "dest="+s.url()+"?flush=5ms&timeout=1m")
-		eventually(t, 5*time.Second, func() bool { return len(s.requests()) > 0 }, "nothing sent")
-		start := time.Now()
-		err := shutdown(t, g, 200*time.Millisecond)
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("Shutdown = %v, want the deadline", err)
-		}
-		if took := time.Since(start); took > time.Second {
-			t.Errorf("Shutdown took %v past a 200ms deadline", took)
-		}
-		if n := sp.Backlog("dest").Events; n != 7 {
-			t.Errorf("backlog %d, want all 7 left for a restart", n)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			f := &fakeForwarder{answer: hang}
+			sp := newMemStore("dest")
+			appendEvents(t, sp, numbered(7)...)
+			g := startFake(t, sp, "dest=stdout://?flush=5ms&timeout=1m", f)
+			time.Sleep(5 * time.Millisecond)
+			synctest.Wait()
+			if len(f.calls()) == 0 {
+				t.Fatal("nothing sent")
+			}
+			start := time.Now()
+			err := shutdown(t, g, 200*time.Millisecond)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Shutdown = %v, want the deadline", err)
+			}
+			if took := time.Since(start); took != 200*time.Millisecond {
+				t.Errorf("Shutdown took %v, want the 200ms deadline", took)
+			}
+			if n := sp.Backlog("dest").Events; n != 7 {
+				t.Errorf("backlog %d, want all 7 left for a restart", n)
+			}
+			if sends := f.calls(); !errors.Is(sends[0].err, context.Canceled) {
+				t.Errorf("the send in flight ended with %v, want it cancelled", sends[0].err)
+			}
+		})
 	})
 
 	t.Run("without Start it closes the forwarders", func(t *testing.T) {
-		sp := openSpool(t, t.TempDir(), "dest")
-		g, err := New(nil, sp, nil, nil)
+		f := &fakeForwarder{}
+		g, err := newGroup([]Destination{parse(t, "dest=stdout://")}, []Forwarder{f}, newMemStore("dest"), nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := g.Shutdown(t.Context()); err != nil {
-			t.Error(err)
+		if err := g.Shutdown(t.Context()); err != nil || !f.closed {
+			t.Errorf("Shutdown = %v, forwarder closed: %v", err, f.closed)
 		}
 	})
 }
 
 func TestStatus(t *testing.T) {
-	s := newSink(t, func(int, *sinkReq) answer { return answer{status: 503, body: "maintenance"} })
-	sp := openSpool(t, t.TempDir(), "dest")
+	s := testkit.NewSink(t, always(testkit.Answer{Status: 503, Body: "maintenance"}))
+	sp := newMemStore("dest")
 	appendEvents(t, sp, numbered(4)...)
-	g := startGroup(t, sp, nil, "dest="+s.url()+"?"+testOpts)
-	eventually(t, 5*time.Second, func() bool { return g.Status()[0].Retried >= 2 }, "no retries")
-	time.Sleep(20 * time.Millisecond)
+	start := time.Now().UTC()
+	g := startGroup(t, sp, nil, "dest="+s.URL+"?"+testOpts)
+	testkit.Eventually(t, func() bool { return g.Status()[0].Retried >= 2 }, "no retries")
 
 	st := g.Status()[0]
 	if st.Name != "dest" || st.Kind != KindWebhook || st.State != StateFailing || st.BacklogEvents != 4 ||
 		st.LagSeconds <= 0 || st.Delivered != 0 || !strings.Contains(st.LastError, "503: maintenance") ||
-		time.Since(st.LastErrorAt) > time.Minute {
+		st.LastErrorAt.Before(start) || st.LastErrorAt.Location() != time.UTC {
 		t.Errorf("status %+v", st)
 	}
 	raw, err := json.Marshal(st)
@@ -645,14 +283,10 @@ func TestStatus(t *testing.T) {
 
 func TestNewRefusesWhatCannotWork(t *testing.T) {
 	sp := openSpool(t, t.TempDir(), "a")
-	parse := func(specs ...string) []Destination {
+	parseAll := func(specs ...string) []Destination {
 		var out []Destination
 		for _, s := range specs {
-			d, err := ParseDestination(s, Defaults{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, d)
+			out = append(out, parse(t, s))
 		}
 		return out
 	}
@@ -661,12 +295,12 @@ func TestNewRefusesWhatCannotWork(t *testing.T) {
 		dests    []Destination
 		want     string
 	}{
-		{"a destination the spool has no cursor for", parse("b=stdout://"), "destination b"},
-		{"two destinations of one name", parse("a=stdout://", "a=stdout://"), "name used twice"},
-		{"a file in a missing directory, built by hand", []Destination{withURL(parse("a=file://events.ndjson")[0],
+		{"a destination the spool has no cursor for", parseAll("b=stdout://"), "destination b"},
+		{"two destinations of one name", parseAll("a=stdout://", "a=stdout://"), "name used twice"},
+		{"a file in a missing directory, built by hand", []Destination{withURL(parse(t, "a=file://events.ndjson"),
 			"/nonexistent-dir/x/events.ndjson")}, "open file"},
 		{"a destination built by hand without options", []Destination{{Name: "a", Kind: KindStdout}}, "out of range"},
-		{"a type filter built by hand with an unknown type", []Destination{withTypes(parse("a=stdout://")[0], "trak")},
+		{"a type filter built by hand with an unknown type", []Destination{withTypes(parse(t, "a=stdout://"), "trak")},
 			"out of range"},
 	}
 	for _, tt := range tests {
@@ -679,12 +313,12 @@ func TestNewRefusesWhatCannotWork(t *testing.T) {
 	}
 	t.Run("metrics registered twice on one registry", func(t *testing.T) {
 		reg := prometheus.NewRegistry()
-		g, err := New(parse("a=stdout://"), sp, nil, reg)
+		g, err := New(parseAll("a=stdout://"), sp, nil, reg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer g.Shutdown(t.Context())
-		if _, err := New(parse("a=stdout://"), sp, nil, reg); err == nil {
+		if _, err := New(parseAll("a=stdout://"), sp, nil, reg); err == nil {
 			t.Errorf("a second group on the same registry was accepted")
 		}
 	})
@@ -705,47 +339,102 @@ func withTypes(d Destination, include ...string) Destination {
 // holding a batch's memory, so they stay unread in the spool. Once it
 // takes one, it goes back to full concurrency.
 func TestUnprovenDestinationTakesOneBatchAtATime(t *testing.T) {
-	var failing atomic.Bool
-	failing.Store(true)
-	s := newSink(t, func(int, *sinkReq) answer {
-		if failing.Load() {
-			return answer{status: 503}
+	synctest.Test(t, func(t *testing.T) {
+		var down atomic.Bool
+		down.Store(true)
+		f := &fakeForwarder{answer: func(context.Context, int, []spool.Record) error {
+			if down.Load() {
+				return errDown
+			}
+			time.Sleep(20 * time.Millisecond)
+			return nil
+		}}
+		sp := newMemStore("dest")
+		appendEvents(t, sp, numbered(2000)...)
+		startFake(t, sp, "dest=stdout://?batch_events=100&flush=10ms&concurrency=4&backoff_min=20ms&backoff_max=50ms", f)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if n := len(f.calls()); n < 3 {
+			t.Fatalf("%d sends in a second of failures, want retries", n)
 		}
-		time.Sleep(20 * time.Millisecond) // long enough for sends to overlap
-		return answer{status: 200}
+		// The batch in flight, and the next one, built and waiting.
+		if read := sp.Position("dest"); read > 200 {
+			t.Errorf("a failing destination read %d events, want at most two batches (200)", read)
+		}
+		if f.mostAtOnce() != 1 {
+			t.Errorf("%d sends at once while failing, want 1", f.mostAtOnce())
+		}
+		down.Store(false)
+		testkit.Eventually(t, func() bool { return len(f.delivered()) == 2000 }, "not all delivered once it answers")
+		if f.mostAtOnce() != 4 {
+			t.Errorf("at most %d sends at once after it answered, want concurrency 4 back", f.mostAtOnce())
+		}
 	})
-	sp := openSpool(t, t.TempDir(), "dest")
-	appendEvents(t, sp, numbered(2000)...)
-	startGroup(t, sp, nil, "dest="+s.url()+"?batch_events=100&flush=10ms&concurrency=4&backoff_min=20ms&backoff_max=50ms")
-	eventually(t, 5*time.Second, func() bool { return len(s.requests()) >= 3 }, "no retries")
-	// The batch in flight, and the next one, built and waiting.
-	if read := sp.Position("dest"); read > 200 {
-		t.Errorf("a failing destination read %d events, want at most two batches (200)", read)
-	}
-	failing.Store(false)
-	eventually(t, 10*time.Second, func() bool { return s.deliveredCount() == 2000 }, "not all delivered once it answers")
-	var answered []sinkReq
-	for _, r := range s.requests() {
-		if r.status == 200 {
-			answered = append(answered, r)
-		}
-	}
-	if got := mostAtOnce(answered); got < 2 {
-		t.Errorf("at most %d requests at once after it answered, want full concurrency back", got)
-	}
 }
 
-// mostAtOnce is the most requests in flight at the same moment.
-func mostAtOnce(reqs []sinkReq) int {
-	most := 0
-	for _, r := range reqs {
-		n := 0
-		for _, o := range reqs {
-			if !o.at.After(r.at) && o.done.After(r.at) {
-				n++
-			}
-		}
-		most = max(most, n)
+// TestSpoolFailuresAreRetriedAndLoggedOnce: a spool that fails to read,
+// acknowledge or store dead letters is retried with backoff; each failure
+// is logged when it starts and when it ends, nothing is sent twice, and
+// nothing is acknowledged before it is done.
+func TestSpoolFailuresAreRetriedAndLoggedOnce(t *testing.T) {
+	broken := errors.New("disk on fire")
+	tests := []struct {
+		scenario           string
+		read, ack, dead    error
+		tries              func(reads, acks, dead int) int // the failing calls'
+		failed, worksAgain string                          // log lines
+		lastError          string
+		backlog            int64 // while failing
+	}{
+		{"reads", broken, nil, nil, func(r, _, _ int) int { return r },
+			"read from spool failed", "read from spool works again", "read spool: disk on fire", 3},
+		{"acknowledgements", nil, broken, nil, func(_, a, _ int) int { return a },
+			"acknowledge to spool failed", "acknowledge to spool works again", "ack spool: disk on fire", 3},
+		// The refused event's batch waits for its dead letter, and the
+		// batch after it for the acknowledgement order.
+		{"dead letters", nil, nil, broken, func(_, _, d int) int { return d },
+			"store dead letters failed; retrying", "", "store dead letters: disk on fire", 2},
 	}
-	return most
+	for _, tt := range tests {
+		t.Run(tt.scenario, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var logs testkit.Buffer
+				sp := newMemStore("dest")
+				sp.fail(tt.read, tt.ack, tt.dead)
+				f := &fakeForwarder{answer: func(_ context.Context, _ int, batch []spool.Record) error {
+					if strings.Contains(string(batch[0].Data), `"bad":true`) {
+						return &RejectedError{Status: 400}
+					}
+					return nil
+				}}
+				d := parse(t, "dest=stdout://?batch_events=1&flush=0s&backoff_min=10ms&backoff_max=100ms")
+				g := startLogged(t, sp, logs.Logger(t), nil, []Destination{d}, []Forwarder{f})
+				appendEvents(t, sp, numbered(3, 1)...)
+
+				time.Sleep(time.Second)
+				synctest.Wait()
+				if st := g.Status()[0]; st.LastError != tt.lastError || st.BacklogEvents != tt.backlog {
+					t.Errorf("while failing: status %+v, want last error %q and a backlog of %d", st, tt.lastError, tt.backlog)
+				}
+				if n := tt.tries(sp.calls()); n < 10 || n > 101 {
+					t.Errorf("%d tries in a second, want one every 10ms to 100ms", n)
+				}
+
+				sp.fail(nil, nil, nil)
+				testkit.Eventually(t, func() bool { return sp.Backlog("dest").Events == 0 }, "not done once the spool works")
+				if got := f.delivered(); !slices.Equal(got, []string{"m-000", "m-002"}) {
+					t.Errorf("delivered %v, want m-000 and m-002 once each", got)
+				}
+				if got := deadIDs(deadLetters(t, sp, "dest")); !slices.Equal(got, []string{"m-001"}) {
+					t.Errorf("dead letters %v, want the refused m-001", got)
+				}
+				if n := logs.Count(tt.failed); n != 1 {
+					t.Errorf("%q logged %d times, want once:\n%s", tt.failed, n, &logs)
+				}
+				if n := logs.Count(tt.worksAgain); tt.worksAgain != "" && n != 1 {
+					t.Errorf("%q logged %d times, want once:\n%s", tt.worksAgain, n, &logs)
+				}
+			})
+		})
+	}
 }

@@ -6,8 +6,13 @@
 //
 // The kinds live side by side in this package and are picked by the URL
 // scheme of --destination NAME=URL: segment+https:// (segment.go), http(s)://
-// webhooks (webhook.go), kafka:// (kafka.go), stdout:// and file://
-// (stdout.go).
+// webhooks (webhook.go), kafka:// (kafka.go, kafka_options.go), stdout://
+// and file:// (stdout.go). They share one delivery loop: a Dispatcher
+// (dispatcher.go) reads, batches and acknowledges in loop.go, delivers
+// each batch to the end in deliver.go, learns what an answer means in
+// classify.go, waits out a failing destination in gate.go, and expires and
+// dead-letters in deadletter.go. config.go parses a destination, and
+// settings.go holds the numeric options' defaults and ranges.
 //
 // Guarantees:
 //

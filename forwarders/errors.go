@@ -1,15 +1,11 @@
 package forwarders
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -120,6 +116,20 @@ func (e *BatchError) Unwrap() []error {
 	return out
 }
 
+// sameError reports whether a and b are one error value, as records that
+// failed together share: a Kafka record batch's records, a Segment
+// request's. Values are compared with ==, pointers by identity and values
+// such as context.DeadlineExceeded by content, except where == would
+// panic (a value holding a slice or a map), which are never the same. nil
+// is the same as nil only.
+func sameError(a, b error) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	va := reflect.ValueOf(a)
+	return va.Type() == reflect.TypeOf(b) && va.Comparable() && a == b
+}
+
 // statusError carries an HTTP answer that is not a success into
 // *RetryableError and *MisconfiguredError, so status-based retry reasons
 // can be told apart with errors.As rather than by message.
@@ -133,103 +143,4 @@ func (e *statusError) Error() string {
 		return "status " + strconv.Itoa(e.code)
 	}
 	return "status " + strconv.Itoa(e.code) + ": " + e.body
-}
-
-// classify maps an HTTP answer to the error the dispatcher acts on: nil for
-// 2xx. The body, which classify does not read, is attached by withBody.
-func classify(status int, header http.Header) error {
-	switch {
-	case status >= 200 && status < 300:
-		return nil
-	case status == http.StatusBadRequest, status == http.StatusRequestEntityTooLarge,
-		status == http.StatusUnprocessableEntity:
-		return &RejectedError{Status: status}
-	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests, status >= 500:
-		return &RetryableError{Err: &statusError{code: status}, After: retryAfter(header, time.Now())}
-	case status >= 300 && status < 500:
-		// 401/403/404 as the contract says, and with them every other 4xx
-		// and the redirects we do not follow (a POST must not silently turn
-		// into a GET): all say the URL or credentials are wrong, and
-		// retrying slowly loses nothing where dead-lettering would.
-		return &MisconfiguredError{Status: status, Err: &statusError{code: status}}
-	default:
-		return &RetryableError{Err: &statusError{code: status}}
-	}
-}
-
-// withBody attaches the (already truncated) answer body to a classified error.
-func withBody(err error, body string) error {
-	var se *statusError
-	switch e := err.(type) {
-	case *RejectedError:
-		e.Body = body
-	case *RetryableError, *MisconfiguredError:
-		if errors.As(e, &se) {
-			se.body = body
-		}
-	}
-	return err
-}
-
-// retryAfter parses Retry-After, given in seconds or as an HTTP date; zero
-// when absent, unparsable or in the past.
-func retryAfter(h http.Header, now time.Time) time.Duration {
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs <= 0 {
-			return 0
-		}
-		// Anything beyond a day is nonsense for us and would overflow.
-		return time.Duration(min(secs, 86400)) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d
-		}
-	}
-	return 0
-}
-
-// Retry reasons, the values of spillway_forward_retries_total's reason label.
-const (
-	reasonTimeout       = "timeout"
-	reasonNetwork       = "network"
-	reasonThrottled     = "throttled"    // 429
-	reasonServerError   = "server_error" // 408, 5xx
-	reasonMisconfigured = "misconfigured"
-	reasonRejected      = "rejected" // a rejected batch split and resent
-	reasonOther         = "error"
-)
-
-var retryReasons = []string{reasonTimeout, reasonNetwork, reasonThrottled, reasonServerError,
-	reasonMisconfigured, reasonRejected, reasonOther}
-
-// retryReason names why err is retried, from a bounded set.
-func retryReason(err error) string {
-	var (
-		se *statusError
-		me *MisconfiguredError
-		re *RejectedError
-		ne net.Error
-	)
-	switch {
-	case errors.As(err, &me):
-		return reasonMisconfigured
-	case errors.As(err, &re):
-		return reasonRejected
-	case errors.As(err, &se):
-		if se.code == http.StatusTooManyRequests {
-			return reasonThrottled
-		}
-		return reasonServerError
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return reasonTimeout
-	case errors.As(err, &ne), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPIPE):
-		return reasonNetwork
-	}
-	return reasonOther
 }

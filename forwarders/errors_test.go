@@ -7,9 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
 )
 
 func TestClassify(t *testing.T) {
@@ -148,3 +151,67 @@ type timeoutErr struct{}
 func (timeoutErr) Error() string   { return "i/o timeout" }
 func (timeoutErr) Timeout() bool   { return true }
 func (timeoutErr) Temporary() bool { return true }
+
+// incomparableErr cannot be compared with ==: it holds a slice.
+type incomparableErr struct{ causes []error }
+
+func (incomparableErr) Error() string { return "several causes" }
+
+// wrappingErr is comparable by type, but panics under == when what it
+// wraps is not.
+type wrappingErr struct{ err error }
+
+func (e wrappingErr) Error() string { return e.err.Error() }
+
+func TestSameError(t *testing.T) {
+	tooLarge := fmt.Errorf("%w (uncompressed_bytes=9000)", kerr.MessageTooLarge)
+	retry := &RetryableError{Err: tooLarge}
+	held := wrappingErr{err: incomparableErr{}}
+	tests := []struct {
+		scenario string
+		a, b     error
+		same     bool
+	}{
+		{"nil is nil", nil, nil, true},
+		{"nil is no error", nil, retry, false},
+		{"no error is nil", retry, nil, false},
+		{"one pointer", retry, retry, true},
+		{"two pointers alike", retry, &RetryableError{Err: tooLarge}, false},
+		{"one Kafka error code", kerr.NotLeaderForPartition, kerr.NotLeaderForPartition, true},
+		{"one broker answer for one record batch", tooLarge, tooLarge, true},
+		{"the answers for two record batches", tooLarge, fmt.Errorf("%w (uncompressed_bytes=9000)", kerr.MessageTooLarge), false},
+		{"a struct value compared by content", context.DeadlineExceeded, context.DeadlineExceeded, true},
+		{"two values of different types", context.DeadlineExceeded, context.Canceled, false},
+		{"an errno compared by value", syscall.ECONNRESET, syscall.ECONNRESET, true},
+		{"a value holding a slice, which == cannot compare", incomparableErr{}, incomparableErr{}, false},
+		{"a value holding one that == cannot compare", held, held, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.scenario, func(t *testing.T) {
+			if got := sameError(tt.a, tt.b); got != tt.same {
+				t.Errorf("sameError(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.same)
+			}
+		})
+	}
+}
+
+// TestRecordsFailingWithOneValueAreSplitTogether: a BatchError whose
+// records share one error value, a pointer or not, is settled as one part:
+// a shared rejection is halved like a whole batch's, not dead-lettered
+// record by record.
+func TestRecordsFailingWithOneValueAreSplitTogether(t *testing.T) {
+	for _, shared := range []error{&RejectedError{Status: 400}, rejectedValue{}} {
+		t.Run(fmt.Sprintf("%T", shared), func(t *testing.T) {
+			errs := []error{nil, shared, shared, shared, shared, nil}
+			groups := groupFailures(errs)
+			if len(groups) != 2 || !slices.Equal(groups[0].idx, []int{0, 5}) || !slices.Equal(groups[1].idx, []int{1, 2, 3, 4}) {
+				t.Errorf("groups %+v, want the delivered records and the four that failed together", groups)
+			}
+		})
+	}
+}
+
+// rejectedValue is a rejection that is a value, not a pointer.
+type rejectedValue struct{}
+
+func (rejectedValue) Error() string { return "rejected" }

@@ -88,13 +88,15 @@ func newGroup(dests []Destination, fwds []Forwarder, sp store, logger *slog.Logg
 // validate checks what ParseDestination guarantees, for destinations built
 // by hand.
 func (d Destination) validate() error {
-	switch {
-	case !nameRE.MatchString(d.Name):
+	if !nameRE.MatchString(d.Name) {
 		return fmt.Errorf("destination %q: name must match [a-z0-9_-]+", d.Name)
-	case d.BatchEvents < 1, d.BatchBytes < 1, d.Concurrency < 1, d.Flush < 0, d.Timeout <= 0,
-		d.BackoffMin <= 0, d.BackoffMax < d.BackoffMin, d.MaxAge <= 0,
-		!eventTypesOnly(d.IncludeTypes), !eventTypesOnly(d.ExcludeTypes):
-		return fmt.Errorf("destination %s: options out of range (build it with ParseDestination)", d.Name)
+	}
+	err := d.options().check(paramName, false)
+	if err == nil && (!eventTypesOnly(d.IncludeTypes) || !eventTypesOnly(d.ExcludeTypes)) {
+		err = errors.New("include_types and exclude_types take Segment's event types, in lower case")
+	}
+	if err != nil {
+		return fmt.Errorf("destination %s: options out of range (build it with ParseDestination): %w", d.Name, err)
 	}
 	return nil
 }

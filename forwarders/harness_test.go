@@ -1,27 +1,20 @@
 package forwarders
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"slices"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -99,7 +92,7 @@ func ids(evs []ev) []string {
 	return out
 }
 
-func appendEvents(t *testing.T, sp *spool.Spool, evs ...ev) {
+func appendEvents(t *testing.T, sp testStore, evs ...ev) {
 	t.Helper()
 	in := make([]spool.Event, len(evs))
 	for i, e := range evs {
@@ -112,7 +105,7 @@ func appendEvents(t *testing.T, sp *spool.Spool, evs ...ev) {
 
 // startGroup starts forwarding to dests (NAME=URL specs) from sp; the test
 // shuts it down at its end unless it did so itself.
-func startGroup(t *testing.T, sp *spool.Spool, reg prometheus.Registerer, specs ...string) *Group {
+func startGroup(t *testing.T, sp store, reg prometheus.Registerer, specs ...string) *Group {
 	t.Helper()
 	dests, err := ParseDestinations(specs, Defaults{})
 	if err != nil {
@@ -121,9 +114,22 @@ func startGroup(t *testing.T, sp *spool.Spool, reg prometheus.Registerer, specs 
 	return startDests(t, sp, reg, dests, nil)
 }
 
-func startDests(t *testing.T, sp *spool.Spool, reg prometheus.Registerer, dests []Destination, fwds []Forwarder) *Group {
+func startDests(t *testing.T, sp store, reg prometheus.Registerer, dests []Destination, fwds []Forwarder) *Group {
 	t.Helper()
-	g, err := newGroup(dests, fwds, sp, testLogger(t), reg)
+	return startLogged(t, sp, testLogger(t), reg, dests, fwds)
+}
+
+// startFake starts forwarding from sp through f, to a destination with the
+// name and options of spec (a NAME=stdout://?... spec will do).
+func startFake(t *testing.T, sp store, spec string, f Forwarder) *Group {
+	t.Helper()
+	return startDests(t, sp, nil, []Destination{parse(t, spec)}, []Forwarder{f})
+}
+
+// startLogged is startDests logging to log.
+func startLogged(t *testing.T, sp store, log *slog.Logger, reg prometheus.Registerer, dests []Destination, fwds []Forwarder) *Group {
+	t.Helper()
+	g, err := newGroup(dests, fwds, sp, log, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,6 +142,16 @@ func startDests(t *testing.T, sp *spool.Spool, reg prometheus.Registerer, dests 
 	return g
 }
 
+// parse parses one NAME=URL spec with the package defaults.
+func parse(t *testing.T, spec string) Destination {
+	t.Helper()
+	d, err := ParseDestination(spec, Defaults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func shutdown(t *testing.T, g *Group, timeout time.Duration) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -143,19 +159,13 @@ func shutdown(t *testing.T, g *Group, timeout time.Duration) error {
 	return g.Shutdown(ctx)
 }
 
-// eventually waits for cond, failing the test with msg after timeout.
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: "+msg, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+// backlog is the destination's backlog when a failure message is
+// formatted.
+func backlog(sp store, dest string) func() any {
+	return func() any { return sp.Backlog(dest).Events }
 }
 
-func deadLetters(t *testing.T, sp *spool.Spool, dest string) []spool.DeadLetter {
+func deadLetters(t *testing.T, sp testStore, dest string) []spool.DeadLetter {
 	t.Helper()
 	var out []spool.DeadLetter
 	err := sp.DeadLetters(spool.Filter{Destination: dest}, func(d spool.DeadLetter) error {
@@ -171,18 +181,10 @@ func deadLetters(t *testing.T, sp *spool.Spool, dest string) []spool.DeadLetter 
 func deadIDs(dls []spool.DeadLetter) []string {
 	out := make([]string, len(dls))
 	for i, d := range dls {
-		out[i] = messageID(d.Event)
+		out[i] = testkit.MessageID(d.Event)
 	}
 	sort.Strings(out)
 	return out
-}
-
-func messageID(event []byte) string {
-	var e struct {
-		MessageID string `json:"messageId"`
-	}
-	_ = json.Unmarshal(event, &e)
-	return e.MessageID
 }
 
 // metric reads one series from reg; 0 when absent.
@@ -225,253 +227,90 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 	return false
 }
 
-// answer is what the sink does with one request.
-type answer struct {
-	status int
-	header http.Header
-	body   string
-	hang   bool // hold the request until the client gives up
-	reset  bool // drop the connection with a TCP reset
-}
-
-// sinkReq is one request the sink received.
-type sinkReq struct {
-	at          time.Time
-	done        time.Time // when it was answered
-	ids         []string
-	bad         bool
-	user        string // Basic auth user: the write key
-	sentAt      string
-	gzip        bool
-	contentType string
-	uri         string
-	bytes       int // of the body as sent
-	status      int
-	keys        []string // the events' "key" fields, where set
-}
-
-// sink is a destination's HTTP server that decodes every body shape we
-// send (JSON array, NDJSON, Segment batch, gzipped or not) and records it.
-type sink struct {
-	t       *testing.T
-	srv     *httptest.Server
-	answer  func(n int, r *sinkReq) answer
-	release chan struct{}
-
-	mu        sync.Mutex
-	reqs      []*sinkReq
-	delivered map[string]int // messageId -> times answered with a 2xx
-	order     []string       // messageIds in order of 2xx answers
-	// failing is set from a retryable answer until the next success;
-	// overlap is the most requests begun in that window at once.
-	failing         bool
-	failingInflight int
-	overlap         int
-}
-
-func newSink(t *testing.T, answerFn func(n int, r *sinkReq) answer) *sink {
-	s := &sink{t: t, answer: answerFn, delivered: map[string]int{}, release: make(chan struct{})}
-	if s.answer == nil {
-		s.answer = func(int, *sinkReq) answer { return answer{status: 200} }
-	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(func() {
-		close(s.release)
-		s.srv.Close()
-	})
-	return s
-}
-
-func (s *sink) url() string { return s.srv.URL }
-
-func (s *sink) serve(w http.ResponseWriter, r *http.Request) {
-	raw, err := io.ReadAll(r.Body)
-	if err != nil {
-		return
-	}
-	req := &sinkReq{at: time.Now(), contentType: r.Header.Get("Content-Type"), uri: r.RequestURI, bytes: len(raw)}
-	req.user, _, _ = r.BasicAuth()
-	body := raw
-	if r.Header.Get("Content-Encoding") == "gzip" {
-		req.gzip = true
-		zr, err := gzip.NewReader(bytes.NewReader(raw))
-		if err != nil {
-			s.t.Errorf("gunzip: %v", err)
-			return
-		}
-		if body, err = io.ReadAll(zr); err != nil {
-			s.t.Errorf("gunzip: %v", err)
-			return
-		}
-	}
-	events, sentAt, err := decodeEvents(body)
-	if err != nil {
-		s.t.Errorf("decode %q: %v", body, err)
-		w.WriteHeader(500)
-		return
-	}
-	req.sentAt = sentAt
-	for _, e := range events {
+// isBad reports whether the request holds an event the reject scenarios
+// refuse (see ev.bad).
+func isBad(r *testkit.Request) bool {
+	for _, e := range r.Events {
 		var f struct {
-			MessageID  string `json:"messageId"`
-			Key        string `json:"key"`
 			Properties struct {
 				Bad bool `json:"bad"`
 			} `json:"properties"`
 		}
-		if err := json.Unmarshal(e, &f); err != nil {
-			s.t.Errorf("event %s: %v", e, err)
-		}
-		req.ids = append(req.ids, f.MessageID)
-		req.bad = req.bad || f.Properties.Bad
-		if f.Key != "" {
-			req.keys = append(req.keys, f.Key)
+		if json.Unmarshal(e, &f) == nil && f.Properties.Bad {
+			return true
 		}
 	}
-
-	s.mu.Lock()
-	n := len(s.reqs)
-	s.reqs = append(s.reqs, req)
-	inWindow := s.failing
-	if inWindow {
-		s.failingInflight++
-		s.overlap = max(s.overlap, s.failingInflight)
-	}
-	s.mu.Unlock()
-
-	a := s.answer(n, req)
-	switch {
-	case a.hang:
-		select {
-		case <-r.Context().Done():
-		case <-s.release:
-		}
-		a.status = http.StatusGatewayTimeout
-	case a.reset:
-		conn, _, err := w.(http.Hijacker).Hijack()
-		if err == nil {
-			if tc, ok := conn.(*net.TCPConn); ok {
-				_ = tc.SetLinger(0)
-			}
-			_ = conn.Close()
-		}
-	}
-
-	s.mu.Lock()
-	if inWindow {
-		s.failingInflight--
-	}
-	req.status = a.status
-	req.done = time.Now()
-	if a.status >= 200 && a.status < 300 {
-		s.failing = false
-		for _, id := range req.ids {
-			s.delivered[id]++
-			s.order = append(s.order, id)
-		}
-	} else if a.status == 429 || a.status >= 500 {
-		s.failing = true
-	}
-	s.mu.Unlock()
-	if a.reset {
-		return
-	}
-	for k, v := range a.header {
-		w.Header()[k] = v
-	}
-	w.WriteHeader(a.status)
-	_, _ = io.WriteString(w, a.body)
+	return false
 }
 
-func decodeEvents(body []byte) ([]json.RawMessage, string, error) {
-	trimmed := bytes.TrimSpace(body)
-	switch {
-	case bytes.HasPrefix(trimmed, []byte(`[`)):
-		var evs []json.RawMessage
-		return evs, "", json.Unmarshal(trimmed, &evs)
-	case bytes.HasPrefix(trimmed, []byte(`{"batch"`)):
-		var b struct {
-			Batch  []json.RawMessage `json:"batch"`
-			SentAt string            `json:"sentAt"`
+// refuseBad answers 400 with body to a request holding a bad event, 200
+// to the others.
+func refuseBad(body string) testkit.AnswerFunc {
+	return func(_ int, r *testkit.Request) testkit.Answer {
+		if isBad(r) {
+			return testkit.Answer{Status: 400, Body: body}
 		}
-		err := json.Unmarshal(trimmed, &b)
-		return b.Batch, b.SentAt, err
-	default:
-		return decodeLines(trimmed)
+		return testkit.Answer{}
 	}
 }
 
-func decodeLines(body []byte) ([]json.RawMessage, string, error) {
-	var evs []json.RawMessage
-	sc := bufio.NewScanner(bytes.NewReader(body))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if !json.Valid(sc.Bytes()) {
-			return nil, "", fmt.Errorf("line %q is not JSON", sc.Bytes())
-		}
-		evs = append(evs, json.RawMessage(slices.Clone(sc.Bytes())))
-	}
-	return evs, "", sc.Err()
+// always answers every request with a.
+func always(a testkit.Answer) testkit.AnswerFunc {
+	return func(int, *testkit.Request) testkit.Answer { return a }
 }
 
-func (s *sink) requests() []sinkReq {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]sinkReq, len(s.reqs))
-	for i, r := range s.reqs {
-		out[i] = *r
-	}
-	return out
-}
-
-func (s *sink) deliveredCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.delivered)
-}
-
-// deliveredIDs returns the distinct messageIds answered with a 2xx, sorted.
-func (s *sink) deliveredIDs() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.delivered))
-	for id := range s.delivered {
-		out = append(out, id)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// duplicates returns the messageIds delivered more than once.
-func (s *sink) duplicates() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// eventKeys returns the events' "key" fields, where set.
+func eventKeys(r testkit.Request) []string {
 	var out []string
-	for id, n := range s.delivered {
-		if n > 1 {
-			out = append(out, fmt.Sprintf("%s x%d", id, n))
+	for _, e := range r.Events {
+		var f struct {
+			Key string `json:"key"`
+		}
+		if json.Unmarshal(e, &f) == nil && f.Key != "" {
+			out = append(out, f.Key)
 		}
 	}
-	sort.Strings(out)
 	return out
 }
 
-// lockedBuffer is a goroutine-safe writer for stdout://.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// deliveredCount is how many distinct events the sink took.
+func deliveredCount(s *testkit.Sink) int {
+	n, _ := s.Counts()
+	return n
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
+// mostAtOnce is the most requests in flight at the same moment.
+func mostAtOnce(reqs []testkit.Request) int {
+	most := 0
+	for _, r := range reqs {
+		n := 0
+		for _, o := range reqs {
+			if !o.At.After(r.At) && o.Done.After(r.At) {
+				n++
+			}
+		}
+		most = max(most, n)
+	}
+	return most
 }
 
-func (l *lockedBuffer) ids(t *testing.T) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return lineIDs(t, l.b.Bytes())
+// begunWhileFailing returns the requests that came after a retryable
+// answer (429, 5xx) and before the next success: those the gate lets
+// through one at a time.
+func begunWhileFailing(reqs []testkit.Request) []testkit.Request {
+	var out []testkit.Request
+	for _, r := range reqs {
+		var last testkit.Request // the last one answered before r came
+		for _, o := range reqs {
+			if o.Done.Before(r.At) && o.Done.After(last.Done) {
+				last = o
+			}
+		}
+		if last.Status == 429 || last.Status >= 500 {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func fileIDs(t *testing.T, path string) []string {
@@ -483,13 +322,13 @@ func fileIDs(t *testing.T, path string) []string {
 }
 
 func lineIDs(t *testing.T, b []byte) []string {
-	evs, _, err := decodeLines(b)
+	evs, err := testkit.DecodeLines(b)
 	if err != nil {
 		t.Fatalf("%v in %q", err, b)
 	}
 	out := make([]string, len(evs))
 	for i, e := range evs {
-		out[i] = messageID(e)
+		out[i] = testkit.MessageID(e)
 	}
 	return out
 }

@@ -5,7 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // TestFileDestinationFollowsRotation: once logrotate (or an operator)
@@ -14,7 +15,7 @@ import (
 func TestFileDestinationFollowsRotation(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "events.ndjson")
-	sp := openSpool(t, t.TempDir(), "f")
+	sp := newMemStore("f")
 	startGroup(t, sp, nil, "f=file://"+path+"?"+testOpts)
 	lines := func(p string) string {
 		b, _ := os.ReadFile(p)
@@ -22,13 +23,13 @@ func TestFileDestinationFollowsRotation(t *testing.T) {
 	}
 
 	appendEvents(t, sp, ev{id: "before-rotation", key: "wk-1"})
-	eventually(t, 5*time.Second, func() bool { return strings.Contains(lines(path), "before-rotation") }, "first event not written")
+	testkit.Eventually(t, func() bool { return strings.Contains(lines(path), "before-rotation") }, "first event not written")
 	if err := os.Rename(path, path+".1"); err != nil {
 		t.Fatal(err)
 	}
 	appendEvents(t, sp, ev{id: "after-rotation", key: "wk-1"})
-	eventually(t, 5*time.Second, func() bool { return strings.Contains(lines(path), "after-rotation") },
-		"the event after the rotation is not in a new %s (the rotated file holds %q)", path, lines(path+".1"))
+	testkit.Eventually(t, func() bool { return strings.Contains(lines(path), "after-rotation") },
+		"the event after the rotation is not in a new %s (the rotated file holds %q)", path, func() any { return lines(path + ".1") })
 	if old, cur := lines(path+".1"), lines(path); strings.Count(old, "\n") != 1 || strings.Count(cur, "\n") != 1 ||
 		!strings.Contains(old, "before-rotation") {
 		t.Fatalf("rotated file %q, new file %q: want one event in each", old, cur)

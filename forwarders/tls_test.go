@@ -1,79 +1,29 @@
 package forwarders
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"io"
-	"math/big"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
-// selfSigned returns a TLS server for 127.0.0.1 with a self-signed
-// certificate, and the path of that certificate as PEM. The server records
-// the messageIds it receives.
-func selfSigned(t *testing.T) (srv *httptest.Server, caFile string, received func() []string) {
+// selfSigned returns a sink on 127.0.0.1 over HTTPS with a self-signed
+// certificate, and the path of that certificate as PEM.
+func selfSigned(t *testing.T) (s *testkit.Sink, caFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "self-signed sink"},
-		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var ids []string
-	srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		evs, _, err := decodeEvents(readAll(r))
-		if err != nil {
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		mu.Lock()
-		for _, e := range evs {
-			ids = append(ids, messageID(e))
-		}
-		mu.Unlock()
-	}))
-	srv.TLS = newServerTLS(t, der, key)
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
+	s = testkit.NewTLSSink(t, nil)
 	caFile = filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(caFile, s.CertificatePEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return srv, caFile, func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), ids...)
-	}
+	return s, caFile
 }
 
 func TestTLSDestinations(t *testing.T) {
-	srv, caFile, received := selfSigned(t)
+	srv, caFile := selfSigned(t)
 	dir := t.TempDir()
 	evs := numbered(10)
 
@@ -82,7 +32,7 @@ func TestTLSDestinations(t *testing.T) {
 		appendEvents(t, sp, evs...)
 		reg := prometheus.NewRegistry()
 		startGroup(t, sp, reg, "dest="+srv.URL+"/hook?"+opts(testOpts, "backoff_max=100ms"))
-		eventually(t, 5*time.Second, func() bool {
+		testkit.Eventually(t, func() bool {
 			return metric(t, reg, "spillway_forward_retries_total", "reason", "misconfigured") >= 2
 		}, "no misconfigured retries")
 		// A Group on the same spool is the next step; this one must stop
@@ -96,15 +46,15 @@ func TestTLSDestinations(t *testing.T) {
 		if dls := deadLetters(t, sp, ""); len(dls) != 0 {
 			t.Fatalf("%d dead letters", len(dls))
 		}
-		if got := received(); len(got) != 0 {
+		if got := srv.Requests(); len(got) != 0 {
 			t.Fatalf("an untrusted destination received %v", got)
 		}
 	})
 	t.Run("with tls_ca it is delivered", func(t *testing.T) {
 		sp := openSpool(t, dir, "dest")
 		startGroup(t, sp, nil, "dest="+srv.URL+"/hook?"+opts(testOpts, "tls_ca="+caFile))
-		eventually(t, 5*time.Second, func() bool { return sp.Backlog("dest").Events == 0 }, "not delivered")
-		if got := received(); len(got) != len(evs) {
+		testkit.Eventually(t, func() bool { return sp.Backlog("dest").Events == 0 }, "not delivered")
+		if got := srv.Delivered(); len(got) != len(evs) {
 			t.Fatalf("received %d events, want %d", len(got), len(evs))
 		}
 	})
@@ -112,23 +62,23 @@ func TestTLSDestinations(t *testing.T) {
 		sp := openSpool(t, t.TempDir(), "dest")
 		appendEvents(t, sp, numbered(3)...)
 		startGroup(t, sp, nil, "dest="+srv.URL+"/hook?"+opts(testOpts, "insecure=true"))
-		eventually(t, 5*time.Second, func() bool { return sp.Backlog("dest").Events == 0 }, "not delivered")
+		testkit.Eventually(t, func() bool { return sp.Backlog("dest").Events == 0 }, "not delivered")
 	})
 }
 
 func TestMisconfiguredTLSStatus(t *testing.T) {
-	srv, _, _ := selfSigned(t)
+	srv, _ := selfSigned(t)
 	sp := openSpool(t, t.TempDir(), "dest")
 	appendEvents(t, sp, numbered(2)...)
 	g := startGroup(t, sp, nil, "dest=segment+"+srv.URL+"?"+opts(testOpts, "backoff_max=100ms"))
-	eventually(t, 5*time.Second, func() bool { return g.Status()[0].State == StateMisconfigured }, "not reported misconfigured")
+	testkit.Eventually(t, func() bool { return g.Status()[0].State == StateMisconfigured }, "not reported misconfigured")
 	if st := g.Status()[0]; !strings.Contains(st.LastError, "certificate") || !strings.Contains(st.LastError, "tls_ca") {
 		t.Errorf("last error %q, want it to name the certificate and tls_ca", st.LastError)
 	}
 }
 
 func TestTLSParams(t *testing.T) {
-	_, ca, _ := selfSigned(t)
+	_, ca := selfSigned(t)
 	notPEM := filepath.Join(t.TempDir(), "not.pem")
 	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
@@ -175,14 +125,4 @@ func TestTLSParams(t *testing.T) {
 	if _, err := newForwarder(d); err == nil || !strings.Contains(err.Error(), "tls_ca: open") {
 		t.Errorf("a missing tls_ca: %v, want a start-up error", err)
 	}
-}
-
-func newServerTLS(t *testing.T, der []byte, key *ecdsa.PrivateKey) *tls.Config {
-	t.Helper()
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
-}
-
-func readAll(r *http.Request) []byte {
-	b, _ := io.ReadAll(r.Body)
-	return b
 }
