@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // mountTmpfs mounts a small tmpfs for a full-disk test, or skips where
@@ -74,7 +75,7 @@ func TestFullDiskAnswersFullKeepsWhatWasStoredAndRecovers(t *testing.T) {
 	if err := os.Remove(ballast); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, func() bool { return s.Ready() == nil })
+	testkit.Eventually(t, func() bool { return s.Ready() == nil }, "the spool did not accept events once space returned")
 	if err := s.Append(t.Context(), randomEvents(1, 100), nil); err != nil {
 		t.Fatalf("append once space returned: %v", err)
 	}
@@ -208,20 +209,16 @@ func TestDropOldestMakesRoomAndCountsWhatEachDestinationLost(t *testing.T) {
 	defer s.Close(context.Background())
 	// "slow" delivers a little, "dead" nothing; random data fills
 	// generations at its raw size.
-	written := 0
-	deadline := time.Now().Add(30 * time.Second)
-	for testutil.ToFloat64(s.metrics.dropped.WithLabelValues("dead", "spool_full")) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing dropped after writing %d MiB into a 24 MiB spool", written>>20)
-		}
+	dropped := func() bool { return testutil.ToFloat64(s.metrics.dropped.WithLabelValues("dead", "spool_full")) > 0 }
+	for !s.full() {
 		if err := s.Append(t.Context(), randomEvents(100, 1000), nil); err != nil {
 			t.Fatalf("append with drop-oldest = %v; it must make room, not refuse", err)
 		}
-		written += 100 * 2000
 		if recs, _ := s.Read("slow", 10, 1<<20); len(recs) > 0 {
 			_ = s.Ack("slow", recs[len(recs)-1].Seq+1)
 		}
 	}
+	testkit.Eventually(t, dropped, "nothing dropped from a full 24 MiB spool")
 	deadDropped := testutil.ToFloat64(s.metrics.dropped.WithLabelValues("dead", "spool_full"))
 	slowDropped := testutil.ToFloat64(s.metrics.dropped.WithLabelValues("slow", "spool_full"))
 	cursor, _ := s.Cursor("dead")
@@ -274,7 +271,7 @@ func TestFullSpoolRefusesWithoutWaitingForTheNextMeasurement(t *testing.T) {
 	if err := s.Ack("a", all[len(all)-1].Seq+1); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, func() bool { return s.Ready() == nil })
+	testkit.Eventually(t, func() bool { return s.Ready() == nil }, "the spool did not accept events once space returned")
 }
 
 // TestDropOldestCountsWhatWasInFlight: events a destination has read and
@@ -303,13 +300,10 @@ func TestDropOldestCountsWhatWasInFlight(t *testing.T) {
 		t.Fatalf("read %d records, err %v", len(inFlight), err)
 	}
 	dropped := func() float64 { return testutil.ToFloat64(s.metrics.dropped.WithLabelValues("a", "spool_full")) }
-	deadline := time.Now().Add(30 * time.Second)
-	for dropped() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("nothing dropped after 30 s of writing into an 8 MiB spool")
-		}
+	for !s.full() {
 		appendSome()
 	}
+	testkit.Eventually(t, func() bool { return dropped() > 0 }, "nothing dropped from a full 8 MiB spool")
 	cursor, _ := s.Cursor("a")
 	if want := float64(cursor); dropped() != want {
 		t.Fatalf("counted %v dropped; the cursor moved from 0 to %d, past the 60 events in flight: want %v", dropped(), cursor, want)
@@ -572,14 +566,12 @@ func closeOnAStuckDisk(dir string) error {
 			return err
 		}
 	}
+	// A Close that did not give up at its deadline would not return at
+	// all: the parent kills the child then.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	start := time.Now()
 	if err := s.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("Close = %v, want an error naming its deadline", err)
-	}
-	if took := time.Since(start); took > 5*time.Second {
-		return fmt.Errorf("Close took %v with a 1 s deadline", took)
 	}
 	if err := s.Close(context.Background()); !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("second Close = %v, want the first one's error", err)

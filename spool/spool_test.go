@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"go.uber.org/goleak"
 )
 
@@ -396,7 +397,7 @@ func TestDeliveredGenerationsAreRemovedAndNumberingSurvives(t *testing.T) {
 	rotate(t, s)
 	// Once the next spare is made too: until then its directory would
 	// count as written.
-	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.spare != nil })
+	testkit.Eventually(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.spare != nil }, "no spare generation opened")
 	s.reclaim()
 	if gens := writtenGenerations(t, s, dir); len(gens) != 2 {
 		t.Fatalf("%d generations before delivery, want the old and the new", len(gens))
@@ -448,19 +449,8 @@ func rotate(t *testing.T, s *Spool) *generation {
 	left := s.active
 	s.genMu.Unlock()
 	s.rotate <- struct{}{}
-	waitUntil(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != left })
+	testkit.Eventually(t, func() bool { s.genMu.Lock(); defer s.genMu.Unlock(); return s.active != left }, "the writer did not move to a new generation")
 	return left
-}
-
-func waitUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestFullSpoolRefusesAppend(t *testing.T) {
@@ -482,7 +472,7 @@ func TestFullSpoolRefusesAppend(t *testing.T) {
 // events while every destination is up and caught up. The log line that
 // says the spool is full points at them.
 func TestASpoolFullOfDeadLettersSaysSo(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.Buffer
 	s, err := Open(Config{Dir: t.TempDir(), MaxBytes: 4 << 20, Consumers: []string{"a"}},
 		slog.New(slog.NewTextHandler(&logs, nil)), prometheus.NewRegistry())
 	if err != nil {
@@ -496,32 +486,13 @@ func TestASpoolFullOfDeadLettersSaysSo(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, func() bool { return strings.Contains(logs.String(), "spool full") })
+	testkit.Eventually(t, func() bool { return strings.Contains(logs.String(), "spool full") }, "no \"spool full\" log line")
 	if s.Ready() != ErrFull {
 		t.Fatalf("ready = %v with 6 MB of dead letters in a 4 MiB spool, want ErrFull", s.Ready())
 	}
 	if out := logs.String(); !strings.Contains(out, "dead_letter_bytes=") || !strings.Contains(out, "spillway dlq") {
 		t.Errorf("the spool is full of dead letters, and its log does not say so:\n%s", out)
 	}
-}
-
-// syncBuffer is a bytes.Buffer the spool's goroutines may log into while
-// a test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func TestClosedSpoolRefusesAppendAndCloseIsIdempotent(t *testing.T) {
