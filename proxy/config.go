@@ -34,13 +34,15 @@ type Config struct {
 	// repeatable); a request with a missing or unknown key is answered 401.
 	// Empty accepts any key, including none.
 	WriteKeys []string
-	// Strict answers 400 to a request holding any spec-invalid event and
-	// stores nothing of it (--strict). False (the default) stores the valid
-	// events, dead-letters the invalid ones and answers 200, as Segment does.
+	// Strict answers 400 to a request holding any spec-invalid event, or
+	// an event over MaxEventBytes, and stores nothing of it (--strict).
+	// False (the default) stores the other events, dead-letters those and
+	// answers 200, as Segment does for invalid ones.
 	Strict bool
 	// MaxEventBytes bounds one event as the client sent it, merged with the
-	// batch-level context/integrations (--max-event-bytes). Default
-	// DefaultMaxEventBytes; must be > 0.
+	// batch-level context/integrations (--max-event-bytes): a larger event
+	// of a batch is dead-lettered alone (reason too_large), a larger single
+	// event refuses its request. Default DefaultMaxEventBytes; must be > 0.
 	MaxEventBytes int
 	// MaxRequestBytes bounds a request body, after gzip inflation
 	// (--max-request-bytes). Default DefaultMaxRequestBytes; must be > 0.

@@ -12,10 +12,12 @@
 //   - Answers follow Segment's HTTP Tracking API byte for byte
 //     ({"success":true}), because what the SDKs do with them decides
 //     whether events survive. Errors carry a machine-readable "code".
-//   - An event that breaks the spec inside a well-formed request is never
-//     dropped silently: it is stored as a dead letter (reason "invalid") in
-//     the same Append as the good events, counted, and listed in the 200's
-//     body. With Config.Strict the request is refused with 400 instead.
+//   - An event that breaks the spec inside a well-formed request, or an
+//     event of a batch over Config.MaxEventBytes, is never dropped
+//     silently and never costs the other events: it is stored as a dead
+//     letter (reason "invalid" or "too_large") in the same Append as the
+//     good events, counted, and listed in the 200's body. With
+//     Config.Strict the request is refused with 400 instead.
 //   - Request bodies, inflated gzip included, never grow past
 //     Config.MaxRequestBytes in memory: a gzip bomb is cut off at the limit.
 //   - A stored event carries no writeKey and no sentAt: the key travels in

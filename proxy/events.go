@@ -120,8 +120,7 @@ func (s *Server) answerStored(ctx *fasthttp.RequestCtx, ep endpoint, in *ingest)
 }
 
 // appendRejected appends the success body that lists the events
-// dead-lettered as invalid: their indexes in the request and the rule
-// each broke.
+// dead-lettered at ingest: their indexes in the request and why.
 func appendRejected(b []byte, rejected []rejection) []byte {
 	b = append(b, `{"success":true,"rejected":[`...)
 	for i, r := range rejected {
@@ -131,7 +130,7 @@ func appendRejected(b []byte, rejected []rejection) []byte {
 		b = append(b, `{"index":`...)
 		b = strconv.AppendInt(b, int64(r.index), 10)
 		b = append(b, `,"reason":`...)
-		b = appendString(b, []byte(r.rule.String()))
+		b = appendString(b, []byte(r.text))
 		b = append(b, '}')
 	}
 	return append(b, ']', '}')
@@ -155,7 +154,7 @@ func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint) (*ingest,
 	if err == nil && s.cfg.Strict && len(in.rejected) > 0 {
 		s.countRejected(in)
 		r := in.rejected[0]
-		err = badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", r.index, r.rule.String()))
+		err = badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", r.index, r.text))
 	}
 	if err != nil {
 		return in, nil, err
@@ -170,7 +169,7 @@ func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint) (*ingest,
 
 func (s *Server) countRejected(in *ingest) {
 	for _, r := range in.rejected {
-		s.m.rejected[r.rule].Inc()
+		s.m.rejected[r.code].Inc()
 	}
 }
 

@@ -36,11 +36,24 @@ type ingest struct {
 
 type span struct{ start, end int }
 
-// rejection is an event of the request that broke a spec rule: the index
-// it had in the request, and the rule.
+// rejection is an event of the request that was dead-lettered instead of
+// stored: the index it had in the request, and why.
 type rejection struct {
 	index int
-	rule  segment.Rule
+	// code labels spillway_events_rejected_total: a spec rule's code,
+	// codeTooLarge or codeViolation.
+	code string
+	// text says why to a person: in the answer, the dead letter, the tail.
+	text string
+}
+
+// Codes of rejections that are not a spec rule broken.
+const (
+	codeTooLarge = "too_large"
+)
+
+func ruleRejection(i int, r segment.Rule) rejection {
+	return rejection{index: i, code: r.Code(), text: r.String()}
 }
 
 func newIngest() *ingest {

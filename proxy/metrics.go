@@ -10,7 +10,8 @@ import (
 
 type metrics struct {
 	received [numEndpoints]prometheus.Counter
-	rejected [segment.NumRules]prometheus.Counter
+	// rejected has a counter for every rejection code.
+	rejected map[string]prometheus.Counter
 	duration [numEndpoints]prometheus.Observer
 	// errors has a counter for every code of answers.
 	errors map[string]prometheus.Counter
@@ -23,7 +24,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"endpoint"})
 	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "spillway_events_rejected_total",
-		Help: "Events that broke the Segment spec at ingest, by the rule broken.",
+		Help: "Events dead-lettered at ingest: by the Segment spec rule broken, too_large, or violation (a tracking plan in block mode).",
 	}, []string{"reason"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "spillway_request_duration_seconds",
@@ -41,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	codes := answerCodes()
-	m := &metrics{errors: make(map[string]prometheus.Counter, len(codes))}
+	m := &metrics{errors: make(map[string]prometheus.Counter, len(codes)), rejected: map[string]prometheus.Counter{}}
 	// Every known label value is created up front so that series exist at
 	// 0 from the start and rate() sees the first increment.
 	for ep := range numEndpoints {
@@ -49,7 +50,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.duration[ep] = duration.WithLabelValues(endpointNames[ep])
 	}
 	for r := segment.RuleNotObject; r < segment.NumRules; r++ {
-		m.rejected[r] = rejected.WithLabelValues(r.Code())
+		m.rejected[r.Code()] = rejected.WithLabelValues(r.Code())
+	}
+	for _, c := range []string{codeTooLarge} {
+		m.rejected[c] = rejected.WithLabelValues(c)
 	}
 	for _, c := range codes {
 		m.errors[c] = errs.WithLabelValues(c)

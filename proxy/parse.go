@@ -16,6 +16,9 @@ import (
 // parser turns one request body into the events and dead letters of one
 // Append. It holds only configuration, so one is shared by every request.
 type parser struct {
+	// strict refuses a request holding an event over maxEvent rather than
+	// dead-letter that event alone (Config.Strict).
+	strict   bool
 	maxEvent int
 	maxBatch int
 	// maxOutput bounds what a request may expand to once batch-level
@@ -37,6 +40,7 @@ type parser struct {
 func newParser(cfg Config, keys *keyring) *parser {
 	maxOutput := 16 * cfg.MaxRequestBytes
 	pp := &parser{
+		strict:    cfg.Strict,
 		maxEvent:  cfg.MaxEventBytes,
 		maxBatch:  cfg.MaxBatchEvents,
 		maxOutput: maxOutput,
@@ -79,7 +83,7 @@ type keyMemo struct {
 // addEvent files the event written to in.out from start as an event to
 // store or, failing validation, a dead letter.
 func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop, i, start, size int, f *fields, isObject bool) error {
-	if size > pp.maxEvent {
+	if size > pp.maxEvent && (pp.strict || ep.single()) {
 		return badRequest(errTooLarge, fmt.Sprintf("event %d is over --max-event-bytes (%d bytes)", i, pp.maxEvent))
 	}
 	if len(in.out) > pp.maxOutput {
@@ -88,6 +92,10 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 	wk, err := pp.resolveKey(keys, bt, f)
 	if err != nil {
 		return err
+	}
+	if size > pp.maxEvent {
+		pp.addTooLarge(in, bt, wk, i, start, size)
+		return nil
 	}
 	r := segment.RuleNotObject
 	if isObject {
@@ -99,7 +107,7 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 		return nil
 	}
 	in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
-	in.rejected = append(in.rejected, rejection{index: i, rule: r})
+	in.rejected = append(in.rejected, ruleRejection(i, r))
 	in.dead = append(in.dead, spool.DeadLetter{
 		Reason:   spool.ReasonInvalid,
 		Error:    r.String(),
@@ -107,6 +115,35 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 		WriteKey: wk,
 	})
 	return nil
+}
+
+// addTooLarge dead-letters the event of a batch written to in.out from
+// start, which is over --max-event-bytes: older analytics-node counts an
+// event's size short and drops a whole batch answered 400, so refusing
+// the request would lose every other event of it. The dead letter keeps
+// the event's first maxEvent bytes as a JSON string (cut, it is no longer
+// JSON) and its real size, enough to find the code that sent it without
+// storing what the limit is there to keep out.
+func (pp *parser) addTooLarge(in *ingest, bt *batchTop, wk string, i, start, size int) {
+	cut := start + pp.maxEvent
+	for cut > start && !utf8.RuneStart(in.out[cut]) {
+		cut-- // whole characters only
+	}
+	text := fmt.Sprintf("event is %d bytes, over --max-event-bytes (%d bytes)", size, pp.maxEvent)
+	// appendString reads the event's bytes while it writes past them; the
+	// string then takes the event's place.
+	str := len(in.out)
+	in.out = appendString(in.out, in.out[start:cut])
+	in.out = in.out[:start+copy(in.out[start:], in.out[str:])]
+	in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
+	in.rejected = append(in.rejected, rejection{index: i, code: codeTooLarge, text: text})
+	in.dead = append(in.dead, spool.DeadLetter{
+		Reason:   spool.ReasonTooLarge,
+		Error:    text,
+		At:       bt.now,
+		WriteKey: wk,
+		Size:     size,
+	})
 }
 
 // resolveKey returns the write key an event is stored under: its own

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -335,10 +337,6 @@ func TestLimits(t *testing.T) {
 	}{
 		{"an event over --max-event-bytes refuses the request", "/v1/track",
 			`{"userId":"u","event":"e","properties":{"p":"` + strings.Repeat("x", 200) + `"}}`, "too_large_event.json"},
-		{"one event over --max-event-bytes refuses its whole batch", "/v1/batch",
-			`{"batch":[` + ev + `,{"type":"track","userId":"u","event":"` + strings.Repeat("x", 200) + `"}]}`, "too_large_event_1.json"},
-		{"a batch-level context that makes an event too large refuses the request", "/v1/batch",
-			`{"context":{"p":"` + strings.Repeat("x", 180) + `"},"batch":[` + ev + `]}`, "too_large_event.json"},
 		{"a body over --max-request-bytes is refused", "/v1/batch",
 			`{"batch":[` + ev + `],"pad":"` + strings.Repeat("x", 1000) + `"}`, "too_large_request.json"},
 		{"a batch over --max-batch-events is refused", "/v1/batch",
@@ -374,6 +372,68 @@ func TestLimits(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		wantAnswer(t, answer{status: resp.StatusCode, body: body}, http.StatusBadRequest, "too_large_request.json")
+		h.sp.wantNoCalls(t)
+	})
+}
+
+// TestAnEventOverTheLimitCostsOnlyItself: older analytics-node counts an
+// event's size short and drops a whole batch answered 400, so an event of
+// a batch over --max-event-bytes is dead-lettered alone, and the rest is
+// stored. --strict refuses the request as before.
+func TestAnEventOverTheLimitCostsOnlyItself(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxEventBytes = 200
+	ev := `{"type":"track","userId":"u","event":"e"}`
+	// 'é' is two bytes: whichever byte the limit falls on, the kept text
+	// ends on a whole character.
+	big := `{"type":"track","userId":"u","event":"` + strings.Repeat("é", 150) + `"}`
+	tests := []struct {
+		scenario string
+		body     string
+		index    int
+		size     int
+		stored   int
+	}{
+		{"an event of the batch", `{"batch":[` + ev + `,` + big + `,` + ev + `]}`, 1, len(big), 2},
+		{"an event made too large by the batch-level context", `{"context":{"p":"` + strings.Repeat("x", 180) + `"},"batch":[` + ev + `]}`,
+			0, len(`{"type":"track","userId":"u","event":"e","context":{"p":"` + strings.Repeat("x", 180) + `"}}`), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.scenario+" is dead-lettered alone", func(t *testing.T) {
+			keyed := cfg
+			keyed.WriteKeys = []string{"key-1234567890"}
+			h := newHarness(t, keyed)
+			a := h.post(t, "/v1/batch", tt.body, basicAuth("key-1234567890"))
+			reason := fmt.Sprintf("event is %d bytes, over --max-event-bytes (200 bytes)", tt.size)
+			want := fmt.Sprintf(`{"success":true,"rejected":[{"index":%d,"reason":%q}]}`, tt.index, reason)
+			if a.status != http.StatusOK || string(a.body) != want {
+				t.Fatalf("answer %d %s\nwant 200 %s", a.status, a.body, want)
+			}
+			c := h.sp.onlyCall(t)
+			if len(c.dead) != 1 || len(c.events) != tt.stored {
+				t.Fatalf("stored %d events and %d dead letters", len(c.events), len(c.dead))
+			}
+			d := c.dead[0]
+			if d.Reason != spool.ReasonTooLarge || d.Error != reason || d.Size != tt.size || d.WriteKey != "key-1234567890" || !d.At.Equal(fixedNow) {
+				t.Errorf("dead letter = %+v", d)
+			}
+			var kept string
+			if err := json.Unmarshal(d.Event, &kept); err != nil {
+				t.Fatalf("dead letter's event is not a JSON string: %s", d.Event)
+			}
+			if len(kept) > 200 || len(kept) < 199 || !utf8.ValidString(kept) || !strings.HasPrefix(kept, `{"type":"track","userId":"u","event":"`) {
+				t.Errorf("dead letter keeps %d bytes: %q", len(kept), kept)
+			}
+			if got := testutil.ToFloat64(h.s.m.rejected["too_large"]); got != 1 {
+				t.Errorf("spillway_events_rejected_total{reason=too_large} = %v, want 1", got)
+			}
+		})
+	}
+	t.Run("with --strict it refuses its whole batch", func(t *testing.T) {
+		strict := cfg
+		strict.Strict = true
+		h := newHarness(t, strict)
+		wantAnswer(t, h.post(t, "/v1/batch", `{"batch":[`+ev+`,`+big+`]}`), http.StatusBadRequest, "too_large_event_1.json")
 		h.sp.wantNoCalls(t)
 	})
 }
@@ -429,7 +489,7 @@ func TestInvalidEvents(t *testing.T) {
 			} else if string(d.Event) != tt.event {
 				t.Errorf("dead letter's event = %s, want %s", d.Event, tt.event)
 			}
-			if got := testutil.ToFloat64(h.s.m.rejected[labelRule(t, tt.label)]); got != 1 {
+			if got := testutil.ToFloat64(h.s.m.rejected[labelRule(t, tt.label).Code()]); got != 1 {
 				t.Errorf("spillway_events_rejected_total{reason=%q} = %v, want 1", tt.label, got)
 			}
 		})
@@ -464,7 +524,7 @@ func TestInvalidEvents(t *testing.T) {
 		a := h.post(t, "/v1/batch", `{"batch":[`+good+`,{"type":"track","userId":"u"}]}`)
 		wantAnswer(t, a, http.StatusBadRequest, "invalid_event_strict.json")
 		h.sp.wantNoCalls(t)
-		if got := testutil.ToFloat64(h.s.m.rejected[segment.RuleTrackEvent]); got != 1 {
+		if got := testutil.ToFloat64(h.s.m.rejected[segment.RuleTrackEvent.Code()]); got != 1 {
 			t.Errorf("rejected{missing_event} = %v, want 1", got)
 		}
 	})

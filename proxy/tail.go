@@ -46,8 +46,8 @@ type tailSlot struct {
 	seq     uint64 // 0: empty
 	at      int64  // unix ns
 	ep      endpoint
-	invalid segment.Rule // segment.RuleOK, or why the event was dead-lettered at ingest
-	data    []byte       // reused by the next event in this slot
+	invalid string // "", or why the event was dead-lettered at ingest
+	data    []byte // reused by the next event in this slot
 }
 
 // watch keeps recording on for tailIdle from now.
@@ -87,11 +87,11 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 	for k := range n {
 		if di < len(dead) && (di >= len(rejected) || rejected[di].index == k || ei == len(events)) {
 			if k >= skip {
-				r := segment.RuleNotObject
+				why := segment.RuleNotObject.String()
 				if di < len(rejected) {
-					r = rejected[di].rule
+					why = rejected[di].text
 				}
-				t.put(at, ep, r, dead[di].Event)
+				t.put(at, ep, why, dead[di].Event)
 			} else {
 				t.last++
 			}
@@ -99,7 +99,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 			continue
 		}
 		if k >= skip {
-			t.put(at, ep, segment.RuleOK, events[ei].Data)
+			t.put(at, ep, "", events[ei].Data)
 		} else {
 			t.last++
 		}
@@ -109,7 +109,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 	t.mu.Unlock()
 }
 
-func (t *tailRing) put(at int64, ep endpoint, invalid segment.Rule, data []byte) {
+func (t *tailRing) put(at int64, ep endpoint, invalid string, data []byte) {
 	t.last++
 	s := &t.slots[t.last%tailSize]
 	s.seq, s.at, s.ep, s.invalid = t.last, at, ep, invalid
@@ -137,8 +137,9 @@ type TailEvent struct {
 	ReceivedAt time.Time `json:"received_at"`
 	Endpoint   string    `json:"endpoint"`
 	Type       string    `json:"type,omitempty"`
-	// Invalid, when set, is why the event broke the Segment spec: it went
-	// to the dead-letter store, not to any destination.
+	// Invalid, when set, is why the event was dead-lettered at ingest (a
+	// Segment spec rule broken, over --max-event-bytes): it went to the
+	// dead-letter store, not to any destination.
 	Invalid string `json:"invalid,omitempty"`
 	// Event is the event as stored: enriched, without its writeKey.
 	Event json.RawMessage `json:"event"`
@@ -255,7 +256,7 @@ func (q tailQuery) pick(slots []tailSlot) []TailEvent {
 			ReceivedAt: time.Unix(0, sl.at).UTC(),
 			Endpoint:   sl.ep.String(),
 			Type:       eventType(sl.data),
-			Invalid:    sl.invalid.String(),
+			Invalid:    sl.invalid,
 			Event:      sl.data,
 		}
 		if (q.typ != "" && e.Type != q.typ) || (q.wants != nil && (e.Invalid != "" || !q.wants(sl.data))) {

@@ -135,8 +135,10 @@ func (s *Spool) Replay(ctx context.Context, f Filter) (int, error) {
 		}
 	}
 	replayable := func(d DeadLetter) bool {
-		if d.Reason == ReasonCorrupt {
-			return false // its events are unreadable; only purge removes it
+		if d.Reason == ReasonCorrupt || d.Reason == ReasonTooLarge {
+			// Its events are unreadable, or only their beginning was
+			// kept: only purge removes it.
+			return false
 		}
 		_, configured := s.consumers[d.Destination]
 		return d.Destination == "" || configured || len(s.consumers) == 0

@@ -51,6 +51,10 @@ const (
 	ReasonRejected = "rejected" // the destination refused it (400, 413, 422)
 	ReasonExpired  = "expired"  // not delivered within the destination's max_age
 	ReasonCorrupt  = "corrupt"  // its block failed its checksum or decoding
+	// ReasonTooLarge: over --max-event-bytes at ingest. Event holds only
+	// the event's beginning, as a JSON string, and Size its real size, so
+	// it cannot be replayed; only purge removes it.
+	ReasonTooLarge = "too_large"
 )
 
 // DeadLetter is an event that will not be delivered without an operator.
@@ -67,6 +71,9 @@ type DeadLetter struct {
 	// It is never printed: listings mask it.
 	WriteKey string          `json:"write_key,omitempty"`
 	Event    json.RawMessage `json:"event"`
+	// Size is the event's size in bytes when Event holds only its
+	// beginning (reason too_large); 0 otherwise.
+	Size int `json:"size,omitempty"`
 }
 
 // Filter selects dead letters. Zero fields match everything.

@@ -384,3 +384,67 @@ func TestAnalyticsNodeRetriesThroughASpillwayRestart(t *testing.T) {
 		t.Fatalf("exit status %d after SIGTERM: %s", code, p.stderr)
 	}
 }
+
+// TestAnalyticsNodeBatchWithAnEventOverTheLimit: the SDK puts an event over
+// --max-event-bytes in one batch with its seven others. analytics-node
+// drops a whole batch answered 400, so the 200 must come back: the seven
+// reach the destination, the big one is in `dlq list` as too_large with
+// its real size, and the SDK made one request.
+func TestAnalyticsNodeBatchWithAnEventOverTheLimit(t *testing.T) {
+	node, libVersion := findNodeSDK(t)
+	file := filepath.Join(t.TempDir(), "events.ndjson")
+	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--flush-interval", "20ms",
+		"--max-event-bytes", "4KiB", "--destination", "file=file://"+file)
+
+	r := startNodeSDK(t, node, p.url(), "wk-node", "big", "SDK_BIG_EVENT_BYTES=6000")
+	if code := r.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("send.mjs: exit status %d: %s", code, r.stderr.String())
+	}
+	if n := r.requests(); n != 1 {
+		t.Fatalf("the SDK made %d requests, want its 8 events in one batch: %s", n, r.stderr.String())
+	}
+	delivered := r.delivered(t)
+	var bigID string
+	for id, e := range delivered {
+		if e["event"] == "Big Event" {
+			bigID = id
+			delete(delivered, id)
+		}
+	}
+	if bigID == "" {
+		t.Fatalf("the SDK did not report the big event sent (it may drop it itself): %s", r.stderr.String())
+	}
+	waitFor(t, 10*time.Second, "the seven events in the file", func() bool { return len(readNDJSON(t, file)) >= len(delivered) })
+	fromFile := readNDJSON(t, file)
+	checkNodeEvents(t, "file", "big", libVersion, delivered, fromFile)
+	if _, ok := fromFile[bigID]; ok {
+		t.Errorf("the event over --max-event-bytes reached the destination")
+	}
+	dls := listDeadLetters(t, "--addr", p.addr)
+	if len(dls) != 1 {
+		t.Fatalf("%d dead letters, want the big event alone", len(dls))
+	}
+	d := dls[0]
+	var kept string
+	if err := json.Unmarshal(d.Event, &kept); err != nil {
+		t.Fatalf("the dead letter's event is not the event's beginning as a string: %s", d.Event)
+	}
+	if d.Reason != "too_large" || d.Size <= 6000 || len(kept) != 4096 || !strings.Contains(kept, `"event":"Big Event"`) {
+		t.Errorf("dead letter: reason %q, size %d, %d bytes kept: %.120s", d.Reason, d.Size, len(kept), kept)
+	}
+	// Only its beginning was kept: a replay would store a string, not the
+	// event. It stays until purged.
+	if out := runCLI(t, "dlq", "replay", "--addr", p.addr); !strings.Contains(out, "replayed: 0") {
+		t.Errorf("replay said %q, want nothing replayed", out)
+	}
+	if dls := listDeadLetters(t, "--addr", p.addr); len(dls) != 1 {
+		t.Errorf("%d dead letters after a replay, want the big event still there", len(dls))
+	}
+	m := scrapeMetrics(t, p.url())
+	if n := m.must(t, "spillway_events_rejected_total", "reason", "too_large"); n != 1 {
+		t.Errorf("spillway_events_rejected_total{reason=too_large} = %v, want 1", n)
+	}
+	if code := p.stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM: %s", code, p.stderr)
+	}
+}

@@ -7,7 +7,9 @@
 // Each delivered event is printed to stdout as the SDK sent it, one JSON
 // object a line, so that the caller knows the messageIds the SDK chose.
 // Each request the SDK makes is logged to stderr. SDK_MAX_RETRIES, when set,
-// overrides the SDK's maxRetries.
+// overrides the SDK's maxRetries. SDK_BIG_EVENT_BYTES, when set, adds a
+// track "Big Event" after the first of the others whose properties.blob
+// holds that many characters.
 import { Analytics } from '@segment/analytics-node'
 
 const [url, writeKey, run] = process.argv.slice(2)
@@ -49,6 +51,9 @@ send('track', {
   event: 'Order Completed',
   properties: { orderId: `order-${run}`, revenue: 42.5, currency: 'EUR', products: [{ sku: 'sku-1', quantity: 2 }] },
 })
+if (process.env.SDK_BIG_EVENT_BYTES) {
+  send('track', { userId: user, event: 'Big Event', properties: { blob: 'x'.repeat(Number(process.env.SDK_BIG_EVENT_BYTES)) } })
+}
 send('track', { anonymousId: anon, event: 'Product Viewed', properties: { sku: 'sku-1' } })
 send('identify', { userId: user, anonymousId: anon, traits: { email: `${run}@example.com`, plan: 'pro', logins: 3 } })
 send('page', { anonymousId: anon, category: 'Docs', name: 'Pricing', properties: { path: '/pricing' } })
