@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spillwayhq/spillway/internal/privacy"
 	"github.com/spillwayhq/spillway/internal/segment"
 )
 
@@ -75,6 +76,26 @@ type Destination struct {
 	// Insecure (?insecure=true) skips verifying the destination's TLS
 	// certificate: anyone on the path can then read and change the events.
 	Insecure bool
+
+	// DropFields and HashFields (?drop=, ?hash=, comma lists of paths, see
+	// internal/privacy) are removed from each event sent here, or replaced
+	// by their hex HMAC-SHA256 under HashKey; IP (?ip=keep|truncate|drop)
+	// is what happens to context.ip. Other destinations are not affected,
+	// and the global flags have been applied already, before storing.
+	DropFields, HashFields []privacy.Path
+	IP                     privacy.IPMode
+	// HashKey is the key of --hash-key-file, set by the caller: HashFields
+	// needs it. Never logged.
+	HashKey []byte
+}
+
+// Privacy compiles the destination's privacy rules; nil when it has none.
+func (d Destination) Privacy() (*privacy.Rules, error) {
+	r, err := privacy.New(d.DropFields, d.HashFields, d.IP, d.HashKey)
+	if errors.Is(err, privacy.ErrNoKey) {
+		return nil, fmt.Errorf("destination %s: hash= needs --hash-key-file", d.Name)
+	}
+	return r, err
 }
 
 // String describes d without secrets (write key, URL password).
@@ -134,7 +155,8 @@ func checkUnique(dests []Destination) error {
 // ParseDestination parses NAME=URL. The scheme picks the kind; the query
 // parameters batch_events, batch_bytes, flush, concurrency, timeout,
 // backoff_min, backoff_max, max_age, include_types, exclude_types,
-// include_events and exclude_events override d, plus write_key (segment),
+// include_events and exclude_events override d, plus the privacy rules
+// drop, hash and ip, write_key (segment),
 // format (webhook) and the kafka kind's own (applyKafkaParam). Any other parameter is an error, except on a
 // webhook, whose URL keeps it: it belongs to the endpoint. It also reads
 // the tls_ca file and checks that a file destination's directory exists, so
@@ -340,6 +362,12 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 		dest.IncludeEvents, err = parseList(val)
 	case "exclude_events":
 		dest.ExcludeEvents, err = parseList(val)
+	case "drop":
+		dest.DropFields, err = privacy.ParsePaths(val)
+	case "hash":
+		dest.HashFields, err = privacy.ParsePaths(val)
+	case "ip":
+		dest.IP, err = privacy.ParseIPMode(val)
 	case "write_key":
 		if dest.Kind != KindSegment {
 			return true, errors.New("only a segment destination takes a write key")

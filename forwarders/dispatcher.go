@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spillwayhq/spillway/internal/privacy"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -48,7 +50,10 @@ type Dispatcher struct {
 	log   *slog.Logger
 	gate  *gate
 	route *router // used by run only
-	spawn func(func())
+	// privacy holds the destination's own privacy rules, applied to each
+	// event as it is taken into a batch; nil for none.
+	privacy *privacy.Rules
+	spawn   func(func())
 
 	mDelivered    prometheus.Counter
 	mDeadLettered map[string]prometheus.Counter

@@ -55,6 +55,9 @@ func newGroup(dests []Destination, fwds []Forwarder, sp store, logger *slog.Logg
 		if err := d.validate(); err != nil {
 			return nil, err
 		}
+		if _, err := d.Privacy(); err != nil {
+			return nil, err
+		}
 		// Rewind also proves the spool knows the name, before anything
 		// is opened.
 		if err := sp.Rewind(d.Name); err != nil {
@@ -80,7 +83,9 @@ func newGroup(dests []Destination, fwds []Forwarder, sp store, logger *slog.Logg
 				return nil, err
 			}
 		}
-		g.ds = append(g.ds, newDispatcher(d, f, sp, logger, m, g.spawn))
+		dp := newDispatcher(d, f, sp, logger, m, g.spawn)
+		dp.privacy, _ = d.Privacy() // checked above
+		g.ds = append(g.ds, dp)
 	}
 	return g, nil
 }

@@ -54,6 +54,9 @@ type result struct {
 type batchMem struct {
 	recs  []spool.Record
 	arena []byte
+	// private holds the events rewritten by the destination's privacy
+	// rules, which records then point to instead of the arena.
+	private []byte
 }
 
 // batchOverhead is counted in every batch's bytes besides its events (one
@@ -148,6 +151,9 @@ func (l *loop) take(carry []spool.Record) []spool.Record {
 			l.skip(r.Seq)
 			continue
 		}
+		if l.d.privacy != nil {
+			l.applyPrivacy(r)
+		}
 		size := len(r.Data) + 1
 		if len(cur.recs) > 0 && (len(cur.recs) >= dest.BatchEvents || cur.bytes+size > dest.BatchBytes) {
 			cur.full = true
@@ -165,6 +171,24 @@ func (l *loop) take(carry []spool.Record) []spool.Record {
 		cur.full = true
 	}
 	return nil
+}
+
+// applyPrivacy points r at its event rewritten by the destination's
+// privacy rules, in the batch's memory.
+func (l *loop) applyPrivacy(r *spool.Record) {
+	m := l.cur.mem
+	from := len(m.private)
+	out, err := l.d.privacy.Apply(m.private, r.Data)
+	if err != nil {
+		// The proxy stores only JSON, so this is a bug; the event goes
+		// as it is rather than vanish, and the log says so.
+		l.d.log.Error("apply privacy rules; sending the event as it is", keyError, err)
+		return
+	}
+	// Records taken before point into the old array if this one grew:
+	// it stays theirs.
+	m.private = out
+	r.Data = out[from:len(out):len(out)]
 }
 
 // skip passes over a record the destination does not want: it is done at
@@ -384,10 +408,10 @@ const maxEventSlack = 64 << 10
 // one, the others became garbage, and collections cost 8% of W1's
 // throughput), unless it outgrew the usual batch several times over.
 func (l *loop) putMem(m *batchMem) {
-	if len(l.free) >= l.d.dest.Concurrency || cap(m.arena) > 2*(l.d.dest.BatchBytes+maxEventSlack) {
+	if len(l.free) >= l.d.dest.Concurrency || cap(m.arena) > 2*(l.d.dest.BatchBytes+maxEventSlack) || cap(m.private) > 2*(l.d.dest.BatchBytes+maxEventSlack) {
 		return
 	}
 	clear(m.recs) // let go of write key strings
-	m.recs, m.arena = m.recs[:0], m.arena[:0]
+	m.recs, m.arena, m.private = m.recs[:0], m.arena[:0], m.private[:0]
 	l.free = append(l.free, m)
 }

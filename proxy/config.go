@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/spillwayhq/spillway/internal/privacy"
 )
 
 // Defaults are Segment's own limits, so an SDK that respects Segment's API
@@ -72,6 +74,20 @@ type Config struct {
 	// ReadTimeout and IdleTimeout: zero means DefaultReadTimeout and
 	// DefaultIdleTimeout. Not flags; tests shorten them.
 	ReadTimeout, IdleTimeout time.Duration
+
+	// DropFields and HashFields are comma lists of paths (see
+	// internal/privacy) removed from every event, or replaced by their
+	// hex HMAC-SHA256 under the key of HashKeyFile, before it is stored
+	// (--drop-field, --hash-field, repeatable): what they name never
+	// reaches the disk. Empty changes nothing.
+	DropFields, HashFields []string
+	// IP is what happens to context.ip before an event is stored (--ip):
+	// keep (or empty), truncate (IPv4 to its /24, IPv6 to its /48) or
+	// drop.
+	IP string
+	// HashKeyFile names the file whose content, white space trimmed, is
+	// the key of every hash (--hash-key-file). HashFields needs it.
+	HashKeyFile string
 }
 
 // DefaultConfig returns the Config that `spillway run` uses with no flags.
@@ -96,7 +112,51 @@ func (c Config) CheckSecrets() error {
 			errs = append(errs, err)
 		}
 	}
+	if _, err := c.privacyRules(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// privacyRules compiles DropFields, HashFields and IP, reading
+// HashKeyFile; nil when they change nothing.
+func (c Config) privacyRules() (*privacy.Rules, error) {
+	drop, hash, ip, err := c.privacyPaths()
+	if err != nil {
+		return nil, err
+	}
+	var key []byte
+	if c.HashKeyFile != "" {
+		if key, err = privacy.LoadKey(c.HashKeyFile); err != nil {
+			return nil, fmt.Errorf("--hash-key-file: %w", err)
+		}
+	}
+	return privacy.New(drop, hash, ip, key)
+}
+
+// privacyPaths parses the privacy flags, each error naming its flag.
+func (c Config) privacyPaths() (drop, hash []privacy.Path, ip privacy.IPMode, err error) {
+	var errs []error
+	parse := func(flag string, lists []string) []privacy.Path {
+		var out []privacy.Path
+		for _, l := range lists {
+			p, err := privacy.ParsePaths(l)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--%s: %w", flag, err))
+			}
+			out = append(out, p...)
+		}
+		return out
+	}
+	drop = parse("drop-field", c.DropFields)
+	hash = parse("hash-field", c.HashFields)
+	if ip, err = privacy.ParseIPMode(c.IP); err != nil {
+		errs = append(errs, fmt.Errorf("--ip: %w", err))
+	}
+	if len(hash) > 0 && c.HashKeyFile == "" {
+		errs = append(errs, errors.New("--hash-field needs --hash-key-file"))
+	}
+	return drop, hash, ip, errors.Join(errs...)
 }
 
 // Validate reports every invalid field, each naming its flag.
@@ -122,6 +182,9 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key must be given together"))
+	}
+	if _, _, _, err := c.privacyPaths(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MaxEventBytes > 0 && c.MaxRequestBytes > 0 && c.MaxEventBytes > c.MaxRequestBytes {
 		errs = append(errs, fmt.Errorf("--max-event-bytes (%d) must be <= --max-request-bytes (%d)", c.MaxEventBytes, c.MaxRequestBytes))

@@ -38,7 +38,7 @@ func FuzzEnrich(f *testing.F) {
 		[]byte(`{"ip":"1.2.3.4","library":{"name":"x"}}`), []byte(`{"ip":"5.6.7.8"}`),
 		[]byte(`{"All":false}`), []byte(``), false)
 	cfg := DefaultConfig()
-	pp := newParser(cfg, newKeyring(nil))
+	pp := newParser(cfg, newKeyring(nil), nil)
 	in := newIngest()
 
 	f.Fuzz(func(t *testing.T, ts, sentAt, eventSentAt, messageID string,

@@ -11,7 +11,7 @@ import (
 // the test unless the request is accepted.
 func parseOK(t *testing.T, ep endpoint, body string) *ingest {
 	t.Helper()
-	pp := newParser(DefaultConfig(), newKeyring(nil))
+	pp := newParser(DefaultConfig(), newKeyring(nil), nil)
 	in := newIngest()
 	if err := pp.parse(in, ep, []byte(body), nil, fixedNow); err != nil {
 		t.Fatalf("parse: %v", err)
@@ -163,7 +163,7 @@ func TestMessageID(t *testing.T) {
 		}
 	})
 	t.Run("messageIds are unique across many requests", func(t *testing.T) {
-		pp := newParser(DefaultConfig(), newKeyring(nil))
+		pp := newParser(DefaultConfig(), newKeyring(nil), nil)
 		in := newIngest()
 		seen := map[string]bool{}
 		for range 200 {

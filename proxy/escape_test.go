@@ -47,7 +47,7 @@ func FuzzStringFidelity(f *testing.F) {
 
 func checkEscapeFidelity(t *testing.T, s string) {
 	t.Helper()
-	pp := newParser(DefaultConfig(), newKeyring(nil))
+	pp := newParser(DefaultConfig(), newKeyring(nil), nil)
 	in := newIngest()
 	single := `{"type":"track","userId":"u","event":"[` + s + `]","properties":{"k` + s + `":1}}`
 	for _, tc := range []struct {

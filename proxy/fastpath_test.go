@@ -27,8 +27,8 @@ func FuzzFastPathAgrees(f *testing.F) {
 	cfg.MaxEventBytes = 2048
 	cfg.MaxRequestBytes = 16 << 10
 	cfg.MaxBatchEvents = 32
-	open := newParser(cfg, newKeyring(nil))
-	keyed := newParser(cfg, newKeyring([]string{"hdr-key", "wk"}))
+	open := newParser(cfg, newKeyring(nil), nil)
+	keyed := newParser(cfg, newKeyring([]string{"hdr-key", "wk"}), nil)
 	both, tree := newIngest(), newIngest()
 
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -122,7 +122,7 @@ var fastPathBodies = []string{
 // TestFastPathTakesWhatSDKsSend checks the fast path is taken for the
 // bodies SDKs send and declined for those only the tree parser handles.
 func TestFastPathTakesWhatSDKsSend(t *testing.T) {
-	pp := newParser(DefaultConfig(), newKeyring(nil))
+	pp := newParser(DefaultConfig(), newKeyring(nil), nil)
 	in := newIngest()
 	takes := func(ep endpoint, body string) bool {
 		t.Helper()
@@ -169,7 +169,7 @@ func TestFastPathTakesWhatSDKsSend(t *testing.T) {
 func BenchmarkParse(b *testing.B) {
 	body := realisticBatch(100)
 	withContext := realisticBatchWithContext(100)
-	pp := newParser(DefaultConfig(), newKeyring(nil))
+	pp := newParser(DefaultConfig(), newKeyring(nil), nil)
 	in := newIngest()
 	for _, path := range []struct {
 		name  string

@@ -24,7 +24,7 @@ func FuzzParseBatch(f *testing.F) {
 	cfg.MaxEventBytes = 2048
 	cfg.MaxRequestBytes = 16 << 10
 	cfg.MaxBatchEvents = 32
-	pp := newParser(cfg, newKeyring(nil))
+	pp := newParser(cfg, newKeyring(nil), nil)
 	in := newIngest()
 
 	f.Fuzz(func(t *testing.T, body []byte) {

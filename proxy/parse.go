@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/spillwayhq/spillway/internal/privacy"
 	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
@@ -20,6 +21,9 @@ type parser struct {
 	// dead-letter that event alone (Config.Strict).
 	strict   bool
 	maxEvent int
+	// privacy is applied to every event before it is stored; nil when
+	// no rule is set, which costs the hot path nothing.
+	privacy  *privacy.Rules
 	maxBatch int
 	// maxOutput bounds what a request may expand to once batch-level
 	// context is copied into each event: without it a 400 KiB context and
@@ -37,10 +41,11 @@ type parser struct {
 	errOutputTooLarge error
 }
 
-func newParser(cfg Config, keys *keyring) *parser {
+func newParser(cfg Config, keys *keyring, rules *privacy.Rules) *parser {
 	maxOutput := 16 * cfg.MaxRequestBytes
 	pp := &parser{
 		strict:    cfg.Strict,
+		privacy:   rules,
 		maxEvent:  cfg.MaxEventBytes,
 		maxBatch:  cfg.MaxBatchEvents,
 		maxOutput: maxOutput,
@@ -92,6 +97,15 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 	wk, err := pp.resolveKey(keys, bt, f)
 	if err != nil {
 		return err
+	}
+	if pp.privacy != nil && isObject {
+		// Before anything keeps the event, dead letters included: what the
+		// rules remove never reaches the disk.
+		end := len(in.out)
+		if in.out, err = pp.privacy.Apply(in.out, in.out[start:end]); err != nil {
+			return err // the event was written by us: a bug, answered 500
+		}
+		in.out = in.out[:start+copy(in.out[start:], in.out[end:])]
 	}
 	if size > pp.maxEvent {
 		pp.addTooLarge(in, bt, wk, i, start, size)

@@ -107,6 +107,10 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 	if err != nil {
 		return nil, err
 	}
+	rules, err := cfg.privacyRules()
+	if err != nil {
+		return nil, err
+	}
 	var certs *certStore
 	if cfg.TLSCertFile != "" {
 		if certs, err = newCertStore(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
@@ -129,7 +133,7 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 		opts:  opts,
 		log:   logger.With(slog.String(logKeyComponent, "proxy")),
 		m:     m,
-		pp:    newParser(cfg, newKeyring(keys)),
+		pp:    newParser(cfg, newKeyring(keys), rules),
 		certs: certs,
 		errRequestTooLarge: badRequest(errTooLarge,
 			fmt.Sprintf("request body is over --max-request-bytes (%d bytes)", cfg.MaxRequestBytes)),

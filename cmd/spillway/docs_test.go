@@ -287,7 +287,7 @@ func kindURLs(t *testing.T) map[string]string {
 
 // paramValues are values tried for a parameter: one of them is valid for
 // every parameter that stands alone.
-var paramValues = []string{"1", "1s", "true", "track", "json", "userId", "zstd", "all", "x"}
+var paramValues = []string{"1", "1s", "true", "track", "json", "userId", "zstd", "all", "keep", "x"}
 
 // takesParam reports whether a destination of the given kind (its URL in
 // urls) takes the query parameter name. It does not rely on the wording of errors: a

@@ -87,6 +87,7 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	fs.Var((*intSize)(&c.proxy.MaxEventBytes), "max-event-bytes", "largest event accepted")
 	fs.Var((*intSize)(&c.proxy.MaxRequestBytes), "max-request-bytes", "largest request body accepted, after decompression")
 	fs.IntVar(&c.proxy.MaxBatchEvents, "max-batch-events", proxy.DefaultMaxBatchEvents, "most events accepted in one batch")
+	contractFlags(fs, c)
 
 	d := &c.defaults
 	*d = forwarders.Defaults{
@@ -187,6 +188,9 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 		}
 		dests = append(dests, d)
 		c.spool.Consumers = append(c.spool.Consumers, d.Name)
+	}
+	if err := configureContracts(c, dests); err != nil {
+		return nil, nil, nil, err
 	}
 	if err := c.spool.Validate(); err != nil {
 		return nil, nil, nil, err
