@@ -121,7 +121,7 @@ func (s *Server) handleDLQChange(ctx *fasthttp.RequestCtx, action string) {
 	if action == "replay" {
 		// The request's context ends at shutdown, which should stop a long
 		// replay; what was replayed stays replayed.
-		n, err = s.opts.DLQ.Replay(ctx, f)
+		n, err = s.opts.DLQ.ReplayChecked(ctx, f, s.recheck)
 	} else {
 		n, err = s.opts.DLQ.Purge(f)
 	}

@@ -63,7 +63,7 @@ func (f *fakeDLQ) change(action string, flt spool.Filter) (int, error) {
 	return n, nil
 }
 
-func (f *fakeDLQ) Replay(_ context.Context, flt spool.Filter) (int, error) {
+func (f *fakeDLQ) ReplayChecked(_ context.Context, flt spool.Filter, _ func(*spool.DeadLetter) bool) (int, error) {
 	return f.change("replay", flt)
 }
 

@@ -113,6 +113,7 @@ func (s *Server) SetWriteKeys(keys []string) error {
 // load is reported and the old value kept: a half-written secret neither
 // locks clients out nor, being empty, opens the door to any key.
 func (s *Server) Reload() error {
+	s.reloadPlan() // logs its own outcome: it is not a secret
 	var errs []error
 	if s.cfg.WriteKeyFile != "" {
 		keys, err := acceptedKeys(s.cfg)

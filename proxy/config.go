@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spillwayhq/spillway/internal/plan"
 	"github.com/spillwayhq/spillway/internal/privacy"
 )
 
@@ -88,6 +89,19 @@ type Config struct {
 	// HashKeyFile names the file whose content, white space trimmed, is
 	// the key of every hash (--hash-key-file). HashFields needs it.
 	HashKeyFile string
+
+	// TrackingPlan names a tracking plan file (--tracking-plan, see
+	// internal/plan) every event is checked against after the spec rules;
+	// Server.Reload rereads it. Empty checks nothing.
+	TrackingPlan string
+	// TrackingPlanMode is what an event breaking the plan's rules leads
+	// to (--tracking-plan-mode): flag (or empty: stored with
+	// context.violations), block (dead-lettered, reason violation) or off.
+	TrackingPlanMode string
+	// TrackingPlanUnplanned is what a track event the plan does not name
+	// leads to (--tracking-plan-unplanned): allow, flag (or empty) or
+	// block.
+	TrackingPlanUnplanned string
 }
 
 // DefaultConfig returns the Config that `spillway run` uses with no flags.
@@ -113,6 +127,9 @@ func (c Config) CheckSecrets() error {
 		}
 	}
 	if _, err := c.privacyRules(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.loadPlan(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -185,6 +202,12 @@ func (c Config) Validate() error {
 	}
 	if _, _, _, err := c.privacyPaths(); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := plan.ParseMode(c.TrackingPlanMode); err != nil {
+		errs = append(errs, fmt.Errorf("--tracking-plan-mode: %w", err))
+	}
+	if _, err := plan.ParseUnplanned(c.TrackingPlanUnplanned); err != nil {
+		errs = append(errs, fmt.Errorf("--tracking-plan-unplanned: %w", err))
 	}
 	if c.MaxEventBytes > 0 && c.MaxRequestBytes > 0 && c.MaxEventBytes > c.MaxRequestBytes {
 		errs = append(errs, fmt.Errorf("--max-event-bytes (%d) must be <= --max-request-bytes (%d)", c.MaxEventBytes, c.MaxRequestBytes))

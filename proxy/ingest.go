@@ -19,7 +19,8 @@ type ingest struct {
 	spans    []span // output bytes of events[i]
 	deadSpan []span // output bytes of dead[i]
 	rejected []rejection
-	scratch  []byte // answer body, batch-level context
+	found    []found // tracking plan violations, counted once stored
+	scratch  []byte  // answer body, batch-level context
 
 	fastKeys []int32 // for fastScan
 	fastJunk []byte
@@ -52,6 +53,9 @@ const (
 	codeTooLarge = "too_large"
 )
 
+// rejectionCodes are the codes of rejections that are not a spec rule.
+var rejectionCodes = []string{codeTooLarge, codeViolation}
+
 func ruleRejection(i int, r segment.Rule) rejection {
 	return rejection{index: i, code: r.Code(), text: r.String()}
 }
@@ -71,6 +75,7 @@ func (in *ingest) reset() {
 	in.spans = in.spans[:0]
 	in.deadSpan = in.deadSpan[:0]
 	in.rejected = in.rejected[:0]
+	in.found = in.found[:0]
 	in.scratch = in.scratch[:0]
 }
 

@@ -13,6 +13,9 @@ type metrics struct {
 	// rejected has a counter for every rejection code.
 	rejected map[string]prometheus.Counter
 	duration [numEndpoints]prometheus.Observer
+	// violations counts tracking plan violations by type and event: the
+	// plan's event names, unplanned, or another event's type.
+	violations *prometheus.CounterVec
 	// errors has a counter for every code of answers.
 	errors map[string]prometheus.Counter
 }
@@ -36,13 +39,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "spillway_request_errors_total",
 		Help: "Ingestion requests answered with an error, by the answer's code.",
 	}, []string{"code"})
-	for _, c := range []prometheus.Collector{received, rejected, duration, errs} {
+	violations := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "spillway_tracking_plan_violations_total",
+		Help: "Tracking plan violations of the events stored or dead-lettered, by type and event (the plan's event names, unplanned, or another event's type).",
+	}, []string{"type", "event"})
+	for _, c := range []prometheus.Collector{received, rejected, duration, errs, violations} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register proxy metrics: %w", err)
 		}
 	}
 	codes := answerCodes()
-	m := &metrics{errors: make(map[string]prometheus.Counter, len(codes)), rejected: map[string]prometheus.Counter{}}
+	m := &metrics{errors: make(map[string]prometheus.Counter, len(codes)), rejected: map[string]prometheus.Counter{}, violations: violations}
 	// Every known label value is created up front so that series exist at
 	// 0 from the start and rate() sees the first increment.
 	for ep := range numEndpoints {
@@ -52,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for r := segment.RuleNotObject; r < segment.NumRules; r++ {
 		m.rejected[r.Code()] = rejected.WithLabelValues(r.Code())
 	}
-	for _, c := range []string{codeTooLarge} {
+	for _, c := range rejectionCodes {
 		m.rejected[c] = rejected.WithLabelValues(c)
 	}
 	for _, c := range codes {

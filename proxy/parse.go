@@ -23,7 +23,10 @@ type parser struct {
 	maxEvent int
 	// privacy is applied to every event before it is stored; nil when
 	// no rule is set, which costs the hot path nothing.
-	privacy  *privacy.Rules
+	privacy *privacy.Rules
+	// plan is the tracking plan in force, swapped whole by a reload; nil
+	// for none.
+	plan     atomic.Pointer[planState]
 	maxBatch int
 	// maxOutput bounds what a request may expand to once batch-level
 	// context is copied into each event: without it a 400 KiB context and
@@ -98,16 +101,10 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 	if err != nil {
 		return err
 	}
-	if pp.privacy != nil && isObject {
-		// Before anything keeps the event, dead letters included: what the
-		// rules remove never reaches the disk.
-		end := len(in.out)
-		if in.out, err = pp.privacy.Apply(in.out, in.out[start:end]); err != nil {
-			return err // the event was written by us: a bug, answered 500
-		}
-		in.out = in.out[:start+copy(in.out[start:], in.out[end:])]
-	}
 	if size > pp.maxEvent {
+		if err := pp.applyPrivacy(in, start); err != nil {
+			return err
+		}
 		pp.addTooLarge(in, bt, wk, i, start, size)
 		return nil
 	}
@@ -116,9 +113,35 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 		r = validate(ep, f)
 	}
 	if r == segment.RuleOK {
+		if ps := pp.plan.Load(); ps != nil {
+			// Before the privacy rules: the plan describes the event as the
+			// app sends it.
+			vs, err := pp.checkPlan(in, ps, start)
+			if err != nil {
+				return err
+			}
+			if vs != nil {
+				if pp.strict {
+					return badRequest(errInvalidEvent, fmt.Sprintf("event %d: %s", i, vs[0].Description))
+				}
+				if err := pp.applyPrivacy(in, start); err != nil {
+					return err
+				}
+				in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
+				in.rejected = append(in.rejected, rejection{index: i, code: codeViolation, text: vs[0].Description})
+				in.dead = append(in.dead, blockedDeadLetter(bt, wk, vs))
+				return nil
+			}
+		}
+		if err := pp.applyPrivacy(in, start); err != nil {
+			return err
+		}
 		in.events = append(in.events, spool.Event{WriteKey: wk})
 		in.spans = append(in.spans, span{start, len(in.out)})
 		return nil
+	}
+	if err := pp.applyPrivacy(in, start); err != nil {
+		return err
 	}
 	in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
 	in.rejected = append(in.rejected, ruleRejection(i, r))
@@ -158,6 +181,23 @@ func (pp *parser) addTooLarge(in *ingest, bt *batchTop, wk string, i, start, siz
 		WriteKey: wk,
 		Size:     size,
 	})
+}
+
+// applyPrivacy applies the global privacy rules to the event written to
+// in.out from start, before anything keeps it, dead letters included: what
+// the rules remove never reaches the disk. An event that is not an object
+// has no fields, and comes out as it is.
+func (pp *parser) applyPrivacy(in *ingest, start int) error {
+	if pp.privacy == nil {
+		return nil
+	}
+	end := len(in.out)
+	out, err := pp.privacy.Apply(in.out, in.out[start:end])
+	if err != nil {
+		return err // the event was written by us: a bug, answered 500
+	}
+	in.out = out[:start+copy(out[start:], out[end:])]
+	return nil
 }
 
 // resolveKey returns the write key an event is stored under: its own

@@ -32,7 +32,8 @@ type Spool interface {
 // DeadLetterStore is the spool's dead-letter API, served under /admin/dlq.
 type DeadLetterStore interface {
 	DeadLetters(f spool.Filter, fn func(spool.DeadLetter) error) error
-	Replay(ctx context.Context, f spool.Filter) (int, error)
+	// ReplayChecked replays, after check lets each dead letter through.
+	ReplayChecked(ctx context.Context, f spool.Filter, check func(*spool.DeadLetter) bool) (int, error)
 	Purge(f spool.Filter) (int, error)
 }
 
@@ -111,6 +112,10 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 	if err != nil {
 		return nil, err
 	}
+	ps, err := cfg.loadPlan()
+	if err != nil {
+		return nil, err
+	}
 	var certs *certStore
 	if cfg.TLSCertFile != "" {
 		if certs, err = newCertStore(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
@@ -141,6 +146,7 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 		parsing: make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
 	s.ingest.New = func() any { return newIngest() }
+	s.setPlan(ps)
 	s.srv = s.newHTTPServer(s.handle, cfg.MaxRequestBytes+bodySlack)
 	// Admin requests carry no bodies worth the name.
 	s.adminSrv = s.newHTTPServer(s.handleAdmin, 64<<10)

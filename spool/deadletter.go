@@ -129,6 +129,14 @@ func (s *Spool) eachDeadChunk(ctx context.Context, f Filter, fn func([]DeadLette
 // generation. A spool opened without consumers (to work on a stopped one)
 // replays them all, for whichever destinations the next run has.
 func (s *Spool) Replay(ctx context.Context, f Filter) (int, error) {
+	return s.ReplayChecked(ctx, f, nil)
+}
+
+// ReplayChecked is Replay with check called on each dead letter first: it
+// may rewrite the dead letter's Event, and one it returns false for stays
+// in the store. A nil check replays everything but violations, which only
+// a check against a tracking plan may let through.
+func (s *Spool) ReplayChecked(ctx context.Context, f Filter, check func(*DeadLetter) bool) (int, error) {
 	if f.Destination != "" && len(s.consumers) > 0 {
 		if _, ok := s.consumers[f.Destination]; !ok {
 			return 0, fmt.Errorf("destination %q is not configured, so its replayed events would be delivered nowhere: %w", f.Destination, ErrUnknownConsumer)
@@ -143,12 +151,18 @@ func (s *Spool) Replay(ctx context.Context, f Filter) (int, error) {
 		_, configured := s.consumers[d.Destination]
 		return d.Destination == "" || configured || len(s.consumers) == 0
 	}
+	if check == nil {
+		check = func(d *DeadLetter) bool { return d.Reason != ReasonViolation }
+	}
+	passed := map[uint64]bool{}
 	replayed := 0
 	var events []Event
 	err := s.eachDeadChunk(ctx, f, func(chunk []DeadLetter) error {
 		events = events[:0]
+		clear(passed)
 		for _, d := range chunk {
-			if replayable(d) {
+			if replayable(d) && check(&d) {
+				passed[d.ID] = true
 				events = append(events, Event{WriteKey: d.WriteKey, Dest: d.Destination, Data: d.Event})
 			}
 		}
@@ -158,7 +172,7 @@ func (s *Spool) Replay(ctx context.Context, f Filter) (int, error) {
 		if err := s.Append(ctx, events, nil); err != nil {
 			return fmt.Errorf("append replayed events: %w", err)
 		}
-		if err := s.deleteDead(chunk, replayable); err != nil {
+		if err := s.deleteDead(chunk, func(d DeadLetter) bool { return passed[d.ID] }); err != nil {
 			return err
 		}
 		replayed += len(events)

@@ -55,6 +55,10 @@ const (
 	// the event's beginning, as a JSON string, and Size its real size, so
 	// it cannot be replayed; only purge removes it.
 	ReasonTooLarge = "too_large"
+	// ReasonViolation: broke the tracking plan at ingest, in block mode.
+	// Violations holds how. Only a replay that checks it against a plan
+	// again takes it (see ReplayChecked).
+	ReasonViolation = "violation"
 )
 
 // DeadLetter is an event that will not be delivered without an operator.
@@ -74,6 +78,9 @@ type DeadLetter struct {
 	// Size is the event's size in bytes when Event holds only its
 	// beginning (reason too_large); 0 otherwise.
 	Size int `json:"size,omitempty"`
+	// Violations, for reason violation, is the JSON array of the ways the
+	// event broke the tracking plan. The spool treats it as opaque.
+	Violations json.RawMessage `json:"violations,omitempty"`
 }
 
 // Filter selects dead letters. Zero fields match everything.

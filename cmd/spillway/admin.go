@@ -170,7 +170,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("spool-dir", "", "work on this stopped spool directory instead of a running server")
 	var f spool.Filter
 	fs.StringVar(&f.Destination, "destination", "", "only this destination's dead letters")
-	fs.StringVar(&f.Reason, "reason", "", "only dead letters with this reason (invalid, too_large, rejected, expired, corrupt)")
+	fs.StringVar(&f.Reason, "reason", "", "only dead letters with this reason (invalid, too_large, violation, rejected, expired, corrupt)")
 	fs.IntVar(&f.Limit, "limit", 0, "at most this many (0: all)")
 	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -20,6 +20,7 @@ const usage = `usage:
   spillway status [--addr A] [--json] [--watch]
   spillway tail [--addr A] [--destination N] [--type T]   print received events live, one JSON per line
   spillway dlq list|replay|purge [--destination N] [--reason R] [--limit N] [--addr A | --spool-dir D]
+  spillway plan check [--unplanned allow|flag|block] FILE [EVENTS.ndjson]   check a tracking plan, and events against it
   spillway version
 run 'spillway run -h' for the server's flags`
 
@@ -39,6 +40,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runDLQ(ctx, args, stdout, stderr)
 	case "tail":
 		return runTail(ctx, args, stdout, stderr)
+	case "plan":
+		return runPlan(ctx, args, stdout, stderr)
 	case "version":
 		if len(args) > 0 {
 			fmt.Fprintf(stderr, "spillway version takes no arguments, got %q\n", args)

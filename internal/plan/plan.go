@@ -1,0 +1,442 @@
+package plan
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
+	"github.com/valyala/fastjson"
+
+	"github.com/spillwayhq/spillway/internal/segment"
+)
+
+// Violation types, as context.violations and the metrics name them.
+const (
+	TypeRequired  = "Required"
+	TypeType      = "Type"
+	TypeFormat    = "Format"
+	TypeEnum      = "Enum"
+	TypeUnplanned = "Unplanned"
+	TypeOther     = "Other"
+)
+
+// Types are the violation types, the bounded label set of the metrics.
+func Types() []string {
+	return []string{TypeRequired, TypeType, TypeFormat, TypeEnum, TypeUnplanned, TypeOther}
+}
+
+// Unplanned is the metric label of a track event the plan does not name.
+const Unplanned = "unplanned"
+
+// Violation is one way an event breaks its plan, in the shape analytics
+// tools read from context.violations.
+type Violation struct {
+	Type        string `json:"type"`
+	Field       string `json:"field"` // a JSON path: properties.price
+	Description string `json:"description"`
+}
+
+// Plan is a loaded tracking plan. It is immutable, so safe for concurrent
+// use; a reload builds a new one.
+type Plan struct {
+	common []*rule
+	track  map[string]*rule // by event name
+	// byName are the page and screen rules that name one, by type then
+	// name; all are the rules of a type with an empty key.
+	byName map[string]map[string]*rule
+	all    map[string]*rule
+	events []string
+}
+
+type rule struct {
+	typ, key string
+	version  int
+	schema   *jsonschema.Schema
+}
+
+// ruleTypes are the rule types and the event type each constrains.
+var ruleTypes = map[string]string{
+	"TRACK": segment.Track, "IDENTIFY": segment.Identify, "GROUP": segment.Group,
+	"PAGE": segment.Page, "SCREEN": segment.Screen, "COMMON": "",
+}
+
+// maxPlanBytes bounds a plan file: Segment caps a plan at 2000 events.
+const maxPlanBytes = 64 << 20
+
+// Load reads and compiles the plan in the file at path.
+func Load(path string) (*Plan, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > maxPlanBytes {
+		return nil, fmt.Errorf("%s is over %d bytes", path, maxPlanBytes)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, nil
+}
+
+// fileRule is a rule as the file holds it.
+type fileRule struct {
+	Type       string          `json:"type"`
+	Key        *string         `json:"key"`
+	Version    int             `json:"version"`
+	JSONSchema json.RawMessage `json:"jsonSchema"`
+}
+
+// Parse compiles a plan from its JSON.
+func Parse(data []byte) (*Plan, error) {
+	var file struct {
+		Rules *[]fileRule `json:"rules"`
+	}
+	d := json.NewDecoder(bytes.NewReader(data))
+	if err := d.Decode(&file); err != nil {
+		return nil, fmt.Errorf("not a tracking plan: %v", err)
+	}
+	if file.Rules == nil {
+		return nil, errors.New(`not a tracking plan: no "rules" array`)
+	}
+	p := &Plan{track: map[string]*rule{}, byName: map[string]map[string]*rule{}, all: map[string]*rule{}}
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft7)
+	// Segment's plans say "format": "email" and mean it, whatever draft.
+	c.AssertFormat()
+	// Schemas refer to nothing outside the plan: a $ref to a file or URL
+	// would make loading depend on the machine.
+	c.UseLoader(noLoader{})
+	for i, fr := range *file.Rules {
+		r, err := compileRule(c, i, fr)
+		if err != nil {
+			return nil, fmt.Errorf("rule %d (%s %q): %w", i, fr.Type, deref(fr.Key), err)
+		}
+		if err := p.add(r); err != nil {
+			return nil, fmt.Errorf("rule %d (%s %q): %w", i, fr.Type, r.key, err)
+		}
+	}
+	for name := range p.track {
+		p.events = append(p.events, name)
+	}
+	slices.Sort(p.events)
+	return p, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+type noLoader struct{}
+
+func (noLoader) Load(url string) (any, error) {
+	return nil, fmt.Errorf("%s is outside the plan: a rule's schema may refer only to itself", url)
+}
+
+func compileRule(c *jsonschema.Compiler, i int, fr fileRule) (*rule, error) {
+	evType, ok := ruleTypes[fr.Type]
+	if !ok {
+		return nil, errors.New("type must be TRACK, IDENTIFY, GROUP, PAGE, SCREEN or COMMON")
+	}
+	r := &rule{typ: fr.Type, key: deref(fr.Key), version: fr.Version}
+	switch {
+	case evType == segment.Track && r.key == "":
+		return nil, errors.New("a TRACK rule's key is the event name, and must not be empty")
+	case (fr.Type == "IDENTIFY" || fr.Type == "GROUP" || fr.Type == "COMMON") && r.key != "":
+		return nil, errors.New("key must be empty for this type")
+	case len(bytes.TrimSpace(fr.JSONSchema)) == 0 || string(bytes.TrimSpace(fr.JSONSchema)) == "null":
+		return nil, errors.New("jsonSchema is missing")
+	}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(fr.JSONSchema))
+	if err != nil {
+		return nil, fmt.Errorf("jsonSchema: %v", err)
+	}
+	url := "urn:spillway:plan:rule:" + strconv.Itoa(i)
+	if err := c.AddResource(url, doc); err != nil {
+		return nil, fmt.Errorf("jsonSchema: %v", err)
+	}
+	if r.schema, err = c.Compile(url); err != nil {
+		return nil, fmt.Errorf("jsonSchema: %v", err)
+	}
+	return r, nil
+}
+
+// add files r. Of two rules for one type and key, the higher version
+// wins, as Segment keeps every version of a rule and enforces the latest.
+func (p *Plan) add(r *rule) error {
+	var slot map[string]*rule
+	key := r.key
+	switch {
+	case r.typ == "COMMON":
+		for _, o := range p.common {
+			if o.version == r.version {
+				return errors.New("a COMMON rule of this version is given twice")
+			}
+		}
+		p.common = append(p.common, r)
+		// Only the latest version applies.
+		slices.SortFunc(p.common, func(a, b *rule) int { return b.version - a.version })
+		p.common = p.common[:1]
+		return nil
+	case r.typ == "TRACK":
+		slot = p.track
+	case key == "":
+		slot = p.all
+		key = r.typ
+	default:
+		if p.byName[r.typ] == nil {
+			p.byName[r.typ] = map[string]*rule{}
+		}
+		slot = p.byName[r.typ]
+	}
+	if old := slot[key]; old != nil {
+		if old.version == r.version {
+			return errors.New("given twice with the same version")
+		}
+		if old.version > r.version {
+			return nil
+		}
+	}
+	slot[key] = r
+	return nil
+}
+
+// Events are the plan's track event names, sorted: with Unplanned, the
+// bounded label set of the metrics.
+func (p *Plan) Events() []string { return slices.Clone(p.events) }
+
+// Rules is how many rules apply: for a person checking a plan loaded.
+func (p *Plan) Rules() int {
+	n := len(p.common) + len(p.track) + len(p.all)
+	for _, m := range p.byName {
+		n += len(m)
+	}
+	return n
+}
+
+// Label is the metric label of an event: a track event's name if the
+// plan names it, Unplanned if not; any other event's type.
+func (p *Plan) Label(typ, name string) string {
+	if typ != segment.Track {
+		return typ
+	}
+	if _, ok := p.track[name]; ok {
+		return name
+	}
+	return Unplanned
+}
+
+// Check returns the violations of an event, decoded as the schema library
+// reads JSON (see Decode), of type typ and, for track, page and screen,
+// name (its "event" or "name"). unplanned reports a track event with no
+// rule, which holds one violation of TypeUnplanned if reportUnplanned.
+func (p *Plan) Check(ev any, typ, name string, reportUnplanned bool) (vs []Violation, unplanned bool) {
+	for _, r := range p.common {
+		vs = appendViolations(vs, r.schema.Validate(ev))
+	}
+	var r *rule
+	switch typ {
+	case segment.Track:
+		if r = p.track[name]; r == nil {
+			unplanned = true
+			if reportUnplanned {
+				vs = append(vs, Violation{Type: TypeUnplanned, Field: segment.FieldEvent,
+					Description: strconv.Quote(name) + " is not in the tracking plan"})
+			}
+		}
+	case segment.Identify, segment.Group, segment.Page, segment.Screen:
+		rt := strings.ToUpper(typ)
+		if r = p.byName[rt][name]; r == nil {
+			r = p.all[rt]
+		}
+	}
+	if r != nil {
+		vs = appendViolations(vs, r.schema.Validate(ev))
+	}
+	return vs, unplanned
+}
+
+// appendViolations appends a violation for each leaf of err, described
+// from the plan's side only.
+func appendViolations(vs []Violation, err error) []Violation {
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
+		return vs
+	}
+	return appendLeaves(vs, ve)
+}
+
+func appendLeaves(vs []Violation, ve *jsonschema.ValidationError) []Violation {
+	if len(ve.Causes) > 0 {
+		for _, c := range ve.Causes {
+			vs = appendLeaves(vs, c)
+		}
+		return vs
+	}
+	field := strings.Join(ve.InstanceLocation, ".")
+	switch k := ve.ErrorKind.(type) {
+	case *kind.Required:
+		for _, m := range k.Missing {
+			f := join(field, m)
+			vs = append(vs, Violation{TypeRequired, f, f + " is required"})
+		}
+		return vs
+	case *kind.Type:
+		return append(vs, Violation{TypeType, field, fmt.Sprintf("%s must be %s, not %s", subject(field), strings.Join(k.Want, " or "), k.Got)})
+	case *kind.Format:
+		return append(vs, Violation{TypeFormat, field, fmt.Sprintf("%s must be a valid %s", subject(field), k.Want)})
+	case *kind.Enum:
+		return append(vs, Violation{TypeEnum, field, fmt.Sprintf("%s must be one of %s", subject(field), planValues(k.Want))})
+	case *kind.Const:
+		return append(vs, Violation{TypeEnum, field, fmt.Sprintf("%s must be %s", subject(field), planValues([]any{k.Want}))})
+	}
+	return append(vs, Violation{TypeOther, field, fmt.Sprintf("%s does not meet the plan's %s", subject(field), strings.Join(ve.ErrorKind.KeywordPath(), "/"))})
+}
+
+func join(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "." + b
+}
+
+func subject(field string) string {
+	if field == "" {
+		return "the event"
+	}
+	return field
+}
+
+// planValues writes values of the plan (never of the event) for a
+// description, shortened: an enum may be long.
+func planValues(vals []any) string {
+	var b strings.Builder
+	for i, v := range vals {
+		if i == 8 {
+			fmt.Fprintf(&b, ", … (%d in all)", len(vals))
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		j, _ := json.Marshal(v)
+		b.Write(j)
+	}
+	return b.String()
+}
+
+// AppendJSON appends vs as a JSON array.
+func AppendJSON(dst []byte, vs []Violation) []byte {
+	b, _ := json.Marshal(vs) // strings and a fixed shape: cannot fail
+	return append(dst, b...)
+}
+
+// FromFastJSON converts a parsed event to the form Check takes: objects,
+// arrays, strings, json.Number, bool and nil.
+func FromFastJSON(v *fastjson.Value) any {
+	switch v.Type() {
+	case fastjson.TypeObject:
+		o, _ := v.Object()
+		m := make(map[string]any, o.Len())
+		o.Visit(func(k []byte, c *fastjson.Value) { m[string(k)] = FromFastJSON(c) })
+		return m
+	case fastjson.TypeArray:
+		a, _ := v.Array()
+		s := make([]any, len(a))
+		for i, c := range a {
+			s[i] = FromFastJSON(c)
+		}
+		return s
+	case fastjson.TypeString:
+		b, _ := v.StringBytes()
+		return string(b)
+	case fastjson.TypeNumber:
+		return json.Number(v.String())
+	case fastjson.TypeTrue:
+		return true
+	case fastjson.TypeFalse:
+		return false
+	}
+	return nil
+}
+
+// Subject returns what Check needs of a parsed event besides itself: its
+// type, and its name (a track's "event", a page's or screen's "name").
+func Subject(v *fastjson.Value) (typ, name string) {
+	typ = string(v.GetStringBytes(segment.FieldType))
+	switch typ {
+	case segment.Track:
+		name = string(v.GetStringBytes(segment.FieldEvent))
+	case segment.Page, segment.Screen:
+		name = string(v.GetStringBytes("name"))
+	}
+	return typ, name
+}
+
+// Action is what a violation leads to.
+type Action uint8
+
+const (
+	// Ignore: nothing (--tracking-plan-mode=off, --tracking-plan-unplanned=allow).
+	Ignore Action = iota
+	// Flag: stored and delivered with context.violations.
+	Flag
+	// Block: dead-lettered with reason violation.
+	Block
+)
+
+// ParseMode parses --tracking-plan-mode: off, flag or block.
+func ParseMode(s string) (Action, error) {
+	switch s {
+	case "off":
+		return Ignore, nil
+	case "flag", "":
+		return Flag, nil
+	case "block":
+		return Block, nil
+	}
+	return Ignore, fmt.Errorf("want flag, block or off, got %q", s)
+}
+
+// ParseUnplanned parses --tracking-plan-unplanned: allow, flag or block.
+func ParseUnplanned(s string) (Action, error) {
+	if s == "allow" {
+		return Ignore, nil
+	}
+	if s == "off" {
+		return Ignore, fmt.Errorf("want allow, flag or block, got %q", s)
+	}
+	a, err := ParseMode(s)
+	if err != nil {
+		return Ignore, fmt.Errorf("want allow, flag or block, got %q", s)
+	}
+	return a, nil
+}
+
+// Verdict is what an event's violations lead to under mode (for the
+// plan's rules) and unplanned (for a track event the plan does not name).
+func Verdict(vs []Violation, mode, unplanned Action) Action {
+	a := Ignore
+	for _, v := range vs {
+		if v.Type == TypeUnplanned {
+			a = max(a, unplanned)
+		} else {
+			a = max(a, mode)
+		}
+	}
+	return a
+}

@@ -1,0 +1,182 @@
+package plan
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/valyala/fastjson"
+)
+
+func loadTestPlan(t *testing.T) *Plan {
+	t.Helper()
+	p, err := Load(filepath.Join("testdata", "plan.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func check(t *testing.T, p *Plan, event string, reportUnplanned bool) ([]Violation, bool) {
+	t.Helper()
+	v, err := fastjson.Parse(event)
+	if err != nil {
+		t.Fatal(err)
+	}
+	typ, name := Subject(v)
+	return p.Check(FromFastJSON(v), typ, name, reportUnplanned)
+}
+
+func TestCheck(t *testing.T) {
+	p := loadTestPlan(t)
+	tests := []struct {
+		scenario string
+		event    string
+		want     []Violation
+	}{
+		{"a planned event that keeps its rule", `{"type":"track","event":"Order Completed","properties":{"orderId":"o1","revenue":12.5,"currency":"EUR"}}`, nil},
+		{"a missing required property", `{"type":"track","event":"Order Completed","properties":{"orderId":"o1"}}`,
+			[]Violation{{TypeRequired, "properties.revenue", "properties.revenue is required"}}},
+		{"a property of the wrong type", `{"type":"track","event":"Order Completed","properties":{"orderId":"o1","revenue":"12"}}`,
+			[]Violation{{TypeType, "properties.revenue", "properties.revenue must be number, not string"}}},
+		{"a value outside the enum", `{"type":"track","event":"Order Completed","properties":{"orderId":"o1","revenue":1,"currency":"GBP"}}`,
+			[]Violation{{TypeEnum, "properties.currency", `properties.currency must be one of "EUR", "USD"`}}},
+		{"a value not in its format, never quoted", `{"type":"track","event":"Order Completed","properties":{"orderId":"o1","revenue":1,"email":"not-an-email"}}`,
+			[]Violation{{TypeFormat, "properties.email", "properties.email must be a valid email"}}},
+		{"an unplanned track event", `{"type":"track","event":"Cart Abandoned"}`,
+			[]Violation{{TypeUnplanned, "event", `"Cart Abandoned" is not in the tracking plan`}}},
+		{"an identify against the IDENTIFY rule", `{"type":"identify","traits":{"email":"x"}}`,
+			[]Violation{{TypeFormat, "traits.email", "traits.email must be a valid email"}}},
+		{"a page its named rule covers", `{"type":"page","name":"Pricing","properties":{"path":"/p"}}`,
+			[]Violation{{TypeRequired, "properties.plan", "properties.plan is required"}}},
+		{"a page only the empty-key rule covers", `{"type":"page","name":"Home","properties":{}}`,
+			[]Violation{{TypeRequired, "properties.path", "properties.path is required"}}},
+		{"a COMMON rule on any event", `{"type":"group","context":{"app":"x"}}`,
+			[]Violation{{TypeType, "context.app", "context.app must be object, not string"}}},
+		{"an alias, which no rule names", `{"type":"alias"}`, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.scenario, func(t *testing.T) {
+			got, _ := check(t, p, tt.event, true)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+	if vs, unplanned := check(t, p, `{"type":"track","event":"Cart Abandoned"}`, false); len(vs) != 0 || !unplanned {
+		t.Errorf("unplanned not reported: %v, %v", vs, unplanned)
+	}
+}
+
+func TestTheLatestVersionApplies(t *testing.T) {
+	p, err := Parse([]byte(`{"rules":[
+		{"type":"TRACK","key":"E","version":2,"jsonSchema":{"required":["v2"]}},
+		{"type":"TRACK","key":"E","version":1,"jsonSchema":{"required":["v1"]}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, _ := p.Check(map[string]any{}, "track", "E", true)
+	if len(vs) != 1 || vs[0].Field != "v2" {
+		t.Errorf("violations %v, want only version 2's", vs)
+	}
+}
+
+func TestPlansThatDoNotLoad(t *testing.T) {
+	tests := map[string]string{
+		"not JSON":                     `{"rules":[`,
+		"no rules":                     `{"plan":[]}`,
+		"an unknown type":              `{"rules":[{"type":"ALIAS","key":"","jsonSchema":{}}]}`,
+		"a track rule without a name":  `{"rules":[{"type":"TRACK","key":"","jsonSchema":{}}]}`,
+		"an identify rule with a key":  `{"rules":[{"type":"IDENTIFY","key":"x","jsonSchema":{}}]}`,
+		"no schema":                    `{"rules":[{"type":"TRACK","key":"E"}]}`,
+		"a schema that is not one":     `{"rules":[{"type":"TRACK","key":"E","jsonSchema":{"type":12}}]}`,
+		"a reference outside the plan": `{"rules":[{"type":"TRACK","key":"E","jsonSchema":{"$ref":"file:///etc/passwd"}}]}`,
+		"one rule twice":               `{"rules":[{"type":"TRACK","key":"E","jsonSchema":{}},{"type":"TRACK","key":"E","jsonSchema":{}}]}`,
+		"a pattern Go cannot compile":  `{"rules":[{"type":"TRACK","key":"E","jsonSchema":{"pattern":"(?<=a)b"}}]}`,
+	}
+	for name, plan := range tests {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Parse([]byte(plan)); err == nil {
+				t.Errorf("loaded %s", plan)
+			}
+		})
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.json")); err == nil {
+		t.Error("loaded a file that does not exist")
+	}
+}
+
+func TestModes(t *testing.T) {
+	for s, want := range map[string]Action{"flag": Flag, "block": Block, "off": Ignore, "": Flag} {
+		if got, err := ParseMode(s); err != nil || got != want {
+			t.Errorf("ParseMode(%q) = %v, %v", s, got, err)
+		}
+	}
+	for _, s := range []string{"allow", "on"} {
+		if _, err := ParseMode(s); err == nil {
+			t.Errorf("ParseMode(%q) took it", s)
+		}
+	}
+	if _, err := ParseUnplanned("off"); err == nil {
+		t.Error(`ParseUnplanned("off") took it`)
+	}
+	vs := []Violation{{Type: TypeUnplanned}}
+	if Verdict(vs, Block, Flag) != Flag || Verdict(vs, Flag, Block) != Block || Verdict(append(vs, Violation{Type: TypeType}), Block, Flag) != Block {
+		t.Error("Verdict does not apply --tracking-plan-unplanned to Unplanned and the mode to the rest")
+	}
+}
+
+func TestViolationsAsJSON(t *testing.T) {
+	b := AppendJSON(nil, []Violation{{TypeRequired, "a.b", "a.b is required"}})
+	var got []map[string]string
+	if err := json.Unmarshal(b, &got); err != nil || got[0]["type"] != "Required" || got[0]["field"] != "a.b" || got[0]["description"] != "a.b is required" {
+		t.Errorf("%s: %v", b, err)
+	}
+}
+
+func TestLabelsAreBounded(t *testing.T) {
+	p := loadTestPlan(t)
+	if got := strings.Join(p.Events(), ","); got != "Order Completed,Product Viewed" {
+		t.Errorf("Events() = %s", got)
+	}
+	for _, c := range [][3]string{{"track", "Order Completed", "Order Completed"}, {"track", "Anything", Unplanned}, {"page", "Pricing", "page"}} {
+		if got := p.Label(c[0], c[1]); got != c[2] {
+			t.Errorf("Label(%s, %s) = %s, want %s", c[0], c[1], got, c[2])
+		}
+	}
+}
+
+// FuzzParse loads whatever it is given, which must never panic nor hang,
+// and checks a few events against what loads.
+func FuzzParse(f *testing.F) {
+	b, err := os.ReadFile(filepath.Join("testdata", "plan.json"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	events := []string{
+		`{"type":"track","event":"Order Completed","properties":{"orderId":"o","revenue":1}}`,
+		`{"type":"track","event":"E","properties":{"a":[1,{"b":null}]}}`,
+		`{"type":"page","name":"Pricing"}`, `{"type":"identify","traits":{"email":"a@b.c"}}`,
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse(data)
+		if err != nil {
+			return
+		}
+		for _, e := range events {
+			v := fastjson.MustParse(e)
+			typ, name := Subject(v)
+			vs, _ := p.Check(FromFastJSON(v), typ, name, true)
+			for _, x := range vs {
+				if x.Type == "" || x.Description == "" {
+					t.Fatalf("violation without a type or description: %+v", x)
+				}
+			}
+			_ = AppendJSON(nil, vs)
+		}
+	})
+}

@@ -1,0 +1,171 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/spillwayhq/spillway/spool"
+)
+
+const testPlan = `{"rules":[
+ {"type":"TRACK","key":"Order Completed","version":1,"jsonSchema":{"properties":{"properties":{
+   "required":["orderId"],
+   "properties":{"orderId":{"type":"string"},"currency":{"enum":["EUR","USD"]},"email":{"format":"email"}}}}}}]}`
+
+func writePlan(t *testing.T, plan string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(path, []byte(plan), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// The events of TestTrackingPlanModes, by index in the batch.
+const (
+	planGood      = `{"type":"track","userId":"u","event":"Order Completed","properties":{"orderId":"o1","currency":"EUR"}}`
+	planRequired  = `{"type":"track","userId":"u","event":"Order Completed","properties":{"currency":"EUR"}}`
+	planTyped     = `{"type":"track","userId":"u","event":"Order Completed","properties":{"orderId":7,"email":"nope"}}`
+	planUnplanned = `{"type":"track","userId":"u","event":"Cart Viewed","context":{"ip":"1.2.3.4"}}`
+)
+
+func TestTrackingPlanModes(t *testing.T) {
+	body := `{"batch":[` + planGood + `,` + planRequired + `,` + planTyped + `,` + planUnplanned + `]}`
+	tests := []struct {
+		scenario         string
+		mode, unplanned  string
+		flagged, blocked []int // indexes in the batch
+	}{
+		{scenario: "flag mode delivers every event, the bad ones with context.violations",
+			mode: "flag", unplanned: "flag", flagged: []int{1, 2, 3}},
+		{scenario: "block mode dead-letters the bad ones and flags the unplanned one",
+			mode: "block", unplanned: "flag", flagged: []int{3}, blocked: []int{1, 2}},
+		{scenario: "unplanned events are allowed untouched",
+			mode: "flag", unplanned: "allow", flagged: []int{1, 2}},
+		{scenario: "unplanned events are blocked while the others are flagged",
+			mode: "flag", unplanned: "block", flagged: []int{1, 2}, blocked: []int{3}},
+		{scenario: "off checks nothing", mode: "off", unplanned: "block"},
+	}
+	wantViolations := map[int]string{
+		1: `[{"type":"Required","field":"properties.orderId","description":"properties.orderId is required"}]`,
+		2: `[{"type":"Type","field":"properties.orderId","description":"properties.orderId must be string, not number"},` +
+			`{"type":"Format","field":"properties.email","description":"properties.email must be a valid email"}]`,
+		3: `[{"type":"Unplanned","field":"event","description":"\"Cart Viewed\" is not in the tracking plan"}]`,
+	}
+	for _, tt := range tests {
+		t.Run(tt.scenario, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.TrackingPlan = writePlan(t, testPlan)
+			cfg.TrackingPlanMode, cfg.TrackingPlanUnplanned = tt.mode, tt.unplanned
+			h := newHarness(t, cfg)
+			a := h.post(t, "/v1/batch", body)
+			var rejected []string
+			for _, i := range tt.blocked {
+				var first []map[string]string
+				_ = json.Unmarshal([]byte(wantViolations[i]), &first)
+				rejected = append(rejected, `{"index":`+string(rune('0'+i))+`,"reason":`+mustJSON(first[0]["description"])+`}`)
+			}
+			want := `{"success":true}`
+			if len(rejected) > 0 {
+				want = `{"success":true,"rejected":[` + strings.Join(rejected, ",") + `]}`
+			}
+			if a.status != http.StatusOK || string(a.body) != want {
+				t.Fatalf("answer %d %s\nwant 200 %s", a.status, a.body, want)
+			}
+			c := h.sp.onlyCall(t)
+			if len(c.events) != 4-len(tt.blocked) || len(c.dead) != len(tt.blocked) {
+				t.Fatalf("%d stored, %d dead letters", len(c.events), len(c.dead))
+			}
+			stored := 0
+			for i := range 4 {
+				if contains(tt.blocked, i) {
+					continue
+				}
+				e := decode(t, c.events[stored].Data)
+				stored++
+				ctx, _ := e["context"].(map[string]any)
+				got, _ := json.Marshal(ctx["violations"])
+				var want any
+				_ = json.Unmarshal([]byte(wantViolations[i]), &want)
+				if contains(tt.flagged, i) != (ctx["violations"] != nil) || (ctx["violations"] != nil && !reflect.DeepEqual(ctx["violations"], want)) {
+					t.Errorf("event %d stored with violations %s", i, got)
+				}
+				if i == 3 && ctx["ip"] != "1.2.3.4" {
+					t.Errorf("event 3 lost its own context: %v", ctx)
+				}
+			}
+			for k, i := range tt.blocked {
+				d := c.dead[k]
+				if d.Reason != spool.ReasonViolation || string(d.Violations) != wantViolations[i] || !strings.Contains(d.Error, "properties.orderId") && i != 3 {
+					t.Errorf("dead letter %d = %+v (%s)", i, d, d.Violations)
+				}
+			}
+			if got := testutil.ToFloat64(h.s.m.rejected["violation"]); got != float64(len(tt.blocked)) {
+				t.Errorf("rejected{violation} = %v, want %d", got, len(tt.blocked))
+			}
+			total := 0.0
+			for _, i := range append(append([]int{}, tt.flagged...), tt.blocked...) {
+				total += float64(strings.Count(wantViolations[i], `"type"`))
+			}
+			if got := testutil.CollectAndCount(h.s.m.violations); tt.mode != "off" && got == 0 {
+				t.Errorf("no violation series created")
+			}
+			if got := sumCounter(t, h.s.m.violations); got != total {
+				t.Errorf("violations counted %v, want %v", got, total)
+			}
+			if tt.unplanned != "allow" && tt.mode != "off" {
+				if got := testutil.ToFloat64(h.s.m.violations.WithLabelValues("Unplanned", "unplanned")); got != 1 {
+					t.Errorf("violations{Unplanned,unplanned} = %v", got)
+				}
+				if got := testutil.ToFloat64(h.s.m.violations.WithLabelValues("Required", "Order Completed")); got != 1 {
+					t.Errorf("violations{Required,Order Completed} = %v", got)
+				}
+			}
+		})
+	}
+	t.Run("with --strict a blocked event refuses the request", func(t *testing.T) {
+		cfg := DefaultConfig()
+		cfg.TrackingPlan, cfg.TrackingPlanMode, cfg.Strict = writePlan(t, testPlan), "block", true
+		h := newHarness(t, cfg)
+		a := h.post(t, "/v1/batch", body)
+		if a.status != http.StatusBadRequest || !strings.Contains(string(a.body), `"code":"invalid_event","message":"event 1: properties.orderId is required"`) {
+			t.Errorf("answer %d %s", a.status, a.body)
+		}
+		h.sp.wantNoCalls(t)
+	})
+}
+
+func contains(s []int, i int) bool {
+	for _, x := range s {
+		if x == i {
+			return true
+		}
+	}
+	return false
+}
+
+// sumCounter adds up every series of vec.
+func sumCounter(t *testing.T, vec *prometheus.CounterVec) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 1024)
+	vec.Collect(ch)
+	close(ch)
+	sum := 0.0
+	for m := range ch {
+		var pb dto.Metric
+		if err := m.Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		sum += pb.GetCounter().GetValue()
+	}
+	return sum
+}
