@@ -169,3 +169,35 @@ func sumCounter(t *testing.T, vec *prometheus.CounterVec) float64 {
 	}
 	return sum
 }
+
+// TestTailShowsViolations: the live tail gives each event's violations,
+// a flagged one's from its context.violations, a blocked one's beside it.
+func TestTailShowsViolations(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.TrackingPlan, cfg.TrackingPlanUnplanned = writePlan(t, testPlan), "block"
+	h := newHarness(t, cfg)
+	h.do(t, http.MethodGet, "/admin/events", nil) // start recording
+	if a := h.post(t, "/v1/batch", `{"batch":[`+planGood+`,`+planRequired+`,`+planUnplanned+`]}`); a.status != http.StatusOK {
+		t.Fatalf("answer %d %s", a.status, a.body)
+	}
+	var page TailPage
+	if err := json.Unmarshal(h.do(t, http.MethodGet, "/admin/events", nil).body, &page); err != nil || len(page.Events) != 3 {
+		t.Fatalf("page %+v: %v", page, err)
+	}
+	want := []struct{ violation, invalid string }{
+		{"", ""},
+		{"properties.orderId is required", ""},
+		{`"Cart Viewed" is not in the tracking plan`, `"Cart Viewed" is not in the tracking plan`},
+	}
+	for i, e := range page.Events {
+		var vs []map[string]string
+		_ = json.Unmarshal(e.Violations, &vs)
+		got := ""
+		if len(vs) > 0 {
+			got = vs[0]["description"]
+		}
+		if got != want[i].violation || e.Invalid != want[i].invalid {
+			t.Errorf("event %d: violations %s, invalid %q", i, e.Violations, e.Invalid)
+		}
+	}
+}

@@ -48,6 +48,9 @@ type tailSlot struct {
 	ep      endpoint
 	invalid string // "", or why the event was dead-lettered at ingest
 	data    []byte // reused by the next event in this slot
+	// violations are those of an event the tracking plan blocked (a
+	// flagged one holds its own in context.violations).
+	violations []byte
 }
 
 // watch keeps recording on for tailIdle from now.
@@ -91,7 +94,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 				if di < len(rejected) {
 					why = rejected[di].text
 				}
-				t.put(at, ep, why, dead[di].Event)
+				t.put(at, ep, why, dead[di].Event, dead[di].Violations)
 			} else {
 				t.last++
 			}
@@ -99,7 +102,7 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 			continue
 		}
 		if k >= skip {
-			t.put(at, ep, "", events[ei].Data)
+			t.put(at, ep, "", events[ei].Data, nil)
 		} else {
 			t.last++
 		}
@@ -109,11 +112,12 @@ func (t *tailRing) record(ep endpoint, now time.Time, events []spool.Event, dead
 	t.mu.Unlock()
 }
 
-func (t *tailRing) put(at int64, ep endpoint, invalid string, data []byte) {
+func (t *tailRing) put(at int64, ep endpoint, invalid string, data, violations []byte) {
 	t.last++
 	s := &t.slots[t.last%tailSize]
 	s.seq, s.at, s.ep, s.invalid = t.last, at, ep, invalid
 	s.data = append(s.data[:0], data...)
+	s.violations = append(s.violations[:0], violations...)
 }
 
 // dropUnwatched forgets every event held once nobody has watched for
@@ -141,6 +145,9 @@ type TailEvent struct {
 	// Segment spec rule broken, over --max-event-bytes): it went to the
 	// dead-letter store, not to any destination.
 	Invalid string `json:"invalid,omitempty"`
+	// Violations are the tracking plan's violations of the event: those
+	// that blocked it, or those it was stored with (context.violations).
+	Violations json.RawMessage `json:"violations,omitempty"`
 	// Event is the event as stored: enriched, without its writeKey.
 	Event json.RawMessage `json:"event"`
 }
@@ -177,6 +184,7 @@ func (t *tailRing) read(since uint64) (page TailPage, slots []tailSlot) {
 			continue // dropped while nobody watched
 		}
 		s.data = bytes.Clone(s.data)
+		s.violations = bytes.Clone(s.violations)
 		slots = append(slots, s)
 	}
 	return page, slots
@@ -257,6 +265,7 @@ func (q tailQuery) pick(slots []tailSlot) []TailEvent {
 			Endpoint:   sl.ep.String(),
 			Type:       eventType(sl.data),
 			Invalid:    sl.invalid,
+			Violations: violationsOf(sl),
 			Event:      sl.data,
 		}
 		if (q.typ != "" && e.Type != q.typ) || (q.wants != nil && (e.Invalid != "" || !q.wants(sl.data))) {
@@ -269,6 +278,26 @@ func (q tailQuery) pick(slots []tailSlot) []TailEvent {
 	}
 	slices.Reverse(events)
 	return events
+}
+
+// violationsOf is the tracking plan's violations of a slot's event, if
+// any: kept beside a blocked one, inside a flagged one.
+func violationsOf(sl tailSlot) json.RawMessage {
+	if len(sl.violations) > 0 {
+		return sl.violations
+	}
+	if !bytes.Contains(sl.data, []byte(`"violations"`)) {
+		return nil
+	}
+	var v struct {
+		Context struct {
+			Violations json.RawMessage `json:"violations"`
+		} `json:"context"`
+	}
+	if json.Unmarshal(sl.data, &v) != nil {
+		return nil
+	}
+	return v.Context.Violations
 }
 
 // eventType is the event's "type", or "" when it has none.

@@ -151,7 +151,10 @@ func printStatus(ctx context.Context, client *adminClient, asJSON bool, w io.Wri
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", r.Name, r.Kind, r.State, r.Backlog, lag,
 			r.Delivered, r.Retried, r.DeadLettered, lastErr)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printViolations(ctx, client, w)
 }
 
 func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -9,8 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"strings"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/valyala/fastjson"
 
 	"github.com/spillwayhq/spillway/forwarders"
@@ -143,4 +147,62 @@ func checkEvents(ctx context.Context, p *plan.Plan, unplanned plan.Action, r io.
 		return 2
 	}
 	return status
+}
+
+// tailViolation is a tracking plan violation as /admin/events shows it.
+type tailViolation struct {
+	Type        string `json:"type"`
+	Description string `json:"description"`
+}
+
+// describeViolations is the tracking plan's violations for a person, on
+// one line.
+func describeViolations(vs []tailViolation) string {
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = v.Type + ": " + v.Description
+	}
+	return strings.Join(parts, "; ")
+}
+
+// printViolations prints, under the status table, the tracking plan's
+// violations since start by type, from the server's metrics; nothing when
+// no plan is loaded.
+func printViolations(ctx context.Context, client *adminClient, w io.Writer) error {
+	resp, err := client.do(ctx, http.MethodGet, "/metrics", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return fmt.Errorf("read metrics: %w", err)
+	}
+	fam := fams["spillway_tracking_plan_violations_total"]
+	if fam == nil {
+		return nil
+	}
+	byType := map[string]float64{}
+	total := 0.0
+	for _, m := range fam.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "type" {
+				byType[l.GetValue()] += m.GetCounter().GetValue()
+			}
+		}
+		total += m.GetCounter().GetValue()
+	}
+	var parts []string
+	for _, t := range plan.Types() {
+		if n := byType[t]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", t, n))
+		}
+	}
+	line := fmt.Sprintf("tracking plan violations: %.0f", total)
+	if len(parts) > 0 {
+		line += " (" + strings.Join(parts, ", ") + ")"
+	}
+	_, err = fmt.Fprintln(w, line)
+	return err
 }

@@ -92,6 +92,9 @@ func TestTrackingPlanBlocksReloadsAndReplays(t *testing.T) {
 	if n := m.must(t, "spillway_tracking_plan_violations_total", "type", "Required", "event", "Order Completed"); n != 2 {
 		t.Errorf("violations{Required,Order Completed} = %v, want 2", n)
 	}
+	if out := runCLI(t, "status", "--addr", p.addr); !strings.Contains(out, "tracking plan violations: 2 (Required 2)") {
+		t.Errorf("status does not show the violations:\n%s", out)
+	}
 	if code := p.stop(10 * time.Second); code != 0 {
 		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}

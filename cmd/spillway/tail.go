@@ -24,8 +24,9 @@ type tailPage struct {
 	Next   uint64 `json:"next"`
 	Missed uint64 `json:"missed"`
 	Events []struct {
-		Event   json.RawMessage `json:"event"`
-		Invalid string          `json:"invalid"`
+		Event      json.RawMessage `json:"event"`
+		Invalid    string          `json:"invalid"`
+		Violations []tailViolation `json:"violations"`
 	} `json:"events"`
 }
 
@@ -78,8 +79,13 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				if e.Invalid != "" {
 					// Not stored for delivery: stdout holds only what the
 					// destinations get.
-					fmt.Fprintf(stderr, "spillway tail: dead-lettered as invalid (%s): %s\n", e.Invalid, e.Event)
+					fmt.Fprintf(stderr, "spillway tail: dead-lettered at ingest (%s): %s\n", e.Invalid, e.Event)
 					continue
+				}
+				if len(e.Violations) > 0 {
+					// Stored and delivered with context.violations: stdout
+					// has the event, stderr says why it is flagged.
+					fmt.Fprintf(stderr, "spillway tail: breaks the tracking plan (%s): %s\n", describeViolations(e.Violations), e.Event)
 				}
 				w.Write(e.Event)
 				w.WriteByte('\n')
