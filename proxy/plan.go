@@ -8,6 +8,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/spillwayhq/spillway/internal/plan"
+	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -93,7 +94,7 @@ func (pp *parser) checkPlan(in *ingest, ps *planState, start int) (blocked []pla
 	if len(vs) == 0 {
 		return nil, nil
 	}
-	typ, name := plan.Subject(v)
+	typ, name := subject(v)
 	label := ps.p.Label(typ, name)
 	for _, x := range vs {
 		in.found = append(in.found, found{x.Type, label})
@@ -103,16 +104,152 @@ func (pp *parser) checkPlan(in *ingest, ps *planState, start int) (blocked []pla
 		return vs, nil
 	case plan.Flag:
 		end := len(in.out)
-		in.out = appendFlagged(in.out, v, plan.AppendJSON(nil, vs))
+		mark := len(in.scratch)
+		in.scratch = appendViolations(in.scratch, vs)
+		violations := in.scratch[mark:]
+		if out, ok := spliceViolations(in.out, in.out[start:end], violations); ok {
+			in.out = out
+		} else {
+			in.out = appendFlagged(in.out, v, violations)
+		}
 		in.out = in.out[:start+copy(in.out[start:], in.out[end:])]
+		in.scratch = in.scratch[:mark]
 	}
 	return nil, nil
 }
 
+// appendViolations appends vs as a JSON array, as plan.AppendJSON does,
+// without its allocations.
+func appendViolations(b []byte, vs []plan.Violation) []byte {
+	b = append(b, '[')
+	for i, v := range vs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"type":`...)
+		b = appendString(b, []byte(v.Type))
+		b = append(b, `,"field":`...)
+		b = appendString(b, []byte(v.Field))
+		b = append(b, `,"description":`...)
+		b = appendString(b, []byte(v.Description))
+		b = append(b, '}')
+	}
+	return append(b, ']')
+}
+
+// spliceViolations appends event, as the proxy stores it (compact, each
+// key once), with violations as the last member of its context: written
+// into the bytes, where appendFlagged writes the whole event again. false,
+// with out as it was, for an event whose context is not an object or
+// holds violations already: appendFlagged's work.
+func spliceViolations(out, event, violations []byte) ([]byte, bool) {
+	i := 1 // past '{'
+	for i < len(event) && event[i] != '}' {
+		keyEnd, ok := skipValue(event, i)
+		if !ok || keyEnd >= len(event) || event[keyEnd] != ':' {
+			return out, false
+		}
+		key := event[i:keyEnd]
+		vStart := keyEnd + 1
+		vEnd, ok := skipValue(event, vStart)
+		if !ok {
+			return out, false
+		}
+		if string(key) == `"context"` {
+			if event[vStart] != '{' || hasMember(event[vStart:vEnd], `"violations"`) {
+				return out, false
+			}
+			out = append(out, event[:vEnd-1]...)
+			if vEnd-vStart > 2 {
+				out = append(out, ',')
+			}
+			out = append(out, `"violations":`...)
+			out = append(out, violations...)
+			return append(out, event[vEnd-1:]...), true
+		}
+		i = vEnd
+		if i < len(event) && event[i] == ',' {
+			i++
+		}
+	}
+	if i != len(event)-1 {
+		return out, false
+	}
+	out = append(out, event[:i]...)
+	if i > 1 {
+		out = append(out, ',')
+	}
+	out = append(out, `"context":{"violations":`...)
+	out = append(out, violations...)
+	return append(out, '}', '}'), true
+}
+
+// hasMember reports whether the compact object obj has the key (quoted).
+func hasMember(obj []byte, key string) bool {
+	for i := 1; i < len(obj) && obj[i] != '}'; {
+		keyEnd, ok := skipValue(obj, i)
+		if !ok || keyEnd >= len(obj) {
+			return true // unreadable: let the slow path judge
+		}
+		if string(obj[i:keyEnd]) == key {
+			return true
+		}
+		vEnd, ok := skipValue(obj, keyEnd+1)
+		if !ok {
+			return true
+		}
+		i = vEnd
+		if i < len(obj) && obj[i] == ',' {
+			i++
+		}
+	}
+	return false
+}
+
+// skipValue returns the index past the compact JSON value at i.
+func skipValue(b []byte, i int) (int, bool) {
+	if i >= len(b) {
+		return 0, false
+	}
+	switch b[i] {
+	case '{', '[':
+		return skipContainer(b, i)
+	case '"':
+		for j := i + 1; j < len(b); j++ {
+			switch b[j] {
+			case '\\':
+				j++
+			case '"':
+				return j + 1, true
+			}
+		}
+		return 0, false
+	}
+	for j := i; j < len(b); j++ {
+		if b[j] == ',' || b[j] == '}' || b[j] == ']' {
+			return j, j > i
+		}
+	}
+	return 0, false
+}
+
+// subject is plan.Subject without copies: the strings are the parsed
+// event's, valid while it is.
+func subject(v *fastjson.Value) (typ, name string) {
+	typ = unsafeString(v.GetStringBytes(segment.FieldType))
+	switch typ {
+	case segment.Track:
+		name = unsafeString(v.GetStringBytes(segment.FieldEvent))
+	case segment.Page, segment.Screen:
+		name = unsafeString(v.GetStringBytes("name"))
+	}
+	return typ, name
+}
+
 // check returns an event's violations and what they lead to.
 func (ps *planState) check(v *fastjson.Value) ([]plan.Violation, plan.Action) {
-	typ, name := plan.Subject(v)
-	vs, _ := ps.p.Check(plan.FromFastJSON(v), typ, name, ps.unplanned != plan.Ignore)
+	typ, name := subject(v)
+	vs, _ := ps.p.Check(v, typ, name, ps.unplanned != plan.Ignore)
 	return vs, plan.Verdict(vs, ps.mode, ps.unplanned)
 }
 

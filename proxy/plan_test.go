@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/valyala/fastjson"
 
 	"github.com/spillwayhq/spillway/spool"
 )
@@ -198,6 +199,38 @@ func TestTailShowsViolations(t *testing.T) {
 		}
 		if got != want[i].violation || e.Invalid != want[i].invalid {
 			t.Errorf("event %d: violations %s, invalid %q", i, e.Violations, e.Invalid)
+		}
+	}
+}
+
+// TestSplicedViolationsAreTheRewrittenOnes: writing context.violations
+// into the stored bytes gives the event appendFlagged writes whole.
+func TestSplicedViolationsAreTheRewrittenOnes(t *testing.T) {
+	violations := []byte(`[{"type":"Required","field":"a","description":"a is \"required\""}]`)
+	for _, event := range []string{
+		`{"type":"track","context":{"ip":"1.2.3.4","page":{"a":[1,{"b":"}"}]}},"x":"a\"b,c"}`,
+		`{"type":"track","context":{}}`,
+		`{"type":"track","x":{"context":1}}`,
+		`{"context":{"a":1},"type":"track"}`,
+		`{"type":"track","context":{"violations":[],"a":1}}`,
+		`{"type":"track","context":"text"}`,
+		`{}`,
+	} {
+		v, err := fastjson.Parse(event)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := appendFlagged(nil, v, violations)
+		got, ok := spliceViolations([]byte("p"), []byte(event), violations)
+		if !ok {
+			if string(got) != "p" {
+				t.Errorf("%s: declined, with out changed to %s", event, got)
+			}
+			continue
+		}
+		var g, w any
+		if json.Unmarshal(got[1:], &g) != nil || json.Unmarshal(want, &w) != nil || !reflect.DeepEqual(g, w) {
+			t.Errorf("%s: spliced %s\nrewritten %s", event, got[1:], want)
 		}
 	}
 }

@@ -135,7 +135,7 @@ func checkEvents(ctx context.Context, p *plan.Plan, unplanned plan.Action, r io.
 		}
 		typ, name := plan.Subject(v)
 		res.Type, res.Event, res.MessageID = typ, name, string(v.GetStringBytes("messageId"))
-		vs, _ := p.Check(plan.FromFastJSON(v), typ, name, unplanned != plan.Ignore)
+		vs, _ := p.Check(v, typ, name, unplanned != plan.Ignore)
 		if len(vs) > 0 {
 			res.Violations = vs
 			status = 1

@@ -59,6 +59,7 @@ type rule struct {
 	typ, key string
 	version  int
 	schema   *jsonschema.Schema
+	fast     *fastSchema // nil: the schema needs the library's validation
 }
 
 // ruleTypes are the rule types and the event type each constrains.
@@ -172,6 +173,7 @@ func compileRule(c *jsonschema.Compiler, i int, fr fileRule) (*rule, error) {
 	if r.schema, err = c.Compile(url); err != nil {
 		return nil, fmt.Errorf("jsonSchema: %v", err)
 	}
+	r.fast = compileFast(r.schema)
 	return r, nil
 }
 
@@ -232,21 +234,40 @@ func (p *Plan) Rules() int {
 // plan names it, Unplanned if not; any other event's type.
 func (p *Plan) Label(typ, name string) string {
 	if typ != segment.Track {
-		return typ
+		return strings.Clone(typ)
 	}
-	if _, ok := p.track[name]; ok {
-		return name
+	if r, ok := p.track[name]; ok {
+		return r.key // the plan's own string: name may be borrowed
 	}
 	return Unplanned
 }
 
-// Check returns the violations of an event, decoded as the schema library
-// reads JSON (see Decode), of type typ and, for track, page and screen,
-// name (its "event" or "name"). unplanned reports a track event with no
-// rule, which holds one violation of TypeUnplanned if reportUnplanned.
-func (p *Plan) Check(ev any, typ, name string, reportUnplanned bool) (vs []Violation, unplanned bool) {
+// Check returns the violations of the parsed event v, of type typ and, for
+// track, page and screen, name (its "event" or "name"; see Subject).
+// unplanned reports a track event with no rule, which holds one violation
+// of TypeUnplanned if reportUnplanned.
+func (p *Plan) Check(v *fastjson.Value, typ, name string, reportUnplanned bool) (vs []Violation, unplanned bool) {
+	return p.check(v, typ, name, reportUnplanned, true)
+}
+
+// check is Check, through the fast walk where a rule allows it if fast.
+func (p *Plan) check(v *fastjson.Value, typ, name string, reportUnplanned, fast bool) (vs []Violation, unplanned bool) {
+	var tree any // the event as the library reads it, made once if needed
+	var w walker
+	apply := func(r *rule) {
+		if r.fast != nil && fast {
+			w.vs, w.path = vs, w.path[:0]
+			w.validate(r.fast, v)
+			vs = w.vs
+			return
+		}
+		if tree == nil {
+			tree = FromFastJSON(v)
+		}
+		vs = appendViolations(vs, r.schema.Validate(tree))
+	}
 	for _, r := range p.common {
-		vs = appendViolations(vs, r.schema.Validate(ev))
+		apply(r)
 	}
 	var r *rule
 	switch typ {
@@ -265,7 +286,7 @@ func (p *Plan) Check(ev any, typ, name string, reportUnplanned bool) (vs []Viola
 		}
 	}
 	if r != nil {
-		vs = appendViolations(vs, r.schema.Validate(ev))
+		apply(r)
 	}
 	return vs, unplanned
 }

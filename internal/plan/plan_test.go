@@ -27,7 +27,12 @@ func check(t *testing.T, p *Plan, event string, reportUnplanned bool) ([]Violati
 		t.Fatal(err)
 	}
 	typ, name := Subject(v)
-	return p.Check(FromFastJSON(v), typ, name, reportUnplanned)
+	slowVs, slowUnplanned := p.check(v, typ, name, reportUnplanned, false)
+	vs, unplanned := p.Check(v, typ, name, reportUnplanned)
+	if !sameViolations(vs, slowVs) || unplanned != slowUnplanned {
+		t.Errorf("%s: the fast walk found %v, the library %v", event, vs, slowVs)
+	}
+	return vs, unplanned
 }
 
 func TestCheck(t *testing.T) {
@@ -78,7 +83,7 @@ func TestTheLatestVersionApplies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vs, _ := p.Check(map[string]any{}, "track", "E", true)
+	vs, _ := p.Check(fastjson.MustParse(`{}`), "track", "E", true)
 	if len(vs) != 1 || vs[0].Field != "v2" {
 		t.Errorf("violations %v, want only version 2's", vs)
 	}
@@ -161,6 +166,8 @@ func FuzzParse(f *testing.F) {
 		`{"type":"track","event":"Order Completed","properties":{"orderId":"o","revenue":1}}`,
 		`{"type":"track","event":"E","properties":{"a":[1,{"b":null}]}}`,
 		`{"type":"page","name":"Pricing"}`, `{"type":"identify","traits":{"email":"a@b.c"}}`,
+		`{"type":"track","event":"E","a":1.0,"b":-2.5e3,"c":"é","d":[1,"x",null,true],"e":{"f":{"g":"2024-05-01T12:00:00Z"}},"properties":{"a":"x","b":7}}`,
+		`{"type":"group","groupId":1,"traits":{"n":"x","m":12345678901234567890}}`,
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse(data)
@@ -170,7 +177,10 @@ func FuzzParse(f *testing.F) {
 		for _, e := range events {
 			v := fastjson.MustParse(e)
 			typ, name := Subject(v)
-			vs, _ := p.Check(FromFastJSON(v), typ, name, true)
+			vs, _ := p.Check(v, typ, name, true)
+			if slow, _ := p.check(v, typ, name, true, false); !sameViolations(vs, slow) {
+				t.Fatalf("%s against %s: the fast walk found %v, the library %v", e, data, vs, slow)
+			}
 			for _, x := range vs {
 				if x.Type == "" || x.Description == "" {
 					t.Fatalf("violation without a type or description: %+v", x)
@@ -179,4 +189,46 @@ func FuzzParse(f *testing.F) {
 			_ = AppendJSON(nil, vs)
 		}
 	})
+}
+
+// sameViolations compares two lists of violations as sets: the library
+// walks maps, in no set order.
+func sameViolations(a, b []Violation) bool {
+	key := func(v Violation) string { return v.Type + "\x00" + v.Field + "\x00" + v.Description }
+	count := map[string]int{}
+	for _, v := range a {
+		count[key(v)]++
+	}
+	for _, v := range b {
+		count[key(v)]--
+	}
+	for _, n := range count {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// TestTheFastWalkTakesPlainPlans: the rules of a plan as Segment exports
+// them go through the fast walk, and one using references keeps the
+// library's validation.
+func TestTheFastWalkTakesPlainPlans(t *testing.T) {
+	p := loadTestPlan(t)
+	for _, r := range append(append(p.common, p.track["Order Completed"], p.track["Product Viewed"]), p.all["PAGE"], p.byName["PAGE"]["Pricing"]) {
+		if r.fast == nil {
+			t.Errorf("rule %s %q is not taken by the fast walk", r.typ, r.key)
+		}
+	}
+	q, err := Parse([]byte(`{"rules":[{"type":"TRACK","key":"E","jsonSchema":{"definitions":{"s":{"type":"string"}},"properties":{"event":{"$ref":"#/definitions/s"}}}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.track["E"].fast != nil {
+		t.Error("a rule with $ref went to the fast walk")
+	}
+	vs, _ := check(t, q, `{"type":"track","event":"E","properties":{}}`, true)
+	if len(vs) != 0 {
+		t.Errorf("violations %v", vs)
+	}
 }

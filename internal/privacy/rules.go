@@ -65,7 +65,14 @@ func LoadKey(path string) ([]byte, error) {
 // for concurrent use.
 type Rules struct {
 	root   *node
-	hashes sync.Pool // of hash.Hash under the key
+	hashes sync.Pool // of *hasher under the key
+}
+
+// hasher is an HMAC under the key and room for its sum, pooled together
+// so that hashing a value allocates nothing.
+type hasher struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
 }
 
 // action is what a path does to the value it reaches. When several paths
@@ -115,7 +122,7 @@ func New(drop, hashed []Path, ip IPMode, key []byte) (*Rules, error) {
 	}
 	r := &Rules{root: root}
 	key = bytes.Clone(key)
-	r.hashes.New = func() any { return hmac.New(sha256.New, key) }
+	r.hashes.New = func() any { return &hasher{h: hmac.New(sha256.New, key)} }
 	return r, nil
 }
 
@@ -224,16 +231,12 @@ func (s *scanner) object(out []byte, at []*node) ([]byte, error) {
 			if err != nil {
 				return out, err
 			}
-			var v []byte
 			if act == actHash {
-				v, err = s.r.hash(s.b[vStart:vEnd])
-			} else {
-				v, err = truncateIP(s.b[vStart:vEnd])
-			}
-			if err != nil {
-				return out, err
-			}
-			if v != nil { // nil: an IP that cannot be truncated is dropped
+				out = member(out, &first, rawKey)
+				if out, err = s.r.appendHash(out, s.b[vStart:vEnd]); err != nil {
+					return out, err
+				}
+			} else if v := truncateIP(s.b[vStart:vEnd]); v != nil { // nil: dropped
 				out = member(out, &first, rawKey)
 				out = append(out, v...)
 			}
@@ -365,9 +368,9 @@ func (s *scanner) skip() (int, error) {
 	return 0, errMalformed
 }
 
-// hash returns the JSON string of the hex HMAC of the value's text: a
-// string's own, any other value's compact JSON.
-func (r *Rules) hash(raw []byte) ([]byte, error) {
+// appendHash appends the JSON string of the hex HMAC of the value's
+// text: a string's own, any other value's compact JSON.
+func (r *Rules) appendHash(out, raw []byte) ([]byte, error) {
 	text := raw
 	switch {
 	case raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0:
@@ -375,47 +378,46 @@ func (r *Rules) hash(raw []byte) ([]byte, error) {
 	case raw[0] == '"':
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, errMalformed
+			return out, errMalformed
 		}
 		text = []byte(s)
 	case raw[0] == '{' || raw[0] == '[':
 		var b bytes.Buffer
 		if err := json.Compact(&b, raw); err != nil {
-			return nil, errMalformed
+			return out, errMalformed
 		}
 		text = b.Bytes()
 	}
-	h := r.hashes.Get().(hash.Hash)
-	h.Reset()
-	h.Write(text)
-	var sum [sha256.Size]byte
-	out := make([]byte, 2+2*sha256.Size)
-	out[0], out[len(out)-1] = '"', '"'
-	hex.Encode(out[1:], h.Sum(sum[:0]))
-	r.hashes.Put(h)
-	return out, nil
+	hs := r.hashes.Get().(*hasher)
+	hs.h.Reset()
+	hs.h.Write(text)
+	sum := hs.h.Sum(hs.sum[:0])
+	out = append(out, '"')
+	out = hex.AppendEncode(out, sum)
+	r.hashes.Put(hs)
+	return append(out, '"'), nil
 }
 
 // Hash is the text a hashed value takes, without its quotes: for tests
 // and for people checking a value by hand.
 func (r *Rules) Hash(text []byte) string {
-	h := r.hashes.Get().(hash.Hash)
-	defer r.hashes.Put(h)
-	h.Reset()
-	h.Write(text)
-	return hex.EncodeToString(h.Sum(nil))
+	hs := r.hashes.Get().(*hasher)
+	defer r.hashes.Put(hs)
+	hs.h.Reset()
+	hs.h.Write(text)
+	return hex.EncodeToString(hs.h.Sum(nil))
 }
 
 // truncateIP returns the JSON string of the IP's network: its /24 for
 // IPv4, its /48 for IPv6. nil for a value that is not an IP, which is
 // dropped: it cannot be truncated, and kept it might be one.
-func truncateIP(raw []byte) ([]byte, error) {
+func truncateIP(raw []byte) []byte {
 	if raw[0] != '"' || bytes.IndexByte(raw, '\\') >= 0 {
-		return nil, nil
+		return nil
 	}
 	a, err := netip.ParseAddr(string(raw[1 : len(raw)-1]))
 	if err != nil {
-		return nil, nil
+		return nil
 	}
 	bits := 48
 	if a.Unmap().Is4() {
@@ -423,8 +425,8 @@ func truncateIP(raw []byte) ([]byte, error) {
 	}
 	p, err := a.Prefix(bits)
 	if err != nil {
-		return nil, nil
+		return nil
 	}
 	out := append([]byte{'"'}, p.Addr().String()...)
-	return append(out, '"'), nil
+	return append(out, '"')
 }
