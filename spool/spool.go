@@ -72,8 +72,10 @@ type Spool struct {
 	// leaseMu serialises its writes.
 	leaseMu sync.Mutex
 	leased  atomic.Uint64
-	// gap is where numbering jumped to the lease after a crash.
-	gap numberingGap
+	// holes are the numbers below the next one at Open that no stored
+	// block holds: before the oldest generation, between generations, and
+	// up to the lease after a crash. Not backlog. Set by recover only.
+	holes []numberingGap
 
 	genMu   sync.Mutex
 	gens    []*generation // oldest first; the last one is the writer's
@@ -317,5 +319,5 @@ func (s *Spool) Backlog(consumer string) Backlog {
 			oldest = m.stored
 		}
 	}
-	return Backlog{Events: int64(next - cursor - s.gap.within(cursor, next)), Oldest: oldest}
+	return Backlog{Events: int64(next - cursor - s.inHoles(cursor, next)), Oldest: oldest}
 }
