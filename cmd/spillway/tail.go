@@ -12,22 +12,14 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/spillwayhq/spillway/proxy"
 )
 
 // tailPoll is how often `spillway tail` asks for new events. The server
 // holds the last 200; faster than that between two polls, the gap is
 // reported on stderr.
 const tailPoll = 500 * time.Millisecond
-
-// tailPage mirrors GET /admin/events.
-type tailPage struct {
-	Next   uint64 `json:"next"`
-	Missed uint64 `json:"missed"`
-	Events []struct {
-		Event   json.RawMessage `json:"event"`
-		Invalid string          `json:"invalid"`
-	} `json:"events"`
-}
 
 // runTail prints the events the server receives, one JSON event per line,
 // as stored (enriched, without write key), until interrupted; the ones
@@ -97,7 +89,7 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func fetchTail(ctx context.Context, client *adminClient, q url.Values) (*tailPage, error) {
+func fetchTail(ctx context.Context, client *adminClient, q url.Values) (*proxy.TailPage, error) {
 	ctx, cancel := context.WithTimeout(ctx, quickTimeout)
 	defer cancel()
 	resp, err := client.do(ctx, http.MethodGet, "/admin/events", q)
@@ -105,7 +97,7 @@ func fetchTail(ctx context.Context, client *adminClient, q url.Values) (*tailPag
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var page tailPage
+	var page proxy.TailPage
 	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
 		return nil, fmt.Errorf("decode events: %w", err)
 	}
