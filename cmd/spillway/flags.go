@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/spillwayhq/spillway/forwarders"
 )
 
 // byteSize is a flag.Value taking sizes such as 32KiB, 500KB or 1GiB.
@@ -27,12 +29,9 @@ func (b *byteSize) String() string {
 }
 
 func (b *byteSize) Set(s string) error {
-	n, err := humanize.ParseBytes(s)
+	n, err := forwarders.ParseByteSize(s)
 	if err != nil {
-		return fmt.Errorf("not a size: %q (try 32KiB, 500KB, 1GiB)", s)
-	}
-	if n > 1<<62 {
-		return fmt.Errorf("size %q is too large", s)
+		return err
 	}
 	*b = byteSize(n)
 	return nil

@@ -7,18 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // served only with --pprof-listen
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/dustin/go-humanize"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -105,7 +104,9 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	return fs, c
 }
 
-// intSize is a byteSize for int fields.
+// intSize is a byteSize for int fields. Like flag.IntVar, it refuses what
+// an int may not hold on every platform; each setting's own range is
+// checked by the package that owns it.
 type intSize int
 
 var _ flag.Value = (*intSize)(nil)
@@ -116,7 +117,7 @@ func (i *intSize) Set(s string) error {
 	if err := b.Set(s); err != nil {
 		return err
 	}
-	if int64(b) > int64(^uint32(0)>>1) {
+	if b > math.MaxInt32 {
 		return fmt.Errorf("size %q is too large", s)
 	}
 	*i = intSize(b)
@@ -139,7 +140,8 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 }
 
 // configure parses and validates the server's flags into the packages'
-// configurations. Every error names the flag at fault.
+// configurations, before anything is opened. Every error names the flag at
+// fault.
 func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Destination, *slog.Logger, error) {
 	fs, c := serverFlags(stderr)
 	if err := parseFlags(fs, args); err != nil {
@@ -149,71 +151,40 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if c.spool.Sync, err = spool.ParseSyncMode(c.syncMode); err != nil {
-		return nil, nil, nil, fmt.Errorf("--sync: %w", err)
-	}
-	if c.spool.WhenFull, err = spool.ParseWhenFull(c.whenFull); err != nil {
-		return nil, nil, nil, fmt.Errorf("--when-full: %w", err)
-	}
-	if c.shutdownTimeout <= 0 {
-		return nil, nil, nil, errors.New("--shutdown-timeout must be > 0")
-	}
-	if err := checkSettings(c); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := c.proxy.Validate(); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := c.proxy.CheckSecrets(); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := c.defaults.Validate(); err != nil {
+	if err := c.check(); err != nil {
 		return nil, nil, nil, err
 	}
 	specs := c.destinations
 	if len(specs) == 0 {
 		specs = stringList{"stdout=stdout://"}
 	}
-	var dests []forwarders.Destination
-	for _, spec := range specs {
-		// The error names the destination, never its URL, which may hold
-		// a password or a write key.
-		d, err := forwarders.ParseDestination(spec, c.defaults)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--destination: %w", err)
-		}
-		if slices.Contains(c.spool.Consumers, d.Name) {
-			return nil, nil, nil, fmt.Errorf("--destination: destination %s: name given twice", d.Name)
-		}
-		dests = append(dests, d)
-		c.spool.Consumers = append(c.spool.Consumers, d.Name)
+	// The error names the destination, never its URL, which may hold a
+	// password or a write key.
+	dests, err := forwarders.ParseDestinations(specs, c.defaults)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("--destination: %w", err)
 	}
-	if err := c.spool.Validate(); err != nil {
-		return nil, nil, nil, err
+	for _, d := range dests {
+		c.spool.Consumers = append(c.spool.Consumers, d.Name)
 	}
 	return c, dests, logger, nil
 }
 
-// minSpoolMaxBytes is the smallest bound --spool-max-bytes takes. The
-// spool's own databases take room whatever the backlog: about 75 KiB when
-// empty, up to about 2 MiB once the cursors' memtable and the active
-// generation's have filled (measured by replaying hours of cursor saves
-// into a database with meta/'s options). A bound
-// below that would make the spool full of itself: refusing every event, it
-// has nothing to deliver, so nothing would ever free room.
-const minSpoolMaxBytes = 4 << 20
-
-// checkSettings refuses the values the packages cannot represent. They read
-// a zero as "the default", but no flag's default is zero, so a zero was
-// written by someone who meant something other than 1s or 4h: it is refused
-// as a negative is. --spool-max-bytes 0 is the exception: it means no bound.
-func checkSettings(c *serverConfig) error {
-	var errs []error
-	positive := func(ok bool, flag string) {
-		if !ok {
-			errs = append(errs, fmt.Errorf("--%s must be > 0", flag))
-		}
+// check reads the flags that name a choice, and has every value checked
+// by the package that owns it, reporting as many mistakes as it can at
+// once.
+func (c *serverConfig) check() error {
+	var err error
+	if c.spool.Sync, err = spool.ParseSyncMode(c.syncMode); err != nil {
+		return fmt.Errorf("--sync: %w", err)
 	}
+	if c.spool.WhenFull, err = spool.ParseWhenFull(c.whenFull); err != nil {
+		return fmt.Errorf("--when-full: %w", err)
+	}
+	if c.shutdownTimeout <= 0 {
+		return errors.New("--shutdown-timeout must be > 0")
+	}
+	errs := []error{c.spool.ValidateFlags(), c.defaults.ValidateFlags(), c.proxy.ValidateFlags()}
 	for _, a := range []struct{ flag, addr string }{
 		{"listen", c.listen}, {"admin-listen", c.adminListen}, {"pprof-listen", c.pprofListen},
 	} {
@@ -224,24 +195,10 @@ func checkSettings(c *serverConfig) error {
 			errs = append(errs, fmt.Errorf("--%s %q: %w", a.flag, a.addr, err))
 		}
 	}
-	d := c.defaults
-	positive(d.BatchEvents > 0, "batch-max-events")
-	positive(d.BatchBytes > 0, "batch-max-bytes")
-	if d.Flush <= 0 {
-		errs = append(errs, errors.New("--flush-interval must be > 0 (a destination's ?flush=0 sends without waiting)"))
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
-	positive(d.Concurrency > 0, "concurrency")
-	positive(d.Timeout > 0, "request-timeout")
-	positive(d.BackoffMin > 0, "backoff-min")
-	positive(d.BackoffMax > 0, "backoff-max")
-	positive(d.MaxAge > 0, "max-age")
-	positive(c.spool.SyncInterval > 0, "sync-interval")
-	positive(c.proxy.MaxConns > 0, "max-conns")
-	if m := c.spool.MaxBytes; m > 0 && m < minSpoolMaxBytes {
-		errs = append(errs, fmt.Errorf("--spool-max-bytes %s is too small: the spool's own databases take up to about 2 MiB; give at least %s, or 0 for no bound",
-			humanize.IBytes(uint64(m)), humanize.IBytes(minSpoolMaxBytes)))
-	}
-	return errors.Join(errs...)
+	return c.proxy.CheckSecrets()
 }
 
 // defaultMemoryLimit is GOMEMLIMIT unless the environment sets it: the
