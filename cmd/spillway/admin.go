@@ -79,7 +79,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	addr := fs.String("addr", defaultAdminAddr, "admin address of the running spillway")
 	asJSON := fs.Bool("json", false, "print the admin API's JSON")
 	watch := fs.Bool("watch", false, "refresh every second")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseClientFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -160,7 +160,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.Destination, "destination", "", "only this destination's dead letters")
 	fs.StringVar(&f.Reason, "reason", "", "only dead letters with this reason (invalid, rejected, expired, corrupt)")
 	fs.IntVar(&f.Limit, "limit", 0, "at most this many (0: all)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseClientFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}

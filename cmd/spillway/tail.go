@@ -72,7 +72,7 @@ func newTailer(args []string, stdout, stderr io.Writer) (*tailer, int) {
 	addr := fs.String("addr", defaultAdminAddr, "admin address of the running spillway")
 	dest := fs.String("destination", "", "only events this destination receives")
 	typ := fs.String("type", "", "only events of this type (track, identify, page, screen, group, alias)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseClientFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, 0
 		}
