@@ -547,7 +547,7 @@ func TestBadFlagsExitTwoNamingTheFlag(t *testing.T) {
 		"a destination without a name":  {[]string{"--destination", "http://x"}, "--destination"},
 		"a destination of unknown kind": {[]string{"--destination", "x=gopher://x"}, "--destination"},
 		"a destination name given twice": {[]string{"--destination", "x=stdout://", "--destination", "x=file:///tmp/x.ndjson"},
-			"--destination: destination x: name given twice"},
+			"--destination: destination x: name used twice"},
 		"an unknown log format": {[]string{"--log-format", "xml"}, "--log-format"},
 	}
 	for name, c := range cases {

@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net/http"
 	"os/exec"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -123,26 +122,4 @@ func TestStatusCommandAgainstARunningServer(t *testing.T) {
 			t.Errorf("exit %d, stderr %q; want 1 and why", code, errOut.String())
 		}
 	})
-}
-
-// TestStatusTableReadsTheServersFieldNames keeps the command's mirror of
-// forwarders.DestinationStatus in step with it.
-func TestStatusTableReadsTheServersFieldNames(t *testing.T) {
-	in := forwarders.DestinationStatus{Name: "n", Kind: "webhook", State: forwarders.StateMisconfigured,
-		BacklogEvents: 1, LagSeconds: 2.5, Delivered: 3, Retried: 4, DeadLettered: 5, LastError: "e"}
-	b, err := json.Marshal(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out destinationStatus
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&out); err != nil {
-		t.Fatal(err)
-	}
-	want := destinationStatus{Name: "n", Kind: "webhook", State: "misconfigured", Backlog: 1, LagSeconds: 2.5,
-		Delivered: 3, Retried: 4, DeadLettered: 5, LastError: "e"}
-	if !reflect.DeepEqual(out, want) {
-		t.Errorf("decoded %+v, want %+v", out, want)
-	}
 }
