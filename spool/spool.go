@@ -142,7 +142,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "spool")
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	if err := createDir(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("create spool dir: %w", err)
 	}
 	s := &Spool{
