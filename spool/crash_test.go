@@ -80,7 +80,11 @@ func crashChild(t *testing.T, dir, mode string, wrap ...string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	args := append(wrap, self, "-test.run=^$")
-	cmd := exec.Command(args[0], args[1:]...)
+	// A child that hangs fails the test rather than holding it until
+	// go test's own timeout.
+	ctx, cancel := context.WithTimeout(t.Context(), testkit.Patience)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, crashModeEnv+"="+mode)
 	return cmd
 }
