@@ -152,6 +152,7 @@ spillway_destination_up{destination="dest"} 1
 		},
 		{
 			scenario: "a request hanging past the timeout is retried",
+			opts:     "timeout=1s",
 			answer:   testkit.FirstN(1, testkit.Answer{Hang: true}),
 			check: func(t *testing.T, _ *testkit.Sink, reg *prometheus.Registry, _ *spool.Spool) {
 				if n := metric(t, reg, "spillway_forward_retries_total", "reason", "timeout"); n != 1 {

@@ -19,8 +19,9 @@ import (
 )
 
 // testOpts are short enough that retries, backoffs and flushes take
-// milliseconds.
-const testOpts = "batch_events=5&flush=10ms&concurrency=2&timeout=300ms&backoff_min=5ms&backoff_max=50ms"
+// milliseconds. The timeout is not: an answer on loopback takes well over
+// 300ms on a loaded machine, and a send that times out is sent again.
+const testOpts = "batch_events=5&flush=10ms&concurrency=2&timeout=10s&backoff_min=5ms&backoff_max=50ms"
 
 // opts merges query strings, later values winning.
 func opts(qs ...string) string {

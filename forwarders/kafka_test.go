@@ -26,9 +26,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-// kafkaOpts keep retries and flushes in milliseconds; the timeout leaves
-// franz-go room for its own retries inside one Send.
-const kafkaOpts = "batch_events=50&flush=5ms&timeout=5s&backoff_min=5ms&backoff_max=100ms"
+// kafkaOpts keep retries and flushes in milliseconds; the timeout, the
+// default, leaves franz-go room for its own retries inside one Send, on a
+// loaded machine too.
+const kafkaOpts = "batch_events=50&flush=5ms&timeout=10s&backoff_min=5ms&backoff_max=100ms"
 
 // status prints a group's first destination's status when formatted, so
 // that a failure message shows it as it was at the failure.
@@ -875,7 +876,7 @@ func TestKafkaEveryCompressionAndAcksSettingDelivers(t *testing.T) {
 				batch[i] = spool.Record{Seq: uint64(i), WriteKey: "wk-1", Data: evs[i].data}
 			}
 			// A Send that waited out a linger of a minute would fail at its
-			// timeout (5s): the first, before the client has loaded the
+			// timeout (10s): the first, before the client has loaded the
 			// topic, and the second, after.
 			for range 2 {
 				if err := f.Send(t.Context(), batch); err != nil {

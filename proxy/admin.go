@@ -135,10 +135,14 @@ func (s *Server) handleDLQChange(ctx *fasthttp.RequestCtx, action string) {
 		return
 	}
 	s.log.LogAttrs(context.Background(), slog.LevelInfo, "changed dead letters", attrs...)
+	b, _ := json.Marshal(DLQCount{Count: n})
 	ctx.SetContentType("application/json")
-	b := append(make([]byte, 0, 24), `{"count":`...)
-	b = strconv.AppendInt(b, int64(n), 10)
-	ctx.SetBody(append(b, '}'))
+	ctx.SetBody(b)
+}
+
+// DLQCount is the answer of POST /admin/dlq/replay and /admin/dlq/purge.
+type DLQCount struct {
+	Count int `json:"count"` // dead letters replayed or purged
 }
 
 // handleAdmin serves the admin listener: everything but events.

@@ -176,6 +176,18 @@ func (c Config) privacyPaths() (drop, hash []privacy.Path, ip privacy.IPMode, er
 	return drop, hash, ip, errors.Join(errs...)
 }
 
+// ValidateFlags is Validate for values read from the flags, whose defaults
+// are never zero: --max-conns 0 was written by someone who meant something
+// other than the default, and is refused where Validate reads it as
+// DefaultMaxConns.
+func (c Config) ValidateFlags() error {
+	err := c.Validate()
+	if c.MaxConns == 0 {
+		err = errors.Join(err, errors.New("--max-conns must be > 0"))
+	}
+	return err
+}
+
 // Validate reports every invalid field, each naming its flag.
 func (c Config) Validate() error {
 	var errs []error

@@ -88,7 +88,7 @@ func (s *Spool) openMeta() (*badger.DB, error) {
 		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20).
 		WithBaseTableSize(2 << 20))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("meta: %w", err)
 	}
 	// Badger creates its log files without syncing their directory: a
 	// power cut could take the files, with everything synced into them.

@@ -32,6 +32,7 @@ const (
 type generation struct {
 	num     uint64 // its place in the order of generations; names its directory
 	first   uint64 // no event before it is in this generation or a later one
+	end     uint64 // after its last block, as recover found it; zero for one created since
 	dir     string
 	created time.Time
 

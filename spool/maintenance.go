@@ -168,7 +168,9 @@ func (s *Spool) dropOldest() {
 			// loses them. They may still arrive from memory, and be
 			// counted both dropped and delivered; uncounted, they
 			// vanished without a word.
-			n := end - max(cursor, g.first)
+			from := max(cursor, g.first)
+			// Numbers a crash skipped were never events: not dropped.
+			n := end - from - s.inHoles(from, end)
 			dropped[c.name] = n
 			s.dropEpisode[c.name] += n
 			s.metrics.dropped.WithLabelValues(c.name, "spool_full").Add(float64(n))

@@ -109,8 +109,9 @@ func (s *Spool) ensureLease(upTo uint64) error {
 	return nil
 }
 
-// numberingGap is the range of numbers skipped when numbering resumed at
-// the lease after a crash: never used, so never stored, and not backlog.
+// numberingGap is a range of numbers that no stored block holds: skipped
+// when numbering resumed at the lease after a crash, or held by
+// generations already removed.
 type numberingGap struct{ from, to uint64 }
 
 // within returns how many of the numbers in [from, to) fall in the gap.
@@ -120,4 +121,15 @@ func (g numberingGap) within(from, to uint64) uint64 {
 		return 0
 	}
 	return hi - lo
+}
+
+// inHoles returns how many of the numbers in [from, to) no stored block
+// holds, as far as Open found; numbers lost since (drop-oldest) are
+// counted as the cursors that pass them move.
+func (s *Spool) inHoles(from, to uint64) uint64 {
+	var n uint64
+	for _, h := range s.holes {
+		n += h.within(from, to)
+	}
+	return n
 }

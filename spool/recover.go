@@ -36,6 +36,7 @@ func (s *Spool) recover() error {
 	if err := s.resumeNumbering(); err != nil {
 		return err
 	}
+	s.findHoles()
 	for _, name := range s.cfg.Consumers {
 		s.consumers[name] = s.resumeConsumer(name, pos, stored)
 	}
@@ -98,7 +99,7 @@ func (s *Spool) scanGeneration(g *generation) (newest blockMeta, err error) {
 	if err := db.Close(); err != nil {
 		return blockMeta{}, fmt.Errorf("close generation %s: %w", filepath.Base(g.dir), err)
 	}
-	g.blocks, g.first = n, first.first
+	g.blocks, g.first, g.end = n, first.first, last.end()
 	return last, nil
 }
 
@@ -155,7 +156,6 @@ func (s *Spool) resumeNumbering() error {
 		return err
 	}
 	if lease > s.next {
-		s.gap = numberingGap{from: s.next, to: lease}
 		s.log.Info("numbering resumes at the sequence lease after an unclean stop", "stored_end", s.next, "next_seq", lease)
 		s.next = lease
 	}
@@ -184,4 +184,21 @@ func (s *Spool) resumeConsumer(name string, pos positions, stored uint64) *consu
 		c.savedRead.Store(read)
 	}
 	return c
+}
+
+// findHoles lists the numbers below next that no generation holds: before
+// the oldest, between two (each generation starts where numbering stood
+// when the writer moved to it, after a crash at the lease), and after the
+// newest, up to next.
+func (s *Spool) findHoles() {
+	from := uint64(0)
+	for _, g := range s.gens {
+		if g.first > from {
+			s.holes = append(s.holes, numberingGap{from: from, to: g.first})
+		}
+		from = max(from, g.end)
+	}
+	if s.next > from {
+		s.holes = append(s.holes, numberingGap{from: from, to: s.next})
+	}
 }

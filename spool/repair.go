@@ -203,3 +203,21 @@ func hasMemtables(dir string) bool {
 	mems, _ := filepath.Glob(filepath.Join(dir, "*.mem"))
 	return len(mems) > 0
 }
+
+// createDir creates dir, and any parent missing, durably: a directory's
+// name is in its parent, which is fsynced, or a power cut soon after the
+// first start could take the whole spool with it.
+func createDir(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := createDir(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(dir))
+}

@@ -72,8 +72,10 @@ type Spool struct {
 	// leaseMu serialises its writes.
 	leaseMu sync.Mutex
 	leased  atomic.Uint64
-	// gap is where numbering jumped to the lease after a crash.
-	gap numberingGap
+	// holes are the numbers below the next one at Open that no stored
+	// block holds: before the oldest generation, between generations, and
+	// up to the lease after a crash. Not backlog. Set by recover only.
+	holes []numberingGap
 
 	genMu   sync.Mutex
 	gens    []*generation // oldest first; the last one is the writer's
@@ -140,7 +142,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "spool")
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	if err := createDir(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("create spool dir: %w", err)
 	}
 	s := &Spool{
@@ -317,5 +319,5 @@ func (s *Spool) Backlog(consumer string) Backlog {
 			oldest = m.stored
 		}
 	}
-	return Backlog{Events: int64(next - cursor - s.gap.within(cursor, next)), Oldest: oldest}
+	return Backlog{Events: int64(next - cursor - s.inHoles(cursor, next)), Oldest: oldest}
 }

@@ -17,6 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spillwayhq/spillway/forwarders"
+	"github.com/spillwayhq/spillway/proxy"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -71,27 +73,13 @@ func (a *adminClient) do(ctx context.Context, method, path string, q url.Values)
 	return resp, nil
 }
 
-// destinationStatus mirrors the admin API's status rows.
-type destinationStatus struct {
-	Name         string    `json:"name"`
-	Kind         string    `json:"kind"`
-	State        string    `json:"state"`
-	Backlog      int64     `json:"backlog_events"`
-	LagSeconds   float64   `json:"lag_seconds"`
-	Delivered    uint64    `json:"delivered"`
-	Retried      uint64    `json:"retried"`
-	DeadLettered uint64    `json:"dead_lettered"`
-	LastError    string    `json:"last_error"`
-	LastErrorAt  time.Time `json:"last_error_at"`
-}
-
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("spillway status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", defaultAdminAddr, "admin address of the running spillway")
 	asJSON := fs.Bool("json", false, "print the admin API's JSON")
 	watch := fs.Bool("watch", false, "refresh every second")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseClientFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -134,7 +122,7 @@ func printStatus(ctx context.Context, client *adminClient, asJSON bool, w io.Wri
 		_, err := fmt.Fprintf(w, "%s\n", body)
 		return err
 	}
-	var rows []destinationStatus
+	var rows []forwarders.DestinationStatus
 	if err := json.Unmarshal(body, &rows); err != nil {
 		return fmt.Errorf("decode status: %w", err)
 	}
@@ -148,7 +136,7 @@ func printStatus(ctx context.Context, client *adminClient, asJSON bool, w io.Wri
 			// its age tells the two apart.
 			lastErr = fmt.Sprintf("%v ago: %s", time.Since(r.LastErrorAt).Round(time.Second), lastErr)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", r.Name, r.Kind, r.State, r.Backlog, lag,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%s\n", r.Name, r.Kind, r.State, r.BacklogEvents, lag,
 			r.Delivered, r.Retried, r.DeadLettered, lastErr)
 	}
 	if err := tw.Flush(); err != nil {
@@ -175,7 +163,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.Destination, "destination", "", "only this destination's dead letters")
 	fs.StringVar(&f.Reason, "reason", "", "only dead letters with this reason (invalid, too_large, violation, rejected, expired, corrupt)")
 	fs.IntVar(&f.Limit, "limit", 0, "at most this many (0: all)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseClientFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -228,9 +216,7 @@ func dlqOnServer(ctx context.Context, action string, client *adminClient, f spoo
 		return err
 	}
 	defer resp.Body.Close()
-	var out struct {
-		Count int `json:"count"`
-	}
+	var out proxy.DLQCount
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		return fmt.Errorf("decode answer: %w", err)
 	}

@@ -10,16 +10,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // runBinary runs the built spillway with args, plus env in its
 // environment, and returns its exit status and stderr. A server that
-// starts when it should have refused its flags is killed after within, and
-// the test fails rather than hangs.
-func runBinary(t *testing.T, within time.Duration, env []string, args ...string) (int, string) {
+// starts when it should have refused its flags is killed after
+// testkit.Patience, and the test fails rather than hangs.
+func runBinary(t *testing.T, env []string, args ...string) (int, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), within)
+	ctx, cancel := context.WithTimeout(t.Context(), testkit.Patience)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -27,7 +28,7 @@ func runBinary(t *testing.T, within time.Duration, env []string, args ...string)
 	cmd.Stderr = &stderr
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("spillway %s still running after %v: %s", strings.Join(args, " "), within, stderr.String())
+		t.Fatalf("spillway %s still running after %v: %s", strings.Join(args, " "), testkit.Patience, stderr.String())
 	}
 	var exit *exec.ExitError
 	if err != nil && !errors.As(err, &exit) {
@@ -89,7 +90,7 @@ func wantUsageErrorBeforeTheSpool(t *testing.T, args []string, want string) {
 			cmd = append(cmd, a)
 		}
 	}
-	code, stderr := runBinary(t, 5*time.Second, env, cmd...)
+	code, stderr := runBinary(t, env, cmd...)
 	if code != 2 || !strings.Contains(stderr, want) {
 		t.Fatalf("exit %d, stderr %q; want 2 naming %s", code, stderr, want)
 	}
@@ -140,7 +141,7 @@ func TestUnusableSecretsExitTwoBeforeTheSpoolOpens(t *testing.T) {
 func TestSpoolMaxBytesZeroMeansNoBound(t *testing.T) {
 	for _, size := range []string{"0", "4MiB"} {
 		p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--spool-max-bytes", size)
-		if code := p.stop(10 * time.Second); code != 0 {
+		if code := p.stop(); code != 0 {
 			t.Fatalf("--spool-max-bytes %s: exit %d: %s", size, code, p.stderr)
 		}
 	}
@@ -157,7 +158,7 @@ func TestABusyPortIsARuntimeError(t *testing.T) {
 	defer ln.Close()
 	for _, flag := range []string{"--listen", "--admin-listen", "--pprof-listen"} {
 		args := []string{"run", "--spool-dir", t.TempDir(), "--listen", freeAddr(t), flag, ln.Addr().String()}
-		code, stderr := runBinary(t, 10*time.Second, nil, args...)
+		code, stderr := runBinary(t, nil, args...)
 		if code != 1 || !strings.Contains(stderr, flag+" "+ln.Addr().String()) || !strings.Contains(stderr, "address already in use") {
 			t.Errorf("%s on a busy port: exit %d, stderr %q; want 1 naming the flag", flag, code, stderr)
 		}

@@ -149,15 +149,14 @@ func checkEvents(ctx context.Context, p *plan.Plan, unplanned plan.Action, r io.
 	return status
 }
 
-// tailViolation is a tracking plan violation as /admin/events shows it.
-type tailViolation struct {
-	Type        string `json:"type"`
-	Description string `json:"description"`
-}
-
-// describeViolations is the tracking plan's violations for a person, on
-// one line.
-func describeViolations(vs []tailViolation) string {
+// describeViolations is the tracking plan's violations of an event, as
+// proxy.TailEvent holds them, for a person on one line; as received when
+// they are not a list of violations.
+func describeViolations(raw json.RawMessage) string {
+	var vs []plan.Violation
+	if json.Unmarshal(raw, &vs) != nil {
+		return string(raw)
+	}
 	parts := make([]string, len(vs))
 	for i, v := range vs {
 		parts[i] = v.Type + ": " + v.Description

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -25,18 +25,11 @@ type poisonSink struct {
 }
 
 func newPoisonSink(t *testing.T) *poisonSink {
-	ps := &poisonSink{sink: &sink{byID: map[string]map[string]any{}}}
+	ps := &poisonSink{}
 	ps.rejecting.Store(true)
-	ps.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		if ps.rejecting.Load() && bytes.Contains(body, []byte(`"messageId":"poison`)) {
-			http.Error(w, `{"error":"poison event"}`, http.StatusBadRequest)
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		ps.serve(w, r)
-	}))
-	t.Cleanup(ps.srv.Close)
+	ps.sink = newRefusingSink(t, func(r *testkit.Request) bool {
+		return ps.rejecting.Load() && slices.ContainsFunc(r.IDs, func(id string) bool { return strings.HasPrefix(id, "poison") })
+	})
 	return ps
 }
 
@@ -69,7 +62,7 @@ func TestDeadLetterRoundTripThroughTheCommandLine(t *testing.T) {
 	hook := newPoisonSink(t)
 	dir := t.TempDir()
 	p := startSpillway(t, "", nil, "--spool-dir", dir, "--flush-interval", "20ms",
-		"--destination", "hook="+hook.srv.URL+"?backoff_min=20ms&backoff_max=200ms")
+		"--destination", "hook="+hook.URL+"?backoff_min=20ms&backoff_max=200ms")
 	evs := trackEvents("good", 10)
 	for i := 0; i < 2; i++ {
 		evs = append(evs, map[string]any{"type": "track", "event": "Bad", "userId": "u", "messageId": "poison-" + string(rune('a'+i))})
@@ -77,16 +70,16 @@ func TestDeadLetterRoundTripThroughTheCommandLine(t *testing.T) {
 	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "secret-write-key", evs); err != nil || code != 200 {
 		t.Fatalf("batch: %d %v", code, err)
 	}
-	waitFor(t, 10*time.Second, "the 10 good events", func() bool { u, _ := hook.counts(); return u == 10 })
+	testkit.Eventually(t, func() bool { u, _ := hook.Counts(); return u == 10 }, "the 10 good events")
 
 	var dls []spool.DeadLetter
-	waitFor(t, 10*time.Second, "two dead letters", func() bool { dls = listDeadLetters(t, "--addr", p.addr); return len(dls) == 2 })
+	testkit.Eventually(t, func() bool { dls = listDeadLetters(t, "--addr", p.addr); return len(dls) == 2 }, "two dead letters")
 	for _, d := range dls {
 		var ev map[string]any
 		_ = json.Unmarshal(d.Event, &ev)
 		id, _ := ev["messageId"].(string)
 		if d.Destination != "hook" || d.Reason != spool.ReasonRejected || d.Status != 400 ||
-			!strings.HasPrefix(id, "poison") || !strings.Contains(d.Error, "poison event") || d.Attempts < 1 || d.At.IsZero() {
+			!strings.HasPrefix(id, "poison") || !strings.Contains(d.Error, `{"error":"refused"}`) || d.Attempts < 1 || d.At.IsZero() {
 			t.Errorf("dead letter %+v (messageId %q)", d, id)
 		}
 		if strings.Contains(d.WriteKey, "secret") {
@@ -98,8 +91,8 @@ func TestDeadLetterRoundTripThroughTheCommandLine(t *testing.T) {
 	if out := runCLI(t, "dlq", "replay", "--addr", p.addr, "--destination", "hook"); !strings.Contains(out, "replayed: 2") {
 		t.Fatalf("replay said %q", out)
 	}
-	waitFor(t, 10*time.Second, "the replayed events", func() bool { return hook.has("poison-a") && hook.has("poison-b") })
-	if got := hook.event("poison-a"); got["event"] != "Bad" {
+	testkit.Eventually(t, func() bool { return hook.Has("poison-a") && hook.Has("poison-b") }, "the replayed events")
+	if got, _, _ := hook.Event("poison-a"); got["event"] != "Bad" {
 		t.Errorf("replayed event arrived as %v", got)
 	}
 	if dls := listDeadLetters(t, "--addr", p.addr); len(dls) != 0 {
@@ -126,8 +119,8 @@ func TestDeadLetterRoundTripThroughTheCommandLine(t *testing.T) {
 	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", []map[string]any{{"type": "track", "event": "X", "userId": "u", "messageId": "poison-c"}}); err != nil || code != 200 {
 		t.Fatalf("batch: %d %v", code, err)
 	}
-	waitFor(t, 10*time.Second, "a dead letter", func() bool { return len(listDeadLetters(t, "--addr", p.addr)) == 1 })
-	if code := p.stop(10 * time.Second); code != 0 {
+	testkit.Eventually(t, func() bool { return len(listDeadLetters(t, "--addr", p.addr)) == 1 }, "a dead letter")
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	if dls := listDeadLetters(t, "--spool-dir", dir, "--destination", "hook"); len(dls) != 1 {

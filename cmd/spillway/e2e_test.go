@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,9 +18,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // binary is spillway built once for the tests that run it as a process.
@@ -44,25 +48,8 @@ type process struct {
 	t      testing.TB
 	cmd    *exec.Cmd
 	addr   string
-	stderr *lockedBuffer
+	stderr *testkit.Buffer
 	done   chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func freeAddr(t testing.TB) string {
@@ -82,7 +69,7 @@ func startSpillway(t testing.TB, addr string, stdout io.Writer, args ...string) 
 	if addr == "" {
 		addr = freeAddr(t)
 	}
-	p := &process{t: t, addr: addr, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p := &process{t: t, addr: addr, stderr: &testkit.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(binary, append([]string{"run", "--listen", addr}, args...)...)
 	p.cmd.Stdout = stdout
 	p.cmd.Stderr = p.stderr
@@ -91,23 +78,20 @@ func startSpillway(t testing.TB, addr string, stdout io.Writer, args ...string) 
 	}
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() { p.kill() })
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
+	testkit.Eventually(t, func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("spillway exited at start-up: %s", p.stderr)
-		case <-time.After(20 * time.Millisecond):
+		default:
 		}
-	}
-	t.Fatalf("spillway not ready after 20s: %s", p.stderr)
-	return nil
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, "spillway ready: %v", p.stderr)
+	return p
 }
 
 func (p *process) url() string { return "http://" + p.addr }
@@ -122,89 +106,47 @@ func (p *process) kill() {
 }
 
 // stop sends SIGTERM and returns the exit status.
-func (p *process) stop(timeout time.Duration) int {
+func (p *process) stop() int {
 	p.t.Helper()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	return p.wait()
+}
+
+// wait waits for the process to exit and returns its status.
+func (p *process) wait() int {
+	p.t.Helper()
 	select {
 	case <-p.done:
 		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(timeout):
-		p.t.Fatalf("spillway did not stop within %v: %s", timeout, p.stderr)
+	case <-time.After(testkit.Patience):
+		p.t.Fatalf("spillway still running after %v: %s", testkit.Patience, p.stderr)
 		return -1
 	}
 }
 
-// sink is a webhook destination that records every event it receives.
+// sink is a webhook destination on loopback, internal/testkit's Sink,
+// whose answer the test changes as it goes: 200 until setStatus, and 400
+// to the requests that refuse, when given, picks out.
 type sink struct {
-	srv *httptest.Server
-
-	mu       sync.Mutex
-	byID     map[string]map[string]any
-	received int // events, duplicates included
-	requests int
-	status   int // answer; 0 means 200
+	*testkit.Sink
+	status atomic.Int32
+	refuse func(*testkit.Request) bool
 }
 
-func newSink(t testing.TB) *sink {
-	s := &sink{byID: map[string]map[string]any{}}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.srv.Close)
+func newSink(t testing.TB) *sink { return newRefusingSink(t, nil) }
+
+func newRefusingSink(t testing.TB, refuse func(*testkit.Request) bool) *sink {
+	s := &sink{refuse: refuse}
+	s.Sink = testkit.NewSink(t, func(_ int, r *testkit.Request) testkit.Answer {
+		if s.refuse != nil && s.refuse(r) {
+			return testkit.Answer{Status: http.StatusBadRequest, Body: `{"error":"refused"}`}
+		}
+		return testkit.Answer{Status: int(s.status.Load())}
+	})
 	return s
 }
 
-func (s *sink) serve(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		http.Error(w, err.Error(), 400)
-		return
-	}
-	s.mu.Lock()
-	status := s.status
-	s.mu.Unlock()
-	if status != 0 && status != 200 {
-		w.WriteHeader(status)
-		return
-	}
-	var events []map[string]any
-	if err := json.Unmarshal(body, &events); err != nil {
-		http.Error(w, "not a JSON array: "+err.Error(), 400)
-		return
-	}
-	s.mu.Lock()
-	s.requests++
-	for _, e := range events {
-		id, _ := e["messageId"].(string)
-		s.received++
-		s.byID[id] = e
-	}
-	s.mu.Unlock()
-	w.WriteHeader(200)
-}
-
-func (s *sink) setStatus(code int) {
-	s.mu.Lock()
-	s.status = code
-	s.mu.Unlock()
-}
-
-func (s *sink) counts() (unique, received int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.byID), s.received
-}
-
-func (s *sink) has(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.byID[id]
-	return ok
-}
-
-func (s *sink) event(id string) map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byID[id]
-}
+func (s *sink) setStatus(code int) { s.status.Store(int32(code)) }
 
 // segmentAPI is a Segment-compatible batch API on loopback, as spillway's
 // segment+ destinations post to: it keeps each event by messageId, with
@@ -294,37 +236,21 @@ func (s *segmentAPI) refused() []string {
 	return slices.Clone(s.errs)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitForAll waits until has reports every id in acked, read under mu.
-func waitForAll(t testing.TB, within time.Duration, where string, mu *sync.Mutex, acked map[string]bool, has func(string) bool) {
+func waitForAll(t testing.TB, where string, mu *sync.Mutex, acked map[string]bool, has func(string) bool) {
 	t.Helper()
 	mu.Lock()
-	total := len(acked)
+	pending := slices.Collect(maps.Keys(acked))
 	mu.Unlock()
-	if total == 0 {
+	if len(pending) == 0 {
 		t.Fatal("no request was acknowledged: the test proves nothing")
 	}
-	waitFor(t, within, fmt.Sprintf("all %d acknowledged events %s", total, where), func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for id := range acked {
-			if !has(id) {
-				return false
-			}
-		}
-		return true
-	})
+	total := len(pending)
+	// Each look checks only what had not arrived at the one before.
+	testkit.Eventually(t, func() bool {
+		pending = slices.DeleteFunc(pending, has)
+		return len(pending) == 0
+	}, "all %d acknowledged events %s: %v missing", total, where, func() any { return len(pending) })
 }
 
 // readNDJSON reads a file:// destination's events by messageId.

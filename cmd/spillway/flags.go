@@ -4,12 +4,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/spillwayhq/spillway/forwarders"
 )
 
 // byteSize is a flag.Value taking sizes such as 32KiB, 500KB or 1GiB.
@@ -27,12 +30,9 @@ func (b *byteSize) String() string {
 }
 
 func (b *byteSize) Set(s string) error {
-	n, err := humanize.ParseBytes(s)
+	n, err := forwarders.ParseByteSize(s)
 	if err != nil {
-		return fmt.Errorf("not a size: %q (try 32KiB, 500KB, 1GiB)", s)
-	}
-	if n > 1<<62 {
-		return fmt.Errorf("size %q is too large", s)
+		return err
 	}
 	*b = byteSize(n)
 	return nil
@@ -62,6 +62,23 @@ func envName(flagName string) string {
 // parseFlags parses args, then fills every flag not given on the command
 // line from its environment variable.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	return parseFlagsAndEnv(fs, args, func(string) bool { return true })
+}
+
+// parseClientFlags is parseFlags for the commands that talk to a server
+// (status, tail, dlq). They run where the server's environment is set
+// (docker exec, kubectl exec into the sidecar), and there a variable named
+// after a server flag, SPILLWAY_SPOOL_DIR or SPILLWAY_DESTINATION, is the
+// server's setting, never the command's: such flags are read from the
+// command line only.
+func parseClientFlags(fs *flag.FlagSet, args []string) error {
+	server, _ := serverFlags(io.Discard)
+	return parseFlagsAndEnv(fs, args, func(name string) bool { return server.Lookup(name) == nil })
+}
+
+// parseFlagsAndEnv parses args, then fills each flag not given on the
+// command line for which fromEnv holds from its environment variable.
+func parseFlagsAndEnv(fs *flag.FlagSet, args []string, fromEnv func(flagName string) bool) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,7 +86,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] {
+		if given[f.Name] || !fromEnv(f.Name) {
 			return
 		}
 		v, ok := os.LookupEnv(envName(f.Name))

@@ -13,6 +13,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // kafkaTopic reads a topic from the start in the background and records
@@ -127,7 +129,7 @@ func TestKafkaKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
 		// Let this process's production to Kafka be under way before the
 		// kill (after a restart, re-sent records count too).
 		_, before := topic.counts()
-		waitFor(t, 10*time.Second, "records produced by this process", func() bool { _, n := topic.counts(); return n > before })
+		testkit.Eventually(t, func() bool { _, n := topic.counts(); return n > before }, "records produced by this process")
 		time.Sleep(time.Duration(100+rng.IntN(600)) * time.Millisecond)
 		p.kill()
 		cancel()
@@ -137,10 +139,10 @@ func TestKafkaKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
 	}
 
 	p := startSpillway(t, "", nil, args...)
-	waitForAll(t, 60*time.Second, "in Kafka", &mu, acked, topic.has)
+	waitForAll(t, "in Kafka", &mu, acked, topic.has)
 	unique, records := topic.counts()
 	t.Logf("%d acknowledged, %d unique in Kafka, %d duplicates (re-sent after a kill)", len(acked), unique, records-unique)
-	if code := p.stop(10 * time.Second); code != 0 {
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}
 }

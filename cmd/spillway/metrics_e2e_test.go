@@ -14,6 +14,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // scrape is one read of /metrics.
@@ -123,7 +125,7 @@ func TestMetricsAfterAKnownLoad(t *testing.T) {
 	healthy, failing := newSink(t), newSink(t)
 	failing.setStatus(http.StatusServiceUnavailable)
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--write-key", key,
-		"--destination", "healthy="+healthy.srv.URL, "--destination", "failing="+failing.srv.URL,
+		"--destination", "healthy="+healthy.URL, "--destination", "failing="+failing.URL,
 		"--flush-interval", "20ms", "--backoff-min", "50ms", "--backoff-max", "200ms")
 	dests := []string{"healthy", "failing"}
 
@@ -213,21 +215,21 @@ func TestMetricsAfterAKnownLoad(t *testing.T) {
 
 	// Delivery settles: the healthy sink has every valid event, the
 	// failing one is retried and keeps its backlog.
-	waitFor(t, 20*time.Second, "the healthy sink to receive every valid event", func() bool {
-		unique, _ := healthy.counts()
+	testkit.Eventually(t, func() bool {
+		unique, _ := healthy.Counts()
 		return unique == valid
-	})
+	}, "the healthy sink to receive every valid event")
 	// A batch counts as delivered when its answer comes, and is
 	// acknowledged (its backlog gone) a moment later.
-	waitFor(t, 20*time.Second, "the metrics to agree with the sinks", func() bool {
+	testkit.Eventually(t, func() bool {
 		m = scrapeMetrics(t, p.url())
-		_, got := healthy.counts()
+		_, got := healthy.Counts()
 		return m.must(t, "spillway_events_delivered_total", "destination", "healthy") == float64(got) &&
 			m.must(t, "spillway_destination_backlog_events", "destination", "healthy") == 0 &&
 			m.must(t, "spillway_forward_retries_total", "destination", "failing", "reason", "server_error") > 0
-	})
-	_, healthyGot := healthy.counts()
-	_, failingGot := failing.counts()
+	}, "the metrics to agree with the sinks")
+	_, healthyGot := healthy.Counts()
+	_, failingGot := failing.Counts()
 	checks := []struct {
 		what string
 		got  float64
@@ -284,7 +286,7 @@ func TestLogsShowDrainProgressAndNeverAWriteKey(t *testing.T) {
 	failing.setStatus(http.StatusServiceUnavailable)
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--write-key", key,
 		"--log-level", "debug", "--log-format", "json", "--shutdown-timeout", "2500ms",
-		"--destination", "failing="+failing.srv.URL, "--flush-interval", "20ms", "--backoff-min", "50ms", "--backoff-max", "100ms")
+		"--destination", "failing="+failing.URL, "--flush-interval", "20ms", "--backoff-min", "50ms", "--backoff-max", "100ms")
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	if status, err := postBatch(t.Context(), client, p.url(), key, trackEvents("logs", 7)); err != nil || status != 200 {
@@ -293,10 +295,10 @@ func TestLogsShowDrainProgressAndNeverAWriteKey(t *testing.T) {
 	if status, _ := postBatch(t.Context(), client, p.url(), wrongKey, trackEvents("wrong", 1)); status != 401 {
 		t.Fatalf("POST with an unknown key: %d, want 401", status)
 	}
-	waitFor(t, 10*time.Second, "the destination to be reported failing", func() bool {
+	testkit.Eventually(t, func() bool {
 		return strings.Contains(p.stderr.String(), "destination failing")
-	})
-	if code := p.stop(15 * time.Second); code != 0 {
+	}, "the destination to be reported failing")
+	if code := p.stop(); code != 0 {
 		t.Errorf("exit status %d, want 0", code)
 	}
 	logs := p.stderr.String()

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -38,7 +38,7 @@ func TestTrackingPlanBlocksReloadsAndReplays(t *testing.T) {
 	hook := newSink(t)
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--flush-interval", "20ms",
 		"--tracking-plan", planFile, "--tracking-plan-mode", "block", "--tracking-plan-unplanned", "allow",
-		"--destination", "hook="+hook.srv.URL)
+		"--destination", "hook="+hook.URL)
 	send := func(id string, props map[string]any) {
 		t.Helper()
 		evs := []map[string]any{{"type": "track", "event": "Order Completed", "userId": "u", "messageId": id, "properties": props}}
@@ -48,7 +48,7 @@ func TestTrackingPlanBlocksReloadsAndReplays(t *testing.T) {
 	}
 	send("ok-1", map[string]any{"orderId": "o1"})
 	send("bad-1", map[string]any{"revenue": 1})
-	waitFor(t, 10*time.Second, "the good event", func() bool { return hook.has("ok-1") })
+	testkit.Eventually(t, func() bool { return hook.Has("ok-1") }, "the good event")
 	dls := listDeadLetters(t, "--addr", p.addr)
 	if len(dls) != 1 || dls[0].Reason != spool.ReasonViolation || dls[0].Error != "properties.orderId is required" ||
 		!strings.Contains(string(dls[0].Violations), `"type":"Required"`) {
@@ -60,9 +60,9 @@ func TestTrackingPlanBlocksReloadsAndReplays(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the refusal logged", func() bool {
+	testkit.Eventually(t, func() bool {
 		return strings.Contains(p.stderr.String(), "reload tracking plan failed; keeping the previous one")
-	})
+	}, "the refusal logged")
 	send("bad-2", map[string]any{"revenue": 2})
 	if n := len(listDeadLetters(t, "--addr", p.addr, "--reason", "violation")); n != 2 {
 		t.Fatalf("%d violations after a broken plan was refused, want 2", n)
@@ -76,15 +76,15 @@ func TestTrackingPlanBlocksReloadsAndReplays(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the fixed plan taken", func() bool {
+	testkit.Eventually(t, func() bool {
 		return strings.Contains(p.stderr.String(), "reloaded tracking plan")
-	})
+	}, "the fixed plan taken")
 	send("ok-2", map[string]any{"revenue": 3})
-	waitFor(t, 10*time.Second, "an event the fixed plan accepts", func() bool { return hook.has("ok-2") })
+	testkit.Eventually(t, func() bool { return hook.Has("ok-2") }, "an event the fixed plan accepts")
 	if out := runCLI(t, "dlq", "replay", "--addr", p.addr); !strings.Contains(out, "replayed: 2") {
 		t.Fatalf("replay under the fixed plan said %q", out)
 	}
-	waitFor(t, 10*time.Second, "the replayed events", func() bool { return hook.has("bad-1") && hook.has("bad-2") })
+	testkit.Eventually(t, func() bool { return hook.Has("bad-1") && hook.Has("bad-2") }, "the replayed events")
 	if dls := listDeadLetters(t, "--addr", p.addr); len(dls) != 0 {
 		t.Errorf("%d dead letters left after the replay", len(dls))
 	}
@@ -95,7 +95,7 @@ func TestTrackingPlanBlocksReloadsAndReplays(t *testing.T) {
 	if out := runCLI(t, "status", "--addr", p.addr); !strings.Contains(out, "tracking plan violations: 2 (Required 2)") {
 		t.Errorf("status does not show the violations:\n%s", out)
 	}
-	if code := p.stop(10 * time.Second); code != 0 {
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}
 }

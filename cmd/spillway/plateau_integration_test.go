@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -22,7 +23,7 @@ func TestIntegrationSpoolSizePlateausAndFallsBackAfterABacklog(t *testing.T) {
 	steady := 150 * time.Second
 	hook := newSink(t)
 	dir := t.TempDir()
-	p := startSpillway(t, "", nil, "--spool-dir", dir, "--destination", "hook="+hook.srv.URL, "--backoff-max", "2s")
+	p := startSpillway(t, "", nil, "--spool-dir", dir, "--destination", "hook="+hook.URL, "--backoff-max", "2s")
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -94,7 +95,10 @@ func TestIntegrationSpoolSizePlateausAndFallsBackAfterABacklog(t *testing.T) {
 	mu.Lock()
 	total := sent
 	mu.Unlock()
-	waitFor(t, 2*time.Minute, "the backlog to drain", func() bool { u, _ := hook.counts(); return u >= total })
+	// Minutes of backlog take minutes to drain.
+	defer func(p time.Duration) { testkit.Patience = p }(testkit.Patience)
+	testkit.Patience = max(testkit.Patience, 3*time.Minute)
+	testkit.Eventually(t, func() bool { u, _ := hook.Counts(); return u >= total }, "the backlog to drain")
 	drained := time.Now()
 	var after int64
 	for time.Since(drained) < 90*time.Second {
@@ -108,7 +112,7 @@ func TestIntegrationSpoolSizePlateausAndFallsBackAfterABacklog(t *testing.T) {
 	if after > floor {
 		t.Errorf("spool at %d MiB 90 s after draining, above its steady-state peak of %d MiB", after>>20, floor>>20)
 	}
-	if code := p.stop(30 * time.Second); code != 0 {
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d", code)
 	}
 }

@@ -3,13 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	cryptorand "crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,11 +17,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spillwayhq/spillway/internal/powercut"
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // The power-cut tests run spillway on internal/powercut, a filesystem that
@@ -55,9 +55,7 @@ type powerRig struct {
 
 func randomHex(n int) string {
 	b := make([]byte, n/2)
-	for i := range b {
-		b[i] = byte(rand.Uint32())
-	}
+	cryptorand.Read(b)
 	return hex.EncodeToString(b)
 }
 
@@ -88,7 +86,7 @@ func newPowerRig(t *testing.T, seed uint64, extra ...string) *powerRig {
 		}
 	}
 	r.args = append([]string{"--spool-dir", filepath.Join(r.mnt, "spool"), "--flush-interval", "20ms",
-		"--destination", "hook=" + r.hook.srv.URL, "--destination", "picky=" + r.picky.srv.URL,
+		"--destination", "hook=" + r.hook.URL, "--destination", "picky=" + r.picky.URL,
 		"--batch-max-events", "100", "--backoff-min", "50ms", "--backoff-max", "200ms"}, extra...)
 	r.mount()
 	t.Cleanup(func() {
@@ -151,7 +149,7 @@ var nextSeqLog = regexp.MustCompile(`msg="spool open".* next_seq=(\d+)`)
 // startNoWait runs spillway without waiting for it, to cut the power
 // during its recovery.
 func (r *powerRig) startNoWait() *process {
-	p := &process{t: r.t, addr: freeAddr(r.t), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p := &process{t: r.t, addr: freeAddr(r.t), stderr: &testkit.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(binary, append([]string{"run", "--listen", p.addr}, r.args...)...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -213,9 +211,9 @@ func (r *powerRig) operate(p *process, action string) {
 func (r *powerRig) finish() *process {
 	r.t.Helper()
 	p := r.start()
-	waitForAll(r.t, 90*time.Second, "at the hook destination", &r.mu, ackedSet(r), r.hook.has)
-	waitForAll(r.t, 90*time.Second, "at the picky destination", &r.mu, ackedSet(r), func(id string) bool {
-		return r.picky.has(id) || r.picky.isPoison(id)
+	waitForAll(r.t, "at the hook destination", &r.mu, ackedSet(r), r.hook.Has)
+	waitForAll(r.t, "at the picky destination", &r.mu, ackedSet(r), func(id string) bool {
+		return r.picky.Has(id) || r.picky.isPoison(id)
 	})
 	return p
 }
@@ -236,6 +234,9 @@ func ackedSet(r *powerRig) map[string]bool {
 // purged, and during start-up recovery itself. Every start must succeed,
 // and at the end every acknowledged event must have been delivered.
 func TestPowerCutsUnderLoadLoseNoAcknowledgedEvent(t *testing.T) {
+	// Run with the tests that only wait (TestDLQReplayWaitsForTheServersAnswer
+	// waits 11 s), once the others are done, so that their waits cost no time.
+	t.Parallel()
 	cuts := 32
 	if testing.Short() {
 		cuts = 6
@@ -277,10 +278,10 @@ func TestPowerCutsUnderLoadLoseNoAcknowledgedEvent(t *testing.T) {
 			cycle, modeName(mode), action, st.BytesDropped, st.DirOpsDropped, st.TornWrites)
 	}
 	p := r.finish()
-	unique, received := r.hook.counts()
+	unique, received := r.hook.Counts()
 	t.Logf("%d cuts: %d acknowledged, %d delivered (%d duplicates); dropped at the cuts %d unsynced bytes, %d directory operations, %d torn writes",
 		r.cuts, len(r.acked), unique, received-unique, r.stats.BytesDropped, r.stats.DirOpsDropped, r.stats.TornWrites)
-	if code := p.stop(20 * time.Second); code != 0 {
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}
 }
@@ -317,9 +318,9 @@ func TestPowerCutsWithDropOldestStartAndDeliver(t *testing.T) {
 	time.Sleep(time.Second)
 	cancel()
 	wg.Wait()
-	waitForAll(t, 90*time.Second, "at the hook destination", &r.mu, ackedSet(r), r.hook.has)
-	waitFor(t, 90*time.Second, "an empty backlog", func() bool { return metricValue(t, p, `spillway_destination_backlog_events{destination="hook"}`) == 0 })
-	if code := p.stop(20 * time.Second); code != 0 {
+	waitForAll(t, "at the hook destination", &r.mu, ackedSet(r), r.hook.Has)
+	testkit.Eventually(t, func() bool { return metricValue(t, p, `spillway_destination_backlog_events{destination="hook"}`) == 0 }, "an empty backlog")
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d: %s", code, p.stderr)
 	}
 }
@@ -357,15 +358,15 @@ func TestPowerCutsWithIntervalSyncLoseAtMostAnInterval(t *testing.T) {
 			}
 		}
 		r.mu.Unlock()
-		waitFor(t, 60*time.Second, "the hook destination to catch up", func() bool {
+		testkit.Eventually(t, func() bool {
 			return metricValue(t, p, `spillway_destination_backlog_events{destination="hook"}`) == 0
-		})
+		}, "the hook destination to catch up")
 		for id, at := range ids {
 			acked++
 			if at.Before(covered) {
 				mustKeep++
 			}
-			if !r.hook.has(id) {
+			if !r.hook.Has(id) {
 				lost++
 				if at.Before(covered) {
 					t.Errorf("cycle %d: %s was acknowledged at %v, before two background fsyncs completed (%v), and was lost",
@@ -394,18 +395,18 @@ func TestPowerCutAfterDeliveredGenerationsWereRemovedKeepsNumbering(t *testing.T
 	started := metricValue(t, p, "spillway_spool_generations_started_total")
 	ctx, cancel := context.WithCancel(t.Context())
 	wg := r.load(ctx, p, "g")
-	waitFor(t, 60*time.Second, "two generations filled", func() bool {
+	testkit.Eventually(t, func() bool {
 		return metricValue(t, p, "spillway_spool_generations_started_total") >= started+2
-	})
+	}, "two generations filled")
 	cancel()
 	wg.Wait()
-	waitForAll(t, 60*time.Second, "at the hook destination", &r.mu, ackedSet(r), r.hook.has)
+	waitForAll(t, "at the hook destination", &r.mu, ackedSet(r), r.hook.Has)
 	gens := func() int {
 		names, _ := filepath.Glob(filepath.Join(r.mnt, "spool", "gen-*"))
 		return len(names)
 	}
 	before := gens()
-	waitFor(t, 60*time.Second, "a delivered generation removed", func() bool { return gens() < before })
+	testkit.Eventually(t, func() bool { return gens() < before }, "a delivered generation removed")
 	r.cut(p, powercut.Clean)
 	p = r.start() // fails if numbering went back
 	p.kill()
@@ -427,14 +428,14 @@ func TestPowerCutCatchesAcknowledgingBeforeTheFsync(t *testing.T) {
 	wg.Wait()
 	r.hook.setStatus(200)
 	p = r.start()
-	waitFor(t, 60*time.Second, "the hook destination to catch up", func() bool {
+	testkit.Eventually(t, func() bool {
 		return metricValue(t, p, `spillway_destination_backlog_events{destination="hook"}`) == 0
-	})
+	}, "the hook destination to catch up")
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	lost := 0
 	for id := range r.acked {
-		if !r.hook.has(id) {
+		if !r.hook.Has(id) {
 			lost++
 		}
 	}
@@ -540,44 +541,28 @@ type pickySink struct {
 	*sink
 	mu     sync.Mutex
 	poison map[string]bool
-	seen   atomic.Int64
 }
 
 func newPickySink(t *testing.T) *pickySink {
-	p := &pickySink{sink: &sink{byID: map[string]map[string]any{}}, poison: map[string]bool{}}
-	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
-	t.Cleanup(p.srv.Close)
-	return p
-}
-
-func (p *pickySink) serve(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		http.Error(w, err.Error(), 400)
-		return
-	}
-	var events []map[string]any
-	if err := json.Unmarshal(body, &events); err != nil {
-		http.Error(w, err.Error(), 400)
-		return
-	}
-	for _, e := range events {
-		if props, _ := e["properties"].(map[string]any); props["poison"] == true {
-			p.mu.Lock()
-			p.poison[e["messageId"].(string)] = true
-			p.mu.Unlock()
-			http.Error(w, "poison", 400)
-			return
+	p := &pickySink{poison: map[string]bool{}}
+	p.sink = newRefusingSink(t, func(r *testkit.Request) bool {
+		refused := false
+		for i, raw := range r.Events {
+			var e struct {
+				Properties struct {
+					Poison bool `json:"poison"`
+				} `json:"properties"`
+			}
+			if json.Unmarshal(raw, &e) == nil && e.Properties.Poison {
+				p.mu.Lock()
+				p.poison[r.IDs[i]] = true
+				p.mu.Unlock()
+				refused = true
+			}
 		}
-	}
-	p.seen.Add(int64(len(events)))
-	p.sink.mu.Lock()
-	for _, e := range events {
-		p.byID[e["messageId"].(string)] = e
-		p.received++
-	}
-	p.sink.mu.Unlock()
-	w.WriteHeader(200)
+		return refused
+	})
+	return p
 }
 
 func (p *pickySink) isPoison(id string) bool {

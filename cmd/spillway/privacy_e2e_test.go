@@ -14,8 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -83,8 +83,8 @@ func TestGlobalPrivacyRulesKeepFieldsOffTheDisk(t *testing.T) {
 		"--drop-field", "traits.email", "--drop-field", "properties.*_token", "--ip", "drop",
 		"--hash-key-file", writeKeyFile(t, "k-one"),
 		"--destination", "file=file://"+file,
-		"--destination", "hook="+hook.srv.URL+"?drop=context.library&hash=traits.name",
-		"--destination", "stuck="+stuck.srv.URL+"?backoff_min=1s&backoff_max=2s")
+		"--destination", "hook="+hook.URL+"?drop=context.library&hash=traits.name",
+		"--destination", "stuck="+stuck.URL+"?backoff_min=1s&backoff_max=2s")
 
 	// Reading the tail turns its recording on.
 	tail := func() []byte {
@@ -101,10 +101,10 @@ func TestGlobalPrivacyRulesKeepFieldsOffTheDisk(t *testing.T) {
 	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", evs); err != nil || code != 200 {
 		t.Fatalf("batch: %d %v", code, err)
 	}
-	waitFor(t, 10*time.Second, "the 20 events at the file and the hook", func() bool {
-		u, _ := hook.counts()
+	testkit.Eventually(t, func() bool {
+		u, _ := hook.Counts()
 		return len(readNDJSON(t, file)) == 20 && u == 20
-	})
+	}, "the 20 events at the file and the hook")
 	seen := tail()
 	if !bytes.Contains(seen, []byte("priv-19")) || !bytes.Contains(seen, []byte("priv-invalid")) {
 		t.Fatalf("the tail does not show the events: %.300s", seen)
@@ -121,7 +121,8 @@ func TestGlobalPrivacyRulesKeepFieldsOffTheDisk(t *testing.T) {
 	fromFile := readNDJSON(t, file)
 	for i := range 20 {
 		id := fmt.Sprintf("priv-%d", i)
-		f, h := fromFile[id], hook.event(id)
+		f := fromFile[id]
+		h, _, _ := hook.Event(id)
 		raw, _ := json.Marshal(h)
 		mustNotHoldSecrets(t, "the hook", raw)
 		fTraits, _ := f["traits"].(map[string]any)
@@ -136,7 +137,7 @@ func TestGlobalPrivacyRulesKeepFieldsOffTheDisk(t *testing.T) {
 		}
 	}
 
-	if code := p.stop(10 * time.Second); code != 0 {
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d after SIGTERM: %s", code, p.stderr)
 	}
 	// stuck delivered nothing: every block is still in the spool.
@@ -181,12 +182,12 @@ func TestHashesAgreeAcrossProcessesWithTheSameKey(t *testing.T) {
 		if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", evs); err != nil || code != 200 {
 			t.Fatalf("batch: %d %v", code, err)
 		}
-		waitFor(t, 10*time.Second, "the event in the file", func() bool { return len(readNDJSON(t, file)) == 1 })
+		testkit.Eventually(t, func() bool { return len(readNDJSON(t, file)) == 1 }, "the event in the file")
 		e := readNDJSON(t, file)["h-1"]
 		if traits, _ := e["traits"].(map[string]any); traits["email"] == secretEmail {
 			t.Errorf("traits.email arrived unhashed")
 		}
-		p.stop(10 * time.Second)
+		p.stop()
 		s, _ := e["userId"].(string)
 		return s
 	}

@@ -18,6 +18,8 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // analyticsNextDir is where `npm ci` in testdata/sdk-browser puts the
@@ -270,14 +272,14 @@ func testAnalyticsJS(t *testing.T, chromium, version string, strategy any, wantP
 		t.Fatalf("analytics.js made %d events, want 5: %+v", len(result.Sent), result.Sent)
 	}
 
-	waitFor(t, 15*time.Second, "the 5 events at the upstream", func() bool {
+	testkit.Eventually(t, func() bool {
 		for _, s := range result.Sent {
 			if e, _ := upstream.event(s.MessageID); e == nil {
 				return false
 			}
 		}
 		return true
-	})
+	}, "the 5 events at the upstream")
 
 	want := map[string]map[string]any{
 		"identify": {"userId": userID, "traits": traits},

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // sdkNodeDir holds the pinned @segment/analytics-node and send.mjs, which
@@ -65,7 +67,7 @@ func findNodeSDK(t *testing.T) (node, version string) {
 // nodeSDK is one run of send.mjs.
 type nodeSDK struct {
 	cmd            *exec.Cmd
-	stdout, stderr lockedBuffer
+	stdout, stderr testkit.Buffer
 	done           chan struct{}
 }
 
@@ -252,8 +254,8 @@ func TestAnalyticsNodeSendsEveryCallThroughUnchanged(t *testing.T) {
 	if len(sent) != 14 {
 		t.Fatalf("the SDKs reported %d distinct events delivered, want 7 each", len(sent))
 	}
-	waitFor(t, 10*time.Second, "every event in the file", func() bool { return len(readNDJSON(t, file)) >= len(sent) })
-	waitFor(t, 10*time.Second, "every event at the Segment API", func() bool { e, _, _ := api.snapshot(); return len(e) >= len(sent) })
+	testkit.Eventually(t, func() bool { return len(readNDJSON(t, file)) >= len(sent) }, "every event in the file")
+	testkit.Eventually(t, func() bool { e, _, _ := api.snapshot(); return len(e) >= len(sent) }, "every event at the Segment API")
 	fromFile := readNDJSON(t, file)
 	fromAPI, key, sentAt := api.snapshot()
 	for _, e := range api.refused() {
@@ -277,7 +279,7 @@ func TestAnalyticsNodeSendsEveryCallThroughUnchanged(t *testing.T) {
 			}
 		}
 	}
-	if code := p.stop(10 * time.Second); code != 0 {
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d after SIGTERM: %s", code, p.stderr)
 	}
 }
@@ -318,7 +320,7 @@ func TestAnalyticsNodeUnderWriteKeys(t *testing.T) {
 	delivered := right.delivered(t)
 	// The file destination writes in spool order, so once the accepted
 	// run's events are there, anything stored before them would be too.
-	waitFor(t, 10*time.Second, "the accepted run's events in the file", func() bool { return len(readNDJSON(t, file)) >= len(delivered) })
+	testkit.Eventually(t, func() bool { return len(readNDJSON(t, file)) >= len(delivered) }, "the accepted run's events in the file")
 	fromFile := readNDJSON(t, file)
 	if len(fromFile) != len(delivered) {
 		t.Errorf("%d events in the file, want only the accepted run's %d", len(fromFile), len(delivered))
@@ -337,7 +339,7 @@ func TestAnalyticsNodeRetriesThroughASpillwayRestart(t *testing.T) {
 	// The SDK's default of 3 retries spans under a second (analytics-node
 	// 2.x backs off from 25 ms to 1 s), less than a drain and a restart.
 	r := startNodeSDK(t, node, d.p.url(), "wk-node", "restart", "SDK_MAX_RETRIES=12")
-	waitFor(t, 5*time.Second, "a 503 answered to the SDK during the drain", func() bool {
+	testkit.Eventually(t, func() bool {
 		select {
 		case <-d.p.done:
 			t.Fatalf("the drain ended before the SDK's first request: %s", r.stderr.String())
@@ -345,7 +347,7 @@ func TestAnalyticsNodeRetriesThroughASpillwayRestart(t *testing.T) {
 		}
 		v, _ := scrapeMetrics(t, d.p.url()).value("spillway_request_errors_total", "code", "unavailable")
 		return v >= 1
-	})
+	}, "a 503 answered to the SDK during the drain")
 	select {
 	case <-d.p.done:
 	case <-time.After(10 * time.Second):
@@ -366,21 +368,21 @@ func TestAnalyticsNodeRetriesThroughASpillwayRestart(t *testing.T) {
 	}
 	delivered := r.delivered(t)
 	want := len(d.acked) + len(delivered)
-	waitFor(t, 10*time.Second, "every event at the destination", func() bool { u, _ := d.hook.counts(); return u >= want })
+	testkit.Eventually(t, func() bool { u, _ := d.hook.Counts(); return u >= want }, "every event at the destination")
 	got := map[string]map[string]any{}
 	for id := range delivered {
-		got[id] = d.hook.event(id)
+		got[id], _, _ = d.hook.Event(id)
 	}
 	checkNodeEvents(t, "webhook", "restart", libVersion, delivered, got)
 	for _, e := range d.acked {
-		if !d.hook.has(e["messageId"].(string)) {
+		if !d.hook.Has(e["messageId"].(string)) {
 			t.Errorf("%s, acknowledged before the restart, never arrived", e["messageId"])
 		}
 	}
-	if unique, received := d.hook.counts(); unique != want || received != want {
+	if unique, received := d.hook.Counts(); unique != want || received != want {
 		t.Errorf("the webhook received %d events (%d distinct), want each of the %d once", received, unique, want)
 	}
-	if code := p.stop(10 * time.Second); code != 0 {
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d after SIGTERM: %s", code, p.stderr)
 	}
 }
@@ -414,7 +416,7 @@ func TestAnalyticsNodeBatchWithAnEventOverTheLimit(t *testing.T) {
 	if bigID == "" {
 		t.Fatalf("the SDK did not report the big event sent (it may drop it itself): %s", r.stderr.String())
 	}
-	waitFor(t, 10*time.Second, "the seven events in the file", func() bool { return len(readNDJSON(t, file)) >= len(delivered) })
+	testkit.Eventually(t, func() bool { return len(readNDJSON(t, file)) >= len(delivered) }, "the seven events in the file")
 	fromFile := readNDJSON(t, file)
 	checkNodeEvents(t, "file", "big", libVersion, delivered, fromFile)
 	if _, ok := fromFile[bigID]; ok {
@@ -444,7 +446,7 @@ func TestAnalyticsNodeBatchWithAnEventOverTheLimit(t *testing.T) {
 	if n := m.must(t, "spillway_events_rejected_total", "reason", "too_large"); n != 1 {
 		t.Errorf("spillway_events_rejected_total{reason=too_large} = %v, want 1", n)
 	}
-	if code := p.stop(10 * time.Second); code != 0 {
+	if code := p.stop(); code != 0 {
 		t.Fatalf("exit status %d after SIGTERM: %s", code, p.stderr)
 	}
 }

@@ -7,18 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // served only with --pprof-listen
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/dustin/go-humanize"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -106,7 +105,9 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	return fs, c
 }
 
-// intSize is a byteSize for int fields.
+// intSize is a byteSize for int fields. Like flag.IntVar, it refuses what
+// an int may not hold on every platform; each setting's own range is
+// checked by the package that owns it.
 type intSize int
 
 var _ flag.Value = (*intSize)(nil)
@@ -117,7 +118,7 @@ func (i *intSize) Set(s string) error {
 	if err := b.Set(s); err != nil {
 		return err
 	}
-	if int64(b) > int64(^uint32(0)>>1) {
+	if b > math.MaxInt32 {
 		return fmt.Errorf("size %q is too large", s)
 	}
 	*i = intSize(b)
@@ -140,7 +141,8 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 }
 
 // configure parses and validates the server's flags into the packages'
-// configurations. Every error names the flag at fault.
+// configurations, before anything is opened. Every error names the flag at
+// fault.
 func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Destination, *slog.Logger, error) {
 	fs, c := serverFlags(stderr)
 	if err := parseFlags(fs, args); err != nil {
@@ -150,74 +152,43 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if c.spool.Sync, err = spool.ParseSyncMode(c.syncMode); err != nil {
-		return nil, nil, nil, fmt.Errorf("--sync: %w", err)
-	}
-	if c.spool.WhenFull, err = spool.ParseWhenFull(c.whenFull); err != nil {
-		return nil, nil, nil, fmt.Errorf("--when-full: %w", err)
-	}
-	if c.shutdownTimeout <= 0 {
-		return nil, nil, nil, errors.New("--shutdown-timeout must be > 0")
-	}
-	if err := checkSettings(c); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := c.proxy.Validate(); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := c.proxy.CheckSecrets(); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := c.defaults.Validate(); err != nil {
+	if err := c.check(); err != nil {
 		return nil, nil, nil, err
 	}
 	specs := c.destinations
 	if len(specs) == 0 {
 		specs = stringList{"stdout=stdout://"}
 	}
-	var dests []forwarders.Destination
-	for _, spec := range specs {
-		// The error names the destination, never its URL, which may hold
-		// a password or a write key.
-		d, err := forwarders.ParseDestination(spec, c.defaults)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--destination: %w", err)
-		}
-		if slices.Contains(c.spool.Consumers, d.Name) {
-			return nil, nil, nil, fmt.Errorf("--destination: destination %s: name given twice", d.Name)
-		}
-		dests = append(dests, d)
+	// The error names the destination, never its URL, which may hold a
+	// password or a write key.
+	dests, err := forwarders.ParseDestinations(specs, c.defaults)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("--destination: %w", err)
+	}
+	for _, d := range dests {
 		c.spool.Consumers = append(c.spool.Consumers, d.Name)
 	}
 	if err := configureContracts(c, dests); err != nil {
 		return nil, nil, nil, err
 	}
-	if err := c.spool.Validate(); err != nil {
-		return nil, nil, nil, err
-	}
 	return c, dests, logger, nil
 }
 
-// minSpoolMaxBytes is the smallest bound --spool-max-bytes takes. The
-// spool's own databases take room whatever the backlog: about 75 KiB when
-// empty, up to about 2 MiB once the cursors' memtable and the active
-// generation's have filled (measured by replaying hours of cursor saves
-// into a database with meta/'s options). A bound
-// below that would make the spool full of itself: refusing every event, it
-// has nothing to deliver, so nothing would ever free room.
-const minSpoolMaxBytes = 4 << 20
-
-// checkSettings refuses the values the packages cannot represent. They read
-// a zero as "the default", but no flag's default is zero, so a zero was
-// written by someone who meant something other than 1s or 4h: it is refused
-// as a negative is. --spool-max-bytes 0 is the exception: it means no bound.
-func checkSettings(c *serverConfig) error {
-	var errs []error
-	positive := func(ok bool, flag string) {
-		if !ok {
-			errs = append(errs, fmt.Errorf("--%s must be > 0", flag))
-		}
+// check reads the flags that name a choice, and has every value checked
+// by the package that owns it, reporting as many mistakes as it can at
+// once.
+func (c *serverConfig) check() error {
+	var err error
+	if c.spool.Sync, err = spool.ParseSyncMode(c.syncMode); err != nil {
+		return fmt.Errorf("--sync: %w", err)
 	}
+	if c.spool.WhenFull, err = spool.ParseWhenFull(c.whenFull); err != nil {
+		return fmt.Errorf("--when-full: %w", err)
+	}
+	if c.shutdownTimeout <= 0 {
+		return errors.New("--shutdown-timeout must be > 0")
+	}
+	errs := []error{c.spool.ValidateFlags(), c.defaults.ValidateFlags(), c.proxy.ValidateFlags()}
 	for _, a := range []struct{ flag, addr string }{
 		{"listen", c.listen}, {"admin-listen", c.adminListen}, {"pprof-listen", c.pprofListen},
 	} {
@@ -228,24 +199,10 @@ func checkSettings(c *serverConfig) error {
 			errs = append(errs, fmt.Errorf("--%s %q: %w", a.flag, a.addr, err))
 		}
 	}
-	d := c.defaults
-	positive(d.BatchEvents > 0, "batch-max-events")
-	positive(d.BatchBytes > 0, "batch-max-bytes")
-	if d.Flush <= 0 {
-		errs = append(errs, errors.New("--flush-interval must be > 0 (a destination's ?flush=0 sends without waiting)"))
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
-	positive(d.Concurrency > 0, "concurrency")
-	positive(d.Timeout > 0, "request-timeout")
-	positive(d.BackoffMin > 0, "backoff-min")
-	positive(d.BackoffMax > 0, "backoff-max")
-	positive(d.MaxAge > 0, "max-age")
-	positive(c.spool.SyncInterval > 0, "sync-interval")
-	positive(c.proxy.MaxConns > 0, "max-conns")
-	if m := c.spool.MaxBytes; m > 0 && m < minSpoolMaxBytes {
-		errs = append(errs, fmt.Errorf("--spool-max-bytes %s is too small: the spool's own databases take up to about 2 MiB; give at least %s, or 0 for no bound",
-			humanize.IBytes(uint64(m)), humanize.IBytes(minSpoolMaxBytes)))
-	}
-	return errors.Join(errs...)
+	return c.proxy.CheckSecrets()
 }
 
 // defaultMemoryLimit is GOMEMLIMIT unless the environment sets it: the
@@ -288,167 +245,238 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return 0
 }
 
-// serve runs the server until ctx ends or a signal arrives. The order of
-// start-up and shutdown is the durability contract: nothing is answered
-// 200 before the spool holds it, and the spool closes last.
+// server is the process's running parts, acquired in the order of the
+// durability contract (nothing is answered 200 before the spool holds it)
+// and released in the reverse, the spool last.
+type server struct {
+	c     *serverConfig
+	dests []forwarders.Destination
+	log   *slog.Logger
+
+	spool   *spool.Spool
+	group   *forwarders.Group
+	proxy   *proxy.Server
+	ln      net.Listener
+	adminLn net.Listener // nil without --admin-listen
+	pprof   *http.Server // nil without --pprof-listen
+}
+
+// serve runs the server until ctx ends or a signal arrives.
 func serve(ctx context.Context, c *serverConfig, dests []forwarders.Destination, logger *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	sp, err := spool.Open(c.spool, logger, reg)
-	if err != nil {
+	s := &server{c: c, dests: dests, log: logger}
+	if err := s.acquire(); err != nil {
+		s.release()
 		return err
 	}
-	// Closing must finish even when the caller's context is gone, but not
-	// wait forever on a disk that no longer takes writes. Once hurry is
-	// done (a second signal) it is given hurriedCloseTimeout more at most.
-	closeSpool := func(hurry context.Context) error {
-		bounded, cancel := context.WithTimeoutCause(context.WithoutCancel(ctx), spoolCloseTimeout,
-			fmt.Errorf("not closed within %v", spoolCloseTimeout))
-		defer cancel()
-		closeCtx, hurried := context.WithCancelCause(bounded)
-		defer hurried(nil)
-		defer context.AfterFunc(hurry, func() {
-			time.AfterFunc(hurriedCloseTimeout, func() {
-				hurried(fmt.Errorf("not closed within %v after a second signal", hurriedCloseTimeout))
-			})
-		})()
-		return sp.Close(closeCtx)
-	}
-
-	group, err := forwarders.New(dests, sp, logger, reg)
-	if err != nil {
-		_ = closeSpool(context.Background())
-		return err
-	}
-	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	srv, err := proxy.New(c.proxy, sp, proxy.Options{
-		Metrics: metrics,
-		Status:  func() any { return group.Status() },
-		DLQ:     sp,
-		Route:   group.Route,
-	}, logger, reg)
-	if err != nil {
-		_ = closeSpool(context.Background())
-		return err
-	}
-
-	ln, err := net.Listen("tcp", c.listen)
-	if err != nil {
-		_ = closeSpool(context.Background())
-		return fmt.Errorf("--listen %s: %w", c.listen, err)
-	}
-	var adminLn net.Listener
-	if c.adminListen != "" {
-		if adminLn, err = net.Listen("tcp", c.adminListen); err != nil {
-			ln.Close()
-			_ = closeSpool(context.Background())
-			return fmt.Errorf("--admin-listen %s: %w", c.adminListen, err)
-		}
-	}
-
-	if c.pprofListen != "" {
-		pprofLn, err := net.Listen("tcp", c.pprofListen)
-		if err != nil {
-			ln.Close()
-			if adminLn != nil {
-				adminLn.Close()
-			}
-			_ = closeSpool(context.Background())
-			return fmt.Errorf("--pprof-listen %s: %w", c.pprofListen, err)
-		}
-		pprofSrv := &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = pprofSrv.Serve(pprofLn) }()
-		defer pprofSrv.Close()
-	}
-
+	defer s.stopProfiling()
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
-	// SIGHUP rereads the secrets (--write-key-file, --tls-cert/--tls-key)
-	// once Kubernetes has updated them; a failed reload keeps the old ones.
+	stopReload := s.reloadOnHangup()
+	defer stopReload()
+
+	runErr := s.wait(ctx, signals, s.start())
+	if err := s.shutdown(ctx, signals); err != nil {
+		return err
+	}
+	return runErr
+}
+
+// acquire opens the spool, builds the destinations and the HTTP server,
+// and binds the listeners, so that a mistake fails before anything runs.
+// What it acquired before a failure is left for release.
+func (s *server) acquire() error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var err error
+	if s.spool, err = spool.Open(s.c.spool, s.log, reg); err != nil {
+		return err
+	}
+	if s.group, err = forwarders.New(s.dests, s.spool, s.log, reg); err != nil {
+		return err
+	}
+	s.proxy, err = proxy.New(s.c.proxy, s.spool, proxy.Options{
+		Metrics: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})),
+		Status:  func() any { return s.group.Status() },
+		DLQ:     s.spool,
+		Route:   s.group.Route,
+	}, s.log, reg)
+	if err != nil {
+		return err
+	}
+	if s.ln, err = listen("listen", s.c.listen); err != nil {
+		return err
+	}
+	if s.c.adminListen != "" {
+		if s.adminLn, err = listen("admin-listen", s.c.adminListen); err != nil {
+			return err
+		}
+	}
+	if s.c.pprofListen != "" {
+		pprofLn, err := listen("pprof-listen", s.c.pprofListen)
+		if err != nil {
+			return err
+		}
+		s.pprof = &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = s.pprof.Serve(pprofLn) }()
+	}
+	return nil
+}
+
+func listen(flag, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %s: %w", flag, addr, err)
+	}
+	return ln, nil
+}
+
+// release frees what acquire got before it failed, nothing having started.
+func (s *server) release() {
+	for _, ln := range []net.Listener{s.ln, s.adminLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	if s.group != nil {
+		// Never started: this only closes the destinations' clients and files.
+		_ = s.group.Shutdown(context.Background())
+	}
+	if s.spool != nil {
+		_ = s.closeSpool(context.Background())
+	}
+}
+
+func (s *server) stopProfiling() {
+	if s.pprof != nil {
+		s.pprof.Close()
+	}
+}
+
+// reloadOnHangup rereads the secrets (--write-key-file, --tls-cert and
+// --tls-key) at each SIGHUP, once Kubernetes has updated them; a failed
+// reload keeps the old ones. It returns what stops it.
+func (s *server) reloadOnHangup() (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	hupDone := make(chan struct{})
-	defer close(hupDone)
+	done := make(chan struct{})
 	go func() {
 		for {
 			select {
 			case <-hup:
-				if err := srv.Reload(); err != nil {
-					logger.Error("reload secrets failed; keeping the previous ones", "err", err)
+				if err := s.proxy.Reload(); err != nil {
+					s.log.Error("reload secrets failed; keeping the previous ones", "err", err)
 				} else {
-					logger.Info("reloaded secrets")
+					s.log.Info("reloaded secrets")
 				}
-			case <-hupDone:
+			case <-done:
 				return
 			}
 		}
 	}()
-
-	group.Start()
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- srv.Serve(ln) }()
-	if adminLn != nil {
-		go func() { serveErr <- srv.ServeAdmin(adminLn) }()
+	return func() {
+		signal.Stop(hup)
+		close(done)
 	}
-	names := make([]string, len(dests))
-	for i, d := range dests {
+}
+
+// start starts delivering and serving. The channel it returns gets the
+// error of a listener that stopped serving.
+func (s *server) start() <-chan error {
+	s.group.Start()
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- s.proxy.Serve(s.ln) }()
+	if s.adminLn != nil {
+		go func() { serveErr <- s.proxy.ServeAdmin(s.adminLn) }()
+	}
+	names := make([]string, len(s.dests))
+	for i, d := range s.dests {
 		names[i] = d.Name + "=" + d.Kind
 	}
-	logger.Info("spillway started", "version", version, "listen", ln.Addr().String(),
-		"spool_dir", c.spool.Dir, "sync", c.spool.Sync.String(), "destinations", strings.Join(names, ","))
+	s.log.Info("spillway started", "version", version, "listen", s.ln.Addr().String(),
+		"spool_dir", s.c.spool.Dir, "sync", s.c.spool.Sync.String(), "destinations", strings.Join(names, ","))
+	return serveErr
+}
 
-	var runErr error
+// wait returns at the first signal, at the end of ctx, or when a listener
+// fails, with that listener's error.
+func (s *server) wait(ctx context.Context, signals <-chan os.Signal, serveErr <-chan error) error {
 	select {
 	case sig := <-signals:
-		logger.Info("shutting down", "signal", sig.String(), "timeout", c.shutdownTimeout)
+		s.log.Info("shutting down", "signal", sig.String(), "timeout", s.c.shutdownTimeout)
 	case <-ctx.Done():
-		logger.Info("shutting down", "reason", context.Cause(ctx))
-	case runErr = <-serveErr:
-		logger.Error("listener failed", "err", runErr)
+		s.log.Info("shutting down", "reason", context.Cause(ctx))
+	case err := <-serveErr:
+		s.log.Error("listener failed", "err", err)
+		return err
 	}
+	return nil
+}
 
-	// A second signal abandons the drain at once: it is how an operator
-	// stops a drain that would take the whole --shutdown-timeout. The spool
-	// still closes, in milliseconds on a working disk, so the next start
-	// need not recover it as after a crash; only a stuck disk makes that
-	// close wait, and then hurriedCloseTimeout ends it.
+// shutdown stops taking events, lets the destinations drain for up to
+// --shutdown-timeout, closes the listeners, and closes the spool last.
+//
+// A second signal abandons the drain at once: it is how an operator stops
+// a drain that would take the whole --shutdown-timeout. The spool still
+// closes, in milliseconds on a working disk, so the next start need not
+// recover it as after a crash; only a stuck disk makes that close wait,
+// and then hurriedCloseTimeout ends it.
+func (s *server) shutdown(ctx context.Context, signals <-chan os.Signal) error {
 	abandon, abandonDrain := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandonDrain()
 	go func() {
 		select {
 		case sig := <-signals:
-			logger.Warn("second signal: abandoning the drain", "signal", sig.String(), "spool_close_limit", hurriedCloseTimeout)
+			s.log.Warn("second signal: abandoning the drain", "signal", sig.String(), "spool_close_limit", hurriedCloseTimeout)
 			abandonDrain()
 		case <-abandon.Done():
 		}
 	}()
-	shutdownCtx, cancel := context.WithTimeout(abandon, c.shutdownTimeout)
+	drainCtx, cancel := context.WithTimeout(abandon, s.c.shutdownTimeout)
 	defer cancel()
-
-	// The listeners stay open through the drain, answering new events 503
-	// with Retry-After (SDKs keep them and retry) and serving /readyz and
-	// /metrics, so the drain can be watched.
-	logger.Info("shutdown: refusing new events")
-	srv.BeginShutdown()
-	if err := srv.WaitAdmitted(shutdownCtx); err != nil {
-		logger.Warn("shutdown: event requests still waiting for the spool", "err", err)
+	s.drain(drainCtx)
+	s.log.Info("shutdown: closing spool")
+	if err := s.closeSpool(abandon); err != nil {
+		return err
 	}
-	logger.Info("shutdown: draining destinations")
-	if err := group.Shutdown(shutdownCtx); err != nil {
-		logger.Warn("shutdown: destinations did not drain; the rest stays in the spool", "err", err)
+	s.log.Info("shutdown complete")
+	return nil
+}
+
+// drain is shutdown up to the spool's close. The listeners stay open
+// through it, answering new events 503 with Retry-After (SDKs keep them
+// and retry) and serving /readyz and /metrics, so the drain can be watched.
+func (s *server) drain(ctx context.Context) {
+	s.log.Info("shutdown: refusing new events")
+	s.proxy.BeginShutdown()
+	if err := s.proxy.WaitAdmitted(ctx); err != nil {
+		s.log.Warn("shutdown: event requests still waiting for the spool", "err", err)
+	}
+	s.log.Info("shutdown: draining destinations")
+	if err := s.group.Shutdown(ctx); err != nil {
+		s.log.Warn("shutdown: destinations did not drain; the rest stays in the spool", "err", err)
 	}
 	// After a drain that took all its time this only closes the listeners:
 	// what is still in flight is a 503 or an admin answer.
-	if err := srv.Shutdown(shutdownCtx); err != nil && shutdownCtx.Err() == nil {
-		logger.Warn("shutdown: http server", "err", err)
+	if err := s.proxy.Shutdown(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn("shutdown: http server", "err", err)
 	}
-	logger.Info("shutdown: closing spool")
-	if err := closeSpool(abandon); err != nil {
-		return err
-	}
-	logger.Info("shutdown complete")
-	return runErr
+}
+
+// closeSpool closes the spool within spoolCloseTimeout: closing must
+// finish even when the caller's context is gone, but not wait forever on
+// a disk that no longer takes writes. Once hurry is done (a second
+// signal) it is given hurriedCloseTimeout more at most.
+func (s *server) closeSpool(hurry context.Context) error {
+	bounded, cancel := context.WithTimeoutCause(context.WithoutCancel(hurry), spoolCloseTimeout,
+		fmt.Errorf("not closed within %v", spoolCloseTimeout))
+	defer cancel()
+	closeCtx, hurried := context.WithCancelCause(bounded)
+	defer hurried(nil)
+	defer context.AfterFunc(hurry, func() {
+		time.AfterFunc(hurriedCloseTimeout, func() {
+			hurried(fmt.Errorf("not closed within %v after a second signal", hurriedCloseTimeout))
+		})
+	})()
+	return s.spool.Close(closeCtx)
 }

@@ -85,7 +85,7 @@ func TestUIInAHeadlessBrowser(t *testing.T) {
 	healthy, failing := newSink(t), newSink(t)
 	failing.setStatus(http.StatusServiceUnavailable)
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(),
-		"--destination", "healthy="+healthy.srv.URL, "--destination", "failing="+failing.srv.URL,
+		"--destination", "healthy="+healthy.URL, "--destination", "failing="+failing.URL,
 		"--flush-interval", "20ms", "--backoff-min", "50ms", "--backoff-max", "200ms")
 	client := &http.Client{Timeout: 10 * time.Second}
 	if status, err := postBatch(t.Context(), client, p.url(), "wk", trackEvents("before-ui", 5)); err != nil || status != 200 {

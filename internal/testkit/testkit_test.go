@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"runtime"
 	"slices"
@@ -204,6 +205,22 @@ func TestSinkAnswers(t *testing.T) {
 		}
 		if s.Has("x") {
 			t.Errorf("an event whose connection was reset counts as delivered")
+		}
+	})
+	t.Run("a request its client cut short is no error and delivers nothing", func(t *testing.T) {
+		s := NewSink(t, nil)
+		c, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A process killed while sending: the body stops short of its length.
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[{\"messageId\":\"x\"")
+		c.Close()
+		if code, err := post(t, http.DefaultClient, s.URL, "", "", []byte(`[{"messageId":"y"}]`)); err != nil || code != 200 {
+			t.Fatalf("post after the cut-short request: %d %v", code, err)
+		}
+		if reqs := s.Requests(); len(reqs) != 1 || s.Has("x") {
+			t.Errorf("requests %+v: the one cut short counts", reqs)
 		}
 	})
 	t.Run("a TLS sink is trusted only with its certificate", func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spillwayhq/spillway/internal/powercut"
+	"github.com/spillwayhq/spillway/scripts/internal/procs"
 )
 
 // How a run ends.
@@ -44,7 +45,7 @@ type soak struct {
 	spillwayBin string
 	work        string
 	fuse        bool
-	procs       procs
+	procs       procs.Set
 	disk        *disk
 	healthy     *sink
 	flap        *sink
@@ -172,7 +173,7 @@ type floorResult struct {
 }
 
 func newSoak(c config, spillwayBin, work string, fuse bool) *soak {
-	return &soak{cfg: c, spillwayBin: spillwayBin, work: work, fuse: fuse,
+	return &soak{cfg: c, spillwayBin: spillwayBin, work: work, fuse: fuse, procs: procs.Set{Tag: "chaos"},
 		rng: rand.New(rand.NewPCG(c.seed, 0x6368616f73)), allowance: map[string]float64{}}
 }
 
@@ -484,16 +485,16 @@ func (s *soak) during(ctx context.Context, sw *spillway, endAt time.Time, withDi
 // waitAlive waits until t; false if spillway exited meanwhile.
 func (s *soak) waitAlive(ctx context.Context, sw *spillway, t time.Time) bool {
 	for time.Now().Before(t) {
-		if sw.p.exited() {
+		if sw.p.Exited() {
 			s.finding("spillway run %d exited by itself (status %d) %.1fs after ready; %s:\n%s",
-				sw.run, sw.p.exitStatus(), time.Since(sw.readyAt).Seconds(), sw.log, tail(sw.log, 15))
+				sw.run, sw.p.ExitStatus(), time.Since(sw.readyAt).Seconds(), sw.log, tail(sw.log, 15))
 			return false
 		}
 		if !sleepCtx(ctx, min(100*time.Millisecond, time.Until(t))) {
 			return true
 		}
 	}
-	return !sw.p.exited()
+	return !sw.p.Exited()
 }
 
 // sampleRun takes a run's fixed-point sample: goroutines, fds and
@@ -503,7 +504,7 @@ func (s *soak) sampleRun(sw *spillway) {
 	m := sw.sample()
 	rec.Goroutines = m.sum("go_goroutines")
 	rec.Resent = m.sum("spillway_events_resent_total")
-	rec.FDs = openFDs(sw.p.pid(), s.spoolDir())
+	rec.FDs = openFDs(sw.p.Pid(), s.spoolDir())
 	rec.Generations, rec.SpoolFiles = generations(s.spoolDir())
 }
 
@@ -523,7 +524,7 @@ func (s *soak) fullDisk(ctx context.Context, sw *spillway, diskFor time.Duration
 		if code, err := getStatus(sw.base() + "/readyz"); err == nil && code == http.StatusServiceUnavailable {
 			ep.UnreadySeen = true
 		}
-		if sw.p.exited() {
+		if sw.p.Exited() {
 			break
 		}
 		sleepCtx(ctx, 500*time.Millisecond)
@@ -531,9 +532,9 @@ func (s *soak) fullDisk(ctx context.Context, sw *spillway, diskFor time.Duration
 	fs.SetCapacity(0)
 	back := time.Now()
 	ep.During = s.load.answers().minus(before)
-	if sw.p.exited() {
+	if sw.p.Exited() {
 		ep.Died = true
-		s.finding("spillway run %d exited (status %d) with its disk full; %s:\n%s", sw.run, sw.p.exitStatus(), sw.log, tail(sw.log, 15))
+		s.finding("spillway run %d exited (status %d) with its disk full; %s:\n%s", sw.run, sw.p.ExitStatus(), sw.log, tail(sw.log, 15))
 		return true
 	}
 	for deadline := back.Add(30 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; {
@@ -611,14 +612,14 @@ func (s *soak) crash(sw *spillway, end string) error {
 	rec := s.records[len(s.records)-1]
 	switch end {
 	case endKill, endDied:
-		sw.p.kill()
+		sw.p.Kill()
 		s.countAcked(rec)
 	case endClean, endHarsh:
 		mode := powercut.Clean
 		if end == endHarsh {
 			mode = powercut.Harsh
 		}
-		st, remount, err := s.disk.cut(mode, func() error { sw.p.kill(); s.countAcked(rec); return nil })
+		st, remount, err := s.disk.cut(mode, func() error { sw.p.Kill(); s.countAcked(rec); return nil })
 		rec.Cut = &st
 		rec.remount = remount
 		if err != nil {
@@ -664,8 +665,8 @@ func (s *soak) finish(ctx context.Context) error {
 			s.drain.Drained = true
 			break
 		}
-		if sw.p.exited() {
-			s.finding("spillway run %d exited by itself (status %d) during the drain; %s:\n%s", sw.run, sw.p.exitStatus(), sw.log, tail(sw.log, 15))
+		if sw.p.Exited() {
+			s.finding("spillway run %d exited by itself (status %d) during the drain; %s:\n%s", sw.run, sw.p.ExitStatus(), sw.log, tail(sw.log, 15))
 			return errors.New("spillway died during the drain")
 		}
 		if time.Now().After(deadline) {
@@ -696,10 +697,10 @@ func (s *soak) finish(ctx context.Context) error {
 	}
 	rec.PeakRSSKiB = max(rec.PeakRSSKiB, sw.peakKiB())
 	rec.TopRSS = sw.topRSS()
-	if killed := sw.p.stop(30 * time.Second); killed {
+	if killed := sw.p.Stop(30 * time.Second); killed {
 		s.finding("spillway run %d did not stop within 30s of SIGTERM", sw.run)
 	}
-	s.floor.FinalExit = sw.p.exitStatus()
+	s.floor.FinalExit = sw.p.ExitStatus()
 	if s.floor.FinalExit != 0 {
 		s.finding("spillway run %d exited %d after SIGTERM; %s:\n%s", sw.run, s.floor.FinalExit, sw.log, tail(sw.log, 15))
 	}
@@ -716,8 +717,8 @@ func (s *soak) finish(ctx context.Context) error {
 	s.endRun(sw, "SIGTERM")
 	s.logf("after the drain and a restart, idle %v after ready: %.0f goroutines, %d fds (%d on %d spool files), %d generations, %s on disk",
 		sampleAfterReady, s.final.Goroutines, s.final.FDs.Total, s.final.FDs.Spool, s.final.SpoolFiles, s.final.Generations, mib(s.final.SpoolBytes))
-	if killed := sw.p.stop(30 * time.Second); killed || sw.p.exitStatus() != 0 {
-		s.finding("spillway run %d: SIGTERM with nothing to do: exit status %d", sw.run, sw.p.exitStatus())
+	if killed := sw.p.Stop(30 * time.Second); killed || sw.p.ExitStatus() != 0 {
+		s.finding("spillway run %d: SIGTERM with nothing to do: exit status %d", sw.run, sw.p.ExitStatus())
 	}
 	return nil
 }
@@ -725,7 +726,7 @@ func (s *soak) finish(ctx context.Context) error {
 func (s *soak) idle(sw *spillway) idleSample {
 	m := sw.sample()
 	gens, files := generations(s.spoolDir())
-	return idleSample{Goroutines: m.sum("go_goroutines"), FDs: openFDs(sw.p.pid(), s.spoolDir()),
+	return idleSample{Goroutines: m.sum("go_goroutines"), FDs: openFDs(sw.p.Pid(), s.spoolDir()),
 		SpoolBytes: diskUsage(s.spoolDir()), Generations: gens, SpoolFiles: files}
 }
 
@@ -767,7 +768,7 @@ func (s *soak) waitFloor(ctx context.Context, sw *spillway) {
 			f.Reached = true
 			break
 		}
-		if time.Since(t0) > s.cfg.floorWithin || sw.p.exited() {
+		if time.Since(t0) > s.cfg.floorWithin || sw.p.Exited() {
 			break
 		}
 		if !sleepCtx(ctx, time.Second) {
@@ -782,7 +783,7 @@ func (s *soak) waitFloor(ctx context.Context, sw *spillway) {
 // shutdown stops whatever is still running and unmounts, leaving the spool
 // in the disk directory.
 func (s *soak) shutdown() {
-	s.procs.stopAll(10 * time.Second)
+	s.procs.StopAll(10 * time.Second)
 	if s.disk != nil {
 		if err := s.disk.unmount(); err != nil {
 			fmt.Fprintf(os.Stderr, "chaos: unmount %s: %v\n", s.disk.mnt, err)

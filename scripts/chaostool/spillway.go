@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spillwayhq/spillway/scripts/internal/procs"
 	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 )
 
@@ -23,7 +24,7 @@ var httpc = &http.Client{Timeout: 3 * time.Second}
 // kill, the cut or the final stop.
 type spillway struct {
 	run      int
-	p        *proc
+	p        *procs.Proc
 	addr     string
 	log      string
 	execAt   time.Time
@@ -66,7 +67,7 @@ func (s *soak) startSpillway(ctx context.Context, whenFull string, extra ...stri
 	cmd := exec.Command(s.spillwayBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	sw.execAt = time.Now()
-	if sw.p, err = s.procs.start(fmt.Sprintf("spillway run %d", sw.run), cmd); err != nil {
+	if sw.p, err = s.procs.Start(fmt.Sprintf("spillway run %d", sw.run), cmd); err != nil {
 		return nil, err
 	}
 	s.healthy.arm(sw.execAt)
@@ -77,9 +78,9 @@ func (s *soak) startSpillway(ctx context.Context, whenFull string, extra ...stri
 			sw.readyAt = time.Now()
 			break
 		}
-		if sw.p.exited() {
+		if sw.p.Exited() {
 			return sw, fmt.Errorf("spillway run %d exited before ready (status %d); %s:\n%s",
-				sw.run, sw.p.exitStatus(), sw.log, tail(sw.log, 20))
+				sw.run, sw.p.ExitStatus(), sw.log, tail(sw.log, 20))
 		}
 		if time.Now().After(deadline) {
 			return sw, fmt.Errorf("spillway run %d not ready %v after its start; %s:\n%s",
@@ -112,10 +113,10 @@ func (sw *spillway) monitor() {
 // sample scrapes once and reads the peak RSS; it returns the scrape, or
 // nil when spillway did not answer.
 func (sw *spillway) sample() metrics {
-	if kib, err := procstat.StatusKiB(sw.p.pid(), "VmHWM"); err == nil {
-		rss, _ := procstat.StatusKiB(sw.p.pid(), "VmRSS")
-		anon, _ := procstat.StatusKiB(sw.p.pid(), "RssAnon")
-		file, _ := procstat.StatusKiB(sw.p.pid(), "RssFile")
+	if kib, err := procstat.StatusKiB(sw.p.Pid(), "VmHWM"); err == nil {
+		rss, _ := procstat.StatusKiB(sw.p.Pid(), "VmRSS")
+		anon, _ := procstat.StatusKiB(sw.p.Pid(), "RssAnon")
+		file, _ := procstat.StatusKiB(sw.p.Pid(), "RssFile")
 		sw.mu.Lock()
 		sw.hwmKiB = max(sw.hwmKiB, kib)
 		if rss > sw.rssTop.RSS {

@@ -359,9 +359,15 @@ func examples(ids []uint64) string {
 	return b.String()
 }
 
+// listOrEmpty joins up to five of xs after a colon, saying how many more
+// there are.
 func listOrEmpty(xs []string) string {
-	if len(xs) == 0 {
+	const most = 5
+	switch {
+	case len(xs) == 0:
 		return ""
+	case len(xs) > most:
+		return fmt.Sprintf(": %s; and %d more (see --json)", strings.Join(xs[:most], "; "), len(xs)-most)
 	}
 	return ": " + strings.Join(xs, "; ")
 }

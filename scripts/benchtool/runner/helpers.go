@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/spillwayhq/spillway/scripts/benchtool/internal/loadreport"
+	"github.com/spillwayhq/spillway/scripts/internal/procs"
 	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"io"
 	"net/http"
@@ -25,7 +26,7 @@ var httpc = &http.Client{Timeout: 5 * time.Second}
 
 // sinkProc is a running bench sink.
 type sinkProc struct {
-	p     *proc
+	p     *procs.Proc
 	addr  string // data
 	admin string
 }
@@ -49,7 +50,7 @@ func (r *runner) startSink(ctx context.Context, name string, args ...string) (*s
 	var once sync.Once
 	cmd.Stdout = &lineWriter{fn: func(l string) { once.Do(func() { first <- l }) }}
 	cmd.Stderr = logf
-	p, err := r.procs.start(name, cmd)
+	p, err := r.procs.Start(name, cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -60,8 +61,8 @@ func (r *runner) startSink(ctx context.Context, name string, args ...string) (*s
 			return nil, fmt.Errorf("%s: bad first line %q", name, l)
 		}
 		return &sinkProc{p: p, addr: a.Addr, admin: a.Admin}, nil
-	case <-p.done:
-		return nil, fmt.Errorf("%s exited: %v\n%s", name, p.err, tail(logf.Name(), 10))
+	case <-p.Done():
+		return nil, fmt.Errorf("%s exited: %v\n%s", name, p.Err(), tail(logf.Name(), 10))
 	case <-time.After(10 * time.Second):
 		return nil, fmt.Errorf("%s did not start", name)
 	case <-ctx.Done():
@@ -91,7 +92,7 @@ func (s *sinkProc) count() (sinkCounts, error) { return s.call(http.MethodGet, "
 
 // spillwayProc is a running spillway with a fresh spool.
 type spillwayProc struct {
-	p     *proc
+	p     *procs.Proc
 	addr  string
 	spool string
 	log   string
@@ -123,7 +124,7 @@ func (r *runner) startSpillway(ctx context.Context, name string, dests []string)
 	args = append(args, r.cfg.spillwayArgs...)
 	cmd := exec.Command(r.spillway, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if sp.p, err = r.procs.start("spillway "+name, cmd); err != nil {
+	if sp.p, err = r.procs.Start("spillway "+name, cmd); err != nil {
 		return nil, err
 	}
 	deadline := time.Now().Add(60 * time.Second)
@@ -137,8 +138,8 @@ func (r *runner) startSpillway(ctx context.Context, name string, dests []string)
 			}
 		}
 		select {
-		case <-sp.p.done:
-			return nil, fmt.Errorf("spillway exited before ready (%v); %s:\n%s", sp.p.err, sp.log, tail(sp.log, 15))
+		case <-sp.p.Done():
+			return nil, fmt.Errorf("spillway exited before ready (%v); %s:\n%s", sp.p.Err(), sp.log, tail(sp.log, 15))
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -186,7 +187,7 @@ type loadSpec struct {
 }
 
 type loadRun struct {
-	p        *proc
+	p        *procs.Proc
 	out      bytes.Buffer
 	progress atomic.Uint64 // events accepted so far, from --progress lines
 	human    atomic.Value  // string: loadgen's human line
@@ -220,26 +221,26 @@ func (r *runner) startLoad(target string, s loadSpec, tag string) (*loadRun, err
 		lr.human.Store(l)
 		fmt.Fprintln(logf, l)
 	}}
-	lr.p, err = r.procs.start("loadgen "+tag, cmd)
+	lr.p, err = r.procs.Start("loadgen "+tag, cmd)
 	if err != nil {
 		logf.Close()
 		return nil, err
 	}
-	go func() { <-lr.p.done; logf.Close() }()
+	go func() { <-lr.p.Done(); logf.Close() }()
 	return lr, nil
 }
 
 // wait returns the loadgen's result; ctx cancellation stops the loadgen.
 func (lr *loadRun) wait(ctx context.Context) (*loadResult, error) {
 	select {
-	case <-lr.p.done:
+	case <-lr.p.Done():
 	case <-ctx.Done():
-		lr.p.stop(2 * time.Second)
+		lr.p.Stop(2 * time.Second)
 		return nil, ctx.Err()
 	}
-	if lr.p.err != nil {
+	if lr.p.Err() != nil {
 		h, _ := lr.human.Load().(string)
-		return nil, fmt.Errorf("loadgen: %v %s", lr.p.err, h)
+		return nil, fmt.Errorf("loadgen: %v %s", lr.p.Err(), h)
 	}
 	var res loadResult
 	line := bytes.TrimSpace(lr.out.Bytes())

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/spillwayhq/spillway/scripts/internal/procs"
 	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"os"
 	"os/signal"
@@ -47,7 +48,7 @@ type runner struct {
 	bin      string
 	spillway string
 	work     string
-	procs    procs
+	procs    procs.Set
 
 	null, sink, failing *sinkProc
 	rows                []*row
@@ -98,7 +99,7 @@ func run() int {
 		spillway = filepath.Join(bin, "spillway")
 	}
 
-	r := &runner{cfg: c, bin: bin, spillway: spillway, work: c.work}
+	r := &runner{cfg: c, bin: bin, spillway: spillway, work: c.work, procs: procs.Set{Tag: "bench"}}
 	if r.work == "" {
 		w, err := os.MkdirTemp("", "spillway-bench-")
 		if err != nil {
@@ -120,7 +121,7 @@ func run() int {
 		stop() // a second Ctrl-C kills the runner; Pdeathsig takes the children
 	}()
 	err := r.runAll(ctx)
-	r.procs.stopAll(10 * time.Second)
+	r.procs.StopAll(10 * time.Second)
 	r.printTable(os.Stdout)
 	if c.jsonOut != "" {
 		if b, jerr := json.MarshalIndent(r.rows, "", "  "); jerr == nil {
@@ -272,8 +273,8 @@ func (r *runner) closedLoop(ctx context.Context, name, desc string, spec loadSpe
 	if err != nil {
 		return rw, err
 	}
-	defer sp.p.stop(15 * time.Second)
-	smp := startSampler(r.sink, sp.p.pid())
+	defer sp.p.Stop(15 * time.Second)
+	smp := startSampler(r.sink, sp.p.Pid())
 	res, err := r.load(ctx, sp.addr, spec, name+" spillway")
 	if err != nil {
 		smp.finish()
@@ -282,7 +283,7 @@ func (r *runner) closedLoop(ctx context.Context, name, desc string, spec loadSpe
 	rw.Spillway = res
 	rw.SpoolAllocBytes, rw.SpoolAppBytes, _ = diskUsage(sp.spool)
 	rw.SpoolEvents = res.TotalEventsOK
-	rw.PeakRSSKiB, _ = procstat.StatusKiB(sp.p.pid(), "VmHWM")
+	rw.PeakRSSKiB, _ = procstat.StatusKiB(sp.p.Pid(), "VmHWM")
 	ss := smp.finish()
 	rw.MaxSampledRSS = maxRSS(ss)
 	from, err1 := eventsAt(ss, time.Unix(0, res.WindowStartNs))
@@ -297,8 +298,8 @@ func (r *runner) closedLoop(ctx context.Context, name, desc string, spec loadSpe
 		rw.FailingRequests = f.Requests
 		rw.Notes = append(rw.Notes, fmt.Sprintf("the 503 destination got %d requests", f.Requests))
 	}
-	if sp.p.exited() {
-		return rw, fmt.Errorf("spillway exited during %s: %v\n%s", name, sp.p.err, tail(sp.log, 15))
+	if sp.p.Exited() {
+		return rw, fmt.Errorf("spillway exited during %s: %v\n%s", name, sp.p.Err(), tail(sp.log, 15))
 	}
 	return rw, nil
 }
@@ -321,8 +322,8 @@ func (r *runner) outage(ctx context.Context, rate float64, ceiling *loadResult, 
 	if err != nil {
 		return err
 	}
-	defer sp.p.stop(15 * time.Second)
-	smp := startSampler(r.sink, sp.p.pid())
+	defer sp.p.Stop(15 * time.Second)
+	smp := startSampler(r.sink, sp.p.Pid())
 	spec := loadSpec{endpoint: "/v1/batch", rate: rate, duration: r.cfg.down + r.cfg.drainMax}
 	lr, err := r.startLoad(sp.addr, spec, "W4 spillway")
 	if err != nil {
@@ -378,7 +379,7 @@ func (r *runner) outage(ctx context.Context, rate float64, ceiling *loadResult, 
 				break
 			}
 		}
-		if now.Sub(tUp) > r.cfg.drainMax || lr.p.exited() {
+		if now.Sub(tUp) > r.cfg.drainMax || lr.p.Exited() {
 			rw.DrainS = now.Sub(tUp).Seconds()
 			rw.Notes = append(rw.Notes, fmt.Sprintf("NOT drained after %.0f s: %d delivered since the sink came back, backlog was %d", rw.DrainS, delivered, rw.BacklogAtUp))
 			break
@@ -394,21 +395,21 @@ func (r *runner) outage(ctx context.Context, rate float64, ceiling *loadResult, 
 	if rw.DrainS > 0 {
 		rw.DeliveredPerS = float64(delivered) / rw.DrainS
 	}
-	lr.p.signal(syscall.SIGINT) // stop the load; the loadgen reports what it did
+	lr.p.Signal(syscall.SIGINT) // stop the load; the loadgen reports what it did
 	res, err := lr.wait(ctx)
 	if err != nil {
 		smp.finish()
 		return err
 	}
 	rw.Spillway = res
-	rw.PeakRSSKiB, _ = procstat.StatusKiB(sp.p.pid(), "VmHWM")
+	rw.PeakRSSKiB, _ = procstat.StatusKiB(sp.p.Pid(), "VmHWM")
 	ss := smp.finish()
 	rw.MaxSampledRSS = maxRSS(ss)
 	if len(ss) > 0 {
 		rw.BacklogAtEnd = int64(res.TotalEventsOK) - int64(ss[len(ss)-1].events)
 	}
-	if sp.p.exited() {
-		return fmt.Errorf("spillway exited during W4: %v\n%s", sp.p.err, tail(sp.log, 15))
+	if sp.p.Exited() {
+		return fmt.Errorf("spillway exited during W4: %v\n%s", sp.p.Err(), tail(sp.log, 15))
 	}
 	return nil
 }
