@@ -89,6 +89,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	client := newAdminClient(*addr)
 	for {
 		if err := printStatus(ctx, client, *asJSON, stdout); err != nil {
+			if ctx.Err() != nil {
+				// Interrupted, --watch mid-refresh most likely: as when
+				// waiting for the next one.
+				return 0
+			}
 			fmt.Fprintf(stderr, "spillway status: %v\n", err)
 			return 1
 		}
