@@ -19,7 +19,7 @@ type ingest struct {
 	spans    []span // output bytes of events[i]
 	deadSpan []span // output bytes of dead[i]
 	rejected []rejection
-	found    []found // tracking plan violations, counted once stored
+	found    []found // tracking plan violations, counted once submitted
 	scratch  []byte  // answer body, batch-level context
 
 	fastKeys []int32 // for fastScan

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
@@ -253,7 +254,11 @@ func (p *Plan) Check(v *fastjson.Value, typ, name string, reportUnplanned bool) 
 // check is Check, through the fast walk where a rule allows it if fast.
 func (p *Plan) check(v *fastjson.Value, typ, name string, reportUnplanned, fast bool) (vs []Violation, unplanned bool) {
 	var tree any // the event as the library reads it, made once if needed
-	var w walker
+	w := walkers.Get().(*walker)
+	defer func() {
+		w.vs = nil
+		walkers.Put(w)
+	}()
 	apply := func(r *rule) {
 		if r.fast != nil && fast {
 			w.vs, w.path = vs, w.path[:0]
@@ -290,6 +295,9 @@ func (p *Plan) check(v *fastjson.Value, typ, name string, reportUnplanned, fast 
 	}
 	return vs, unplanned
 }
+
+// walkers keep their path's memory from one event to the next.
+var walkers = sync.Pool{New: func() any { return &walker{path: make([]string, 0, 16)} }}
 
 // appendViolations appends a violation for each leaf of err, described
 // from the plan's side only.
