@@ -2,6 +2,7 @@ package spool
 
 import (
 	"fmt"
+	"math"
 	"path/filepath"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -35,12 +36,19 @@ func (s *Spool) badgerOptions(dir string) badger.Options {
 		WithMemTableSize(256 << 10).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
-		WithNumLevelZeroTablesStall(8).
+		// No compactor goroutines: each ticks every 50 ms whether or not
+		// there is anything to compact, and with three databases open they
+		// were most of an idle spillway's CPU and wake-ups. A generation
+		// holds only keys in its tree, a table or two before it is removed
+		// whole; meta's tree is compacted by the maintenance loop
+		// (compactMeta). Without compactors nothing would ever drain level
+		// 0, so writes must never wait for it to.
+		WithNumCompactors(0).
+		WithNumLevelZeroTablesStall(math.MaxInt32).
 		// A memtable flush builds its table in a buffer of twice this:
 		// a generation's tables hold only keys, a few KiB.
 		WithBaseTableSize(256 << 10).
 		WithValueLogFileSize(genMaxBytes + maxBlockBytes).
-		WithNumCompactors(2).
 		WithNumGoroutines(2).
 		// A table holding a damaged key would list blocks that are not
 		// there, or hide those that are: checked whole when opened, a

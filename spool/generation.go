@@ -30,16 +30,18 @@ const (
 // every consumer has passed it: Badger used as a queue does not reliably
 // return the space of deleted keys (dgraph-io/badger#1995).
 type generation struct {
-	num     uint64 // its place in the order of generations; names its directory
-	first   uint64 // no event before it is in this generation or a later one
-	end     uint64 // after its last block, as recover found it; zero for one created since
-	dir     string
-	created time.Time
+	num   uint64 // its place in the order of generations; names its directory
+	first uint64 // no event before it is in this generation or a later one
+	end   uint64 // after its last block, as recover found it; zero for one created since
+	dir   string
 
-	mu     sync.Mutex
-	db     *badger.DB // nil while closed
-	refs   int        // readers using db
-	blocks int        // stored blocks, for the spillway_spool_blocks gauge
+	mu sync.Mutex
+	// started is when the active generation received its first events (or
+	// was last found empty): its age, for rotation, counts from there.
+	started time.Time
+	db      *badger.DB // nil while closed
+	refs    int        // readers using db
+	blocks  int        // stored blocks, for the spillway_spool_blocks gauge
 }
 
 const genPrefix = "gen-"
@@ -68,6 +70,18 @@ func listGenerations(dir string) ([]*generation, error) {
 	}
 	sort.Slice(gens, func(i, j int) bool { return gens[i].num < gens[j].num })
 	return gens, nil
+}
+
+func (g *generation) startedAt() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.started
+}
+
+func (g *generation) setStarted(t time.Time) {
+	g.mu.Lock()
+	g.started = t
+	g.mu.Unlock()
 }
 
 // acquire returns the generation's database, opening it if closed. Every
@@ -172,6 +186,8 @@ func scanBlocks(db *badger.DB) (oldest, newest blockMeta, count int, err error) 
 // prepareSpare opens the generation the writer will move to next, so that
 // moving is a swap rather than the tens of milliseconds Badger takes to
 // create a database, which every request waiting on that commit would feel.
+// The maintenance loop calls it once the active generation holds events
+// (wantSpare): an idle spool keeps no spare open.
 func (s *Spool) prepareSpare() {
 	s.genMu.Lock()
 	if s.spare != nil {
@@ -232,7 +248,7 @@ func (s *Spool) startGeneration() error {
 	s.mu.Lock()
 	g.first = s.next
 	s.mu.Unlock()
-	g.created = time.Now()
+	g.started = time.Now()
 	g.refs = 1 // the writer's
 	s.genMu.Lock()
 	prev := s.active

@@ -4,47 +4,216 @@ import (
 	"errors"
 	"io/fs"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
 
-const maintenanceEvery = time.Second
+// maintenanceEvery is the shortest time between two maintenance passes
+// while events come in or cursors move; idleRelease is how long the spool
+// must have been quiet before the memory of its last burst is handed back
+// to the operating system.
+const (
+	maintenanceEvery = time.Second
+	idleRelease      = 5 * time.Second
+)
 
 // maintenanceLoop saves cursors, removes generations every consumer has
-// passed, closes unused ones, and keeps the size accounting that
-// --spool-max-bytes and the free-space reserve need.
+// passed, closes unused ones, opens the spare, and keeps the size
+// accounting that --spool-max-bytes and the free-space reserve need.
+//
+// It sleeps until there is work: a commit, an acknowledgement, a rotation,
+// or a deadline that is actually due (the active generation's age, a full
+// spool or disk that may have room again). A sidecar idles beside every
+// replica of a service, so a quiet spool must cost no CPU and touch no
+// disk: on tickers it woke hundreds of times a second to find nothing to
+// do. Under load a pass still runs at most every maintenanceEvery and a
+// cursor save within cursorSaveEvery of the acknowledgement.
 func (s *Spool) maintenanceLoop() {
-	save := time.NewTicker(cursorSaveEvery)
+	save := newStoppedTimer()
 	defer save.Stop()
-	tick := time.NewTicker(maintenanceEvery)
-	defer tick.Stop()
+	pass := newStoppedTimer()
+	defer pass.Stop()
+	release := newStoppedTimer()
+	defer release.Stop()
+	var (
+		saveArmed bool
+		passAt    time.Time // zero: no pass scheduled
+		lastPass  time.Time
+	)
+	// schedule makes sure a pass runs by at, and no sooner than
+	// maintenanceEvery after the last one.
+	schedule := func(at time.Time) {
+		at = later(at, lastPass.Add(maintenanceEvery))
+		if !passAt.IsZero() && !passAt.After(at) {
+			return
+		}
+		passAt = at
+		pass.Reset(time.Until(at))
+	}
+	active := func() {
+		schedule(time.Now())
+		release.Reset(idleRelease)
+	}
+	changed := s.Changed()
+	schedule(time.Now()) // what recover left: the lease, the spare, the size
 	for {
+		// A pass already due covers every commit until it runs, unless the
+		// writer has moved to a new generation and needs its spare.
+		var changedC <-chan struct{}
+		if passAt.IsZero() || s.wantSpare() {
+			changedC = changed
+		}
+		// An armed save covers every acknowledgement until it fires.
+		var ackedC <-chan struct{}
+		if !saveArmed {
+			ackedC = s.acked
+		}
 		select {
 		case <-s.quit:
 			return
+		case <-changedC:
+			changed = s.Changed()
+			if s.wantSpare() {
+				// At full load a generation fills in a fraction of a
+				// second: the spare must be ready before the writer needs
+				// it, or it opens one itself, stalling commits.
+				s.prepareSpare()
+			}
+			active()
+		case <-s.metaWritten:
+			active()
+		case <-ackedC:
+			save.Reset(cursorSaveEvery)
+			saveArmed = true
+			active()
 		case <-save.C:
+			saveArmed = false
 			if err := s.saveCursors(); err != nil {
 				s.log.Error("save cursors", "err", err)
 			}
-			continue
 		case <-s.spareTaken:
-			// At full load a generation fills in a fraction of a second:
-			// waiting for the tick would leave the writer to open the
-			// next one itself, stalling commits.
-			s.prepareSpare()
-			continue
-		case <-tick.C:
-		}
-		s.reclaim()
-		s.prepareSpare()
-		s.leaseAhead()
-		s.refreshSize()
-		if s.cfg.WhenFull == DropOldest && s.full() {
-			s.dropOldest()
+			// The old generation may be reclaimable now.
+			schedule(time.Now())
+		case <-release.C:
+			if !passAt.IsZero() || saveArmed {
+				release.Reset(idleRelease) // still busy
+				continue
+			}
+			s.releaseMemory()
+		case <-pass.C:
+			lastPass = time.Now()
+			passAt = time.Time{}
+			s.maintenancePasses.Add(1)
+			if next := s.maintain(lastPass); !next.IsZero() {
+				schedule(next)
+			}
 		}
 	}
+}
+
+// maintain is one maintenance pass. It returns when the next one is due
+// even if nothing happens meanwhile, or zero when only new work (a
+// commit, an acknowledgement) can make one useful.
+func (s *Spool) maintain(now time.Time) time.Time {
+	busy := s.reclaim()
+	if s.wantSpare() {
+		s.prepareSpare()
+	}
+	s.leaseAhead()
+	s.refreshSize()
+	if s.cfg.WhenFull == DropOldest && s.full() {
+		s.dropOldest()
+	}
+	s.compactMeta()
+	// Room may come back from outside (another program freeing disk) or
+	// from a removal that found a reader in the generation: look again.
+	if busy || s.full() || s.lowDisk.Load() {
+		return now.Add(maintenanceEvery)
+	}
+	// A generation holding events is rotated once genMaxAge old and
+	// delivered, so that its space comes back; delivery is an
+	// acknowledgement, which wakes the loop, but the age is a deadline.
+	s.genMu.Lock()
+	g := s.active
+	s.genMu.Unlock()
+	if s.activeHoldsEvents() {
+		if due := g.startedAt().Add(genMaxAge); due.After(now) {
+			return due
+		}
+	}
+	return time.Time{}
+}
+
+// noteMetaWrite tells the maintenance loop that meta has grown: dead
+// letters take room under --spool-max-bytes too, and add to meta's tree.
+func (s *Spool) noteMetaWrite() {
+	select {
+	case s.metaWritten <- struct{}{}:
+	default:
+	}
+}
+
+// activeHoldsEvents reports whether the writer has committed events to the
+// active generation.
+func (s *Spool) activeHoldsEvents() bool {
+	s.genMu.Lock()
+	first := s.active.first
+	s.genMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.next > first
+}
+
+// wantSpare reports whether the writer will soon need a generation to move
+// to: one is opened once the active generation receives its first events,
+// not ahead of them, so that an idle spool keeps two databases open, not
+// three.
+func (s *Spool) wantSpare() bool {
+	s.genMu.Lock()
+	none := s.spare == nil
+	s.genMu.Unlock()
+	return none && s.activeHoldsEvents()
+}
+
+// releaseMemory hands the memory of the last burst back to the operating
+// system once the spool has been quiet for idleRelease. The runtime
+// returns freed memory over minutes by itself; a sidecar idles most of the
+// time, and its RSS is what the pod is charged for.
+func (s *Spool) releaseMemory() {
+	debug.FreeOSMemory()
+}
+
+// metaMaxL0Tables is how many tables meta's level 0 may hold before the
+// maintenance loop compacts it. Badger's compactors are off (see
+// badgerOptions); meta is the database that lives for ever, each memtable
+// flush adds a table, and every read looks through all of them.
+const metaMaxL0Tables = 4
+
+// compactMeta compacts meta's tree once its level 0 has grown.
+func (s *Spool) compactMeta() {
+	levels := s.meta.Levels()
+	if len(levels) == 0 || levels[0].NumTables < metaMaxL0Tables {
+		return
+	}
+	if err := s.meta.Flatten(1); err != nil {
+		s.log.Warn("compact meta", "err", err)
+	}
+}
+
+func newStoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // leaseAhead extends the sequence lease before the committer needs it, so
@@ -75,11 +244,11 @@ func (s *Spool) minCursor() uint64 {
 // is fully delivered and old enough, or the spool is full, so its space
 // comes back too: below a generation's size a full spool would otherwise
 // refuse events for up to genMaxAge after its destinations caught up.
-func (s *Spool) reclaim() {
+func (s *Spool) reclaim() (busy bool) {
 	if len(s.consumers) == 0 {
 		// Opened to work on dead letters (spillway dlq --spool-dir): who
 		// still needs which events is unknown, so nothing is delivered.
-		return
+		return false
 	}
 	low := s.minCursor()
 	s.genMu.Lock()
@@ -96,6 +265,7 @@ func (s *Spool) reclaim() {
 			continue
 		}
 		if err := g.remove(); err != nil {
+			busy = true
 			if !errors.Is(err, errGenerationBusy) {
 				s.log.Error("remove delivered generation", "dir", g.dir, "err", err)
 			}
@@ -109,12 +279,13 @@ func (s *Spool) reclaim() {
 	s.mu.Lock()
 	next := s.next
 	s.mu.Unlock()
-	if low == next && next > active.first && (time.Since(active.created) >= genMaxAge || s.full()) {
+	if low == next && next > active.first && (time.Since(active.startedAt()) >= genMaxAge || s.full()) {
 		select {
 		case s.rotate <- struct{}{}:
 		default:
 		}
 	}
+	return busy
 }
 
 // forget drops removed generations from the list and their blocks from

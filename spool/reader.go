@@ -285,6 +285,10 @@ func (s *Spool) Ack(consumer string, upTo uint64) error {
 	}
 	c.cursor.Store(upTo)
 	c.pos = max(c.pos, upTo)
+	select { // the maintenance loop saves it and reclaims what it passed
+	case s.acked <- struct{}{}:
+	default:
+	}
 	return nil
 }
 

@@ -47,13 +47,15 @@ type Spool struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	kick       chan struct{} // tells the writer a group is filling
-	sealed     chan *sealedGroup
-	committed  chan struct{} // the committer has finished what it was handed
-	rotate     chan struct{} // asks the writer to start a new generation
-	spareTaken chan struct{} // tells the maintenance loop to open a new spare
-	quit       chan struct{}
-	wg         sync.WaitGroup
+	kick        chan struct{} // tells the writer a group is filling
+	sealed      chan *sealedGroup
+	committed   chan struct{} // the committer has finished what it was handed
+	rotate      chan struct{} // asks the writer to start a new generation
+	spareTaken  chan struct{} // tells the maintenance loop the writer moved to the spare
+	acked       chan struct{} // tells the maintenance loop a cursor moved
+	metaWritten chan struct{} // tells the maintenance loop dead letters were stored
+	quit        chan struct{}
+	wg          sync.WaitGroup
 
 	closing atomic.Bool
 	overMax atomic.Bool // beyond MaxBytes when last measured
@@ -67,6 +69,9 @@ type Spool struct {
 	closeErr               error
 
 	nextDead atomic.Uint64
+	// maintenancePasses counts the maintenance loop's passes: an idle
+	// spool makes none.
+	maintenancePasses atomic.Int64
 
 	// leased is the durable lease on sequence numbers (numbering.go);
 	// leaseMu serialises its writes.
@@ -153,6 +158,8 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		committed:   make(chan struct{}, 1),
 		rotate:      make(chan struct{}, 1),
 		spareTaken:  make(chan struct{}, 1),
+		acked:       make(chan struct{}, 1),
+		metaWritten: make(chan struct{}, 1),
 		quit:        make(chan struct{}),
 		changed:     make(chan struct{}),
 		consumers:   make(map[string]*consumer, len(cfg.Consumers)),
@@ -173,13 +180,15 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	s.refreshSize()
 	s.fillTaken = sync.NewCond(&s.fillMu)
 	s.assigned = s.next
+	// Read before the maintenance loop starts reclaiming.
+	gens, next := len(s.gens), s.next
 	s.spawn(s.writeLoop)
 	s.spawn(s.commitLoop)
 	s.spawn(s.maintenanceLoop)
 	if cfg.Sync == SyncInterval {
 		s.spawn(s.syncLoop)
 	}
-	logger.Info("spool open", "dir", cfg.Dir, "sync", cfg.Sync.String(), "generations", len(s.gens), "next_seq", s.next)
+	logger.Info("spool open", "dir", cfg.Dir, "sync", cfg.Sync.String(), "generations", gens, "next_seq", next)
 	return s, nil
 }
 

@@ -314,14 +314,14 @@ func (s *Spool) commitOne(sg *sealedGroup) {
 	for _, r := range sg.reqs {
 		r.done <- err
 	}
-	if s.activeBytes >= genMaxBytes || time.Since(s.active.created) >= genMaxAge {
+	if s.activeBytes >= genMaxBytes || time.Since(s.active.startedAt()) >= genMaxAge {
 		s.rotateGeneration()
 	}
 }
 
 func (s *Spool) rotateGeneration() {
 	if s.activeBytes == 0 {
-		s.active.created = time.Now() // nothing to give back yet
+		s.active.setStarted(time.Now()) // nothing to give back yet
 		return
 	}
 	if err := s.startGeneration(); err != nil {
@@ -370,6 +370,12 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	var written int64
 	for _, b := range sg.blocks {
 		written += int64(len(b.val))
+	}
+	if s.activeBytes == 0 {
+		// Its age counts from its first events: one that waited empty
+		// through an idle hour is not due for rotation at once, which
+		// would open a generation on the commit path.
+		s.active.setStarted(time.Now())
 	}
 	s.activeBytes += written // the writer's alone: no lock
 	s.writtenSince.Add(written)
@@ -423,6 +429,7 @@ func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte)
 	if err != nil {
 		return s.writeError(err)
 	}
+	s.noteMetaWrite()
 	s.metrics.deadLetters.Add(float64(len(dead)))
 	return nil
 }
