@@ -96,22 +96,31 @@ type spillwayProc struct {
 	addr  string
 	spool string
 	log   string
+	// started is just before the exec, ready when /readyz first answered 200.
+	started, ready time.Time
 }
 
 func (r *runner) startSpillway(ctx context.Context, name string, dests []string) (*spillwayProc, error) {
+	spool := filepath.Join(r.work, name+".spool")
+	if err := os.RemoveAll(spool); err != nil {
+		return nil, err
+	}
+	return r.startSpillwayOn(ctx, name, spool, dests, 50*time.Millisecond)
+}
+
+// startSpillwayOn starts spillway on the spool directory given, fresh or
+// not, and returns once /readyz, asked every poll, answers 200.
+func (r *runner) startSpillwayOn(ctx context.Context, name, spool string, dests []string, poll time.Duration, extra ...string) (*spillwayProc, error) {
 	addr, err := procstat.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
 	sp := &spillwayProc{
 		addr:  addr,
-		spool: filepath.Join(r.work, name+".spool"),
+		spool: spool,
 		log:   filepath.Join(r.work, name+".spillway.log"),
 	}
-	if err := os.RemoveAll(sp.spool); err != nil {
-		return nil, err
-	}
-	logf, err := os.Create(sp.log)
+	logf, err := os.OpenFile(sp.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -121,9 +130,11 @@ func (r *runner) startSpillway(ctx context.Context, name string, dests []string)
 	for _, d := range dests {
 		args = append(args, "--destination", d)
 	}
+	args = append(args, extra...)
 	args = append(args, r.cfg.spillwayArgs...)
 	cmd := exec.Command(r.spillway, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	sp.started = time.Now()
 	if sp.p, err = r.procs.Start("spillway "+name, cmd); err != nil {
 		return nil, err
 	}
@@ -134,6 +145,7 @@ func (r *runner) startSpillway(ctx context.Context, name string, dests []string)
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				sp.ready = time.Now()
 				return sp, nil
 			}
 		}
@@ -142,7 +154,7 @@ func (r *runner) startSpillway(ctx context.Context, name string, dests []string)
 			return nil, fmt.Errorf("spillway exited before ready (%v); %s:\n%s", sp.p.Err(), sp.log, tail(sp.log, 15))
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(poll):
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("spillway not ready after 60s; %s:\n%s", sp.log, tail(sp.log, 15))

@@ -49,6 +49,9 @@ func (r *runner) printTable(w io.Writer) {
 	table := [][]string{{"workload", "", "ceiling ev/s", "spillway ev/s", "ratio", "p50 ms", "p99 ms", "null p99",
 		"delivered ev/s", "backlog", "peak RSS MiB", "spool B/ev", "raw B/ev"}}
 	for _, rw := range r.rows {
+		if rw.Idle != nil {
+			continue // a table of its own
+		}
 		c, s := rw.Ceiling, rw.Spillway
 		cells := []string{rw.Name, rw.Desc, "-", "-", "-", "-", "-", "-", rate(rw.DeliveredPerS), "-", "-", "-", "-"}
 		if c != nil {
@@ -73,7 +76,9 @@ func (r *runner) printTable(w io.Writer) {
 		}
 		table = append(table, cells)
 	}
-	printAligned(w, table, 2)
+	if len(table) > 1 {
+		printAligned(w, table, 2)
+	}
 
 	var notes []string
 	for _, rw := range r.rows {
@@ -105,6 +110,11 @@ func (r *runner) printTable(w io.Writer) {
 		fmt.Fprintln(w, "  "+n)
 	}
 	r.printTargets(w)
+	for _, rw := range r.rows {
+		if rw.Idle != nil {
+			printIdle(w, rw.Idle)
+		}
+	}
 }
 
 // printAligned prints rows in columns: the first `left` columns aligned
