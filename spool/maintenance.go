@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -53,9 +54,13 @@ func (s *Spool) maintenanceLoop() {
 		passAt = at
 		pass.Reset(time.Until(at))
 	}
+	// seen is where numbering stood at the last sign of activity: commits
+	// go unnoticed while a pass is scheduled.
+	var seen uint64
 	active := func() {
 		schedule(time.Now())
 		release.Reset(idleRelease)
+		seen = s.nextSeq()
 	}
 	changed := s.Changed()
 	schedule(time.Now()) // what recover left: the lease, the spare, the size
@@ -98,7 +103,8 @@ func (s *Spool) maintenanceLoop() {
 			// The old generation may be reclaimable now.
 			schedule(time.Now())
 		case <-release.C:
-			if !passAt.IsZero() || saveArmed {
+			if next := s.nextSeq(); next != seen || saveArmed {
+				seen = next
 				release.Reset(idleRelease) // still busy
 				continue
 			}
@@ -183,7 +189,17 @@ func (s *Spool) wantSpare() bool {
 // returns freed memory over minutes by itself; a sidecar idles most of the
 // time, and its RSS is what the pod is charged for.
 func (s *Spool) releaseMemory() {
+	// Two collections: the first moves what sync.Pools hold (coders,
+	// request and batch buffers) to their victim caches, the second,
+	// FreeOSMemory's own, frees it.
+	runtime.GC()
 	debug.FreeOSMemory()
+}
+
+func (s *Spool) nextSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.next
 }
 
 // metaMaxL0Tables is how many tables meta's level 0 may hold before the

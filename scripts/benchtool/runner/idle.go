@@ -88,6 +88,7 @@ func (r *runner) idle(ctx context.Context, sinkDest string) error {
 	if r.cfg.quick {
 		burst = 2 * time.Second
 	}
+	burstStart := time.Now()
 	lr, err := r.load(ctx, sp.addr, loadSpec{endpoint: "/v1/batch", duration: burst}, "idle burst")
 	if err != nil {
 		return err
@@ -96,7 +97,12 @@ func (r *runner) idle(ctx context.Context, sinkDest string) error {
 	if err := waitDelivered(ctx, sp, r.sink, time.Minute); err != nil {
 		return err
 	}
-	// Quiet for a while past the drain, as a pod between two bursts.
+	// The burst's generation is rotated out and removed a minute after
+	// its first events, once delivered: that is the burst's work, not
+	// idling. The memory is handed back 5 s after the last activity.
+	if err := sleepCtx(ctx, time.Until(burstStart.Add(65*time.Second))); err != nil {
+		return err
+	}
 	if res.AfterBurst, err = measureQuiet(ctx, sp, r.idleWindow()); err != nil {
 		return err
 	}

@@ -1,0 +1,142 @@
+package spool
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spillwayhq/spillway/internal/testkit"
+)
+
+// spoolFiles lists every file under dir with its modification time.
+func spoolFiles(t *testing.T, dir string) map[string]time.Time {
+	t.Helper()
+	files := map[string]time.Time{}
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if info, err := d.Info(); err == nil && !d.IsDir() {
+			files[path] = info.ModTime()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// TestAnIdleHourCostsNoPassAndTheFirstEventAfterItIsCommittedAtOnce runs
+// under synctest: the hour is the bubble's clock, not the machine's.
+func TestAnIdleHourCostsNoPassAndTheFirstEventAfterItIsCommittedAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	synctest.Test(t, func(t *testing.T) {
+		s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close(context.Background())
+		if err := s.Append(t.Context(), events(0, 10), nil); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := s.Read("a", 100, 1<<20)
+		if err != nil || len(recs) != 10 {
+			t.Fatalf("read %d records, %v; want 10", len(recs), err)
+		}
+		if err := s.Ack("a", recs[len(recs)-1].Seq+1); err != nil {
+			t.Fatal(err)
+		}
+		// The delivered generation is rotated out genMaxAge after its
+		// first events and removed; then nothing is left to do.
+		time.Sleep(genMaxAge + 5*time.Second)
+		synctest.Wait()
+		settled := s.maintenancePasses.Load()
+		files := spoolFiles(t, dir)
+		s.genMu.Lock()
+		gens, spare := len(s.gens), s.spare
+		s.genMu.Unlock()
+		if gens != 1 || spare != nil {
+			t.Fatalf("after the delivered events' generation was rotated: %d generations and spare %v, want the empty active one alone", gens, spare)
+		}
+
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if n := s.maintenancePasses.Load() - settled; n != 0 {
+			t.Errorf("an idle hour made %d maintenance passes, want 0", n)
+		}
+		after := spoolFiles(t, dir)
+		if len(after) != len(files) {
+			t.Errorf("an idle hour changed the spool's files: %d before, %d after", len(files), len(after))
+		}
+		for path, mod := range files {
+			if !after[path].Equal(mod) {
+				t.Errorf("an idle hour wrote %s", path)
+			}
+		}
+
+		// The first event after the hour commits into the open active
+		// generation: no database is created on its way, and readers are
+		// told at once. The bubble's clock stands still while it commits.
+		changed := s.Changed()
+		start := time.Now()
+		if err := s.Append(t.Context(), events(10, 1), nil); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d != 0 {
+			t.Errorf("the first append after an idle hour waited %v on a timer", d)
+		}
+		select {
+		case <-changed:
+		default:
+			t.Fatal("the commit did not tell readers")
+		}
+		recs, err = s.Read("a", 100, 1<<20)
+		if err != nil || len(recs) != 1 || recs[0].Seq != 10 {
+			t.Fatalf("read %v, %v; want the event numbered 10", recs, err)
+		}
+		synctest.Wait() // the committer rotates, if it does, after answering
+		s.genMu.Lock()
+		gens = len(s.gens)
+		s.genMu.Unlock()
+		if gens != 1 {
+			t.Errorf("the first commit after an idle hour rotated the generation: %d generations", gens)
+		}
+		if err := s.Ack("a", 11); err != nil {
+			t.Fatal(err)
+		}
+		// The acknowledgement is saved within cursorSaveEvery.
+		time.Sleep(cursorSaveEvery)
+		synctest.Wait()
+		if got := s.consumers["a"].saved.Load(); got != 11 {
+			t.Errorf("saved cursor %d %v after the acknowledgement, want 11", got, cursorSaveEvery)
+		}
+	})
+}
+
+// Badger's compactors are off, so meta's level 0 grows with every memtable
+// flush until the maintenance loop compacts it.
+func TestMaintenanceCompactsMetaWithoutBadgerCompactors(t *testing.T) {
+	s := openTest(t, t.TempDir(), "a")
+	defer s.Close(context.Background())
+	pad := strings.Repeat("x", 10<<10)
+	const n = 1500 // 15 MB through a 1 MiB memtable
+	for i := range n {
+		dl := DeadLetter{Destination: "a", Reason: ReasonRejected, Status: 400, Event: fmt.Appendf(nil, `{"n":%d,"pad":%q}`, i, pad)}
+		if err := s.DeadLetter(t.Context(), []DeadLetter{dl}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.Eventually(t, func() bool {
+		return s.meta.Levels()[0].NumTables < metaMaxL0Tables && s.maintenancePasses.Load() > 1
+	}, "meta's level 0 holds %d tables", s.meta.Levels()[0].NumTables)
+	if got := countKeys(s.meta, prefixDead); got != n {
+		t.Errorf("%d dead letters after compaction, want %d", got, n)
+	}
+}
