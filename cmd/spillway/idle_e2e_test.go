@@ -6,41 +6,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/spillwayhq/spillway/internal/testkit"
 )
-
-// threadCounts sums, over pid's threads, the context switches (each a
-// wake-up) and the CPU time the kernel counts (schedstat, nanoseconds).
-func threadCounts(t *testing.T, pid int) (switches int64, cpu time.Duration) {
-	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, task := range tasks {
-		dir := fmt.Sprintf("/proc/%d/task/%s/", pid, task.Name())
-		if b, err := os.ReadFile(dir + "status"); err == nil {
-			for line := range strings.Lines(string(b)) {
-				if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "voluntary_ctxt_switches") {
-					n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-					switches += n
-				}
-			}
-		}
-		if b, err := os.ReadFile(dir + "schedstat"); err == nil {
-			if f := strings.Fields(string(b)); len(f) > 0 {
-				ns, _ := strconv.ParseInt(f[0], 10, 64)
-				cpu += time.Duration(ns)
-			}
-		}
-	}
-	return switches, cpu
-}
 
 // A sidecar idles beside every replica: with nothing to do, spillway must
 // neither wake nor write. The bounds are twice issue #23's targets (20
@@ -56,10 +26,16 @@ func TestIdleSpillwayNeitherWakesNorWrites(t *testing.T) {
 	pid := p.cmd.Process.Pid
 	time.Sleep(2 * time.Second) // start-up's own work is not idling
 	start := time.Now()
-	sw0, cpu0 := threadCounts(t, pid)
+	sw0, cpu0, err := testkit.Threads(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	const window = 10 * time.Second
 	time.Sleep(window)
-	sw1, cpu1 := threadCounts(t, pid)
+	sw1, cpu1, err := testkit.Threads(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	el := time.Since(start).Seconds()
 	if perS := float64(sw1-sw0) / el; perS > 40 {
 		t.Errorf("idle spillway woke %.1f times a second, want at most 40", perS)
@@ -67,7 +43,7 @@ func TestIdleSpillwayNeitherWakesNorWrites(t *testing.T) {
 	if share := (cpu1 - cpu0).Seconds() / el; share > 0.002 {
 		t.Errorf("idle spillway used %.3f%% of a core, want at most 0.2%%", 100*share)
 	}
-	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+	err = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}

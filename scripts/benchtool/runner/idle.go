@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spillwayhq/spillway/internal/testkit"
 	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 )
 
@@ -114,7 +115,7 @@ func (r *runner) idle(ctx context.Context, sinkDest string) error {
 func measureQuiet(ctx context.Context, sp *spillwayProc, d time.Duration) (quietWindow, error) {
 	pid := sp.p.Pid()
 	start := time.Now()
-	sw0, cpu0, err := procstat.Threads(pid)
+	sw0, cpu0, err := testkit.Threads(pid)
 	if err != nil {
 		return quietWindow{}, err
 	}
@@ -122,7 +123,7 @@ func measureQuiet(ctx context.Context, sp *spillwayProc, d time.Duration) (quiet
 	if err := sleepCtx(ctx, d); err != nil {
 		return quietWindow{}, err
 	}
-	sw1, cpu1, err := procstat.Threads(pid)
+	sw1, cpu1, err := testkit.Threads(pid)
 	if err != nil {
 		return quietWindow{}, err
 	}

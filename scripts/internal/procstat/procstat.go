@@ -85,39 +85,6 @@ func StatusKiB(pid int, field string) (int64, error) {
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
-// Threads sums what the kernel counts per thread of pid: context switches
-// (voluntary and involuntary, each a wake-up of a sleeping or preempted
-// thread) and CPU time, to the nanosecond (schedstat), which the process
-// totals in /proc/PID/stat count only in 10 ms ticks. A thread that exits
-// between two calls takes its counts with it.
-func Threads(pid int) (switches int64, cpu time.Duration, err error) {
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, t := range tasks {
-		dir := fmt.Sprintf("/proc/%d/task/%s/", pid, t.Name())
-		if b, err := os.ReadFile(dir + "status"); err == nil {
-			for line := range strings.Lines(string(b)) {
-				if rest, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
-					n, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
-					switches += n
-				} else if rest, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
-					n, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
-					switches += n
-				}
-			}
-		}
-		if b, err := os.ReadFile(dir + "schedstat"); err == nil {
-			if f := strings.Fields(string(b)); len(f) > 0 {
-				ns, _ := strconv.ParseInt(f[0], 10, 64)
-				cpu += time.Duration(ns)
-			}
-		}
-	}
-	return switches, cpu, nil
-}
-
 // WriteBytes is write_bytes of /proc/PID/io: what pid caused to be written
 // to storage, msync and page write-back included.
 func WriteBytes(pid int) (int64, error) {
