@@ -24,8 +24,9 @@ type idleResult struct {
 	Quiet        quietWindow
 	// The first event after the quiet window: acknowledged after WakeAckMs,
 	// at the sink WakeDeliverMs after it was sent; WarmAckP50Ms is the p50
-	// of single events sent one after the other right after it.
-	WakeAckMs, WakeDeliverMs, WarmAckP50Ms float64
+	// of single events sent one after the other right after it, and
+	// WakeAckP50Ms that of wakeSamples first events after a quiet spell.
+	WakeAckMs, WakeDeliverMs, WarmAckP50Ms, WakeAckP50Ms float64
 	BurstEvents                            uint64
 	AfterBurst                             quietWindow // once the burst is delivered
 	BacklogBytes                           int64       // on disk when spillway was restarted on it
@@ -207,9 +208,32 @@ func (r *runner) wake(ctx context.Context, sp *spillwayProc, res *idleResult) er
 		}
 		warm = append(warm, d)
 	}
-	slices.Sort(warm)
-	res.WarmAckP50Ms = ms(warm[len(warm)/2])
+	res.WarmAckP50Ms = ms(median(warm))
+	// One sample is one sample: on a shared machine any request may meet a
+	// busy core. More first events, each after a quiet spell past the
+	// one in which spillway hands its memory back.
+	wakes := []time.Duration{ack}
+	for i := range wakeSamples - 1 {
+		if err := sleepCtx(ctx, 7*time.Second); err != nil {
+			return err
+		}
+		d, err := track(sp.addr, 100+i)
+		if err != nil {
+			return err
+		}
+		wakes = append(wakes, d)
+	}
+	res.WakeAckP50Ms = ms(median(wakes))
 	return nil
+}
+
+// wakeSamples is how many first events after a quiet spell are timed.
+const wakeSamples = 7
+
+func median(ds []time.Duration) time.Duration {
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	return ds[len(ds)/2]
 }
 
 // waitDelivered waits until the sink holds everything spillway received.
@@ -325,8 +349,10 @@ func printIdle(w io.Writer, res *idleResult) {
 	printAligned(w, table, 1)
 	fmt.Fprintf(w, "  start-up to /readyz 200: empty spool %.1f ms; %.0f MiB backlog (%s events) %.1f ms, delivered in %.1f s (drained: %v)\n",
 		res.StartEmptyMs, float64(res.BacklogBytes)/(1<<20), rate(float64(res.BacklogEvents)), res.StartBacklogMs, res.BacklogDrainS, res.BacklogDrained)
-	fmt.Fprintf(w, "  first event after the quiet window: acknowledged in %.2f ms (p50 of the next 51, one at a time: %.2f ms), at the sink %.1f ms after sending\n",
-		res.WakeAckMs, res.WarmAckP50Ms, res.WakeDeliverMs)
+	fmt.Fprintf(w, "  first event after the quiet window: acknowledged in %.2f ms, at the sink %.1f ms after sending (a partial batch waits --flush-interval, %v)\n",
+		res.WakeAckMs, res.WakeDeliverMs, defaultFlush)
+	fmt.Fprintf(w, "  ack p50: %.2f ms for %d first events after 7 s quiet spells, %.2f ms for 51 events one after the other once awake\n",
+		res.WakeAckP50Ms, wakeSamples, res.WarmAckP50Ms)
 	fmt.Fprintf(w, "  burst: %s events, delivered before the second window\n", rate(float64(res.BurstEvents)))
 	for _, q := range []quietWindow{res.Quiet, res.AfterBurst} {
 		if len(q.FilesChanged) > 0 {
@@ -349,7 +375,9 @@ func printIdle(w io.Writer, res *idleResult) {
 	}
 	check(res.StartEmptyMs <= 100, "start-up on an empty spool %.1f ms <= 100 ms", res.StartEmptyMs)
 	check(res.StartBacklogMs <= 1000, "start-up on a %.0f MiB backlog %.1f ms <= 1 s", float64(res.BacklogBytes)/(1<<20), res.StartBacklogMs)
-	check(res.WarmAckP50Ms > 0 && res.WakeAckMs <= 2*res.WarmAckP50Ms, "first ack after idle %.2f ms <= 2 x warm p50 %.2f ms", res.WakeAckMs, res.WarmAckP50Ms)
-	// The bench runs spillway with the default --flush-interval.
-	check(res.WakeDeliverMs <= ms(defaultFlush), "first event after idle at the sink in %.1f ms <= --flush-interval %v", res.WakeDeliverMs, defaultFlush)
+	check(res.WarmAckP50Ms > 0 && res.WakeAckP50Ms <= 2*res.WarmAckP50Ms, "ack p50 after quiet spells %.2f ms <= 2 x p50 once awake %.2f ms", res.WakeAckP50Ms, res.WarmAckP50Ms)
+	// The bench runs spillway with the default --flush-interval; the event
+	// waits it out in a partial batch, so what the target bounds is the
+	// rest: the acknowledgement and the delivery.
+	check(res.WakeDeliverMs <= ms(defaultFlush)+100, "first event after idle at the sink in %.1f ms <= --flush-interval %v + 100 ms", res.WakeDeliverMs, defaultFlush)
 }
