@@ -27,13 +27,13 @@ type idleResult struct {
 	// of single events sent one after the other right after it, and
 	// WakeAckP50Ms that of wakeSamples first events after a quiet spell.
 	WakeAckMs, WakeDeliverMs, WarmAckP50Ms, WakeAckP50Ms float64
-	BurstEvents                            uint64
-	AfterBurst                             quietWindow // once the burst is delivered
-	BacklogBytes                           int64       // on disk when spillway was restarted on it
-	BacklogEvents                          uint64
-	StartBacklogMs                         float64
-	BacklogDrainS                          float64 // from the sink's return to the last backlog event
-	BacklogDrained                         bool
+	BurstEvents                                          uint64
+	AfterBurst                                           quietWindow // once the burst is delivered
+	BacklogBytes                                         int64       // on disk when spillway was restarted on it
+	BacklogEvents                                        uint64
+	StartBacklogMs                                       float64
+	BacklogDrainS                                        float64 // from the sink's return to the last backlog event
+	BacklogDrained                                       bool
 }
 
 // quietWindow is one measurement of spillway with no traffic.
