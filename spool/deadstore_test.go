@@ -265,3 +265,4 @@ func TestKilledWhileStoringDeadLettersKeepsThemAndTheirCount(t *testing.T) {
 		}
 	}
 }
+
