@@ -265,4 +265,3 @@ func TestKilledWhileStoringDeadLettersKeepsThemAndTheirCount(t *testing.T) {
 		}
 	}
 }
-
