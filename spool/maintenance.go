@@ -8,8 +8,6 @@ import (
 	"runtime/debug"
 	"syscall"
 	"time"
-
-	badger "github.com/dgraph-io/badger/v4"
 )
 
 // maintenanceEvery is the shortest time between two maintenance passes
@@ -96,7 +94,7 @@ func (s *Spool) maintenanceLoop() {
 			active()
 		case <-save.C:
 			saveArmed = false
-			if err := s.saveCursors(); err != nil {
+			if err := s.saveCursors(false); err != nil {
 				s.log.Error("save cursors", "err", err)
 			}
 		case <-s.spareTaken:
@@ -460,17 +458,4 @@ func (s *Spool) syncLoop() {
 		}
 		s.metrics.fsync.Observe(time.Since(start).Seconds())
 	}
-}
-
-func countKeys(db *badger.DB, prefix byte) int {
-	n := 0
-	_ = db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			n++
-		}
-		return nil
-	})
-	return n
 }

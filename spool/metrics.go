@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
 		}, []string{"destination", "reason"}),
 		resent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spillway_events_resent_total",
-			Help: "Events a destination had read and not acknowledged when spillway last stopped (a crash, or a drain cut short): sent again after the restart, so they may arrive twice.",
+			Help: "Events a destination had read, or after a crash may have read, and not acknowledged when spillway last stopped (a crash, or a drain cut short): sent again after the restart, so they may arrive twice. After a crash it counts up to 8192 more per destination than were read.",
 		}, []string{"destination"}),
 	}
 	blocks := 0
@@ -54,7 +54,6 @@ func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
 		blocks += g.blocks
 	}
 	m.blocks.Set(float64(blocks))
-	m.deadLetters.Set(float64(countKeys(s.meta, prefixDead)))
 	for _, name := range s.cfg.Consumers {
 		m.dropped.WithLabelValues(name, "spool_full")
 		m.resent.WithLabelValues(name)
