@@ -97,6 +97,17 @@ func (p *freeList[T]) get() T {
 	}
 }
 
+// drain lets go of every kept item.
+func (p *freeList[T]) drain() {
+	for {
+		select {
+		case <-p.free:
+		default:
+			return
+		}
+	}
+}
+
 func (p *freeList[T]) put(c T) {
 	select {
 	case p.free <- c:

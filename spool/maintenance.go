@@ -187,11 +187,38 @@ func (s *Spool) wantSpare() bool {
 // returns freed memory over minutes by itself; a sidecar idles most of the
 // time, and its RSS is what the pod is charged for.
 func (s *Spool) releaseMemory() {
+	s.dropIdleBuffers()
 	// Two collections: the first moves what sync.Pools hold (coders,
 	// request and batch buffers) to their victim caches, the second,
 	// FreeOSMemory's own, frees it.
 	runtime.GC()
 	debug.FreeOSMemory()
+}
+
+// dropIdleBuffers lets go of the memory that serves a spool under load
+// and nothing once its destinations have caught up: the block bodies the
+// writer recycles (about 1 MiB each), the recent cache every reader has
+// passed, and the block each caught-up reader decoded last. The coders
+// stay: making one costs the first event after a quiet spell.
+func (s *Spool) dropIdleBuffers() {
+	scratchBuffers.drain()
+	next := s.nextSeq()
+	for _, c := range s.consumers {
+		c.mu.Lock()
+		if c.pos == next {
+			c.cur = nil
+			c.block = decodedBlock{}
+		}
+		c.mu.Unlock()
+	}
+	if s.minCursor() < next {
+		return
+	}
+	s.mu.Lock()
+	if s.next == next { // no commit since: nobody can want these yet
+		s.recent, s.recentLen = nil, 0
+	}
+	s.mu.Unlock()
 }
 
 func (s *Spool) nextSeq() uint64 {
