@@ -64,9 +64,11 @@ func (s *Spool) maintenanceLoop() {
 	schedule(time.Now()) // what recover left: the lease, the spare, the size
 	for {
 		// A pass already due covers every commit until it runs, unless the
-		// writer has moved to a new generation and needs its spare.
+		// writer has moved to its spare: the next one is opened at the
+		// first commit into the new active generation, which at full load
+		// fills in a fraction of the time to that pass.
 		var changedC <-chan struct{}
-		if passAt.IsZero() || s.wantSpare() {
+		if passAt.IsZero() || s.spareMissing() {
 			changedC = changed
 		}
 		// An armed save covers every acknowledgement until it fires.
@@ -176,10 +178,13 @@ func (s *Spool) activeHoldsEvents() bool {
 // not ahead of them, so that an idle spool keeps two databases open, not
 // three.
 func (s *Spool) wantSpare() bool {
+	return s.spareMissing() && s.activeHoldsEvents()
+}
+
+func (s *Spool) spareMissing() bool {
 	s.genMu.Lock()
-	none := s.spare == nil
-	s.genMu.Unlock()
-	return none && s.activeHoldsEvents()
+	defer s.genMu.Unlock()
+	return s.spare == nil
 }
 
 // releaseMemory hands the memory of the last burst back to the operating
