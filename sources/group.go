@@ -1,0 +1,96 @@
+package sources
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spillwayhq/spillway/spool"
+)
+
+// Store is what a source needs of the spool.
+type Store interface {
+	// Append stores events and dead letters in one commit and returns once
+	// they are durable; on spool.ErrFull or spool.ErrClosed nothing of the
+	// call was stored.
+	Append(ctx context.Context, events []spool.Event, dead []spool.DeadLetter) error
+	// Ready is nil while Append would accept events.
+	Ready() error
+}
+
+// Group runs every source. Its zero value is not usable; call New.
+type Group struct {
+	srcs    []*kafkaSource
+	log     *slog.Logger
+	started bool
+}
+
+// New builds a client per source, which does not dial yet: an unreachable
+// cluster is retried, not a start-up error. A nil logger discards; a nil
+// reg registers nowhere.
+func New(srcs []Source, st Store, logger *slog.Logger, reg prometheus.Registerer) (*Group, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "source")
+	g := &Group{log: logger}
+	for _, src := range srcs {
+		if src.Kind != KindKafka {
+			g.close()
+			return nil, fmt.Errorf("source %s: unknown kind %q", src.Name, src.Kind)
+		}
+		s, err := newKafka(src, st, logger.With("source", src.Name))
+		if err != nil {
+			g.close()
+			return nil, err
+		}
+		g.srcs = append(g.srcs, s)
+	}
+	m, err := newMetrics(reg, g.srcs)
+	if err != nil {
+		g.close()
+		return nil, err
+	}
+	for _, s := range g.srcs {
+		s.setMetrics(m)
+	}
+	return g, nil
+}
+
+// Start starts consuming.
+func (g *Group) Start() {
+	g.started = true
+	for _, s := range g.srcs {
+		s.start()
+	}
+}
+
+// Stop stops fetching, waits for what was polled to be durable in the spool
+// (or given up), commits the offsets of what is durable and leaves the
+// consumer groups, so that the other relays take the partitions at once.
+// It must return before the spool closes. ctx bounds the commits.
+func (g *Group) Stop(ctx context.Context) error {
+	if !g.started {
+		g.close()
+		return nil
+	}
+	var errs []error
+	for _, s := range g.srcs {
+		s.halt()
+	}
+	for _, s := range g.srcs {
+		errs = append(errs, s.stop(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// close closes the clients of sources never started, which hold no
+// offsets and joined no group.
+func (g *Group) close() {
+	for _, s := range g.srcs {
+		s.cl.Close()
+	}
+}
