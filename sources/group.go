@@ -28,34 +28,35 @@ type Group struct {
 	started bool
 }
 
-// New builds a client per source, which does not dial yet: an unreachable
-// cluster is retried, not a start-up error. A nil logger discards; a nil
-// reg registers nowhere.
+// New builds a client per source. franz-go starts joining the consumer
+// group and fetching ahead at once; nothing is polled, stored or committed
+// before Start. A nil logger discards; a nil reg registers nowhere.
 func New(srcs []Source, st Store, logger *slog.Logger, reg prometheus.Registerer) (*Group, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "source")
 	g := &Group{log: logger}
+	names := make([]string, len(srcs))
+	for i, src := range srcs {
+		names[i] = src.Name
+	}
+	// Before the clients: their partition callbacks count in it.
+	m, err := newMetrics(reg, names, g)
+	if err != nil {
+		return nil, err
+	}
 	for _, src := range srcs {
 		if src.Kind != KindKafka {
 			g.close()
 			return nil, fmt.Errorf("source %s: unknown kind %q", src.Name, src.Kind)
 		}
-		s, err := newKafka(src, st, logger.With("source", src.Name))
+		s, err := newKafka(src, st, m, logger.With("source", src.Name))
 		if err != nil {
 			g.close()
 			return nil, err
 		}
 		g.srcs = append(g.srcs, s)
-	}
-	m, err := newMetrics(reg, g.srcs)
-	if err != nil {
-		g.close()
-		return nil, err
-	}
-	for _, s := range g.srcs {
-		s.setMetrics(m)
 	}
 	return g, nil
 }

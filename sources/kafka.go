@@ -65,10 +65,10 @@ type kafkaSource struct {
 	hwm   map[int32]int64 // each owned partition's high watermark at its last fetch
 }
 
-func newKafka(src Source, st Store, logger *slog.Logger) (*kafkaSource, error) {
+func newKafka(src Source, st Store, m *metrics, logger *slog.Logger) (*kafkaSource, error) {
 	o := src.Kafka
 	s := &kafkaSource{
-		name: src.Name, topic: o.Topic, st: st, log: logger,
+		name: src.Name, topic: o.Topic, st: st, log: logger, m: m,
 		done:  make(chan struct{}),
 		owned: map[int32]bool{}, hwm: map[int32]int64{},
 	}
@@ -107,8 +107,6 @@ func newKafka(src Source, st Store, logger *slog.Logger) (*kafkaSource, error) {
 	s.cl = cl
 	return s, nil
 }
-
-func (s *kafkaSource) setMetrics(m *metrics) { s.m = m }
 
 func (s *kafkaSource) start() {
 	go func() {

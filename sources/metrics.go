@@ -27,7 +27,9 @@ type metrics struct {
 	paused       *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer, srcs []*kafkaSource) (*metrics, error) {
+// newMetrics registers the series of the named sources; the commit lag is
+// asked of g's sources at each scrape.
+func newMetrics(reg prometheus.Registerer, names []string, g *Group) (*metrics, error) {
 	m := &metrics{
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spillway_source_records_total",
@@ -50,22 +52,22 @@ func newMetrics(reg prometheus.Registerer, srcs []*kafkaSource) (*metrics, error
 			Help: "1 while fetching is paused because the spool is full.",
 		}, []string{"source"}),
 	}
-	for _, s := range srcs {
+	for _, name := range names {
 		for _, o := range []string{outcomeStored, outcomeInvalid} {
-			m.records.WithLabelValues(s.name, o)
+			m.records.WithLabelValues(name, o)
 		}
 		for _, c := range []string{changeAssigned, changeRevoked, changeLost} {
-			m.rebalances.WithLabelValues(s.name, c)
+			m.rebalances.WithLabelValues(name, c)
 		}
-		m.commitErrors.WithLabelValues(s.name)
-		m.partitions.WithLabelValues(s.name)
-		m.paused.WithLabelValues(s.name)
+		m.commitErrors.WithLabelValues(name)
+		m.partitions.WithLabelValues(name)
+		m.paused.WithLabelValues(name)
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.records, m.rebalances, m.commitErrors, m.partitions, m.paused,
-		&lagCollector{srcs: srcs}} {
+		&lagCollector{g: g}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -78,13 +80,14 @@ var lagDesc = prometheus.NewDesc("spillway_source_commit_lag_records",
 	[]string{"source"}, nil)
 
 // lagCollector computes the lag at scrape time from the client's committed
-// offsets and the high watermarks of the last fetches.
-type lagCollector struct{ srcs []*kafkaSource }
+// offsets and the high watermarks of the last fetches. The group's sources
+// are all built before New returns, hence before any scrape.
+type lagCollector struct{ g *Group }
 
 func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lagDesc }
 
 func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, s := range c.srcs {
+	for _, s := range c.g.srcs {
 		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(s.commitLag()), s.name)
 	}
 }

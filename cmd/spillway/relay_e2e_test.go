@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -206,5 +207,27 @@ func checkOrderPerRelayLife(t *testing.T, hook *sink) {
 	}
 	if len(lives) != 3 {
 		t.Errorf("deliveries through %d relay lives, want 3 (two relays, one restarted): %v", len(lives), lives)
+	}
+}
+
+func TestBadSourceFlagsExitTwoNamingTheFlag(t *testing.T) {
+	cases := map[string]struct {
+		args []string
+		want string
+	}{
+		"no listener and no source":  {[]string{"--listen", ""}, "--listen ''"},
+		"a source without a group":   {[]string{"--source", "kafka://127.0.0.1:9092/events"}, "--source: source events: a kafka source needs ?group="},
+		"a source of another scheme": {[]string{"--source", "s=http://127.0.0.1/x?group=g"}, "--source: source s: unsupported scheme"},
+		"a source password not set": {[]string{"--source", "kafka://127.0.0.1:9092/events?group=g&sasl=plain&user=u&password_env=SPILLWAY_TEST_UNSET"},
+			"SPILLWAY_TEST_UNSET"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			var stderr strings.Builder
+			code := run(t.Context(), append([]string{"run", "--spool-dir", t.TempDir()}, c.args...), io.Discard, &stderr)
+			if code != 2 || !strings.Contains(stderr.String(), c.want) {
+				t.Fatalf("exit %d, stderr %q; want 2 naming %s", code, stderr.String(), c.want)
+			}
+		})
 	}
 }
