@@ -18,8 +18,11 @@
 //     its topic paused, until the spool takes events again; records polled
 //     when the spool turned full are rewound, not held, so that a rebalance
 //     meanwhile is never blocked.
-//   - Order per partition while a relay owns it: records are appended in
-//     the order of their partition, one poll at a time.
+//   - Order per partition while a relay owns it: a poll is handed to the
+//     spool in chunks, in the order of its partitions. One exception: when
+//     a chunk fails once taken (a commit that failed) and the next one was
+//     stored, the records from the failed one on are fetched and stored
+//     again, after the next one's.
 //   - Bad records are kept, not dropped: a value that is not a JSON object
 //     becomes a dead letter with reason invalid, counted.
 package sources

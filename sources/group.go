@@ -13,10 +13,11 @@ import (
 
 // Store is what a source needs of the spool.
 type Store interface {
-	// Append stores events and dead letters in one commit and returns once
-	// they are durable; on spool.ErrFull or spool.ErrClosed nothing of the
-	// call was stored.
-	Append(ctx context.Context, events []spool.Event, dead []spool.DeadLetter) error
+	// Submit puts events and dead letters in one commit and returns a
+	// channel that receives nil once they are durable, or why not; on
+	// spool.ErrFull or spool.ErrClosed nothing of the call was taken. It
+	// keeps nothing of the slices it is given once it returns.
+	Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error)
 	// Ready is nil while Append would accept events.
 	Ready() error
 }

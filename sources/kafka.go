@@ -23,14 +23,20 @@ const (
 )
 
 const (
-	// maxPollRecords bounds one poll, hence one Append and the memory of
-	// the records held while it commits. One group commit holds about
-	// 1 MiB of events; a poll of this many typical events fills one.
-	maxPollRecords = 2000
+	// maxPollRecords bounds one poll: the records held until they are
+	// durable. A poll is stored in chunks of chunkBytes (or chunkEvents),
+	// about one group commit of the spool each, so that the next chunk is
+	// compressed while the previous one is fsynced and every chunk fits
+	// the spool's recycled block buffers; larger ones were built in fresh
+	// buffers grown by doubling, which at a relay's rate cost more CPU
+	// than anything else.
+	maxPollRecords = 4000
+	chunkBytes     = 1 << 20
+	chunkEvents    = 2500
 	// fetchMaxBytes bounds one fetch response, and franz-go buffers one
 	// per broker ahead of the polls: memory, not throughput, past a few
 	// MiB.
-	fetchMaxBytes = 4 << 20
+	fetchMaxBytes = 1 << 20
 	// commitInterval is how often marked offsets are committed: what a
 	// relay killed with kill -9 makes the next owner read again is what
 	// it stored in the last interval.
@@ -55,6 +61,7 @@ type kafkaSource struct {
 	log         *slog.Logger
 	m           *metrics
 	parsers     fastjson.ParserPool
+	chunkBytes  int // chunkBytes; tests make it smaller
 
 	ctx    context.Context // ends at halt: stops polling
 	cancel context.CancelFunc
@@ -68,7 +75,7 @@ type kafkaSource struct {
 func newKafka(src Source, st Store, m *metrics, logger *slog.Logger) (*kafkaSource, error) {
 	o := src.Kafka
 	s := &kafkaSource{
-		name: src.Name, topic: o.Topic, st: st, log: logger, m: m,
+		name: src.Name, topic: o.Topic, st: st, log: logger, m: m, chunkBytes: chunkBytes,
 		done:  make(chan struct{}),
 		owned: map[int32]bool{}, hwm: map[int32]int64{},
 	}
@@ -158,18 +165,21 @@ func (s *kafkaSource) run() {
 			s.cl.AllowRebalance()
 			continue
 		}
-		err := s.store(recs)
-		if err != nil {
-			// Nothing of the poll was stored: fetch it again later, so
-			// that no record is held while a rebalance waits.
-			s.rewind(recs)
-		} else {
-			s.cl.MarkCommitRecords(recs...)
+		durable, err := s.store(recs)
+		if durable < len(recs) {
+			// Fetch what is not stored again later, rather than hold it
+			// while a rebalance waits.
+			s.rewind(recs[durable:])
 		}
+		// MarkCommitRecords sorts what it is given: the stored ones only.
+		s.cl.MarkCommitRecords(recs[:durable]...)
 		s.cl.AllowRebalance()
+		if durable > 0 {
+			// Progress: a failure now is not the one waited for before.
+			retry = retryMin
+		}
 		switch {
 		case err == nil:
-			retry = retryMin
 		case errors.Is(err, spool.ErrFull):
 			// waitForRoom pauses until the spool takes events again.
 		case errors.Is(err, spool.ErrClosed), s.ctx.Err() != nil:
@@ -222,27 +232,62 @@ func (s *kafkaSource) waitForRoom() bool {
 	}
 }
 
-// store appends the records' events, and the dead letters of the invalid
-// ones, in one commit, returning once they are durable.
-func (s *kafkaSource) store(recs []*kgo.Record) error {
-	events := make([]spool.Event, 0, len(recs))
-	var dead []spool.DeadLetter
-	for _, r := range recs {
+// store hands the records' events, and the dead letters of the invalid
+// ones, to the spool in chunks of about chunkBytes, and waits until each is
+// durable or refused. It returns how many of recs, from the first, are
+// durable: the chunks before the first that failed. A chunk after a failed
+// one may be durable too; it is not counted, so that no offset is marked
+// past a record that is not stored, and it is stored again once fetched
+// again (a duplicate, never a loss).
+func (s *kafkaSource) store(recs []*kgo.Record) (int, error) {
+	type chunk struct {
+		end             int // recs[:end] are in this chunk or before it
+		events, invalid int
+		done            <-chan error
+	}
+	var (
+		chunks    []chunk
+		submitErr error
+		size      int
+		events    = make([]spool.Event, 0, min(len(recs), chunkEvents))
+		dead      []spool.DeadLetter
+	)
+	for i, r := range recs {
 		ev, dl := s.event(r)
 		if dl != nil {
 			dead = append(dead, *dl)
+		} else {
+			events = append(events, ev)
+		}
+		size += len(r.Value)
+		if size < s.chunkBytes && len(events) < chunkEvents && i < len(recs)-1 {
 			continue
 		}
-		events = append(events, ev)
+		// Submit copies: events and dead are ours again at once.
+		done, err := s.st.Submit(events, dead)
+		if err != nil {
+			submitErr = err
+			break
+		}
+		chunks = append(chunks, chunk{end: i + 1, events: len(events), invalid: len(dead), done: done})
+		events, dead, size = events[:0], dead[:0], 0
 	}
-	// Not s.ctx: a poll taken is stored even when a stop begins meanwhile,
-	// so that its offsets can be committed at the stop.
-	if err := s.st.Append(context.WithoutCancel(s.ctx), events, dead); err != nil {
-		return err
+	durable, stored, invalid := 0, 0, 0
+	var err error
+	for _, c := range chunks {
+		if e := <-c.done; e != nil && err == nil {
+			err = e
+		}
+		if err == nil {
+			durable, stored, invalid = c.end, stored+c.events, invalid+c.invalid
+		}
 	}
-	s.m.records.WithLabelValues(s.name, outcomeStored).Add(float64(len(events)))
-	s.m.records.WithLabelValues(s.name, outcomeInvalid).Add(float64(len(dead)))
-	return nil
+	s.m.records.WithLabelValues(s.name, outcomeStored).Add(float64(stored))
+	s.m.records.WithLabelValues(s.name, outcomeInvalid).Add(float64(invalid))
+	if err == nil {
+		err = submitErr
+	}
+	return durable, err
 }
 
 // event is the spool event of one record, as spillway's Kafka destination
@@ -286,8 +331,8 @@ func quoteJSON(b []byte) []byte {
 	return a.NewStringBytes(b).MarshalTo(nil)
 }
 
-// rewind sets each partition of recs back to its first record, so that
-// records polled and not stored are fetched again. Called before
+// rewind sets each partition of recs back to its first record in recs, so
+// that records polled and not stored are fetched again. Called before
 // AllowRebalance, while the partitions are surely this member's.
 func (s *kafkaSource) rewind(recs []*kgo.Record) {
 	first := map[int32]kgo.EpochOffset{}
