@@ -25,6 +25,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/spillwayhq/spillway/scripts/internal/procs"
 	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"io"
 	"log"
@@ -202,31 +203,20 @@ func stop(cmd *exec.Cmd) {
 
 func startSink(bin, work string) (*exec.Cmd, string, error) {
 	cmd := exec.Command(filepath.Join(bin, "sink"), "--mode", "count")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, "", err
-	}
 	logf, err := os.Create(filepath.Join(work, "sink.log"))
 	if err != nil {
 		return nil, "", err
 	}
 	defer logf.Close()
 	cmd.Stderr = logf
-	if err := start(cmd); err != nil {
+	addr, err := procs.SinkAddr(cmd, start)
+	if err != nil {
+		if cmd.Process != nil {
+			stop(cmd)
+		}
 		return nil, "", err
 	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		stop(cmd)
-		return nil, "", fmt.Errorf("sink: %w", err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	var a struct{ Addr string }
-	if err := json.Unmarshal([]byte(line), &a); err != nil {
-		stop(cmd)
-		return nil, "", fmt.Errorf("sink: first line %q: %w", line, err)
-	}
-	return cmd, a.Addr, nil
+	return cmd, addr, nil
 }
 
 // sample is one reading of spillway's counters.

@@ -160,25 +160,12 @@ func (b *bench) run() error {
 }
 
 func (b *bench) startSink() error {
-	cmd := exec.Command(filepath.Join(b.bin, "sink"), "--mode", "count")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
+	var err error
+	b.sink, err = procs.SinkAddr(exec.Command(filepath.Join(b.bin, "sink"), "--mode", "count"), func(cmd *exec.Cmd) error {
+		_, err := b.ps.Start("sink", cmd)
 		return err
-	}
-	if _, err := b.ps.Start("sink", cmd); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("sink: %w", err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	var a struct{ Addr string }
-	if err := json.Unmarshal([]byte(line), &a); err != nil {
-		return fmt.Errorf("sink: first line %q: %w", line, err)
-	}
-	b.sink = a.Addr
-	return nil
+	})
+	return err
 }
 
 // spillway starts one spillway, logging JSON to a file, and waits until
