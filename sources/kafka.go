@@ -131,7 +131,14 @@ func (s *kafkaSource) halt() { s.cancel() }
 // without telling whether it did.
 func (s *kafkaSource) stop(ctx context.Context) error {
 	s.halt()
-	<-s.done
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		// A commit that never ends (a disk that stopped taking writes)
+		// must not hold the shutdown: its records are not marked, and
+		// the partitions' next owner reads them again.
+		s.log.Warn("stop: the poll in hand is still being stored; its offsets stay uncommitted")
+	}
 	err := s.cl.CommitMarkedOffsets(ctx)
 	if err != nil {
 		s.m.commitErrors.WithLabelValues(s.name).Inc()
