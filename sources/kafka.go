@@ -102,7 +102,11 @@ func newKafka(src Source, st Store, m *metrics, logger *slog.Logger) (*kafkaSour
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
 		kgo.SessionTimeout(o.SessionTimeout),
-		kgo.HeartbeatInterval(min(3*time.Second, o.SessionTimeout/3)),
+		// A member learns that the group rebalances at its next
+		// heartbeat: every partition that moves waits for it, when a
+		// relay joins or leaves. One a second (Kafka's default is 3 s)
+		// costs nothing worth counting.
+		kgo.HeartbeatInterval(min(time.Second, o.SessionTimeout/3)),
 		kgo.FetchMaxBytes(fetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(fetchMaxBytes/4),
 	)
