@@ -8,7 +8,7 @@
 // sent, and knows the spool only through its Store interface. Guarantees:
 //
 //   - Nothing acknowledged to Kafka that is not durable. A partition's
-//     offset is marked for commit only once Append returned nil for every
+//     offset is marked for commit only once the spool reported durable every
 //     record below it; commits carry marked offsets only (every second, when
 //     partitions are revoked, and at Stop). A relay killed at any moment
 //     leaves the group at its committed offsets, and whoever takes its

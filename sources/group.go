@@ -18,7 +18,7 @@ type Store interface {
 	// spool.ErrFull or spool.ErrClosed nothing of the call was taken. It
 	// keeps nothing of the slices it is given once it returns.
 	Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error)
-	// Ready is nil while Append would accept events.
+	// Ready is nil while Submit would accept events.
 	Ready() error
 }
 

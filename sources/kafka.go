@@ -33,9 +33,10 @@ const (
 	maxPollRecords = 4000
 	chunkBytes     = 1 << 20
 	chunkEvents    = 2500
-	// fetchMaxBytes bounds one fetch response, and franz-go buffers one
-	// per broker ahead of the polls: memory, not throughput, past a few
-	// MiB.
+	// fetchMaxBytes bounds one fetch response, compressed. franz-go
+	// buffers one per broker ahead of the polls, decompressed: a relay's
+	// largest memory after the spool's. 1 MiB of zstd-compressed events
+	// is a few polls' worth.
 	fetchMaxBytes = 1 << 20
 	// commitInterval is how often marked offsets are committed: what a
 	// relay killed with kill -9 makes the next owner read again is what
@@ -44,13 +45,13 @@ const (
 	// roomCheck is how often a source waiting for a full spool asks it
 	// again; the spool measures itself once a second.
 	roomCheck = 100 * time.Millisecond
-	// retryMin and retryMax bound the wait after an Append that failed
-	// other than full (a disk error).
+	// retryMin and retryMax bound the wait after a poll of which nothing
+	// was stored, other than for a full spool (a disk error).
 	retryMin, retryMax = 100 * time.Millisecond, 5 * time.Second
 )
 
 // kafkaSource consumes one topic as a member of a consumer group. One
-// goroutine (run) polls, appends and marks; franz-go's own goroutines
+// goroutine (run) polls, stores and marks; franz-go's own goroutines
 // heartbeat, fetch ahead, commit marked offsets every commitInterval, and
 // call the partition callbacks, which BlockRebalanceOnPoll keeps from
 // running between a poll and its AllowRebalance.
