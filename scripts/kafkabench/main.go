@@ -104,13 +104,8 @@ func run(c config) error {
 	if c.bin == "" {
 		c.bin = filepath.Join(work, "bin")
 		log.Printf("building spillway, loadgen and sink")
-		build := exec.Command("go", "build", "-o", c.bin+"/", "./cmd/spillway", "./scripts/benchtool/loadgen", "./scripts/benchtool/sink")
-		build.Dir, err = repoRoot()
-		if err != nil {
+		if err := procs.BuildBenchTools(c.bin); err != nil {
 			return err
-		}
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	}
 
@@ -169,18 +164,6 @@ func run(c config) error {
 		fmt.Printf("kafka delivered / webhook delivered: %.2f\n", results[1].delivered/results[0].delivered)
 	}
 	return nil
-}
-
-func repoRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("run from inside the spillway module")
-	}
-	return filepath.Dir(mod), nil
 }
 
 // start runs a helper in its own process group, killed with us.

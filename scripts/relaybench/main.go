@@ -107,9 +107,8 @@ func (b *bench) run() error {
 	if b.bin == "" {
 		b.bin = filepath.Join(b.work, "bin")
 		log.Printf("building spillway, loadgen and sink")
-		build := exec.Command("go", "build", "-o", b.bin+"/", "./cmd/spillway", "./scripts/benchtool/loadgen", "./scripts/benchtool/sink")
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build (run from the repository's root): %v\n%s", err, out)
+		if err := procs.BuildBenchTools(b.bin); err != nil {
+			return err
 		}
 	}
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(int32(b.partitions), "events"))
