@@ -125,7 +125,8 @@ func (g *Group) Start() {
 	}
 	g.started = true
 	for _, d := range g.ds {
-		g.spawn(func() { d.run(g.ctx) })
+		run := d.loopFunc()
+		g.spawn(func() { run(g.ctx) })
 	}
 	g.log.Info("forwarding started", "destinations", len(g.ds))
 }
