@@ -27,15 +27,25 @@ type s3Store struct {
 	threads      uint
 }
 
-// newS3Store builds the client. Credentials come from the standard chain,
-// in its usual order: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with
-// AWS_SESSION_TOKEN), the shared credentials file (AWS_PROFILE,
-// AWS_SHARED_CREDENTIALS_FILE), then web identity (AWS_WEB_IDENTITY_TOKEN_FILE
-// and AWS_ROLE_ARN, as Kubernetes service accounts get them), the ECS
-// container endpoint and instance metadata. None is looked up here: a
-// store that refuses them is reported as misconfigured by the first put.
+// newS3Store builds the store of an archive destination.
 func newS3Store(d Destination) (*s3Store, error) {
-	a := d.Archive
+	client, err := NewS3Client(d.Archive)
+	if err != nil {
+		return nil, err
+	}
+	return &s3Store{client: client, bucket: d.Archive.Bucket, storageClass: d.Archive.StorageClass, threads: uint(d.Concurrency)}, nil
+}
+
+// NewS3Client returns a client of the store a's bucket is in, for the
+// archive and for reading it back (spillway replay). Credentials come from
+// the standard chain, in its usual order: AWS_ACCESS_KEY_ID and
+// AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN), the shared credentials
+// file (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE), then web identity
+// (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, as Kubernetes service
+// accounts get them), the ECS container endpoint and instance metadata.
+// None is looked up here: a store that refuses them is reported as
+// misconfigured by the first request.
+func NewS3Client(a ArchiveOptions) (*minio.Client, error) {
 	creds := credentials.NewChainCredentials([]credentials.Provider{
 		&credentials.EnvAWS{},
 		&credentials.FileAWSCredentials{},
@@ -50,14 +60,14 @@ func newS3Store(d Destination) (*s3Store, error) {
 		Secure:       !a.PlainHTTP,
 		Region:       a.Region,
 		BucketLookup: lookup,
-		// Retries are the dispatcher's: with backoff shared with the
-		// gate, reported, and counted.
+		// Retries are the caller's: the archive's with backoff shared
+		// with the gate, reported, and counted.
 		MaxRetries: 1,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("s3 client: %w", err)
 	}
-	return &s3Store{client: client, bucket: a.Bucket, storageClass: a.StorageClass, threads: uint(d.Concurrency)}, nil
+	return client, nil
 }
 
 func (s *s3Store) put(ctx context.Context, key string, body []byte) error {
