@@ -58,6 +58,9 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.StringVar(&c.writeKey, "write-key", "", "write key for events archived without one (a file destination's)")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "count what would be sent, send nothing")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	usageErr := func(format string, a ...any) int {
