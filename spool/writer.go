@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -393,37 +392,6 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
-	return nil
-}
-
-func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte) error {
-	firstID := s.nextDead.Add(uint64(len(dead))) - uint64(len(dead))
-	err := s.updateMeta(func(set func(k, v []byte) error) error {
-		if marker != nil {
-			if err := set(marker, nil); err != nil {
-				return err
-			}
-		}
-		for i := range dead {
-			d := dead[i]
-			d.ID = firstID + uint64(i)
-			if d.At.IsZero() {
-				d.At = at
-			}
-			v, err := json.Marshal(&d)
-			if err != nil {
-				return fmt.Errorf("encode dead letter: %w", err)
-			}
-			if err := set(deadKey(d.ID), v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return s.writeError(err)
-	}
-	s.metrics.deadLetters.Add(float64(len(dead)))
 	return nil
 }
 
