@@ -140,9 +140,11 @@ func TestArchiveFlushClosesAPartialObjectAndDrainCutsTheRest(t *testing.T) {
 	checkOnce(t, lineIDsOf(t, s), append(first, more...))
 }
 
-func lineIDsOf(t *testing.T, s *testkit.S3) map[string]int {
+func lineIDsOf(t *testing.T, s *testkit.S3) map[string]int { return lineIDsUnder(t, s, "raw/") }
+
+func lineIDsUnder(t *testing.T, s *testkit.S3, prefix string) map[string]int {
 	seen := map[string]int{}
-	for _, k := range s.Keys(t, "raw/") {
+	for _, k := range s.Keys(t, prefix) {
 		for _, l := range s.Lines(t, k) {
 			seen[fastjson.GetString([]byte(l), "messageId")]++
 		}
@@ -303,5 +305,42 @@ func TestArchiveURLs(t *testing.T) {
 				t.Errorf("error repeats the secret: %v", err)
 			}
 		})
+	}
+}
+
+func TestFallbackHandsTheUndeliveredToTheArchiveAtShutdown(t *testing.T) {
+	s := startStore(t)
+	down := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return testkit.Answer{Status: http.StatusServiceUnavailable} })
+	sp := openSpool(t, t.TempDir(), "hook", "archive")
+	g := startGroup(t, sp, nil, "hook="+down.URL+"?"+opts(testOpts, "fallback=archive"), archiveSpec(s, "flush=10ms"))
+	evs := numbered(20)
+	appendEvents(t, sp, evs...)
+	testkit.Eventually(t, func() bool { return sp.Backlog("archive").Events == 0 }, "archive backlog %d", backlog(sp, "archive"))
+	if err := shutdown(t, g, time.Second); err != nil {
+		t.Fatalf("shutdown: %v (the hand-off emptied the destination)", err)
+	}
+	if n := sp.Backlog("hook").Events; n != 0 {
+		t.Errorf("hook backlog %d after the hand-off, want 0", n)
+	}
+	checkOnce(t, lineIDsUnder(t, s, "raw/spillway/undelivered/hook/dt="), evs)
+	// The archive's own copy is where it was.
+	checkOnce(t, lineIDsUnder(t, s, "raw/spillway/dt="), evs)
+}
+
+func TestFallbackToAnArchiveThatIsDownLeavesTheEventsInTheSpool(t *testing.T) {
+	s := startStore(t)
+	s.SetFault(func(r *http.Request) *testkit.S3Fault {
+		return &testkit.S3Fault{Status: http.StatusServiceUnavailable, Code: "SlowDown"}
+	})
+	down := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return testkit.Answer{Status: http.StatusServiceUnavailable} })
+	sp := openSpool(t, t.TempDir(), "hook", "archive")
+	g := startGroup(t, sp, nil, "hook="+down.URL+"?"+opts(testOpts, "fallback=archive"), archiveSpec(s, "flush=10ms"))
+	appendEvents(t, sp, numbered(10)...)
+	err := shutdown(t, g, 500*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "hand hook off to archive") {
+		t.Errorf("shutdown: %v, want the failed hand-off", err)
+	}
+	if n := sp.Backlog("hook").Events; n != 10 {
+		t.Errorf("hook backlog %d, want the 10 events kept", n)
 	}
 }
