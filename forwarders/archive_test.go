@@ -310,7 +310,9 @@ func TestArchiveURLs(t *testing.T) {
 
 func TestFallbackHandsTheUndeliveredToTheArchiveAtShutdown(t *testing.T) {
 	s := startStore(t)
-	down := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return testkit.Answer{Status: http.StatusServiceUnavailable} })
+	down := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer {
+		return testkit.Answer{Status: http.StatusServiceUnavailable}
+	})
 	sp := openSpool(t, t.TempDir(), "hook", "archive")
 	g := startGroup(t, sp, nil, "hook="+down.URL+"?"+opts(testOpts, "fallback=archive"), archiveSpec(s, "flush=10ms"))
 	evs := numbered(20)
@@ -332,7 +334,9 @@ func TestFallbackToAnArchiveThatIsDownLeavesTheEventsInTheSpool(t *testing.T) {
 	s.SetFault(func(r *http.Request) *testkit.S3Fault {
 		return &testkit.S3Fault{Status: http.StatusServiceUnavailable, Code: "SlowDown"}
 	})
-	down := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer { return testkit.Answer{Status: http.StatusServiceUnavailable} })
+	down := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer {
+		return testkit.Answer{Status: http.StatusServiceUnavailable}
+	})
 	sp := openSpool(t, t.TempDir(), "hook", "archive")
 	g := startGroup(t, sp, nil, "hook="+down.URL+"?"+opts(testOpts, "fallback=archive"), archiveSpec(s, "flush=10ms"))
 	appendEvents(t, sp, numbered(10)...)
