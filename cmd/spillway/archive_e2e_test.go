@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -113,5 +115,48 @@ func TestKilledArchiveKeepsEveryEventOnceInTheBucket(t *testing.T) {
 		len(s.Keys(t, "raw/")), s.Puts())
 	if got := s.AccessKeys(); len(got) != 1 || got[0] != "AKIDE2E" {
 		t.Errorf("requests signed with %v, want AWS_ACCESS_KEY_ID's", got)
+	}
+}
+
+func TestFallbackThroughASIGTERMDrainAndReplayOfTheUndelivered(t *testing.T) {
+	s := startArchiveStore(t)
+	hook := newSink(t)
+	hook.setStatus(http.StatusServiceUnavailable)
+	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--shutdown-timeout", "2s",
+		"--destination", "hook="+hook.URL+"?fallback=archive&backoff_min=10ms&backoff_max=100ms",
+		"--destination", archiveDest(s, "archive", "flush=20ms"))
+	evs := trackEvents("fb", 50)
+	if code, err := postBatch(t.Context(), http.DefaultClient, p.url(), "wk", evs); err != nil || code != 200 {
+		t.Fatalf("post: %d %v", code, err)
+	}
+	if code := p.stop(); code != 0 {
+		t.Fatalf("exit %d: %s", code, p.stderr)
+	}
+	if !strings.Contains(p.stderr.String(), "undelivered events handed to the fallback archive") {
+		t.Errorf("no hand-off logged: %s", p.stderr)
+	}
+	handed := bucketIDs(t, s, "raw/undelivered/hook/")
+	for _, e := range evs {
+		if id := e["messageId"].(string); handed[id] != 1 {
+			t.Errorf("%s handed off %d times, want once", id, handed[id])
+		}
+	}
+
+	// Later, a fresh spillway whose hook works receives them by replay.
+	fresh := newSink(t)
+	q := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--flush-interval", "20ms", "--destination", "hook="+fresh.URL)
+	var stderr bytes.Buffer
+	if code := run(t.Context(), []string{"replay", "--from", "s3://" + s.Bucket + "/raw?endpoint=" + s.Endpoint + "&tls=false&path_style=true",
+		"--undelivered", "hook", "--to", q.url()}, &bytes.Buffer{}, &stderr); code != 0 {
+		t.Fatalf("replay: exit %d: %s", code, stderr.String())
+	}
+	testkit.Eventually(t, func() bool { unique, _ := fresh.Counts(); return unique == len(evs) }, "replayed events at the hook")
+	if code := q.stop(); code != 0 {
+		t.Fatalf("exit %d: %s", code, q.stderr)
+	}
+	for _, e := range evs {
+		if id := e["messageId"].(string); !fresh.Has(id) {
+			t.Errorf("%s not delivered after the replay", id)
+		}
 	}
 }
