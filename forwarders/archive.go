@@ -20,8 +20,11 @@ const KindArchive = "s3"
 const (
 	DefaultArchiveBatchBytes = 64 << 20 // uncompressed events per object
 	DefaultArchiveFlush      = 5 * time.Minute
-	defaultArchiveEndpoint   = "s3.amazonaws.com"
-	defaultArchiveRegion     = "us-east-1"
+	// DefaultArchiveTimeout bounds one upload: an object of tens of MiB
+	// takes far longer than a batch of events.
+	DefaultArchiveTimeout  = 2 * time.Minute
+	defaultArchiveEndpoint = "s3.amazonaws.com"
+	defaultArchiveRegion   = "us-east-1"
 	// undeliveredDir is where a destination's fallback hand-off writes,
 	// under the archive's prefix: PREFIX/undelivered/DESTINATION/...
 	undeliveredDir = "undelivered"
@@ -54,6 +57,7 @@ func (dest *Destination) setArchiveKind() {
 	dest.BatchBytes = DefaultArchiveBatchBytes
 	dest.BatchEvents = math.MaxInt32
 	dest.Flush = DefaultArchiveFlush
+	dest.Timeout = DefaultArchiveTimeout
 	dest.Archive = ArchiveOptions{Endpoint: defaultArchiveEndpoint, Region: defaultArchiveRegion}
 }
 

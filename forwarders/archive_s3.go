@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -25,6 +26,7 @@ type s3Store struct {
 	bucket       string
 	storageClass string
 	threads      uint
+	timeout      time.Duration
 }
 
 // newS3Store builds the store of an archive destination.
@@ -33,7 +35,8 @@ func newS3Store(d Destination) (*s3Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &s3Store{client: client, bucket: d.Archive.Bucket, storageClass: d.Archive.StorageClass, threads: uint(d.Concurrency)}, nil
+	return &s3Store{client: client, bucket: d.Archive.Bucket, storageClass: d.Archive.StorageClass,
+		threads: uint(d.Concurrency), timeout: d.Timeout}, nil
 }
 
 // NewS3Client returns a client of the store a's bucket is in, for the
@@ -71,7 +74,9 @@ func NewS3Client(a ArchiveOptions) (*minio.Client, error) {
 }
 
 func (s *s3Store) put(ctx context.Context, key string, body []byte) error {
-	_, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{
+	putCtx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	_, err := s.client.PutObject(putCtx, s.bucket, key, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{
 		ContentType:  "application/x-ndjson",
 		StorageClass: s.storageClass,
 		NumThreads:   s.threads,
@@ -103,7 +108,11 @@ var misconfiguredCodes = map[string]bool{
 // any event, so its events are never dead-lettered for the store.
 func classifyS3(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
+		// The caller's end, not the store's: not retried.
 		return fmt.Errorf("put object: %w", ctx.Err())
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &RetryableError{Err: fmt.Errorf("put object: timeout: %w", context.DeadlineExceeded)}
 	}
 	var resp minio.ErrorResponse
 	if !errors.As(err, &resp) || resp.StatusCode == 0 {
