@@ -152,19 +152,32 @@ func lineIDsUnder(t *testing.T, s *testkit.S3, prefix string) map[string]int {
 	return seen
 }
 
-// seqs returns the sequence numbers of everything in the spool, read
-// through a consumer of their own.
-func seqs(t *testing.T, sp *spool.Spool, consumer string) []uint64 {
+// archiveAfterCrash archives evs from a spool in which the archive had
+// recorded the range of the events first..last (indexes into evs) before
+// a crash left its cursor at the start, and returns the store, the spool
+// and the events' sequence numbers.
+func archiveAfterCrash(t *testing.T, evs []ev, first, last int, confirmed bool) (*testkit.S3, *spool.Spool, []uint64) {
 	t.Helper()
-	recs, err := sp.Read(consumer, 1000, 1<<20)
+	s := startStore(t)
+	sp := openSpool(t, t.TempDir(), "archive", "peek")
+	appendEvents(t, sp, evs...)
+	recs, err := sp.Read("peek", 1000, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make([]uint64, len(recs))
+	seq := make([]uint64, len(recs))
 	for i, r := range recs {
-		out[i] = r.Seq
+		seq[i] = r.Seq
 	}
-	return out
+	if err := sp.SetPending("archive", spool.Pending{First: seq[first], Last: seq[last], Confirmed: confirmed}); err != nil {
+		t.Fatal(err)
+	}
+	g := startGroup(t, sp, nil, archiveSpec(s, "flush=10ms"))
+	testkit.Eventually(t, func() bool { return sp.Backlog("archive").Events == 0 }, "backlog %d", backlog(sp, "archive"))
+	if err := shutdown(t, g, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return s, sp, seq
 }
 
 func TestArchiveCutsAnUnconfirmedRangeAgainWithTheSameBounds(t *testing.T) {
@@ -173,19 +186,8 @@ func TestArchiveCutsAnUnconfirmedRangeAgainWithTheSameBounds(t *testing.T) {
 	// batch_bytes that would put all ten events into one object, the
 	// first object is the recorded range, to the event, and the rest
 	// follows in another.
-	s := startStore(t)
-	sp := openSpool(t, t.TempDir(), "archive", "peek")
 	evs := numbered(10)
-	appendEvents(t, sp, evs...)
-	seq := seqs(t, sp, "peek")
-	if err := sp.SetPending("archive", spool.Pending{First: seq[0], Last: seq[3]}); err != nil {
-		t.Fatal(err)
-	}
-	g := startGroup(t, sp, nil, archiveSpec(s, "flush=10ms"))
-	testkit.Eventually(t, func() bool { return sp.Backlog("archive").Events == 0 }, "backlog %d", backlog(sp, "archive"))
-	if err := shutdown(t, g, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	s, sp, seq := archiveAfterCrash(t, evs, 0, 3, false)
 	keys := s.Keys(t, "raw/")
 	if len(keys) != 2 || !strings.HasSuffix(keys[0], fmt.Sprintf("%020d-%020d.ndjson.gz", seq[0], seq[3])) {
 		t.Fatalf("objects %v, want %d..%d first and the rest in another", keys, seq[0], seq[3])
@@ -201,19 +203,8 @@ func TestArchiveSkipsAConfirmedRangeWhateverTheCursorSays(t *testing.T) {
 	// What a crash after a confirmation and before the cursor's lazy save
 	// leaves: the cursor behind the confirmed range. Its events are not
 	// written into a second object.
-	s := startStore(t)
-	sp := openSpool(t, t.TempDir(), "archive", "peek")
 	evs := numbered(8)
-	appendEvents(t, sp, evs...)
-	seq := seqs(t, sp, "peek")
-	if err := sp.SetPending("archive", spool.Pending{First: seq[0], Last: seq[4], Confirmed: true}); err != nil {
-		t.Fatal(err)
-	}
-	g := startGroup(t, sp, nil, archiveSpec(s, "flush=10ms"))
-	testkit.Eventually(t, func() bool { return sp.Backlog("archive").Events == 0 }, "backlog %d", backlog(sp, "archive"))
-	if err := shutdown(t, g, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	s, _, _ := archiveAfterCrash(t, evs, 0, 4, true)
 	checkOnce(t, lineIDsOf(t, s), evs[5:])
 }
 

@@ -14,11 +14,13 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -89,6 +91,8 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if events != "" {
 		c.events = strings.Split(events, ",")
 	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	src, err := openReplaySource(c.from, c.undelivered)
 	if err != nil {
 		return usageErr("--from: %v", err)
@@ -456,7 +460,13 @@ func (r *replayer) post(ctx context.Context, key string, batch [][]byte) error {
 	body.WriteString(`]}`)
 	wait := 200 * time.Millisecond
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(r.c.to, "/")+"/v1/import", bytes.NewReader(body.Bytes()))
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("interrupted (run it again with the same --resume to go on): %w", err)
+		}
+		// A request under way is not cut short by an interrupt: cut, the
+		// server may have taken the events without the progress saying
+		// so, and a resumed replay would send them twice.
+		req, err := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodPost, strings.TrimSuffix(r.c.to, "/")+"/v1/import", bytes.NewReader(body.Bytes()))
 		if err != nil {
 			return fmt.Errorf("--to: %w", err)
 		}
@@ -479,24 +489,12 @@ func (r *replayer) post(ctx context.Context, key string, batch [][]byte) error {
 				return fmt.Errorf("post %d events: %s: %s", len(batch), resp.Status, msg)
 			}
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if !sleepCtx(ctx, wait) {
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
 			return ctx.Err()
 		}
 		wait = min(2*wait, 10*time.Second)
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 
