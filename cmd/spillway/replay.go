@@ -373,7 +373,6 @@ func (r *replayer) object(ctx context.Context, name string, skip replayProgress)
 		if !r.wants(v) {
 			continue
 		}
-		r.passed++
 		key := string(v.GetStringBytes("writeKey"))
 		v.Del("writeKey")
 		if key == "" {
@@ -382,6 +381,7 @@ func (r *replayer) object(ctx context.Context, name string, skip replayProgress)
 		if line <= skip.Upto && slices.Contains(skip.Keys, key) {
 			continue
 		}
+		r.passed++
 		if r.c.destination != "" {
 			routeOnly(v, r.c.destination)
 		}
