@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -47,9 +48,9 @@ type deadBlock struct {
 
 // sealDeadBlocks encodes dead letters, in id order, into blocks of about
 // deadBlockRawBytes each.
-func sealDeadBlocks(dead []DeadLetter) ([]deadBlock, error) {
+func sealDeadBlocks(dead []DeadLetter) []deadBlock {
 	var blocks []deadBlock
-	var raw []byte
+	raw := make([]byte, 0, deadBlockRawBytes+maxDeadLetterOverhead)
 	first, count := uint64(0), 0
 	flush := func() {
 		if count > 0 {
@@ -58,22 +59,85 @@ func sealDeadBlocks(dead []DeadLetter) ([]deadBlock, error) {
 		raw, count = raw[:0], 0
 	}
 	for i := range dead {
-		v, err := json.Marshal(&dead[i])
-		if err != nil {
-			return nil, fmt.Errorf("encode dead letter: %w", err)
-		}
-		if count > 0 && len(raw)+len(v) > deadBlockRawBytes {
+		if count > 0 && len(raw)+deadLetterSize(&dead[i]) > deadBlockRawBytes {
 			flush()
 		}
 		if count == 0 {
 			first = dead[i].ID
 		}
-		raw = binary.AppendUvarint(raw, uint64(len(v)))
-		raw = append(raw, v...)
+		raw = appendDeadLetter(raw, &dead[i])
 		count++
 	}
 	flush()
-	return blocks, nil
+	return blocks
+}
+
+// appendDeadLetter appends a dead letter as a block holds it: its numbers,
+// then its strings and its event, each after its length. Binary rather
+// than JSON: encoding/json spent more time checking each event's JSON
+// than the rest of storing it cost.
+func appendDeadLetter(dst []byte, d *DeadLetter) []byte {
+	dst = binary.AppendUvarint(dst, d.ID)
+	dst = binary.AppendVarint(dst, d.At.UnixNano())
+	dst = binary.AppendUvarint(dst, uint64(d.Status))
+	dst = binary.AppendUvarint(dst, uint64(d.Attempts))
+	dst = binary.AppendUvarint(dst, uint64(d.Size))
+	for _, f := range [...]string{d.Destination, d.Reason, d.Error, d.WriteKey} {
+		dst = binary.AppendUvarint(dst, uint64(len(f)))
+		dst = append(dst, f...)
+	}
+	for _, f := range [...][]byte{d.Event, d.Violations} {
+		dst = binary.AppendUvarint(dst, uint64(len(f)))
+		dst = append(dst, f...)
+	}
+	return dst
+}
+
+// maxDeadLetterOverhead bounds what appendDeadLetter adds to a dead
+// letter's strings and event: five numbers and six lengths.
+const maxDeadLetterOverhead = 11 * binary.MaxVarintLen64
+
+// deadLetterSize bounds what appendDeadLetter appends.
+func deadLetterSize(d *DeadLetter) int {
+	return maxDeadLetterOverhead + len(d.Destination) + len(d.Reason) + len(d.Error) + len(d.WriteKey) + len(d.Event) + len(d.Violations)
+}
+
+// readDeadLetter decodes what appendDeadLetter appended, returning the
+// rest. The dead letter's slices are its own copies.
+func readDeadLetter(p []byte) (DeadLetter, []byte, error) {
+	var d DeadLetter
+	var nums [5]uint64
+	for i := range nums {
+		var n int
+		if i == 1 {
+			var v int64
+			v, n = binary.Varint(p)
+			nums[i] = uint64(v)
+		} else {
+			nums[i], n = binary.Uvarint(p)
+		}
+		if n <= 0 {
+			return d, nil, fmt.Errorf("%w: dead letter: bad number", errCorrupt)
+		}
+		p = p[n:]
+	}
+	d.ID, d.At = nums[0], time.Unix(0, int64(nums[1])).UTC()
+	d.Status, d.Attempts, d.Size = int(nums[2]), int(nums[3]), int(nums[4])
+	var fields [6][]byte
+	for i := range fields {
+		var err error
+		if fields[i], p, err = readField(p); err != nil {
+			return d, nil, err
+		}
+	}
+	d.Destination, d.Reason, d.Error, d.WriteKey = string(fields[0]), string(fields[1]), string(fields[2]), string(fields[3])
+	if len(fields[4]) > 0 {
+		d.Event = bytes.Clone(fields[4])
+	}
+	if len(fields[5]) > 0 {
+		d.Violations = bytes.Clone(fields[5])
+	}
+	return d, p, nil
 }
 
 // openDeadBlock decodes a stored block of dead letters.
@@ -84,14 +148,9 @@ func openDeadBlock(val []byte) ([]DeadLetter, error) {
 	}
 	var dead []DeadLetter
 	for len(raw) > 0 {
-		var v []byte
-		v, raw, err = readField(raw)
-		if err != nil {
-			return nil, err
-		}
 		var d DeadLetter
-		if err := json.Unmarshal(v, &d); err != nil {
-			return nil, fmt.Errorf("%w: dead letter: %v", errCorrupt, err)
+		if d, raw, err = readDeadLetter(raw); err != nil {
+			return nil, err
 		}
 		dead = append(dead, d)
 	}
@@ -101,6 +160,12 @@ func openDeadBlock(val []byte) ([]DeadLetter, error) {
 // storeDeadLetters numbers dead letters and stores them, with marker (if
 // any) set in the same transaction as the first of them.
 func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte) error {
+	return s.commitDeadLetters(s.sealDeadLetters(dead, at), marker)
+}
+
+// sealDeadLetters numbers dead letters, dates those that have no date yet
+// and seals them into blocks.
+func (s *Spool) sealDeadLetters(dead []DeadLetter, at time.Time) []deadBlock {
 	firstID := s.nextDead.Add(uint64(len(dead))) - uint64(len(dead))
 	for i := range dead {
 		dead[i].ID = firstID + uint64(i)
@@ -108,10 +173,11 @@ func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte)
 			dead[i].At = at
 		}
 	}
-	blocks, err := sealDeadBlocks(dead)
-	if err != nil {
-		return err
-	}
+	return sealDeadBlocks(dead)
+}
+
+// commitDeadLetters stores sealed dead letters, with marker (if any).
+func (s *Spool) commitDeadLetters(blocks []deadBlock, marker []byte) error {
 	s.deadMu.Lock()
 	defer s.deadMu.Unlock()
 	if err := s.writeDeadBlocks(blocks, marker, nil); err != nil {
@@ -236,10 +302,7 @@ func (s *Spool) deleteDead(dls []DeadLetter, keep func(DeadLetter) bool) error {
 			}
 			b := deadBlock{first: first, count: len(kept) - len(dead)}
 			if len(kept) > 0 {
-				resealed, err := sealDeadBlocks(kept)
-				if err != nil {
-					return err
-				}
+				resealed := sealDeadBlocks(kept)
 				// Kept under the block's first id, whatever was removed
 				// from its beginning, so the key names one block only.
 				b.val = resealed[0].val
@@ -339,10 +402,7 @@ func (s *Spool) migrateLegacyDeadLetters() error {
 		if err != nil || len(dead) == 0 {
 			return err
 		}
-		blocks, err := sealDeadBlocks(dead)
-		if err != nil {
-			return err
-		}
+		blocks := sealDeadBlocks(dead)
 		s.nextDead.Store(max(s.nextDead.Load(), dead[len(dead)-1].ID+1))
 		// One transaction: each legacy key goes with the block that now
 		// holds it. Their sizes are the same order, so this fits.

@@ -79,8 +79,10 @@ type fillingBlock struct {
 const headerRoom = 8 + binary.MaxVarintLen64
 
 type sealedGroup struct {
-	reqs   []*appendReq
-	dead   []DeadLetter
+	reqs []*appendReq
+	// dead is the group's dead letters, numbered and sealed with its
+	// blocks, off the committer's path.
+	dead   []deadBlock
 	blocks []sealedBlock
 	rotate bool // not a group: start a new generation
 	// hot is the newest block's uncompressed body, from scratchBuffers,
@@ -247,8 +249,12 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 		}
 		sg.reqs = kept
 	}
+	var dead []DeadLetter
 	for _, r := range sg.reqs {
-		sg.dead = append(sg.dead, r.dead...)
+		dead = append(dead, r.dead...)
+	}
+	if len(dead) > 0 {
+		sg.dead = s.sealDeadLetters(dead, time.Now())
 	}
 	if len(sg.reqs) < len(f.reqs) {
 		return sg
@@ -336,7 +342,7 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	if len(sg.dead) > 0 {
 		// Dead letters first: if the blocks then fail, the client retries
 		// and at worst a dead letter is stored twice, never lost.
-		if err := s.storeDeadLetters(sg.dead, time.Now(), nil); err != nil {
+		if err := s.commitDeadLetters(sg.dead, nil); err != nil {
 			return err
 		}
 	}
