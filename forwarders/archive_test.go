@@ -339,3 +339,15 @@ func TestFallbackToAnArchiveThatIsDownLeavesTheEventsInTheSpool(t *testing.T) {
 		t.Errorf("hook backlog %d, want the 10 events kept", n)
 	}
 }
+
+func TestArchiveOfAMissingBucketIsMisconfigured(t *testing.T) {
+	s := startStore(t)
+	sp := openSpool(t, t.TempDir(), "archive")
+	spec := "archive=s3://no-such-bucket/raw?endpoint=" + s.Endpoint + "&" + archiveOpts + "&flush=10ms"
+	g := startGroup(t, sp, nil, spec)
+	appendEvents(t, sp, numbered(3)...)
+	testkit.Eventually(t, func() bool { return g.Status()[0].State == StateMisconfigured }, "state %v", func() any { return g.Status()[0] })
+	if st := g.Status()[0]; !strings.Contains(st.LastError, "NoSuchBucket") || st.BacklogEvents != 3 || st.DeadLettered != 0 {
+		t.Errorf("status %+v, want NoSuchBucket, the 3 events kept", st)
+	}
+}
