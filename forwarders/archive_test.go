@@ -18,14 +18,7 @@ import (
 
 const archiveOpts = "tls=false&path_style=true&backoff_min=5ms&backoff_max=50ms"
 
-func startStore(t *testing.T) *testkit.S3 {
-	t.Helper()
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTESTARCHIVE")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret-never-logged")
-	// The rest of the chain must not answer first on a developer's machine.
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-	return testkit.StartS3(t, "events")
-}
+func startStore(t *testing.T) *testkit.S3 { return testkit.StartS3(t, "events") }
 
 func archiveSpec(s *testkit.S3, params string) string {
 	return "archive=s3://" + s.Bucket + "/raw/spillway?endpoint=" + s.Endpoint + "&" + archiveOpts + "&" + params
@@ -112,7 +105,7 @@ func TestArchiveWritesEveryEventOnceInTheLayout(t *testing.T) {
 	if !strings.Contains(strings.Join(keys, " "), "dt=2026-12-02/hour=") {
 		t.Errorf("no object in the next day's partition: %v", keys)
 	}
-	if got := s.AccessKeys(); len(got) != 1 || got[0] != "AKIDTESTARCHIVE" {
+	if got := s.AccessKeys(); len(got) != 1 || got[0] != testkit.S3AccessKey {
 		t.Errorf("requests signed with %v, want the key of AWS_ACCESS_KEY_ID", got)
 	}
 }
@@ -246,7 +239,7 @@ func TestArchiveRetriesSlowDownAndReportsAccessDenied(t *testing.T) {
 	if st.BacklogEvents != 2 || st.DeadLettered != 0 || !strings.Contains(st.LastError, "AccessDenied") {
 		t.Errorf("status %+v, want 2 events kept, none dead-lettered, AccessDenied reported", st)
 	}
-	if strings.Contains(st.LastError, "secret-never-logged") {
+	if strings.Contains(st.LastError, testkit.S3SecretKey) {
 		t.Errorf("last error holds the secret key: %s", st.LastError)
 	}
 	s.SetFault(nil)

@@ -38,11 +38,25 @@ type S3Fault struct {
 	Code   string // SlowDown, AccessDenied, ...
 }
 
+// The credentials StartS3 puts in the environment, where spillway's
+// standard credential chain, in the test and in the processes it starts,
+// finds them first.
+const (
+	S3AccessKey = "AKIDTESTARCHIVE"
+	S3SecretKey = "secret-never-logged"
+)
+
 var credentialRE = regexp.MustCompile(`Credential=([^/]+)/`)
 
-// StartS3 starts a store holding an empty bucket; it stops with the test.
+// StartS3 starts a store holding an empty bucket, and sets S3AccessKey
+// and S3SecretKey as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; it stops
+// with the test.
 func StartS3(t testing.TB, bucket string) *S3 {
 	t.Helper()
+	t.Setenv("AWS_ACCESS_KEY_ID", S3AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", S3SecretKey)
+	// The rest of the chain must not answer first on a developer's machine.
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
 	backend := s3mem.New()
 	if err := backend.CreateBucket(bucket); err != nil {
 		t.Fatal(err)
