@@ -86,6 +86,18 @@ func newGroup(dests []Destination, fwds []Forwarder, sp store, logger *slog.Logg
 		dp := newDispatcher(d, f, sp, logger, m, g.spawn)
 		dp.privacy, _ = d.Privacy() // checked above
 		g.ds = append(g.ds, dp)
+		if err := dp.openLanes(sp); err != nil {
+			g.closeForwarders(context.Background())
+			g.cancel()
+			return nil, err
+		}
+	}
+	if reg != nil {
+		if err := reg.Register(&lanesCollector{ds: g.ds}); err != nil {
+			g.closeForwarders(context.Background())
+			g.cancel()
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	return g, nil
 }
@@ -126,6 +138,9 @@ func (g *Group) Start() {
 	g.started = true
 	for _, d := range g.ds {
 		g.spawn(func() { d.run(g.ctx) })
+		if d.lanes != nil {
+			g.spawn(func() { d.lanes.run(g.ctx) })
+		}
 	}
 	g.log.Info("forwarding started", "destinations", len(g.ds))
 }

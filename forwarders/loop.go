@@ -263,6 +263,9 @@ func (l *loop) acknowledge(now time.Time) {
 	}
 	l.acks.succeeded(l.d)
 	l.acked = l.toAck
+	if l.d.lanes != nil {
+		l.d.lanes.ackedTo(l.acked)
+	}
 }
 
 // caughtUp says whether everything read is done: the last read found
