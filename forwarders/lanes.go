@@ -113,6 +113,11 @@ type lanes struct {
 	downSince time.Time
 	downFails int
 	down      atomic.Bool
+
+	// held counts the parked events the drainer has read and not yet
+	// let go of, and peakHeld its highest value: the lanes' memory, which
+	// concurrency and batch size bound whatever the number of lanes.
+	held, peakHeld atomic.Int64
 }
 
 // newLanes restores d's lanes from the spool's lane log.
@@ -503,7 +508,10 @@ func (l *lanes) launch(ctx context.Context, now time.Time, running *int, done ch
 			continue
 		}
 		if *running >= d.dest.Concurrency {
-			continue
+			// The next attempt to finish wakes the drainer, which
+			// starts here again.
+			l.turn = (start + i) % n
+			return time.Time{}
 		}
 		ln.busy = true
 		*running++
@@ -539,6 +547,8 @@ func (l *lanes) attempt(ctx context.Context, ln *lane, acked uint64, send bool) 
 		}
 		return
 	}
+	l.hold(int64(len(recs)))
+	defer l.hold(-int64(len(recs)))
 	if len(recs) == 0 {
 		// Nothing is parked below acked: what the count says is above it.
 		l.mu.Lock()
@@ -746,4 +756,10 @@ func countRecs(parts []part) int {
 		n += len(p.recs)
 	}
 	return n
+}
+
+func (l *lanes) hold(n int64) {
+	h := l.held.Add(n)
+	for p := l.peakHeld.Load(); h > p && !l.peakHeld.CompareAndSwap(p, h); p = l.peakHeld.Load() {
+	}
 }

@@ -1,6 +1,7 @@
 package forwarders
 
 import (
+	"cmp"
 	"slices"
 
 	"github.com/spillwayhq/spillway/spool"
@@ -8,10 +9,9 @@ import (
 
 var _ laneStore = (*memStore)(nil)
 
-// memLaneEntry is a parked event of memStore's lane log.
-type memLaneEntry struct {
-	consumer string
-	rec      spool.Record
+// memLane is one lane of memStore's lane log.
+type memLane struct {
+	consumer, key string
 }
 
 func (m *memStore) Park(consumer, writeKey string, recs []spool.Record) (int, error) {
@@ -20,24 +20,22 @@ func (m *memStore) Park(consumer, writeKey string, recs []spool.Record) (int, er
 	if _, err := m.consumer(consumer); err != nil {
 		return 0, err
 	}
+	if m.parked == nil {
+		m.parked = map[memLane][]spool.Record{}
+	}
+	lane := memLane{consumer, writeKey}
+	log := m.parked[lane]
 	added := 0
 	for _, r := range recs {
-		if slices.ContainsFunc(m.parked, func(e memLaneEntry) bool { return e.consumer == consumer && e.rec.Seq == r.Seq }) {
+		i, found := slices.BinarySearchFunc(log, r.Seq, func(e spool.Record, seq uint64) int { return cmp.Compare(e.Seq, seq) })
+		if found {
 			continue
 		}
 		r.Data = append([]byte(nil), r.Data...)
-		m.parked = append(m.parked, memLaneEntry{consumer: consumer, rec: r})
+		log = slices.Insert(log, i, r)
 		added++
 	}
-	slices.SortFunc(m.parked, func(a, b memLaneEntry) int {
-		switch {
-		case a.rec.Seq < b.rec.Seq:
-			return -1
-		case a.rec.Seq > b.rec.Seq:
-			return 1
-		}
-		return 0
-	})
+	m.parked[lane] = log
 	return added, nil
 }
 
@@ -45,14 +43,13 @@ func (m *memStore) ReadLane(consumer, writeKey string, from, below uint64, recs 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n, bytes := 0, 0
-	for _, e := range m.parked {
-		if e.consumer != consumer || e.rec.WriteKey != writeKey || e.rec.Seq < from {
+	for _, r := range m.parked[memLane{consumer, writeKey}] {
+		if r.Seq < from {
 			continue
 		}
-		if e.rec.Seq >= below || n >= maxEvents || (bytes >= maxBytes && n > 0) {
+		if r.Seq >= below || n >= maxEvents || (bytes >= maxBytes && n > 0) {
 			break
 		}
-		r := e.rec
 		r.Data = append([]byte(nil), r.Data...)
 		recs = append(recs, r)
 		n++
@@ -64,9 +61,15 @@ func (m *memStore) ReadLane(consumer, writeKey string, from, below uint64, recs 
 func (m *memStore) Unpark(consumer, writeKey string, recs []spool.Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.parked = slices.DeleteFunc(m.parked, func(e memLaneEntry) bool {
-		return e.consumer == consumer && slices.ContainsFunc(recs, func(r spool.Record) bool { return r.Seq == e.rec.Seq })
+	lane := memLane{consumer, writeKey}
+	log := slices.DeleteFunc(m.parked[lane], func(e spool.Record) bool {
+		return slices.ContainsFunc(recs, func(r spool.Record) bool { return r.Seq == e.Seq })
 	})
+	if len(log) == 0 {
+		delete(m.parked, lane)
+	} else {
+		m.parked[lane] = log
+	}
 	return nil
 }
 
@@ -74,16 +77,10 @@ func (m *memStore) Lanes(consumer string) ([]spool.Parked, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []spool.Parked
-	for _, e := range m.parked {
-		if e.consumer != consumer {
-			continue
+	for lane, log := range m.parked {
+		if lane.consumer == consumer && len(log) > 0 {
+			out = append(out, spool.Parked{WriteKey: lane.key, Events: int64(len(log)), FirstSeq: log[0].Seq, Oldest: log[0].Stored})
 		}
-		i := slices.IndexFunc(out, func(p spool.Parked) bool { return p.WriteKey == e.rec.WriteKey })
-		if i < 0 {
-			out = append(out, spool.Parked{WriteKey: e.rec.WriteKey, FirstSeq: e.rec.Seq, Oldest: e.rec.Stored})
-			i = len(out) - 1
-		}
-		out[i].Events++
 	}
 	return out, nil
 }
@@ -92,5 +89,9 @@ func (m *memStore) Lanes(consumer string) ([]spool.Parked, error) {
 func (m *memStore) parkedCount() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return len(m.parked)
+	n := 0
+	for _, log := range m.parked {
+		n += len(log)
+	}
+	return n
 }
