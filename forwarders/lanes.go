@@ -37,16 +37,13 @@ const (
 )
 
 func parseLanes(kind, val string) (string, error) {
-	switch val {
-	case LanesOff:
-		return val, nil
-	case LanesWriteKey:
-		if kind != KindSegment && kind != KindWebhook && kind != KindKafka {
-			return "", errors.New("only a segment, http(s) or kafka destination takes lanes=write_key")
-		}
-		return val, nil
+	if kind != KindSegment && kind != KindWebhook && kind != KindKafka {
+		return "", errors.New("only a segment, http(s) or kafka destination takes lanes")
 	}
-	return "", fmt.Errorf("want write_key or off, got %q", val)
+	if val != LanesWriteKey && val != LanesOff {
+		return "", fmt.Errorf("want write_key or off, got %q", val)
+	}
+	return val, nil
 }
 
 // lanesOn says whether d delivers per write key in lanes.
