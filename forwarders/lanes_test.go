@@ -303,7 +303,7 @@ func trickleBesideBacklog(t *testing.T, backlog int) (cRate, aRate float64) {
 // times batch_events.
 func TestLanesHoldBoundedMemoryWithThousandsOfKeys(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const keys, perKey = 3000, 3
+		const keys, perKey = 2000, 2
 		status := map[string]int{}
 		var all []string
 		for i := range keys {
@@ -312,7 +312,7 @@ func TestLanesHoldBoundedMemoryWithThousandsOfKeys(t *testing.T) {
 			status[k] = http.StatusServiceUnavailable
 		}
 		sink := newLaneSink(0, status)
-		d, f := serveLaneSink(t, sink, opts(laneOpts, "backoff_min=1s&backoff_max=5s"))
+		d, f := serveLaneSink(t, sink, opts(laneOpts, "backoff_min=5s&backoff_max=10s"))
 		sp := newMemStore("dest")
 		g := startDests(t, sp, nil, []Destination{d}, []Forwarder{f})
 		produce(t, sp, all, perKey, 0)
@@ -323,8 +323,8 @@ func TestLanesHoldBoundedMemoryWithThousandsOfKeys(t *testing.T) {
 		if n := dp.lanes.count.Load(); n != keys {
 			t.Errorf("%d lanes, want %d", n, keys)
 		}
-		// A round of probes, then recovery.
-		time.Sleep(5 * time.Second)
+		// Recovery before the first probe: each key is tried once more.
+		time.Sleep(time.Second)
 		sink.answerAll()
 		for sp.parkedCount() > 0 {
 			time.Sleep(10 * time.Millisecond)
