@@ -17,10 +17,6 @@ import (
 // the order the events were stored, and its storing time, so that lag and
 // max_age survive a restart.
 
-// prefixLane: 'l' | consumer length (2) | consumer | write key length (2) |
-// write key | seq (8) | stored unix ms (8) -> the event's JSON. Meta store.
-const prefixLane = 'l'
-
 // Parked is a lane's content as Lanes finds it on disk.
 type Parked struct {
 	WriteKey string
