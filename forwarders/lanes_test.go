@@ -460,3 +460,40 @@ func countPrefix(ids []string, prefix string) int {
 	}
 	return n
 }
+
+// A webhook with lanes=write_key sends one request per key, so that the
+// endpoint's refusal of one key's events parks those alone.
+func TestWebhookLanesSendOneRequestPerKey(t *testing.T) {
+	var fixed atomic.Bool
+	sink := testkit.NewSink(t, func(_ int, r *testkit.Request) testkit.Answer {
+		for _, id := range r.IDs {
+			if strings.HasPrefix(id, "akey") && !fixed.Load() {
+				return testkit.Answer{Status: 403}
+			}
+		}
+		return testkit.Answer{}
+	})
+	sp := newMemStore("dest")
+	const perKey = 20
+	for i := range perKey {
+		appendEvents(t, sp, ev{id: laneEventID(keyA, i), key: keyA}, ev{id: laneEventID(keyC, i), key: keyC})
+	}
+	g := startGroup(t, sp, nil, "dest="+sink.URL+"?"+opts(testOpts, "lanes=write_key&backoff_max=100ms"))
+	testkit.Eventually(t, func() bool {
+		return countPrefix(sink.Delivered(), "ckey") == perKey && sp.parkedCount() == perKey
+	}, "C not delivered, or A not parked")
+	for _, r := range sink.Requests() {
+		keys := map[string]bool{}
+		for _, id := range r.IDs {
+			keys[id[:4]] = true
+		}
+		if len(keys) != 1 {
+			t.Errorf("a request with the events of %d keys: %v", len(keys), r.IDs)
+		}
+	}
+	if st := g.Status()[0]; st.LanesNotUp != 1 || st.Lanes[0].State != StateMisconfigured {
+		t.Errorf("status %+v", st)
+	}
+	fixed.Store(true)
+	testkit.Eventually(t, func() bool { return len(sink.Delivered()) == 2*perKey }, "A not delivered after the fix")
+}

@@ -3,6 +3,7 @@ package forwarders
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"time"
 
@@ -48,7 +49,9 @@ func (f *segmentForwarder) Send(ctx context.Context, batch []spool.Record) error
 
 // sendPerKey sends one request per write key of the batch, one after
 // another, and returns the first failure per record, so that the records
-// already delivered under other keys are not sent again.
+// already delivered under other keys are not sent again. A send that
+// fails record by record (a *BatchError over its records) keeps its
+// records' own errors.
 func sendPerKey(ctx context.Context, batch []spool.Record, send func(ctx context.Context, key string, recs []spool.Record) error) error {
 	groups := groupByWriteKey(batch)
 	var errs []error
@@ -63,8 +66,12 @@ func sendPerKey(ctx context.Context, batch []spool.Record, send func(ctx context
 		if errs == nil {
 			errs = make([]error, len(batch))
 		}
-		for _, i := range g {
-			errs[i] = err
+		var be *BatchError
+		perRecord := errors.As(err, &be) && len(be.Errs) == len(g)
+		for j, i := range g {
+			if errs[i] = err; perRecord {
+				errs[i] = be.Errs[j]
+			}
 		}
 	}
 	if errs == nil {
