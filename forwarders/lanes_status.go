@@ -3,6 +3,7 @@ package forwarders
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -80,4 +81,53 @@ func (c *lanesCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(parkedDesc, prometheus.GaugeValue, float64(backlog), d.dest.Name)
 	}
+}
+
+// LaneStatus is a write key's lane in `spillway status`: a key that is not
+// flowing in its destination's main stream.
+type LaneStatus struct {
+	WriteKey      string    `json:"write_key"` // masked
+	State         State     `json:"state"`
+	BacklogEvents int64     `json:"backlog_events"`
+	LagSeconds    float64   `json:"lag_seconds"`
+	LastError     string    `json:"last_error,omitempty"`
+	LastErrorAt   time.Time `json:"last_error_at,omitzero"`
+}
+
+// lanesListed bounds how many lanes a status lists, the most backlogged
+// first: a relay may have thousands, and the counts by state say the rest.
+const lanesListed = 50
+
+// status lists the lanes, the most backlogged first, up to lanesListed;
+// counts them by state; and sums their backlog and finds their oldest event.
+func (l *lanes) status(now time.Time) (listed []LaneStatus, byState map[State]int, backlog int64, oldest time.Time) {
+	byState = map[State]int{}
+	l.mu.Lock()
+	all := make([]LaneStatus, 0, len(l.order))
+	for _, ln := range l.order {
+		byState[ln.state]++
+		backlog += ln.parked
+		s := LaneStatus{WriteKey: spool.MaskWriteKey(ln.key), State: ln.state, BacklogEvents: ln.parked, LastErrorAt: ln.lastErrAt}
+		if ln.parked > 0 && !ln.oldest.IsZero() {
+			s.LagSeconds = max(now.Sub(ln.oldest).Seconds(), 0)
+			if oldest.IsZero() || ln.oldest.Before(oldest) {
+				oldest = ln.oldest
+			}
+		}
+		if ln.lastErr != nil {
+			s.LastError = truncate(ln.lastErr.Error(), errorBodyLimit)
+		}
+		all = append(all, s)
+	}
+	l.mu.Unlock()
+	slices.SortStableFunc(all, func(a, b LaneStatus) int {
+		switch {
+		case a.BacklogEvents > b.BacklogEvents:
+			return -1
+		case a.BacklogEvents < b.BacklogEvents:
+			return 1
+		}
+		return 0
+	})
+	return all[:min(len(all), lanesListed)], byState, backlog, oldest
 }
