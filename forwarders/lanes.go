@@ -99,6 +99,11 @@ type lanes struct {
 	// earlier event of its key still being parked by a batch in flight.
 	acked atomic.Uint64
 	wake  chan struct{}
+	// mainDrained is closed once the destination drains for shutdown and
+	// its main stream is caught up: the drainer then closes the
+	// destination's drained when no lane has a batch to send now.
+	mainDrained     chan struct{}
+	mainDrainedOnce sync.Once
 
 	// allDown is the destination's state as its keys say: not up when
 	// sends delivered nothing because every key in them failed (the one
@@ -119,7 +124,8 @@ type lanes struct {
 
 // newLanes restores d's lanes from the spool's lane log.
 func newLanes(d *Dispatcher, sp laneStore, acked uint64) (*lanes, error) {
-	l := &lanes{d: d, sp: sp, byKey: map[string]*lane{}, wake: make(chan struct{}, 1), allDown: StateUp}
+	l := &lanes{d: d, sp: sp, byKey: map[string]*lane{}, wake: make(chan struct{}, 1), allDown: StateUp,
+		mainDrained: make(chan struct{})}
 	l.acked.Store(acked)
 	parked, err := sp.Lanes(d.dest.Name)
 	if err != nil {

@@ -9,6 +9,18 @@ import (
 	"github.com/spillwayhq/spillway/spool"
 )
 
+// caughtUpDraining is called by run when the destination drains for
+// shutdown and its main stream is caught up. With lanes, the drainer says
+// when the destination is drained: once its lanes have no batch to send
+// now, so that a lane that recovered is not cut off midway.
+func (d *Dispatcher) caughtUpDraining() {
+	if d.lanes == nil {
+		d.drainOnce.Do(func() { close(d.drained) })
+		return
+	}
+	d.lanes.mainDrainedOnce.Do(func() { close(d.lanes.mainDrained) })
+}
+
 // run is the drainer: it gives each lane with events below the main
 // stream's acknowledged position one batch at a time, in turn, up to the
 // destination's concurrency, when the lane's backoff has passed or its
@@ -19,8 +31,14 @@ func (l *lanes) run(ctx context.Context) {
 	running := 0
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	mainDrained := l.mainDrained
 	for {
 		next := l.launch(ctx, time.Now(), &running, done)
+		if mainDrained == nil && running == 0 {
+			// Lanes waiting out a backoff are not waited for: their
+			// events are parked, and go after a restart.
+			d.drainOnce.Do(func() { close(d.drained) })
+		}
 		var tick <-chan time.Time
 		if !next.IsZero() {
 			timer.Reset(time.Until(next))
@@ -36,6 +54,8 @@ func (l *lanes) run(ctx context.Context) {
 			running--
 		case <-l.wake:
 		case <-tick:
+		case <-mainDrained:
+			mainDrained = nil
 		}
 		timer.Stop()
 	}

@@ -96,7 +96,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 		}
 		l.acknowledge(now)
 		if l.draining && l.caughtUp() && l.acks.fails == 0 {
-			d.drainOnce.Do(func() { close(d.drained) })
+			d.caughtUpDraining()
 		}
 		if !l.wait(now) {
 			l.stop()
