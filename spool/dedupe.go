@@ -1,0 +1,887 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"log/slog"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The messageId index: an event whose (write key, messageId) was stored
+// within Config.DedupeWindow is not stored again.
+//
+// Where the entries live, and why. An entry must be durable in the same
+// commit as its event: after kill -9 or a power cut, no acknowledged event
+// may lack its entry and no entry may exist for an event that was not
+// stored. A separate database committed after the events would give that
+// too, but at the price of a second fsync on every group commit. So each
+// group's entries are written as one key ('x' | first seq) in the same
+// generation transaction as its blocks: that key is the index's
+// write-ahead log, atomic with the events for free. Generations are
+// dropped once delivered, within seconds at full load, so the entries are
+// also kept in the index's own files (runs, in dedupe/): the writer moves
+// what it has committed into a run before it leaves a generation (see
+// rotateGeneration), so a generation that can be dropped holds no entry
+// that is only in its log. At Open, the log keys at or after the newest
+// run's watermark are read back. Under --sync=interval a run is written
+// only after the active generation is fsynced, so that no run names an
+// event a power cut could take back.
+//
+// Lookups must cost little, since every event with a messageId takes one.
+// A key is 8 bytes of xxhash of the write key and messageId, whatever the
+// id's length (see dedupeKey for the odds of a collision). The newest entries are in a map; older ones in runs: sorted
+// files of (key, stored second) pairs, with every dedupeSparse-th key in
+// memory, so that looking one up is one read of under a KiB. In front of
+// the runs are two blocked Bloom filters, one per epoch (half the
+// index's capacity): nearly every new key is known absent after two cache
+// lines, and a full epoch is dropped whole, with its filter, so the
+// filters never fill with entries long gone.
+
+const (
+	// SourceHTTP and SourceKafka label spillway_events_deduplicated_total.
+	SourceHTTP  = "http"
+	SourceKafka = "kafka"
+
+	// DefaultDedupeWindow and DefaultDedupeMaxBytes are the flags'
+	// defaults: Segment removes duplicates over a day.
+	DefaultDedupeWindow   = 24 * time.Hour
+	DefaultDedupeMaxBytes = 64 << 20
+	// MinDedupeMaxBytes is the smallest bound taken: a few runs' worth.
+	MinDedupeMaxBytes = 64 << 10
+
+	prefixDedupeLog = 'x' // 'x' | first seq (8) -> stored unix s (4) | keys (8 each); generations
+
+	dedupeEntryBytes = 12 // key (8) | stored unix seconds (4)
+	dedupeSparse     = 64 // entries per sparse index slot: one read of 768 bytes
+	dedupeRunHeader  = 48
+	dedupeRunVersion = 1
+	// dedupeOpenMax bounds the entries held in the map between runs, and
+	// so its memory (about 2 MiB).
+	dedupeOpenMax = 64 << 10
+	// dedupeMergeBelow: a new run is merged into the newest one while that
+	// is smaller, so that at low load runs (each an open file and a
+	// lookup on a filter hit) stay few.
+	dedupeMergeBelow = 512 << 10
+	// dedupeFilterBits is the filters' size per entry: about 1.5% false
+	// positives, each a lookup in the runs of its epoch.
+	dedupeFilterBits = 10
+)
+
+var dedupeMagic = [4]byte{'S', 'P', 'D', 'X'}
+
+// dedupeKey is the index's key for an event. Two different ids with the
+// same key would skip an event that is not a duplicate: a new key meets
+// one of the n held with odds n/2^64, 3e-13 for a full 64 MiB index
+// (5.6 million keys), so one event in about 3e12, one every four months
+// at a sustained 260k events/s. Twelve bytes a key would make it rarer
+// still at 40% more bytes a key, so a shorter window.
+func dedupeKey(writeKey string, messageID []byte) uint64 {
+	var d xxhash.Digest
+	d.Reset()
+	_, _ = d.WriteString(writeKey)
+	_, _ = d.Write([]byte{0}) // no key and id run together as another pair
+	_, _ = d.Write(messageID)
+	return d.Sum64()
+}
+
+func dedupeLogKey(first uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = prefixDedupeLog
+	binary.BigEndian.PutUint64(k[1:], first)
+	return k
+}
+
+type dedupeIndex struct {
+	dir      string
+	window   time.Duration
+	maxBytes int64
+	capacity int // entries per epoch
+	now      func() time.Time
+	log      *slog.Logger
+
+	deduplicated *prometheus.CounterVec
+
+	mu sync.Mutex
+	// pending holds the keys of events submitted and not yet committed,
+	// with the number of the group they are in.
+	pending map[uint64]uint64
+	// open holds the keys committed since the last run, with their stored
+	// second.
+	open   map[uint64]uint32
+	epochs []*dedupeEpoch // oldest first; at most two
+	// watermark is the sequence number below which every committed key is
+	// in a run.
+	watermark uint64
+	bytes     int64 // of the runs
+	// lastFailed is the newest group whose commit failed, and failedErr
+	// why: a request that skipped a key pending in that group or before
+	// must fail too, since its event was not stored after all.
+	lastFailed uint64
+	failedErr  error
+	// forgotten is the newest stored second of the entries dropped for
+	// room: the window held reaches back to it.
+	forgotten uint32
+	nextEpoch uint64
+	page      []byte
+}
+
+type dedupeEpoch struct {
+	num     uint64
+	filter  blockedBloom
+	entries int // inserted into filter
+	runs    []*dedupeRun
+}
+
+type dedupeRun struct {
+	path      string
+	epoch     uint64
+	watermark uint64
+	replaces  uint64 // the watermark of the run it was merged from; 0 none
+	count     int
+	newest    uint32
+	size      int64
+	sparse    []uint64
+	f         *os.File
+}
+
+func dedupeDir(spoolDir string) string { return filepath.Join(spoolDir, "dedupe") }
+
+func runName(epoch, watermark uint64) string {
+	return fmt.Sprintf("run-%020d-%020d", epoch, watermark)
+}
+
+// openDedupe opens the index in spoolDir, or removes it when window is 0
+// (off). The spool's generations must be recovered: what their logs hold
+// past the newest run is read back.
+func (s *Spool) openDedupe(reg prometheus.Registerer) (*dedupeIndex, error) {
+	dir := dedupeDir(s.cfg.Dir)
+	d := &dedupeIndex{
+		dir:      dir,
+		window:   s.cfg.DedupeWindow,
+		maxBytes: s.cfg.DedupeMaxBytes,
+		now:      s.cfg.now,
+		log:      s.log,
+		pending:  map[uint64]uint64{},
+		open:     map[uint64]uint32{},
+		deduplicated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spillway_events_deduplicated_total",
+			Help: "Events not stored because an event with the same write key and messageId was stored within --dedupe-window, by source (http, kafka).",
+		}, []string{"source"}),
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	if d.maxBytes == 0 {
+		d.maxBytes = DefaultDedupeMaxBytes
+	}
+	d.capacity = max(1, int(d.maxBytes/dedupeEntryBytes/2))
+	for _, src := range []string{SourceHTTP, SourceKafka} {
+		d.deduplicated.WithLabelValues(src)
+	}
+	if d.window == 0 {
+		// Off: an index left from before would only take room. Turned on
+		// again, it starts empty.
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("remove dedupe index: %w", err)
+		}
+		d.register(reg)
+		return d, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create dedupe dir: %w", err)
+	}
+	if err := sweepTemporary(dir); err != nil {
+		return nil, err
+	}
+	if err := d.loadRuns(); err != nil {
+		d.close()
+		return nil, err
+	}
+	if err := s.replayDedupeLog(d); err != nil {
+		d.close()
+		return nil, err
+	}
+	d.register(reg)
+	return d, nil
+}
+
+func (d *dedupeIndex) register(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	reg.MustRegister(d.deduplicated,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "spillway_dedupe_window_seconds",
+			Help: "How far back every stored messageId is remembered: --dedupe-window, less when --dedupe-max-bytes made the oldest entries go; 0 when off.",
+		}, d.windowHeld),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "spillway_dedupe_index_bytes",
+			Help: "Size of the messageId index's files on disk (bounded by --dedupe-max-bytes).",
+		}, func() float64 {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			return float64(d.bytes)
+		}))
+}
+
+func (d *dedupeIndex) enabled() bool { return d != nil && d.window > 0 }
+
+// cutoff is the oldest stored second still within the window.
+func (d *dedupeIndex) cutoff() uint32 {
+	return unixSeconds(d.now().Add(-d.window))
+}
+
+func unixSeconds(t time.Time) uint32 { return uint32(max(0, t.Unix())) }
+
+func (d *dedupeIndex) windowHeld() float64 {
+	if !d.enabled() {
+		return 0
+	}
+	d.mu.Lock()
+	forgotten := d.forgotten
+	d.mu.Unlock()
+	held := d.window
+	if forgotten > 0 {
+		held = min(held, max(0, d.now().Sub(time.Unix(int64(forgotten)+1, 0))))
+	}
+	return held.Seconds()
+}
+
+// check decides which of events are duplicates, for submit, which holds
+// fillMu: group is the filling group's number. It returns the indexes of
+// the duplicates, ascending, and the oldest other group whose outcome
+// they depend on (0: none). The others' keys become pending in group and
+// are appended to keys.
+func (d *dedupeIndex) check(events []Event, group uint64, keys []uint64) (dups []int, relies uint64, _ []uint64) {
+	cutoff := uint32(0)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := range events {
+		e := &events[i]
+		if len(e.MessageID) == 0 {
+			continue
+		}
+		if cutoff == 0 {
+			cutoff = d.cutoff()
+		}
+		k := dedupeKey(e.WriteKey, e.MessageID)
+		if g, ok := d.pending[k]; ok {
+			dups = append(dups, i)
+			if g != group && (relies == 0 || g < relies) {
+				relies = g
+			}
+			continue
+		}
+		if d.stored(k, cutoff) {
+			dups = append(dups, i)
+			continue
+		}
+		d.pending[k] = group
+		keys = append(keys, k)
+	}
+	return dups, relies, keys
+}
+
+// stored reports whether k was committed at or after cutoff. d.mu held.
+func (d *dedupeIndex) stored(k uint64, cutoff uint32) bool {
+	if at, ok := d.open[k]; ok && at >= cutoff {
+		return true
+	}
+	for i := len(d.epochs) - 1; i >= 0; i-- {
+		e := d.epochs[i]
+		if !e.filter.has(k) {
+			continue
+		}
+		for j := len(e.runs) - 1; j >= 0; j-- {
+			r := e.runs[j]
+			if r.newest < cutoff {
+				break // older runs are older still
+			}
+			at, ok, err := r.find(k, &d.page)
+			if err != nil {
+				// Unreadable: treat the key as new. At worst an event is
+				// stored twice, never dropped.
+				d.log.Warn("read dedupe index", "run", filepath.Base(r.path), "err", err)
+				continue
+			}
+			if ok && at >= cutoff {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// committed settles a group: its keys, pending until now, are stored as
+// of at if err is nil, and forgotten otherwise.
+func (d *dedupeIndex) committed(group uint64, keys []uint64, at time.Time, err error) {
+	if len(keys) == 0 && err == nil {
+		return
+	}
+	sec := unixSeconds(at)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, k := range keys {
+		if d.pending[k] == group {
+			delete(d.pending, k)
+		}
+		if err == nil {
+			d.open[k] = sec
+		}
+	}
+	if err != nil {
+		d.lastFailed, d.failedErr = max(d.lastFailed, group), err
+	}
+}
+
+// failedSince returns why, if a group numbered relies or after failed to
+// commit.
+func (d *dedupeIndex) failedSince(relies uint64) error {
+	if relies == 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lastFailed >= relies {
+		return fmt.Errorf("an earlier copy of an event in this request was not stored: %w", d.failedErr)
+	}
+	return nil
+}
+
+func (d *dedupeIndex) count(source string, n int) {
+	if n > 0 && source != "" {
+		d.deduplicated.WithLabelValues(source).Add(float64(n))
+	}
+}
+
+// logValue encodes a group's keys for its log key.
+func dedupeLogValue(at time.Time, keys []uint64) []byte {
+	v := make([]byte, 4, 4+8*len(keys))
+	binary.BigEndian.PutUint32(v, unixSeconds(at))
+	for _, k := range keys {
+		v = binary.BigEndian.AppendUint64(v, k)
+	}
+	return v
+}
+
+// needsFlush reports whether the map of recent keys is full.
+func (d *dedupeIndex) needsFlush() bool {
+	if !d.enabled() {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.open) >= dedupeOpenMax
+}
+
+// flush moves every committed key into a run, watermark being the
+// sequence number after the last committed event: the committer calls it
+// between commits, before it leaves a generation.
+func (d *dedupeIndex) flush(watermark uint64) error {
+	if !d.enabled() {
+		return nil
+	}
+	d.mu.Lock()
+	entries := make([]dedupeEntry, 0, len(d.open))
+	cutoff := d.cutoff()
+	for k, at := range d.open {
+		if at >= cutoff {
+			entries = append(entries, dedupeEntry{k, at})
+		}
+	}
+	var merge *dedupeRun
+	epoch := d.newestEpoch()
+	if epoch != nil && epoch.entries+len(entries) > d.capacity {
+		epoch = nil // full: a new epoch
+	}
+	if epoch != nil && len(epoch.runs) > 0 {
+		if last := epoch.runs[len(epoch.runs)-1]; last.size < dedupeMergeBelow {
+			merge = last
+		}
+	}
+	d.mu.Unlock()
+	if len(entries) == 0 && d.expire() == 0 {
+		d.mu.Lock()
+		d.watermark = max(d.watermark, watermark)
+		clear(d.open)
+		d.mu.Unlock()
+		return nil
+	}
+	slices.SortFunc(entries, func(a, b dedupeEntry) int { return cmpUint64(a.key, b.key) })
+	var epochNum uint64
+	if epoch != nil {
+		epochNum = epoch.num
+	} else {
+		d.mu.Lock()
+		epochNum = d.nextEpoch
+		d.mu.Unlock()
+	}
+	all := entries
+	if merge != nil {
+		old, err := merge.readAll()
+		if err != nil {
+			d.log.Warn("read dedupe run to merge; writing a new one", "run", filepath.Base(merge.path), "err", err)
+			merge = nil
+		} else {
+			all = mergeEntries(old, entries, cutoff)
+		}
+	}
+	r, err := writeRun(d.dir, epochNum, watermark, merge, all)
+	if err != nil {
+		return fmt.Errorf("write dedupe run: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if epoch == nil {
+		epoch = &dedupeEpoch{num: epochNum, filter: newBlockedBloom(d.capacity)}
+		d.nextEpoch++
+		d.epochs = append(d.epochs, epoch)
+	}
+	for _, e := range entries {
+		epoch.filter.add(e.key)
+		if d.open[e.key] == e.at {
+			delete(d.open, e.key)
+		}
+	}
+	epoch.entries += len(entries)
+	if merge != nil {
+		epoch.runs[len(epoch.runs)-1] = r
+		d.bytes -= merge.size
+		merge.remove(d.log)
+	} else {
+		epoch.runs = append(epoch.runs, r)
+	}
+	d.bytes += r.size
+	d.watermark = max(d.watermark, watermark)
+	d.enforceBounds()
+	return nil
+}
+
+// expire drops the runs wholly older than the window, and returns how
+// many.
+func (d *dedupeIndex) expire() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.dropOld(d.cutoff())
+}
+
+// enforceBounds keeps the index within its window, its byte bound and two
+// epochs. d.mu held.
+func (d *dedupeIndex) enforceBounds() {
+	d.dropOld(d.cutoff())
+	for len(d.epochs) > 2 || d.bytes > d.maxBytes && d.oldestRun() != nil {
+		if len(d.epochs) > 2 {
+			for _, r := range d.epochs[0].runs {
+				d.forget(r)
+			}
+			d.epochs = d.epochs[1:]
+			continue
+		}
+		e := d.epochs[0]
+		if len(e.runs) == 0 {
+			d.epochs = d.epochs[1:]
+			continue
+		}
+		d.forget(e.runs[0])
+		e.runs = e.runs[1:]
+	}
+	for len(d.epochs) > 1 && len(d.epochs[0].runs) == 0 {
+		d.epochs = d.epochs[1:] // its filter would only give false positives
+	}
+}
+
+func (d *dedupeIndex) oldestRun() *dedupeRun {
+	for _, e := range d.epochs {
+		if len(e.runs) > 0 {
+			return e.runs[0]
+		}
+	}
+	return nil
+}
+
+// forget drops a run for room. d.mu held.
+func (d *dedupeIndex) forget(r *dedupeRun) {
+	d.forgotten = max(d.forgotten, r.newest)
+	d.bytes -= r.size
+	r.remove(d.log)
+}
+
+// dropOld removes the runs whose every entry is before cutoff. d.mu held.
+func (d *dedupeIndex) dropOld(cutoff uint32) int {
+	n := 0
+	for _, e := range d.epochs {
+		kept := e.runs[:0]
+		for _, r := range e.runs {
+			if r.newest < cutoff {
+				d.bytes -= r.size
+				r.remove(d.log)
+				n++
+				continue
+			}
+			kept = append(kept, r)
+		}
+		clear(e.runs[len(kept):])
+		e.runs = kept
+	}
+	return n
+}
+
+func (d *dedupeIndex) newestEpoch() *dedupeEpoch {
+	if len(d.epochs) == 0 {
+		return nil
+	}
+	return d.epochs[len(d.epochs)-1]
+}
+
+func (d *dedupeIndex) close() {
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range d.epochs {
+		for _, r := range e.runs {
+			_ = r.f.Close()
+		}
+	}
+	d.epochs = nil
+}
+
+// loadRuns opens the runs in d.dir: the two newest epochs, less what a
+// merge replaced or the window has passed.
+func (d *dedupeIndex) loadRuns() error {
+	names, err := os.ReadDir(d.dir)
+	if err != nil {
+		return err
+	}
+	var runs []*dedupeRun
+	for _, n := range names {
+		if !strings.HasPrefix(n.Name(), "run-") {
+			continue
+		}
+		r, err := openRun(filepath.Join(d.dir, n.Name()))
+		if err != nil {
+			// A run is renamed into place only once fsynced: this one was
+			// damaged since. Its entries are lost; the window says so.
+			d.log.Error("dedupe run unreadable; removing it", "run", n.Name(), "err", err)
+			d.forgotten = unixSeconds(d.now())
+			_ = os.Remove(filepath.Join(d.dir, n.Name()))
+			continue
+		}
+		runs = append(runs, r)
+	}
+	replaced := map[uint64]bool{}
+	for _, r := range runs {
+		if r.replaces != 0 {
+			replaced[r.replaces] = true
+		}
+	}
+	slices.SortFunc(runs, func(a, b *dedupeRun) int {
+		if a.epoch != b.epoch {
+			return cmpUint64(a.epoch, b.epoch)
+		}
+		return cmpUint64(a.watermark, b.watermark)
+	})
+	for _, r := range runs {
+		d.watermark = max(d.watermark, r.watermark)
+		if replaced[r.watermark] {
+			r.remove(d.log) // merged into a newer run; the crash came before its removal
+			continue
+		}
+		e := d.newestEpoch()
+		if e == nil || e.num != r.epoch {
+			e = &dedupeEpoch{num: r.epoch, filter: newBlockedBloom(d.capacity)}
+			d.epochs = append(d.epochs, e)
+			d.nextEpoch = r.epoch + 1
+		}
+		all, err := r.readAll()
+		if err != nil {
+			return fmt.Errorf("read dedupe run %s: %w", filepath.Base(r.path), err)
+		}
+		for _, en := range all {
+			e.filter.add(en.key)
+		}
+		e.entries += len(all)
+		e.runs = append(e.runs, r)
+		d.bytes += r.size
+	}
+	d.enforceBounds()
+	return nil
+}
+
+// replayDedupeLog reads back the keys that were committed after the
+// newest run was written, from the generations' logs.
+func (s *Spool) replayDedupeLog(d *dedupeIndex) error {
+	for _, g := range s.gens {
+		db, err := g.acquire(s.openFinished)
+		if err != nil {
+			return err
+		}
+		err = db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDedupeLog}})
+			defer it.Close()
+			for it.Seek(dedupeLogKey(d.watermark)); it.Valid(); it.Next() {
+				v, err := it.Item().ValueCopy(nil)
+				if err != nil {
+					return err
+				}
+				if len(v) < 4 || (len(v)-4)%8 != 0 {
+					return fmt.Errorf("%w: dedupe log entry of %d bytes", errCorrupt, len(v))
+				}
+				at := binary.BigEndian.Uint32(v)
+				for i := 4; i < len(v); i += 8 {
+					d.open[binary.BigEndian.Uint64(v[i:])] = at
+				}
+			}
+			return nil
+		})
+		g.release()
+		if g != s.active {
+			g.closeIfUnused(s.log)
+		}
+		if err != nil {
+			return fmt.Errorf("read dedupe log of %s: %w", filepath.Base(g.dir), err)
+		}
+	}
+	return nil
+}
+
+type dedupeEntry struct {
+	key uint64
+	at  uint32
+}
+
+func cmpUint64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// mergeEntries merges two sorted runs of entries, keeping the newer of a
+// key's two and dropping those before cutoff.
+func mergeEntries(a, b []dedupeEntry, cutoff uint32) []dedupeEntry {
+	out := make([]dedupeEntry, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		var e dedupeEntry
+		switch {
+		case j == len(b) || i < len(a) && a[i].key < b[j].key:
+			e = a[i]
+			i++
+		case i == len(a) || b[j].key < a[i].key:
+			e = b[j]
+			j++
+		default:
+			e = dedupeEntry{a[i].key, max(a[i].at, b[j].at)}
+			i++
+			j++
+		}
+		if e.at >= cutoff {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// A run file: header, then the entries sorted by key.
+//
+//	magic "SPDX" (4) | version (1) | 0 (3) | epoch (8) | watermark (8) |
+//	replaces (8) | count (4) | newest unix s (4) | crc32c (4) | 0 (4)
+//	count × ( key (8) | stored unix s (4) )
+//
+// The checksum covers the header before it and the entries.
+func writeRun(dir string, epoch, watermark uint64, merged *dedupeRun, entries []dedupeEntry) (*dedupeRun, error) {
+	buf := make([]byte, dedupeRunHeader, dedupeRunHeader+len(entries)*dedupeEntryBytes)
+	var newest uint32
+	for _, e := range entries {
+		buf = binary.BigEndian.AppendUint64(buf, e.key)
+		buf = binary.BigEndian.AppendUint32(buf, e.at)
+		newest = max(newest, e.at)
+	}
+	var replaces uint64
+	if merged != nil {
+		replaces = merged.watermark
+	}
+	copy(buf, dedupeMagic[:])
+	buf[4] = dedupeRunVersion
+	binary.BigEndian.PutUint64(buf[8:], epoch)
+	binary.BigEndian.PutUint64(buf[16:], watermark)
+	binary.BigEndian.PutUint64(buf[24:], replaces)
+	binary.BigEndian.PutUint32(buf[32:], uint32(len(entries)))
+	binary.BigEndian.PutUint32(buf[36:], newest)
+	crc := crc32.Update(crc32.Checksum(buf[:40], castagnoli), castagnoli, buf[dedupeRunHeader:])
+	binary.BigEndian.PutUint32(buf[40:], crc)
+	path := filepath.Join(dir, runName(epoch, watermark))
+	if err := writeFileDurably(path, buf); err != nil {
+		return nil, err
+	}
+	return openRun(path)
+}
+
+func openRun(path string) (*dedupeRun, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) < dedupeRunHeader || [4]byte(data[:4]) != dedupeMagic || data[4] != dedupeRunVersion {
+		return nil, fmt.Errorf("%w: not a dedupe run", errCorrupt)
+	}
+	r := &dedupeRun{
+		path:      path,
+		epoch:     binary.BigEndian.Uint64(data[8:]),
+		watermark: binary.BigEndian.Uint64(data[16:]),
+		replaces:  binary.BigEndian.Uint64(data[24:]),
+		count:     int(binary.BigEndian.Uint32(data[32:])),
+		newest:    binary.BigEndian.Uint32(data[36:]),
+		size:      int64(len(data)),
+	}
+	if len(data) != dedupeRunHeader+r.count*dedupeEntryBytes {
+		return nil, fmt.Errorf("%w: dedupe run of %d bytes for %d entries", errCorrupt, len(data), r.count)
+	}
+	crc := crc32.Update(crc32.Checksum(data[:40], castagnoli), castagnoli, data[dedupeRunHeader:])
+	if crc != binary.BigEndian.Uint32(data[40:]) {
+		return nil, fmt.Errorf("%w: dedupe run checksum mismatch", errCorrupt)
+	}
+	r.sparse = make([]uint64, 0, (r.count+dedupeSparse-1)/dedupeSparse)
+	for i := 0; i < r.count; i += dedupeSparse {
+		r.sparse = append(r.sparse, binary.BigEndian.Uint64(data[dedupeRunHeader+i*dedupeEntryBytes:]))
+	}
+	if r.f, err = os.Open(path); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *dedupeRun) readAll() ([]dedupeEntry, error) {
+	data := make([]byte, r.count*dedupeEntryBytes)
+	if _, err := r.f.ReadAt(data, dedupeRunHeader); err != nil {
+		return nil, err
+	}
+	out := make([]dedupeEntry, r.count)
+	for i := range out {
+		p := data[i*dedupeEntryBytes:]
+		out[i] = dedupeEntry{binary.BigEndian.Uint64(p), binary.BigEndian.Uint32(p[8:])}
+	}
+	return out, nil
+}
+
+// find looks k up with one read of the slot that may hold it.
+func (r *dedupeRun) find(k uint64, page *[]byte) (at uint32, ok bool, err error) {
+	slot, found := slices.BinarySearch(r.sparse, k)
+	if !found {
+		slot--
+	}
+	if slot < 0 {
+		return 0, false, nil
+	}
+	first := slot * dedupeSparse
+	n := min(dedupeSparse, r.count-first)
+	if cap(*page) < dedupeSparse*dedupeEntryBytes {
+		*page = make([]byte, dedupeSparse*dedupeEntryBytes)
+	}
+	buf := (*page)[:n*dedupeEntryBytes]
+	if _, err := r.f.ReadAt(buf, int64(dedupeRunHeader+first*dedupeEntryBytes)); err != nil {
+		return 0, false, err
+	}
+	lo, hi := 0, n
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if binary.BigEndian.Uint64(buf[mid*dedupeEntryBytes:]) < k {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if lo < n && binary.BigEndian.Uint64(buf[lo*dedupeEntryBytes:]) == k {
+		return binary.BigEndian.Uint32(buf[lo*dedupeEntryBytes+8:]), true, nil
+	}
+	return 0, false, nil
+}
+
+func (r *dedupeRun) remove(log *slog.Logger) {
+	_ = r.f.Close()
+	if err := os.Remove(r.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.Warn("remove dedupe run", "run", filepath.Base(r.path), "err", err)
+	}
+}
+
+// blockedBloom is a Bloom filter whose probes for a key all fall in one
+// 64-byte block: one cache miss a lookup. The key is already a good hash,
+// so its bits are used directly.
+type blockedBloom struct {
+	blocks [][8]uint64
+}
+
+const bloomProbes = 7
+
+func newBlockedBloom(entries int) blockedBloom {
+	n := max(1, entries*dedupeFilterBits/512)
+	return blockedBloom{blocks: make([][8]uint64, n)}
+}
+
+func (b *blockedBloom) locate(k uint64) (*[8]uint64, uint64) {
+	hi, _ := bits.Mul64(k, uint64(len(b.blocks)))
+	// The block comes from the key's high bits (through the multiply);
+	// the probes from a remix, so that they do not depend on the block.
+	return &b.blocks[hi], k*0x9e3779b97f4a7c15 ^ k>>29
+}
+
+func (b *blockedBloom) add(k uint64) {
+	blk, h := b.locate(k)
+	for range bloomProbes {
+		blk[h>>6&7] |= 1 << (h & 63)
+		h >>= 9
+	}
+}
+
+func (b *blockedBloom) has(k uint64) bool {
+	blk, h := b.locate(k)
+	for range bloomProbes {
+		if blk[h>>6&7]&(1<<(h&63)) == 0 {
+			return false
+		}
+		h >>= 9
+	}
+	return true
+}
+
+// flushDedupe moves the committed messageId keys into a run. Committer
+// only. Under --sync=interval the active generation is fsynced first, so
+// that a run never names an event that a power cut could still take.
+func (s *Spool) flushDedupe() {
+	if !s.dedupe.enabled() {
+		return
+	}
+	if s.cfg.Sync == SyncInterval {
+		if err := s.active.db.Sync(); err != nil {
+			s.log.Error("sync before writing the messageId index", "err", err)
+			return
+		}
+	}
+	s.mu.Lock()
+	next := s.next
+	s.mu.Unlock()
+	if err := s.dedupe.flush(next); err != nil {
+		// The keys stay in memory, so duplicates are still caught until
+		// a restart; after it, those logged in a dropped generation are
+		// forgotten. Never an event lost.
+		s.log.Error("write messageId index", "err", err)
+	}
+}
