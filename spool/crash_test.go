@@ -35,6 +35,9 @@ const (
 // files throughout. Mode "die" kills itself with SIGKILL after the last
 // batch instead of closing.
 func runCrashChild(dir string) int {
+	if os.Getenv(crashModeEnv) == "dedupe" {
+		return runDedupeCrashChild(dir)
+	}
 	s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child: open:", err)

@@ -109,6 +109,7 @@ type dedupeIndex struct {
 	window   time.Duration
 	maxBytes int64
 	capacity int // entries per epoch
+	openMax  int // keys held in memory before a run is written
 	now      func() time.Time
 	log      *slog.Logger
 
@@ -174,6 +175,7 @@ func (s *Spool) openDedupe(reg prometheus.Registerer) (*dedupeIndex, error) {
 		maxBytes: s.cfg.DedupeMaxBytes,
 		now:      s.cfg.now,
 		log:      s.log,
+		openMax:  dedupeOpenMax,
 		pending:  map[uint64]uint64{},
 		open:     map[uint64]uint32{},
 		deduplicated: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -384,7 +386,7 @@ func (d *dedupeIndex) needsFlush() bool {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.open) >= dedupeOpenMax
+	return len(d.open) >= d.openMax
 }
 
 // flush moves every committed key into a run, watermark being the
@@ -411,6 +413,19 @@ func (d *dedupeIndex) flush(watermark uint64) error {
 		if last := epoch.runs[len(epoch.runs)-1]; last.size < dedupeMergeBelow {
 			merge = last
 		}
+	}
+	// Room first, so that the bound holds on disk while the run is
+	// written, next to the run it replaces.
+	size := int64(dedupeRunHeader + len(entries)*dedupeEntryBytes)
+	if merge != nil {
+		size += merge.size - dedupeRunHeader
+	}
+	if !d.makeRoom(size, merge) {
+		merge = nil
+		d.makeRoom(size, nil)
+	}
+	if epoch != nil && !slices.Contains(d.epochs, epoch) {
+		epoch = nil
 	}
 	d.mu.Unlock()
 	if len(entries) == 0 && d.expire() == 0 {
@@ -470,6 +485,26 @@ func (d *dedupeIndex) flush(watermark uint64) error {
 	return nil
 }
 
+// makeRoom drops the oldest runs until size more bytes fit, keeping keep;
+// false if keep would have to go. d.mu held.
+func (d *dedupeIndex) makeRoom(size int64, keep *dedupeRun) bool {
+	d.dropOld(d.cutoff())
+	for d.bytes+size > d.maxBytes {
+		i := slices.IndexFunc(d.epochs, func(e *dedupeEpoch) bool { return len(e.runs) > 0 })
+		if i < 0 {
+			return true
+		}
+		e := d.epochs[i]
+		if e.runs[0] == keep {
+			return false
+		}
+		d.forget(e.runs[0])
+		e.runs = e.runs[1:]
+	}
+	d.dropEmptyEpochs()
+	return true
+}
+
 // expire drops the runs wholly older than the window, and returns how
 // many.
 func (d *dedupeIndex) expire() int {
@@ -481,35 +516,14 @@ func (d *dedupeIndex) expire() int {
 // enforceBounds keeps the index within its window, its byte bound and two
 // epochs. d.mu held.
 func (d *dedupeIndex) enforceBounds() {
-	d.dropOld(d.cutoff())
-	for len(d.epochs) > 2 || d.bytes > d.maxBytes && d.oldestRun() != nil {
-		if len(d.epochs) > 2 {
-			for _, r := range d.epochs[0].runs {
-				d.forget(r)
-			}
-			d.epochs = d.epochs[1:]
-			continue
+	for len(d.epochs) > 2 {
+		for _, r := range d.epochs[0].runs {
+			d.forget(r)
 		}
-		e := d.epochs[0]
-		if len(e.runs) == 0 {
-			d.epochs = d.epochs[1:]
-			continue
-		}
-		d.forget(e.runs[0])
-		e.runs = e.runs[1:]
+		d.epochs = d.epochs[1:]
 	}
-	for len(d.epochs) > 1 && len(d.epochs[0].runs) == 0 {
-		d.epochs = d.epochs[1:] // its filter would only give false positives
-	}
-}
-
-func (d *dedupeIndex) oldestRun() *dedupeRun {
-	for _, e := range d.epochs {
-		if len(e.runs) > 0 {
-			return e.runs[0]
-		}
-	}
-	return nil
+	d.makeRoom(0, nil)
+	d.dropEmptyEpochs()
 }
 
 // forget drops a run for room. d.mu held.
@@ -537,6 +551,12 @@ func (d *dedupeIndex) dropOld(cutoff uint32) int {
 		e.runs = kept
 	}
 	return n
+}
+
+// dropEmptyEpochs drops the epochs whose runs are all gone: their filters
+// would only give false positives. d.mu held.
+func (d *dedupeIndex) dropEmptyEpochs() {
+	d.epochs = slices.DeleteFunc(d.epochs, func(e *dedupeEpoch) bool { return len(e.runs) == 0 })
 }
 
 func (d *dedupeIndex) newestEpoch() *dedupeEpoch {
