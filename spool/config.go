@@ -122,6 +122,9 @@ func (c *Config) ValidateFlags() error {
 	if c.SyncInterval == 0 {
 		return errors.New("--sync-interval must be > 0")
 	}
+	if c.DedupeMaxBytes < MinDedupeMaxBytes {
+		return fmt.Errorf("--dedupe-max-bytes %d bytes is too small: give at least 64KiB", c.DedupeMaxBytes)
+	}
 	if c.MaxBytes > 0 && c.MaxBytes < MinMaxBytes {
 		return fmt.Errorf("--spool-max-bytes %d bytes is too small: the spool's own databases take up to about 2 MiB; give at least 4MiB, or 0 for no bound", c.MaxBytes)
 	}

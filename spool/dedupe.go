@@ -194,11 +194,9 @@ func (s *Spool) openDedupe(reg prometheus.Registerer) (*dedupeIndex, error) {
 		d.deduplicated.WithLabelValues(src)
 	}
 	if d.window == 0 {
-		// Off: an index left from before would only take room. Turned on
-		// again, it starts empty.
-		if err := os.RemoveAll(dir); err != nil {
-			return nil, fmt.Errorf("remove dedupe index: %w", err)
-		}
+		// Off, the index is left as it is: the dlq commands open a stopped
+		// spool without the server's flags, and must not wipe it. Turned
+		// on again, its entries are as good as they were.
 		d.register(reg)
 		return d, nil
 	}
