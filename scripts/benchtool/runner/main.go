@@ -180,9 +180,41 @@ func (r *runner) runAll(ctx context.Context) error {
 			return err
 		}
 	}
-	if r.selected("W2") {
-		if _, err = r.closedLoop(ctx, "W2", "track x1, 64 conns", track, nil, []string{sinkDest}); err != nil {
+	var w1off *row
+	if r.selected("W1off") {
+		// De-duplication is on by default: its cost is W1 over W1off.
+		off := batch
+		off.spillwayArgs = []string{"--dedupe-window", "0"}
+		var ceiling *loadResult
+		if w1 != nil {
+			ceiling = w1.Ceiling
+		}
+		if w1off, err = r.closedLoop(ctx, "W1off", "W1, --dedupe-window 0", off, ceiling, []string{sinkDest}); err != nil {
 			return err
+		}
+		if w1 != nil && w1.Spillway != nil && w1off.Spillway.EventsPerS > 0 {
+			w1off.Notes = append(w1off.Notes, fmt.Sprintf("W1 (de-duplication on) took %.3f x W1off's events/s", w1.Spillway.EventsPerS/w1off.Spillway.EventsPerS))
+		}
+	}
+	var w2 *row
+	if r.selected("W2") {
+		if w2, err = r.closedLoop(ctx, "W2", "track x1, 64 conns", track, nil, []string{sinkDest}); err != nil {
+			return err
+		}
+	}
+	if r.selected("W2off") {
+		off := track
+		off.spillwayArgs = []string{"--dedupe-window", "0"}
+		var ceiling *loadResult
+		if w2 != nil {
+			ceiling = w2.Ceiling
+		}
+		w2off, err := r.closedLoop(ctx, "W2off", "W2, --dedupe-window 0", off, ceiling, []string{sinkDest})
+		if err != nil {
+			return err
+		}
+		if w2 != nil && w2.Spillway != nil && w2off.Spillway.EventsPerS > 0 {
+			w2off.Notes = append(w2off.Notes, fmt.Sprintf("W2 (de-duplication on) took %.3f x W2off's events/s", w2.Spillway.EventsPerS/w2off.Spillway.EventsPerS))
 		}
 	}
 	if r.selected("W3") {
@@ -269,7 +301,7 @@ func (r *runner) closedLoop(ctx context.Context, name, desc string, spec loadSpe
 			return rw, err
 		}
 	}
-	sp, err := r.startSpillway(ctx, name, dests)
+	sp, err := r.startSpillway(ctx, name, dests, spec.spillwayArgs...)
 	if err != nil {
 		return rw, err
 	}
