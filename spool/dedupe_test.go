@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // fakeClock is the index's clock in these tests: the window is a day, and
@@ -89,6 +92,16 @@ func (s dedupeSpool) setOpenMax(n int) {
 	s.dedupe.mu.Lock()
 	s.dedupe.openMax = n
 	s.dedupe.mu.Unlock()
+}
+
+// settle waits until the frozen keys are in runs.
+func (s dedupeSpool) settle(t *testing.T) {
+	t.Helper()
+	testkit.Eventually(t, func() bool {
+		s.dedupe.mu.Lock()
+		defer s.dedupe.mu.Unlock()
+		return len(s.dedupe.frozen) == 0
+	}, "the index's runs written")
 }
 
 func countData(recs []Record) map[string]int {
@@ -223,6 +236,7 @@ func TestADuplicateAfterTheWindowIsStoredAgain(t *testing.T) {
 			s.appendFrom(t, withIDs(0, 1))
 			if c.inRun {
 				rotate(t, s.Spool)
+				s.settle(t)
 				if s.dedupe.bytes == 0 {
 					t.Fatal("no run written at rotation")
 				}
@@ -267,6 +281,7 @@ func TestByteBoundHoldsUnderUniqueIDsAndTheWindowFalls(t *testing.T) {
 		prevHeld = held
 	}
 	// 10000 keys of 12 bytes are twice the bound: the oldest went.
+	s.settle(t)
 	held := s.windowHeld(t)
 	if held >= DefaultDedupeWindow || held <= 0 {
 		t.Fatalf("window held %v after evicting for room, want between 0 and a day", held)
@@ -378,5 +393,38 @@ func TestBlockedBloomHasNoFalseNegatives(t *testing.T) {
 	// Sized for about 1.5%; a broken filter says yes far more often.
 	if falsePos > 400 {
 		t.Fatalf("%d false positives in 10000", falsePos)
+	}
+}
+
+// BenchmarkAppendFrom is W1's load on the spool alone, 100 events a call
+// with unique messageIds, with de-duplication off and on: the index's
+// cost per event.
+func BenchmarkAppendFrom(b *testing.B) {
+	for _, window := range []time.Duration{0, DefaultDedupeWindow} {
+		b.Run("dedupe="+window.String(), func(b *testing.B) {
+			s, err := Open(Config{Dir: b.TempDir(), Consumers: []string{"a"}, DedupeWindow: window}, nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			base := benchEvents(100)
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(16)
+			b.RunParallel(func(pb *testing.PB) {
+				evs := slices.Clone(base)
+				for pb.Next() {
+					n := next.Add(1)
+					for i := range evs {
+						evs[i].MessageID = fmt.Appendf(evs[i].MessageID[:0], "bench-%d-%d", n, i)
+					}
+					if _, err := s.AppendFrom(context.Background(), SourceHTTP, evs, nil); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			s.Close(context.Background())
+		})
 	}
 }

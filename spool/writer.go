@@ -154,6 +154,10 @@ func (s *Spool) submit(source string, events []Event, dead []DeadLetter, force b
 		return r.done, 0, nil
 	}
 	size := sizeOfEvents(events)
+	var found *dedupeLookup
+	if source != "" && s.dedupe.enabled() {
+		found = s.dedupe.lookup(events)
+	}
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
 	// Back-pressure: a full group waits for the writer to take it. Forced
@@ -172,8 +176,8 @@ func (s *Spool) submit(source string, events []Event, dead []DeadLetter, force b
 		}
 	}
 	var dups []int
-	if source != "" && s.dedupe.enabled() {
-		dups, r.relies, s.fill.keys = s.dedupe.check(events, s.fillGroup, s.fill.keys)
+	if found != nil {
+		dups, r.relies, s.fill.keys = s.dedupe.claim(found, s.fillGroup, s.fill.keys)
 		r.source, r.skipped = source, len(dups)
 		if len(dups) == len(events) && len(dead) == 0 && r.relies == 0 {
 			s.dedupe.count(source, len(dups))
@@ -304,7 +308,7 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 		sg.dead = append(sg.dead, r.dead...)
 	}
 	if len(sg.reqs) < len(f.reqs) {
-		s.dedupe.committed(f.group, f.keys, time.Time{}, ErrFull)
+		s.settleDedupe(f.group, f.keys, time.Time{}, ErrFull)
 		return sg
 	}
 	sg.keys, sg.keysAt = f.keys, s.dedupe.now()
@@ -354,8 +358,8 @@ func (s *Spool) commitLoop() {
 		s.commitOne(sg)
 		s.committed <- struct{}{}
 	}
-	s.flushDedupe()
-	s.dedupe.close()
+	s.freezeDedupe(true)
+	s.dedupe.stop()
 }
 
 func (s *Spool) commitOne(sg *sealedGroup) {
@@ -367,7 +371,7 @@ func (s *Spool) commitOne(sg *sealedGroup) {
 	if sg.hot.buf != nil { // not committed
 		scratchBuffers.put(sg.hot.buf)
 	}
-	s.dedupe.committed(sg.group, sg.keys, sg.keysAt, err)
+	s.settleDedupe(sg.group, sg.keys, sg.keysAt, err)
 	for _, r := range sg.reqs {
 		rerr := err
 		if rerr == nil {
@@ -378,9 +382,7 @@ func (s *Spool) commitOne(sg *sealedGroup) {
 		}
 		r.done <- rerr
 	}
-	if s.dedupe.needsFlush() {
-		s.flushDedupe()
-	}
+	s.freezeDedupe(false)
 	if s.activeBytes >= genMaxBytes || time.Since(s.active.created) >= genMaxAge {
 		s.rotateGeneration()
 	}
@@ -389,7 +391,7 @@ func (s *Spool) commitOne(sg *sealedGroup) {
 func (s *Spool) rotateGeneration() {
 	// The generation left may be dropped as soon as it is delivered: the
 	// messageId keys logged in it must be in the index's own files first.
-	s.flushDedupe()
+	s.freezeDedupe(true)
 	if s.activeBytes == 0 {
 		s.active.created = time.Now() // nothing to give back yet
 		return
