@@ -27,6 +27,8 @@ import (
 const (
 	crashChildEnv = "SPILLWAY_SPOOL_CRASH_CHILD"
 	crashModeEnv  = "SPILLWAY_SPOOL_CRASH_MODE"
+	// crashModeDeadLetters stores dead letters instead, until killed.
+	crashModeDeadLetters = "dead-letters"
 )
 
 // runCrashChild is the child's whole life: it appends batches of events,
@@ -35,8 +37,11 @@ const (
 // files throughout. Mode "die" kills itself with SIGKILL after the last
 // batch instead of closing.
 func runCrashChild(dir string) int {
-	if os.Getenv(crashModeEnv) == "dedupe" {
+	switch os.Getenv(crashModeEnv) {
+	case "dedupe":
 		return runDedupeCrashChild(dir)
+	case crashModeDeadLetters:
+		return runDeadLetterCrashChild(dir)
 	}
 	s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, nil)
 	if err != nil {

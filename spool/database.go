@@ -81,12 +81,17 @@ func (s *Spool) openMeta() (*badger.DB, error) {
 	if err := checkDamage(dir); err != nil {
 		return nil, fmt.Errorf("meta: %w", err)
 	}
-	// Dead letters live in meta's LSM tree (below the value threshold);
-	// Badger caps a transaction at 15% of the memtable, so a larger one
-	// than a generation's means fewer commits for a batch of them.
+	// Dead-letter blocks live in meta's LSM tree (below the value
+	// threshold), where compaction reclaims deleted ones; Badger caps a
+	// transaction at 15% of the memtable, so a larger one than a
+	// generation's means fewer commits for a group of them.
 	meta, err := badger.Open(s.badgerOptions(dir).
 		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20).
-		WithBaseTableSize(2 << 20))
+		WithBaseTableSize(2 << 20).
+		// Checked whole when opened, its tables, most of them dead-letter
+		// blocks, were read into memory at every start: the damage check
+		// a block read makes is enough for keys that name no blocks.
+		WithChecksumVerificationMode(options.OnBlockRead))
 	if err != nil {
 		return nil, fmt.Errorf("meta: %w", err)
 	}

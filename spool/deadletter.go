@@ -3,7 +3,6 @@ package spool
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -37,24 +36,39 @@ func (s *Spool) walkDead(f Filter, from uint64, fn func(DeadLetter) error) (next
 	n := 0
 	next = from
 	err = s.meta.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDead}, PrefetchValues: true, PrefetchSize: 16})
+		// The block holding from may start before it.
+		start := deadBlockKey(from)
+		rit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDeadBlock}, Reverse: true})
+		if rit.Seek(start); rit.Valid() {
+			start = rit.Item().KeyCopy(nil)
+		}
+		rit.Close()
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDeadBlock}, PrefetchValues: true, PrefetchSize: 4})
 		defer it.Close()
-		for it.Seek(deadKey(from)); it.Valid(); it.Next() {
-			if f.Limit > 0 && n >= f.Limit {
-				return nil
-			}
-			var d DeadLetter
-			err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &d) })
-			if err != nil {
-				return fmt.Errorf("decode dead letter %x: %w", it.Item().Key(), err)
-			}
-			next = binary.BigEndian.Uint64(it.Item().Key()[1:]) + 1
-			if !f.Matches(&d) {
-				continue
-			}
-			n++
-			if err := fn(d); err != nil {
+		for it.Seek(start); it.Valid(); it.Next() {
+			var dead []DeadLetter
+			err := it.Item().Value(func(v []byte) (err error) {
+				dead, err = openDeadBlock(v)
 				return err
+			})
+			if err != nil {
+				return fmt.Errorf("decode dead-letter block %d: %w", binary.BigEndian.Uint64(it.Item().Key()[1:]), err)
+			}
+			for _, d := range dead {
+				if d.ID < from {
+					continue
+				}
+				if f.Limit > 0 && n >= f.Limit {
+					return nil
+				}
+				next = d.ID + 1
+				if !f.Matches(&d) {
+					continue
+				}
+				n++
+				if err := fn(d); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -192,29 +206,4 @@ func (s *Spool) Purge(f Filter) (int, error) {
 		return nil
 	})
 	return purged, err
-}
-
-func (s *Spool) deleteDead(dls []DeadLetter, keep func(DeadLetter) bool) error {
-	wb := s.meta.NewWriteBatch()
-	defer wb.Cancel()
-	n := 0
-	for _, d := range dls {
-		if !keep(d) {
-			continue
-		}
-		if err := wb.Delete(deadKey(d.ID)); err != nil {
-			return fmt.Errorf("delete dead letter: %w", err)
-		}
-		n++
-	}
-	if err := wb.Flush(); err != nil {
-		return fmt.Errorf("delete dead letters: %w", err)
-	}
-	if s.cfg.Sync == SyncAlways {
-		if err := s.meta.Sync(); err != nil {
-			return fmt.Errorf("sync dead letter deletes: %w", err)
-		}
-	}
-	s.metrics.deadLetters.Sub(float64(n))
-	return nil
 }

@@ -12,7 +12,13 @@ const (
 	// 'r' | consumer name -> next seq to read (8): what the consumer had
 	// read, acknowledged or not, when its cursor was last saved.
 	prefixReadMark = 'r'
-	prefixDead     = 'd' // 'd' | id (8) -> JSON DeadLetter
+	// 'D' | first id (8) -> a block of dead letters (deadstore.go).
+	prefixDeadBlock = 'D'
+	// 'n' -> the number of dead letters stored (8), kept with the blocks.
+	prefixDeadCount = 'n'
+	// 'd' | id (8) -> one dead letter as JSON: spools written before
+	// dead-letter blocks; moved into blocks when opened.
+	prefixLegacyDead = 'd'
 	// 'q' | first seq (8): a quarantined block, skipped by readers. Meta store.
 	prefixQuarantine = 'q'
 )
@@ -64,13 +70,6 @@ func seekBlockKey(seq uint64) []byte {
 func cursorKey(consumer string) []byte { return append([]byte{prefixCursor}, consumer...) }
 
 func readMarkKey(consumer string) []byte { return append([]byte{prefixReadMark}, consumer...) }
-
-func deadKey(id uint64) []byte {
-	k := make([]byte, 9)
-	k[0] = prefixDead
-	binary.BigEndian.PutUint64(k[1:], id)
-	return k
-}
 
 func quarantineKey(first uint64) []byte {
 	k := make([]byte, 9)

@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
-
-	badger "github.com/dgraph-io/badger/v4"
 )
 
 const maintenanceEvery = time.Second
@@ -273,17 +271,4 @@ func (s *Spool) syncLoop() {
 		}
 		s.metrics.fsync.Observe(time.Since(start).Seconds())
 	}
-}
-
-func countKeys(db *badger.DB, prefix byte) int {
-	n := 0
-	_ = db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefix}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			n++
-		}
-		return nil
-	})
-	return n
 }

@@ -54,7 +54,6 @@ func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
 		blocks += g.blocks
 	}
 	m.blocks.Set(float64(blocks))
-	m.deadLetters.Set(float64(countKeys(s.meta, prefixDead)))
 	for _, name := range s.cfg.Consumers {
 		m.dropped.WithLabelValues(name, "spool_full")
 		m.resent.WithLabelValues(name)

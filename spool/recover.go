@@ -108,8 +108,7 @@ type positions struct {
 	cursors, readMarks map[string]uint64
 }
 
-// readPositions reads every consumer's cursor and read mark, and where
-// dead-letter numbering resumes.
+// readPositions reads every consumer's cursor and read mark.
 func (s *Spool) readPositions() (positions, error) {
 	pos := positions{cursors: map[string]uint64{}, readMarks: map[string]uint64{}}
 	err := s.meta.View(func(txn *badger.Txn) error {
@@ -118,12 +117,6 @@ func (s *Spool) readPositions() (positions, error) {
 		}
 		if err := readPositionsUnder(txn, prefixReadMark, "read mark", pos.readMarks); err != nil {
 			return err
-		}
-		rit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDead}, Reverse: true})
-		defer rit.Close()
-		rit.Seek([]byte{prefixDead, 0xff})
-		if rit.Valid() {
-			s.nextDead.Store(binary.BigEndian.Uint64(rit.Item().Key()[1:]) + 1)
 		}
 		return nil
 	})

@@ -35,9 +35,9 @@ const recentCacheBytes = 1 << 20
 // later one in this list is held, except as the arrows say:
 //
 //	consumer.mu -> Spool.mu, genMu, quarantineMu, generation.mu
-//	quarantineMu -> generation.mu
+//	quarantineMu -> generation.mu, deadMu
 //	genMu -> generation.mu
-//	fillMu (with fillTaken), leaseMu: taken alone
+//	fillMu (with fillTaken), leaseMu, deadMu: nothing taken under them
 //
 // quarantineMu and genMu are never held together. docs/architecture.md
 // draws the whole path.
@@ -67,6 +67,10 @@ type Spool struct {
 	closeErr               error
 
 	nextDead atomic.Uint64
+	// deadMu serialises writes to the dead-letter store, whose blocks
+	// and count change together; deadCount is the stored count.
+	deadMu    sync.Mutex
+	deadCount uint64
 
 	dedupe *dedupeIndex // the messageId index; its methods lock it
 
@@ -177,6 +181,11 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		return nil, err
 	}
 	s.metrics = newMetrics(reg, s)
+	if err := s.openDeadLetters(); err != nil {
+		s.closeGenerations()
+		_ = meta.Close()
+		return nil, fmt.Errorf("open spool %s: dead letters: %w", cfg.Dir, err)
+	}
 	s.countResent()
 	s.refreshSize()
 	s.fillTaken = sync.NewCond(&s.fillMu)

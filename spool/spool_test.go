@@ -3,6 +3,7 @@ package spool
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -479,8 +480,14 @@ func TestASpoolFullOfDeadLettersSaysSo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close(context.Background())
-	pad := strings.Repeat("x", 10<<10)
-	for i := range 600 { // 6 MB
+	// Random, so that compression leaves about 6 MB of them.
+	rnd := rand.New(rand.NewPCG(1, 2))
+	noise := make([]byte, 8<<10)
+	for i := range 800 {
+		for j := range noise {
+			noise[j] = byte(rnd.Uint32())
+		}
+		pad := base64.StdEncoding.EncodeToString(noise)
 		dl := DeadLetter{Destination: "a", Reason: ReasonRejected, Status: 400, Event: fmt.Appendf(nil, `{"n":%d,"pad":%q}`, i, pad)}
 		if err := s.DeadLetter(t.Context(), []DeadLetter{dl}); err != nil {
 			t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -113,8 +112,10 @@ type fillingBlock struct {
 const headerRoom = 8 + binary.MaxVarintLen64
 
 type sealedGroup struct {
-	reqs   []*appendReq
-	dead   []DeadLetter
+	reqs []*appendReq
+	// dead is the group's dead letters, numbered and sealed with its
+	// blocks, off the committer's path.
+	dead   []deadBlock
 	blocks []sealedBlock
 	group  uint64
 	keys   []uint64  // messageId index keys, logged with the blocks
@@ -304,8 +305,12 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 		}
 		sg.reqs = kept
 	}
+	var dead []DeadLetter
 	for _, r := range sg.reqs {
-		sg.dead = append(sg.dead, r.dead...)
+		dead = append(dead, r.dead...)
+	}
+	if len(dead) > 0 {
+		sg.dead = s.sealDeadLetters(dead, time.Now())
 	}
 	if len(sg.reqs) < len(f.reqs) {
 		s.settleDedupe(f.group, f.keys, time.Time{}, ErrFull)
@@ -409,7 +414,7 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	if len(sg.dead) > 0 {
 		// Dead letters first: if the blocks then fail, the client retries
 		// and at worst a dead letter is stored twice, never lost.
-		if err := s.storeDeadLetters(sg.dead, time.Now(), nil); err != nil {
+		if err := s.commitDeadLetters(sg.dead, nil); err != nil {
 			return err
 		}
 	}
@@ -470,37 +475,6 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
-	return nil
-}
-
-func (s *Spool) storeDeadLetters(dead []DeadLetter, at time.Time, marker []byte) error {
-	firstID := s.nextDead.Add(uint64(len(dead))) - uint64(len(dead))
-	err := s.updateMeta(func(set func(k, v []byte) error) error {
-		if marker != nil {
-			if err := set(marker, nil); err != nil {
-				return err
-			}
-		}
-		for i := range dead {
-			d := dead[i]
-			d.ID = firstID + uint64(i)
-			if d.At.IsZero() {
-				d.At = at
-			}
-			v, err := json.Marshal(&d)
-			if err != nil {
-				return fmt.Errorf("encode dead letter: %w", err)
-			}
-			if err := set(deadKey(d.ID), v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return s.writeError(err)
-	}
-	s.metrics.deadLetters.Add(float64(len(dead)))
 	return nil
 }
 
