@@ -378,6 +378,7 @@ func TestARunDamagedOnDiskIsDroppedAndTheWindowSaysSo(t *testing.T) {
 
 func TestBlockedBloomHasNoFalseNegatives(t *testing.T) {
 	b := newBlockedBloom(10000)
+	defer b.free()
 	for i := range uint64(10000) {
 		b.add(dedupeKey("wk", fmt.Append(nil, i)))
 	}
