@@ -87,7 +87,7 @@ func (s dedupeSpool) windowHeld(t *testing.T) time.Duration {
 }
 
 // setOpenMax makes the index write a run every n keys, as it does every
-// 64k at full load.
+// 32k (dedupeOpenMax).
 func (s dedupeSpool) setOpenMax(n int) {
 	s.dedupe.mu.Lock()
 	s.dedupe.openMax = n
@@ -391,7 +391,7 @@ func TestBlockedBloomHasNoFalseNegatives(t *testing.T) {
 			falsePos++
 		}
 	}
-	// Sized for about 1.5%; a broken filter says yes far more often.
+	// Sized for about 3%; a broken filter says yes far more often.
 	if falsePos > 400 {
 		t.Fatalf("%d false positives in 10000", falsePos)
 	}
