@@ -180,21 +180,8 @@ func (r *runner) runAll(ctx context.Context) error {
 			return err
 		}
 	}
-	var w1off *row
-	if r.selected("W1off") {
-		// De-duplication is on by default: its cost is W1 over W1off.
-		off := batch
-		off.spillwayArgs = []string{"--dedupe-window", "0"}
-		var ceiling *loadResult
-		if w1 != nil {
-			ceiling = w1.Ceiling
-		}
-		if w1off, err = r.closedLoop(ctx, "W1off", "W1, --dedupe-window 0", off, ceiling, []string{sinkDest}); err != nil {
-			return err
-		}
-		if w1 != nil && w1.Spillway != nil && w1off.Spillway.EventsPerS > 0 {
-			w1off.Notes = append(w1off.Notes, fmt.Sprintf("W1 (de-duplication on) took %.3f x W1off's events/s", w1.Spillway.EventsPerS/w1off.Spillway.EventsPerS))
-		}
+	if err := r.dedupeOff(ctx, "W1", w1, batch, sinkDest); err != nil {
+		return err
 	}
 	var w2 *row
 	if r.selected("W2") {
@@ -202,20 +189,8 @@ func (r *runner) runAll(ctx context.Context) error {
 			return err
 		}
 	}
-	if r.selected("W2off") {
-		off := track
-		off.spillwayArgs = []string{"--dedupe-window", "0"}
-		var ceiling *loadResult
-		if w2 != nil {
-			ceiling = w2.Ceiling
-		}
-		w2off, err := r.closedLoop(ctx, "W2off", "W2, --dedupe-window 0", off, ceiling, []string{sinkDest})
-		if err != nil {
-			return err
-		}
-		if w2 != nil && w2.Spillway != nil && w2off.Spillway.EventsPerS > 0 {
-			w2off.Notes = append(w2off.Notes, fmt.Sprintf("W2 (de-duplication on) took %.3f x W2off's events/s", w2.Spillway.EventsPerS/w2off.Spillway.EventsPerS))
-		}
+	if err := r.dedupeOff(ctx, "W2", w2, track, sinkDest); err != nil {
+		return err
 	}
 	if r.selected("W3") {
 		var ceiling *loadResult
@@ -256,6 +231,28 @@ func (r *runner) runAll(ctx context.Context) error {
 		if err := r.outage(ctx, half, ceiling, sinkDest); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// dedupeOff runs NAMEoff, if selected: workload name (on, its row, when
+// it ran) with --dedupe-window 0. De-duplication is on by default, so its
+// cost is name's rate over NAMEoff's.
+func (r *runner) dedupeOff(ctx context.Context, name string, on *row, spec loadSpec, sinkDest string) error {
+	if !r.selected(name + "off") {
+		return nil
+	}
+	spec.spillwayArgs = []string{"--dedupe-window", "0"}
+	var ceiling *loadResult
+	if on != nil {
+		ceiling = on.Ceiling
+	}
+	off, err := r.closedLoop(ctx, name+"off", name+", --dedupe-window 0", spec, ceiling, []string{sinkDest})
+	if err != nil {
+		return err
+	}
+	if on != nil && on.Spillway != nil && off.Spillway.EventsPerS > 0 {
+		off.Notes = append(off.Notes, fmt.Sprintf("%s (de-duplication on) took %.3f x %soff's events/s", name, on.Spillway.EventsPerS/off.Spillway.EventsPerS, name))
 	}
 	return nil
 }
