@@ -23,7 +23,7 @@ func (s *Spool) maintenanceLoop() {
 		case <-s.quit:
 			return
 		case <-save.C:
-			if err := s.saveCursors(); err != nil {
+			if err := s.saveCursors(false); err != nil {
 				s.log.Error("save cursors", "err", err)
 			}
 			continue

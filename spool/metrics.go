@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer, s *Spool) *metrics {
 		}, []string{"destination", "reason"}),
 		resent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spillway_events_resent_total",
-			Help: "Events a destination had read and not acknowledged when spillway last stopped (a crash, or a drain cut short): sent again after the restart, so they may arrive twice.",
+			Help: "Events a destination had read, or after a crash may have read, and not acknowledged when spillway last stopped (a crash, or a drain cut short): sent again after the restart, so they may arrive twice. After a crash it counts up to 8192 more per destination than were read.",
 		}, []string{"destination"}),
 	}
 	blocks := 0

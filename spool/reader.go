@@ -25,7 +25,7 @@ func (s *Spool) Read(consumer string, maxEvents, maxBytes int) ([]Record, error)
 // so that a reader recycling both allocates nothing per event. Data stays
 // valid for as long as the caller leaves arena's memory alone; records
 // already in recs are untouched even if arena has to grow.
-func (s *Spool) ReadInto(consumer string, recs []Record, arena []byte, maxEvents, maxBytes int) ([]Record, []byte, error) {
+func (s *Spool) ReadInto(consumer string, recs []Record, arena []byte, maxEvents, maxBytes int) (_ []Record, _ []byte, err error) {
 	c, err := s.consumer(consumer)
 	if err != nil {
 		return recs, arena, err
@@ -39,6 +39,12 @@ func (s *Spool) ReadInto(consumer string, recs []Record, arena []byte, maxEvents
 	next := s.next
 	s.mu.Unlock()
 
+	from, kept, keptArena := c.pos, len(recs), len(arena)
+	defer func() {
+		if err != nil {
+			c.pos, recs, arena = from, recs[:kept], arena[:keptArena]
+		}
+	}()
 	n, bytes := 0, 0
 	for c.pos < next && n < maxEvents && (bytes < maxBytes || n == 0) {
 		b, err := s.blockFor(c, c.pos)
@@ -69,7 +75,31 @@ func (s *Spool) ReadInto(consumer string, recs []Record, arena []byte, maxEvents
 			bytes += len(r.Data)
 		}
 	}
+	if c.pos > c.savedRead.Load() {
+		if err := s.leaseReads(c, c.pos+readLeaseEvents); err != nil {
+			return recs, arena, err
+		}
+	}
 	return recs, arena, nil
+}
+
+// readLeaseEvents is how far ahead of what a consumer has read its read
+// mark is written: one meta commit per this many events read, and after a
+// crash up to this many more counted as sent again than were.
+const readLeaseEvents = 8192
+
+// leaseReads writes consumer c's read mark as upTo before events up to it
+// are handed out, so that a crash never sends again what it did not
+// count (spillway_events_resent_total). The caller holds c.mu.
+func (s *Spool) leaseReads(c *consumer, upTo uint64) error {
+	err := s.meta.Update(func(txn *badger.Txn) error {
+		return txn.Set(readMarkKey(c.name), binary.BigEndian.AppendUint64(nil, upTo))
+	})
+	if err != nil {
+		return fmt.Errorf("save read mark: %w", err)
+	}
+	c.savedRead.Store(upTo)
+	return nil
 }
 
 // blockFor returns the block holding seq or, when that is gone, the next
@@ -288,9 +318,10 @@ func (s *Spool) Ack(consumer string, upTo uint64) error {
 	return nil
 }
 
-// saveCursors writes every cursor, and read mark, that moved since it was
-// last saved.
-func (s *Spool) saveCursors() error {
+// saveCursors writes every cursor that moved since it was last saved.
+// While the spool runs, each read mark stays the lease ReadInto wrote;
+// the last save, at Close, writes where each consumer's reading stopped.
+func (s *Spool) saveCursors(final bool) error {
 	type dirty struct {
 		c         *consumer
 		cur, read uint64
@@ -298,9 +329,12 @@ func (s *Spool) saveCursors() error {
 	var moved []dirty
 	for _, c := range s.consumers {
 		cur := c.cursor.Load()
-		c.mu.Lock()
-		read := c.pos
-		c.mu.Unlock()
+		read := c.savedRead.Load()
+		if final {
+			c.mu.Lock()
+			read = c.pos
+			c.mu.Unlock()
+		}
 		if cur != c.saved.Load() || read != c.savedRead.Load() {
 			moved = append(moved, dirty{c, cur, read})
 		}

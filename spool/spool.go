@@ -122,9 +122,12 @@ type consumer struct {
 	pos    uint64 // next seq Read returns; only the consumer's loop moves it
 	cursor atomic.Uint64
 	saved  atomic.Uint64 // the cursor as last written to disk
-	// savedRead is pos as last written to disk: after a crash, what lies
-	// between the saved cursor and it was read, maybe delivered, and is
-	// sent again.
+	// savedRead is the read mark as last written to disk: after a crash,
+	// what lies between the saved cursor and it may have been read and
+	// delivered, and is sent again. While running it is a lease, at or
+	// ahead of pos (ReadInto extends it before it returns events past it),
+	// so that a crash never sends again more than it counts; Close writes
+	// pos itself.
 	savedRead atomic.Uint64
 	cur       *decodedBlock // the block Read is in: nil or &block
 	block     decodedBlock  // memory every block this consumer reads is decoded into
@@ -201,13 +204,15 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	return s, nil
 }
 
-// countResent counts, for each consumer, what it had read past its cursor
-// when last saved: at-least-once sends it again.
+// countResent counts, for each consumer, the stored events between its
+// saved cursor and its read mark: at-least-once sends them again.
+// Numbers no block holds (skipped after a crash) are not events.
 func (s *Spool) countResent() {
 	for _, c := range s.consumers {
-		if n := c.savedRead.Load() - c.saved.Load(); n > 0 {
+		saved, read := c.saved.Load(), c.savedRead.Load()
+		if n := read - saved - s.inHoles(saved, read); n > 0 {
 			s.metrics.resent.WithLabelValues(c.name).Add(float64(n))
-			s.log.Info("events read before the stop and not acknowledged will be sent again",
+			s.log.Info("events that may have been read before the stop and not acknowledged will be sent again",
 				"destination", c.name, "events", n)
 		}
 	}
@@ -288,7 +293,7 @@ func (s *Spool) Close(ctx context.Context) error {
 // stopped: Badger must never be closed under a running writer.
 func (s *Spool) closeAll() error {
 	s.wg.Wait()
-	cursorsErr := s.saveCursors()
+	cursorsErr := s.saveCursors(true)
 	// Every number below next is stored: a clean restart need skip none.
 	s.mu.Lock()
 	next := s.next
