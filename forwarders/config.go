@@ -26,6 +26,7 @@ const (
 	KindWebhook = "webhook" // https://..., http://...
 	KindStdout  = "stdout"  // stdout://
 	KindFile    = "file"    // file:///path
+	// KindArchive, s3://BUCKET/PREFIX, is in archive.go.
 )
 
 // Webhook body formats (?format=).
@@ -68,6 +69,12 @@ type Destination struct {
 	Output io.Writer
 	// Kafka (kafka) holds the producer's options; see kafka.go.
 	Kafka KafkaOptions
+	// Archive (s3) holds the bucket and store options; see archive.go.
+	Archive ArchiveOptions
+	// Fallback (?fallback=NAME, any kind but s3) names the archive that
+	// takes the events still undelivered here when the shutdown drain
+	// ends; empty for none.
+	Fallback string
 	// TLSCA (segment, webhook over https) is a PEM file of CA certificates
 	// trusted besides the system's (?tls_ca=PATH), for a destination with
 	// a private or self-signed certificate. Certificates are always
@@ -141,6 +148,9 @@ func ParseDestinations(specs []string, d Defaults) ([]Destination, error) {
 		out = append(out, dest)
 	}
 	if err := checkUnique(out); err != nil {
+		return nil, err
+	}
+	if err := checkFallbacks(out); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -226,13 +236,15 @@ func (dest *Destination) setKind(u *url.URL) error {
 		dest.Kind = KindStdout
 	case "file":
 		dest.Kind = KindFile
+	case "s3":
+		dest.setArchiveKind()
 	case "kafka":
 		dest.Kind = KindKafka
 		// One batch in flight keeps each key's events in order across
 		// batches; ?concurrency= trades that for throughput.
 		dest.Concurrency = 1
 	default:
-		return fmt.Errorf("unsupported scheme %q (want segment+https, segment+http, https, http, kafka, stdout or file)", u.Scheme)
+		return fmt.Errorf("unsupported scheme %q (want segment+https, segment+http, https, http, kafka, s3, stdout or file)", u.Scheme)
 	}
 	return nil
 }
@@ -251,6 +263,8 @@ func (dest *Destination) setTarget(u *url.URL) error {
 		return dest.setFileTarget(u)
 	case KindKafka:
 		return dest.parseKafkaURL(u)
+	case KindArchive:
+		return dest.setArchiveTarget(u)
 	}
 	return nil
 }
@@ -395,6 +409,11 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 		}
 	case "lanes":
 		dest.Lanes, err = parseLanes(dest.Kind, val)
+	case "fallback":
+		if !nameRE.MatchString(val) {
+			return true, errors.New("must name a destination")
+		}
+		dest.Fallback = val
 	case "format":
 		if dest.Kind != KindWebhook {
 			return true, errors.New("only an http(s) destination takes a format")
@@ -406,8 +425,11 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 			return true, fmt.Errorf("want json, ndjson or segment, got %q", val)
 		}
 	default:
-		if dest.Kind == KindKafka {
+		switch dest.Kind {
+		case KindKafka:
 			return dest.applyKafkaParam(key, val)
+		case KindArchive:
+			return dest.applyArchiveParam(key, val)
 		}
 		return false, nil
 	}

@@ -15,6 +15,13 @@
 // of its own in lanes.go. config.go parses a destination, and
 // settings.go holds the numeric options' defaults and ranges.
 //
+// The s3:// archive (archive.go, archive_s3.go) is the exception to the
+// shared loop: archive_loop.go cuts objects by sequence range, records
+// each range in the spool before its upload and confirms it after, so
+// that each event is exactly once in the bucket; it shares the gate and
+// the classification of answers. archive_fallback.go hands a destination's
+// undelivered events to its ?fallback= archive at the end of the drain.
+//
 // Guarantees:
 //
 //   - At least once. A batch is acknowledged only once each of its events

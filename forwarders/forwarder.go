@@ -49,6 +49,8 @@ func newForwarder(d Destination) (Forwarder, error) {
 		return openFile(d)
 	case KindKafka:
 		return newKafka(d)
+	case KindArchive:
+		return newArchive(d)
 	}
 	return nil, fmt.Errorf("destination %s: unknown kind %q", d.Name, d.Kind)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -137,7 +138,8 @@ func (g *Group) Start() {
 	}
 	g.started = true
 	for _, d := range g.ds {
-		g.spawn(func() { d.run(g.ctx) })
+		run := d.loopFunc()
+		g.spawn(func() { run(g.ctx) })
 		if d.lanes != nil {
 			g.spawn(func() { d.lanes.run(g.ctx) })
 		}
@@ -158,6 +160,10 @@ func (g *Group) Shutdown(ctx context.Context) error {
 		g.stopped = true
 		g.mu.Unlock()
 
+		// A destination with a fallback leaves the hand-off a share of
+		// the time (drainShare).
+		drainCtx, cancelDrain := g.drainShare(ctx)
+		defer cancelDrain()
 		var undrained []string
 		if started {
 			for _, d := range g.ds {
@@ -173,7 +179,7 @@ func (g *Group) Shutdown(ctx context.Context) error {
 					select {
 					case <-d.drained:
 						break wait
-					case <-ctx.Done():
+					case <-drainCtx.Done():
 						break wait
 					case <-progress.C:
 						g.logDrainProgress()
@@ -188,11 +194,13 @@ func (g *Group) Shutdown(ctx context.Context) error {
 		}
 		g.cancel()
 		g.wg.Wait()
+		emptied, handOffErr := g.handOff(ctx, undrained)
+		undrained = slices.DeleteFunc(undrained, func(n string) bool { return slices.Contains(emptied, n) })
 		// Closing flushes and releases; it must happen even when ctx is
 		// over, or a file's last lines stay unsynced.
-		errs := []error{g.closeForwarders(context.WithoutCancel(ctx))}
+		errs := []error{g.closeForwarders(context.WithoutCancel(ctx)), handOffErr}
 		if len(undrained) > 0 {
-			errs = append(errs, fmt.Errorf("drain %s: %w", strings.Join(undrained, ", "), ctx.Err()))
+			errs = append(errs, fmt.Errorf("drain %s: %w", strings.Join(undrained, ", "), drainCtx.Err()))
 			g.log.Warn("forwarding stopped before every destination drained; the rest is sent after a restart",
 				"undrained", strings.Join(undrained, ","))
 		} else if started {

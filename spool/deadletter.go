@@ -18,6 +18,7 @@ func (s *Spool) DeadLetter(ctx context.Context, dls []DeadLetter) error {
 // DeadLetters calls fn for each dead letter f selects, oldest first, up to
 // f.Limit. An error from fn stops the walk and is returned.
 func (s *Spool) DeadLetters(f Filter, fn func(DeadLetter) error) error {
+	defer s.releaseTablePages()
 	_, err := s.walkDead(f, 0, fn)
 	return err
 }
@@ -92,6 +93,7 @@ const deadChunkBytes = 256 << 10
 // again) are left for the next call: a walk that took them would replay
 // such an event for as long as it is refused.
 func (s *Spool) eachDeadChunk(ctx context.Context, f Filter, fn func([]DeadLetter) error) error {
+	defer s.releaseTablePages()
 	var chunk []DeadLetter
 	from, seen, until := uint64(0), 0, s.nextDead.Load()
 	for {

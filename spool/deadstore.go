@@ -368,6 +368,7 @@ func (s *Spool) openDeadLetters() error {
 		if err == nil {
 			err = s.recountDeadLetters()
 		}
+		s.releaseTablePages()
 	}
 	s.metrics.deadLetters.Set(float64(s.deadCount))
 	return err

@@ -265,3 +265,51 @@ func TestKilledWhileStoringDeadLettersKeepsThemAndTheirCount(t *testing.T) {
 		}
 	}
 }
+
+// rssFile is the process's resident file-backed memory, from
+// /proc/self/status.
+func rssFile(t *testing.T) int {
+	t.Helper()
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc/self/status:", err)
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
+			var kb int
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+			return kb << 10
+		}
+	}
+	t.Skip("no RssFile in /proc/self/status")
+	return 0
+}
+
+// Reading the whole dead-letter store (a listing, a replay) leaves none of
+// its table pages resident.
+func TestListingDeadLettersLeavesTheirPagesOutOfMemory(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	rnd := rand.New(rand.NewPCG(9, 10))
+	for range 12 {
+		if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 400, 4000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, dir, "a")
+	defer s.Close(context.Background())
+	store := DiskUsage(metaDir(dir))
+	before := rssFile(t)
+	n := 0
+	if err := s.DeadLetters(Filter{}, func(DeadLetter) error { n++; return nil }); err != nil || n != 4800 {
+		t.Fatalf("listed %d of 4800: %v", n, err)
+	}
+	grew := rssFile(t) - before
+	t.Logf("store %d bytes; resident file pages grew by %d bytes across the listing", store, grew)
+	if grew > int(store)/4 {
+		t.Fatalf("listing a %d-byte store left %d bytes of it resident", store, grew)
+	}
+}

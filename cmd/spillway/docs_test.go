@@ -265,6 +265,7 @@ func TestDocsConfigurationMatchesSubcommandFlags(t *testing.T) {
 		{"spillway dlq", []string{"dlq", "list"}},
 		{"spillway dlq", []string{"dlq", "replay"}},
 		{"spillway dlq", []string{"dlq", "purge"}},
+		{"spillway replay", []string{"replay"}},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			compareFlags(t, "spillway "+strings.Join(c.args, " "), helpFlags(t, c.args...),
@@ -281,6 +282,7 @@ func kindURLs(t *testing.T) map[string]string {
 		forwarders.KindWebhook: "https://hooks.example.com/events",
 		forwarders.KindKafka:   "kafka://127.0.0.1:9092/events",
 		forwarders.KindStdout:  "stdout://",
+		forwarders.KindArchive: "s3://bucket/raw",
 		forwarders.KindFile:    "file://" + filepath.Join(t.TempDir(), "events.ndjson"),
 	}
 }

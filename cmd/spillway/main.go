@@ -21,6 +21,8 @@ const usage = `usage:
   spillway tail [--addr A] [--destination N] [--type T]   print received events live, one JSON per line
   spillway dlq list|replay|purge [--destination N] [--reason R] [--limit N] [--addr A | --spool-dir D]
   spillway plan check [--unplanned allow|flag|block] FILE [EVENTS.ndjson]   check a tracking plan, and events against it
+  spillway replay --from s3://BUCKET/PREFIX|file:///PATH [--since T] [--until T] [--type T] [--event E]
+                 [--destination N] [--undelivered N] [--to URL] [--resume FILE] [--dry-run]   re-send archived events
   spillway version
 run 'spillway run -h' for the server's flags`
 
@@ -42,6 +44,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runTail(ctx, args, stdout, stderr)
 	case "plan":
 		return runPlan(ctx, args, stdout, stderr)
+	case "replay":
+		return runReplay(ctx, args, stdout, stderr)
 	case "version":
 		if len(args) > 0 {
 			fmt.Fprintf(stderr, "spillway version takes no arguments, got %q\n", args)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/spillwayhq/spillway/forwarders"
 	"github.com/spillwayhq/spillway/proxy"
+	"github.com/spillwayhq/spillway/sources"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -39,6 +40,11 @@ const (
 	// hurriedCloseTimeout is spoolCloseTimeout after a second signal: still
 	// ample for a working disk, short for whoever is waiting on a stuck one.
 	hurriedCloseTimeout = time.Second
+	// sourceStopTimeout bounds the commit of the sources' offsets at
+	// shutdown, so that an unreachable cluster leaves the destinations
+	// most of --shutdown-timeout to drain; what it does not commit is read
+	// again by the partitions' next owner.
+	sourceStopTimeout = 5 * time.Second
 )
 
 // serverConfig is everything the server's flags say.
@@ -49,6 +55,8 @@ type serverConfig struct {
 	shutdownTimeout     time.Duration
 	syncMode, whenFull  string
 	destinations        stringList
+	sourceSpecs         stringList
+	sources             []sources.Source
 	spool               spool.Config
 	proxy               proxy.Config
 	defaults            forwarders.Defaults
@@ -59,7 +67,7 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	fs := flag.NewFlagSet("spillway run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 
-	fs.StringVar(&c.listen, "listen", defaultListen, "address for the Segment-compatible API (and the admin endpoints, unless --admin-listen)")
+	fs.StringVar(&c.listen, "listen", defaultListen, "address for the Segment-compatible API (and the admin endpoints, unless --admin-listen); '' turns it off, for a relay that only consumes --source")
 	fs.StringVar(&c.pprofListen, "pprof-listen", "", "address for Go's pprof profiling endpoints (default: off); keep it on loopback")
 	fs.StringVar(&c.adminListen, "admin-listen", "", "separate address for /metrics, /healthz, /readyz and /admin (default: the main listener)")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
@@ -72,8 +80,10 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	c.spool.MaxBytes = spool.DefaultMaxBytes
 	fs.Var((*byteSize)(&c.spool.MaxBytes), "spool-max-bytes", "bound on the spool's size on disk: at least 4MiB, or 0 for no bound")
 	fs.StringVar(&c.whenFull, "when-full", "block", "beyond --spool-max-bytes: block (answer 503) or drop-oldest (drop the oldest undelivered events, counted)")
+	dedupeFlags(fs, c)
 
 	fs.Var(&c.destinations, "destination", "NAME=URL, repeatable; none means stdout://")
+	fs.Var(&c.sourceSpecs, "source", "[NAME=]kafka://BROKERS/TOPIC?group=GROUP, repeatable: consume the topic a Kafka destination writes, as a member of the consumer group")
 	fs.Var((*stringList)(&c.proxy.WriteKeys), "write-key", "accepted write key, repeatable; none means any key is accepted")
 	fs.BoolVar(&c.proxy.Strict, "strict", false, "answer 400 to a request holding a spec-invalid event, storing nothing of it")
 	fs.StringVar(&c.proxy.AdminToken, "admin-token", "", "bearer token that admin requests reading events or dead letters need from another host or through a reverse proxy")
@@ -168,6 +178,12 @@ func configure(args []string, stderr io.Writer) (*serverConfig, []forwarders.Des
 	for _, d := range dests {
 		c.spool.Consumers = append(c.spool.Consumers, d.Name)
 	}
+	if c.sources, err = sources.ParseSources(c.sourceSpecs); err != nil {
+		return nil, nil, nil, fmt.Errorf("--source: %w", err)
+	}
+	if c.listen == "" && len(c.sources) == 0 {
+		return nil, nil, nil, errors.New("--listen '' turns off the HTTP API, the only way to take events without a --source")
+	}
 	if err := configureContracts(c, dests); err != nil {
 		return nil, nil, nil, err
 	}
@@ -192,8 +208,8 @@ func (c *serverConfig) check() error {
 	for _, a := range []struct{ flag, addr string }{
 		{"listen", c.listen}, {"admin-listen", c.adminListen}, {"pprof-listen", c.pprofListen},
 	} {
-		if a.addr == "" && a.flag != "listen" {
-			continue // off
+		if a.addr == "" {
+			continue // off; configure checks that a spillway without --listen has a --source
 		}
 		if err := checkAddr(a.addr); err != nil {
 			errs = append(errs, fmt.Errorf("--%s %q: %w", a.flag, a.addr, err))
@@ -210,6 +226,14 @@ func (c *serverConfig) check() error {
 // the value log being written, which the kernel counts but the Go runtime
 // does not.
 const defaultMemoryLimit = 40 << 20
+
+// relayMemoryLimit is GOMEMLIMIT's default for a spillway with a --source:
+// it holds, besides a sidecar's memory, the fetches franz-go buffers ahead
+// (decompressed, about 20 MiB from three brokers) and a poll of records.
+// Under 40 MiB its collector ran nearly all the time: a relay took 0.27
+// to 0.55 of spillway's HTTP rate at 4 to 5 times its CPU per event
+// (docs/kafka.md).
+const relayMemoryLimit = 128 << 20
 
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c, dests, logger, err := configure(args, stderr)
@@ -236,7 +260,11 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		// acknowledgements wait (p99 about 15% lower, BENCHMARKS.md). A
 		// heap that needs more than the limit makes the collector run up
 		// to half the CPU: such loads set GOMEMLIMIT.
-		debug.SetMemoryLimit(defaultMemoryLimit)
+		limit := int64(defaultMemoryLimit)
+		if len(c.sources) > 0 {
+			limit = relayMemoryLimit
+		}
+		debug.SetMemoryLimit(limit)
 	}
 	if err := serve(ctx, c, dests, logger); err != nil {
 		logger.Error("spillway stopped", "err", err)
@@ -255,6 +283,7 @@ type server struct {
 
 	spool   *spool.Spool
 	group   *forwarders.Group
+	sources *sources.Group
 	proxy   *proxy.Server
 	ln      net.Listener
 	adminLn net.Listener // nil without --admin-listen
@@ -295,6 +324,9 @@ func (s *server) acquire() error {
 	if s.group, err = forwarders.New(s.dests, s.spool, s.log, reg); err != nil {
 		return err
 	}
+	if s.sources, err = sources.New(s.c.sources, s.spool, s.log, reg); err != nil {
+		return err
+	}
 	s.proxy, err = proxy.New(s.c.proxy, s.spool, proxy.Options{
 		Metrics: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})),
 		Status:  func() any { return s.group.Status() },
@@ -304,8 +336,10 @@ func (s *server) acquire() error {
 	if err != nil {
 		return err
 	}
-	if s.ln, err = listen("listen", s.c.listen); err != nil {
-		return err
+	if s.c.listen != "" {
+		if s.ln, err = listen("listen", s.c.listen); err != nil {
+			return err
+		}
 	}
 	if s.c.adminListen != "" {
 		if s.adminLn, err = listen("admin-listen", s.c.adminListen); err != nil {
@@ -337,6 +371,10 @@ func (s *server) release() {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if s.sources != nil {
+		// Never started: this only closes the Kafka clients.
+		_ = s.sources.Stop(context.Background())
 	}
 	if s.group != nil {
 		// Never started: this only closes the destinations' clients and files.
@@ -384,8 +422,13 @@ func (s *server) reloadOnHangup() (stop func()) {
 // error of a listener that stopped serving.
 func (s *server) start() <-chan error {
 	s.group.Start()
+	s.sources.Start()
 	serveErr := make(chan error, 2)
-	go func() { serveErr <- s.proxy.Serve(s.ln) }()
+	listening := "off"
+	if s.ln != nil {
+		go func() { serveErr <- s.proxy.Serve(s.ln) }()
+		listening = s.ln.Addr().String()
+	}
 	if s.adminLn != nil {
 		go func() { serveErr <- s.proxy.ServeAdmin(s.adminLn) }()
 	}
@@ -393,8 +436,13 @@ func (s *server) start() <-chan error {
 	for i, d := range s.dests {
 		names[i] = d.Name + "=" + d.Kind
 	}
-	s.log.Info("spillway started", "version", version, "listen", s.ln.Addr().String(),
-		"spool_dir", s.c.spool.Dir, "sync", s.c.spool.Sync.String(), "destinations", strings.Join(names, ","))
+	srcNames := make([]string, len(s.c.sources))
+	for i, src := range s.c.sources {
+		srcNames[i] = src.Name + "=" + src.Kind
+	}
+	s.log.Info("spillway started", "version", version, "listen", listening,
+		"spool_dir", s.c.spool.Dir, "sync", s.c.spool.Sync.String(), "destinations", strings.Join(names, ","),
+		"sources", strings.Join(srcNames, ","))
 	return serveErr
 }
 
@@ -449,6 +497,7 @@ func (s *server) shutdown(ctx context.Context, signals <-chan os.Signal) error {
 func (s *server) drain(ctx context.Context) {
 	s.log.Info("shutdown: refusing new events")
 	s.proxy.BeginShutdown()
+	s.stopSources(ctx)
 	if err := s.proxy.WaitAdmitted(ctx); err != nil {
 		s.log.Warn("shutdown: event requests still waiting for the spool", "err", err)
 	}
@@ -460,6 +509,19 @@ func (s *server) drain(ctx context.Context) {
 	// what is still in flight is a 503 or an admin answer.
 	if err := s.proxy.Shutdown(ctx); err != nil && ctx.Err() == nil {
 		s.log.Warn("shutdown: http server", "err", err)
+	}
+}
+
+// stopSources stops fetching, lets what was polled become durable, and
+// commits the offsets of what is, before the destinations drain: from then
+// on nothing new enters the spool, and the consumer groups hand the
+// partitions to the other relays at once rather than after a session
+// timeout.
+func (s *server) stopSources(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, sourceStopTimeout)
+	defer cancel()
+	if err := s.sources.Stop(ctx); err != nil {
+		s.log.Warn("shutdown: sources", "err", err)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/spillwayhq/spillway/scripts/internal/procs"
 	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 	"io"
 	"log"
@@ -103,13 +104,8 @@ func run(c config) error {
 	if c.bin == "" {
 		c.bin = filepath.Join(work, "bin")
 		log.Printf("building spillway, loadgen and sink")
-		build := exec.Command("go", "build", "-o", c.bin+"/", "./cmd/spillway", "./scripts/benchtool/loadgen", "./scripts/benchtool/sink")
-		build.Dir, err = repoRoot()
-		if err != nil {
+		if err := procs.BuildBenchTools(c.bin); err != nil {
 			return err
-		}
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	}
 
@@ -170,18 +166,6 @@ func run(c config) error {
 	return nil
 }
 
-func repoRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("run from inside the spillway module")
-	}
-	return filepath.Dir(mod), nil
-}
-
 // start runs a helper in its own process group, killed with us.
 func start(cmd *exec.Cmd) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -202,31 +186,20 @@ func stop(cmd *exec.Cmd) {
 
 func startSink(bin, work string) (*exec.Cmd, string, error) {
 	cmd := exec.Command(filepath.Join(bin, "sink"), "--mode", "count")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, "", err
-	}
 	logf, err := os.Create(filepath.Join(work, "sink.log"))
 	if err != nil {
 		return nil, "", err
 	}
 	defer logf.Close()
 	cmd.Stderr = logf
-	if err := start(cmd); err != nil {
+	addr, err := procs.SinkAddr(cmd, start)
+	if err != nil {
+		if cmd.Process != nil {
+			stop(cmd)
+		}
 		return nil, "", err
 	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		stop(cmd)
-		return nil, "", fmt.Errorf("sink: %w", err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	var a struct{ Addr string }
-	if err := json.Unmarshal([]byte(line), &a); err != nil {
-		stop(cmd)
-		return nil, "", fmt.Errorf("sink: first line %q: %w", line, err)
-	}
-	return cmd, a.Addr, nil
+	return cmd, addr, nil
 }
 
 // sample is one reading of spillway's counters.

@@ -98,7 +98,7 @@ type spillwayProc struct {
 	log   string
 }
 
-func (r *runner) startSpillway(ctx context.Context, name string, dests []string) (*spillwayProc, error) {
+func (r *runner) startSpillway(ctx context.Context, name string, dests []string, extra ...string) (*spillwayProc, error) {
 	addr, err := procstat.FreeAddr()
 	if err != nil {
 		return nil, err
@@ -122,6 +122,7 @@ func (r *runner) startSpillway(ctx context.Context, name string, dests []string)
 		args = append(args, "--destination", d)
 	}
 	args = append(args, r.cfg.spillwayArgs...)
+	args = append(args, extra...)
 	cmd := exec.Command(r.spillway, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if sp.p, err = r.procs.Start("spillway "+name, cmd); err != nil {
@@ -184,6 +185,8 @@ type loadSpec struct {
 	rate     float64 // events/s, 0: closed loop
 	duration time.Duration
 	warmup   time.Duration
+	// spillwayArgs are added to spillway's flags for this workload.
+	spillwayArgs []string
 }
 
 type loadRun struct {
