@@ -80,6 +80,11 @@ type Destination struct {
 	// a private or self-signed certificate. Certificates are always
 	// verified unless Insecure.
 	TLSCA string
+	// Lanes (?lanes=write_key|off) gives each write key a lane of its own
+	// (see lanes.go): LanesWriteKey, LanesOff, or empty for the kind's
+	// default, which is write_key for a segment destination without a
+	// write_key of its own and off for the others.
+	Lanes string
 	// Insecure (?insecure=true) skips verifying the destination's TLS
 	// certificate: anyone on the path can then read and change the events.
 	Insecure bool
@@ -166,7 +171,7 @@ func checkUnique(dests []Destination) error {
 // parameters batch_events, batch_bytes, flush, concurrency, timeout,
 // backoff_min, backoff_max, max_age, include_types, exclude_types,
 // include_events and exclude_events override d, plus the privacy rules
-// drop, hash and ip, write_key (segment),
+// drop, hash and ip, lanes, write_key (segment),
 // format (webhook) and the kafka kind's own (applyKafkaParam). Any other parameter is an error, except on a
 // webhook, whose URL keeps it: it belongs to the endpoint. It also reads
 // the tls_ca file and checks that a file destination's directory exists, so
@@ -402,6 +407,8 @@ func (dest *Destination) applyParam(key, val string) (bool, error) {
 		} else if dest.Insecure, err = strconv.ParseBool(val); err != nil {
 			return true, fmt.Errorf("want true or false, got %q", val)
 		}
+	case "lanes":
+		dest.Lanes, err = parseLanes(dest.Kind, val)
 	case "fallback":
 		if !nameRE.MatchString(val) {
 			return true, errors.New("must name a destination")

@@ -24,6 +24,12 @@ type part struct {
 // dead-lettered. It returns false when ctx ended first; the batch is then
 // left unacknowledged, to be sent again after a restart.
 func (d *Dispatcher) process(ctx context.Context, recs []spool.Record) bool {
+	if d.lanes != nil {
+		var ok bool
+		if recs, ok = d.lanes.divert(ctx, recs); !ok {
+			return false
+		}
+	}
 	todo := []part{{recs: recs}} // a stack: the batch's front is on top
 	for len(todo) > 0 {
 		p := todo[len(todo)-1]
@@ -69,9 +75,16 @@ func (d *Dispatcher) settle(ctx context.Context, probe bool, p part, err error) 
 	if err == nil {
 		d.deliveredN(len(p.recs))
 		d.report(d.gate.success(probe))
+		if d.lanes != nil {
+			d.lanes.outcome(len(p.recs), nil)
+		}
 		return nil, true
 	}
 	v := d.judgeSend(p, err)
+	var keyed []part // failed under their key alone: for its lane
+	if d.lanes != nil {
+		keyed = takeKeyFailures(&v)
+	}
 	if v.failure != nil {
 		d.setLastErr(v.failure)
 		d.mu.Lock()
@@ -84,6 +97,12 @@ func (d *Dispatcher) settle(ctx context.Context, probe bool, p part, err error) 
 	}
 	if len(v.dead) > 0 && !d.storeDead(ctx, v.dead, spool.ReasonRejected) {
 		return nil, false
+	}
+	if d.lanes != nil {
+		d.lanes.outcome(len(p.recs)-len(v.dead)-countRecs(v.redo)-countRecs(keyed), keyed)
+		if len(keyed) > 0 && !d.lanes.parkFailed(ctx, keyed) {
+			return nil, false
+		}
 	}
 	return v.redo, true
 }

@@ -50,6 +50,7 @@ type Dispatcher struct {
 	log   *slog.Logger
 	gate  *gate
 	route *router // used by run only
+	lanes *lanes  // nil unless the destination delivers per write key (lanes.go)
 	// privacy holds the destination's own privacy rules, applied to each
 	// event as it is taken into a batch; nil for none.
 	privacy *privacy.Rules
@@ -118,6 +119,11 @@ type DestinationStatus struct {
 	// LastErrorAt is when LastError happened: it stays after the
 	// destination has recovered.
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// LanesNotUp counts the write keys whose lane is failing or
+	// misconfigured; Lanes lists the most backlogged lanes (see lanes.go).
+	// BacklogEvents and LagSeconds include the lanes' events.
+	LanesNotUp int          `json:"lanes_not_up,omitempty"`
+	Lanes      []LaneStatus `json:"lanes,omitempty"`
 }
 
 // Status reports the destination's state and counters since start.
@@ -126,7 +132,7 @@ func (d *Dispatcher) Status() DestinationStatus {
 	d.mu.Lock()
 	lastErr, lastErrAt := d.lastErr, d.lastErrAt
 	d.mu.Unlock()
-	return DestinationStatus{
+	st := DestinationStatus{
 		Name:          d.dest.Name,
 		Kind:          d.dest.Kind,
 		State:         d.gate.current(),
@@ -138,6 +144,10 @@ func (d *Dispatcher) Status() DestinationStatus {
 		LastError:     lastErr,
 		LastErrorAt:   lastErrAt,
 	}
+	if d.lanes != nil {
+		d.lanes.addStatus(&st, b, time.Now())
+	}
+	return st
 }
 
 func (d *Dispatcher) deliveredN(n int) {

@@ -11,7 +11,8 @@
 // (dispatcher.go) reads, batches and acknowledges in loop.go, delivers
 // each batch to the end in deliver.go, learns what an answer means in
 // classify.go, waits out a failing destination in gate.go, and expires and
-// dead-letters in deadletter.go. config.go parses a destination, and
+// dead-letters in deadletter.go, and gives each refused write key a lane
+// of its own in lanes.go. config.go parses a destination, and
 // settings.go holds the numeric options' defaults and ranges.
 //
 // The s3:// archive (archive.go, archive_s3.go) is the exception to the
@@ -36,7 +37,10 @@
 //     delivered within max_age go there with reason "expired".
 //   - Isolation. Destinations share nothing but the spool: each has its own
 //     goroutines, HTTP connections and backoff, so a slow, dead or refusing
-//     destination never delays another.
+//     destination never delays another. Within a destination that
+//     delivers per write key, a key the destination refuses (401, 429,
+//     5xx...) waits in a lane of its own, parked in the spool, and the
+//     other keys keep flowing (lanes.go).
 //   - No hammering. A destination that fails (network, timeout, 408, 429,
 //     5xx) gets one probe at a time, after exponential backoff with full
 //     jitter that honours Retry-After; its other batches wait, and the

@@ -34,6 +34,7 @@ type memStore struct {
 	consumers map[string]*memCursor
 	dead      []spool.DeadLetter
 	changed   chan struct{}
+	parked    map[memLane][]spool.Record // the lane log, each by Seq (lanes_fakes_test.go)
 
 	// readErr, ackErr and deadErr, while set, fail ReadInto, Ack and
 	// DeadLetter; reads, acks and deadLetterCalls count the calls.

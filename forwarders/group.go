@@ -87,6 +87,18 @@ func newGroup(dests []Destination, fwds []Forwarder, sp store, logger *slog.Logg
 		dp := newDispatcher(d, f, sp, logger, m, g.spawn)
 		dp.privacy, _ = d.Privacy() // checked above
 		g.ds = append(g.ds, dp)
+		if err := dp.openLanes(sp); err != nil {
+			g.closeForwarders(context.Background())
+			g.cancel()
+			return nil, err
+		}
+	}
+	if reg != nil {
+		if err := reg.Register(&lanesCollector{ds: g.ds}); err != nil {
+			g.closeForwarders(context.Background())
+			g.cancel()
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	return g, nil
 }
@@ -128,6 +140,9 @@ func (g *Group) Start() {
 	for _, d := range g.ds {
 		run := d.loopFunc()
 		g.spawn(func() { run(g.ctx) })
+		if d.lanes != nil {
+			g.spawn(func() { d.lanes.run(g.ctx) })
+		}
 	}
 	g.log.Info("forwarding started", "destinations", len(g.ds))
 }

@@ -96,7 +96,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 		}
 		l.acknowledge(now)
 		if l.draining && l.caughtUp() && l.acks.fails == 0 {
-			d.drainOnce.Do(func() { close(d.drained) })
+			d.caughtUpDraining()
 		}
 		if !l.wait(now) {
 			l.stop()
@@ -263,6 +263,9 @@ func (l *loop) acknowledge(now time.Time) {
 	}
 	l.acks.succeeded(l.d)
 	l.acked = l.toAck
+	if l.d.lanes != nil {
+		l.d.lanes.ackedTo(l.acked)
+	}
 }
 
 // caughtUp says whether everything read is done: the last read found

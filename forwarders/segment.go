@@ -3,6 +3,7 @@ package forwarders
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"time"
 
@@ -34,8 +35,7 @@ func (f *segmentForwarder) Kind() string { return KindSegment }
 
 // Send posts one request per write key, since the API authenticates a whole
 // request with one key. Requests go one after another: the batch is the
-// unit of concurrency. The first failure is returned per record, so that
-// the records already delivered under other keys are not sent again.
+// unit of concurrency.
 func (f *segmentForwarder) Send(ctx context.Context, batch []spool.Record) error {
 	if f.writeKey != "" || sameWriteKey(batch) {
 		key := f.writeKey
@@ -44,10 +44,19 @@ func (f *segmentForwarder) Send(ctx context.Context, batch []spool.Record) error
 		}
 		return f.post(ctx, key, batch)
 	}
+	return sendPerKey(ctx, batch, f.post)
+}
+
+// sendPerKey sends one request per write key of the batch, one after
+// another, and returns the first failure per record, so that the records
+// already delivered under other keys are not sent again. A send that
+// fails record by record (a *BatchError over its records) keeps its
+// records' own errors.
+func sendPerKey(ctx context.Context, batch []spool.Record, send func(ctx context.Context, key string, recs []spool.Record) error) error {
 	groups := groupByWriteKey(batch)
 	var errs []error
 	for _, g := range groups {
-		err := f.post(ctx, batch[g[0]].WriteKey, pick(batch, g))
+		err := send(ctx, batch[g[0]].WriteKey, pick(batch, g))
 		if err == nil {
 			continue
 		}
@@ -57,8 +66,12 @@ func (f *segmentForwarder) Send(ctx context.Context, batch []spool.Record) error
 		if errs == nil {
 			errs = make([]error, len(batch))
 		}
-		for _, i := range g {
-			errs[i] = err
+		var be *BatchError
+		perRecord := errors.As(err, &be) && len(be.Errs) == len(g)
+		for j, i := range g {
+			if errs[i] = err; perRecord {
+				errs[i] = be.Errs[j]
+			}
 		}
 	}
 	if errs == nil {

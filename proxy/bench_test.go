@@ -14,8 +14,8 @@ import (
 // nopSpool accepts everything at once, so benchmarks measure the proxy.
 type nopSpool struct{}
 
-func (nopSpool) Submit([]spool.Event, []spool.DeadLetter) (<-chan error, error) {
-	return committed, nil
+func (nopSpool) SubmitFrom(string, []spool.Event, []spool.DeadLetter) (<-chan error, int, error) {
+	return committed, 0, nil
 }
 func (nopSpool) Ready() error { return nil }
 

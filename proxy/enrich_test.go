@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"regexp"
+	"slices"
 	"testing"
 )
 
@@ -186,6 +187,22 @@ func TestMessageID(t *testing.T) {
 		_ = json.Unmarshal(in.events[0].Data, &ev)
 		if ev.MessageID != "ajs-1" {
 			t.Errorf("messageId = %q, want ajs-1", ev.MessageID)
+		}
+	})
+	t.Run("only a messageId the client sent is handed to the spool as the de-duplication key", func(t *testing.T) {
+		for _, body := range []string{
+			// The fast path takes the first; the tree parser the second.
+			`{"batch":[{"type":"track","userId":"u","event":"a","messageId":"m-1"},{"type":"track","userId":"u","event":"b"},{"type":"track","userId":"u","event":"c","messageId":"m\u002d3"}]}`,
+			`{"batch":[ {"type":"track","userId":"u","event":"a","messageId":"m-1"},{"type":"track","userId":"u","event":"b","messageId":""},{"type":"track","userId":"u","event":"c","messageId":"m-3"}]}`,
+		} {
+			in := parseOK(t, epBatch, body)
+			var got []string
+			for _, e := range in.events {
+				got = append(got, string(e.MessageID))
+			}
+			if want := []string{"m-1", "", "m-3"}; !slices.Equal(got, want) {
+				t.Errorf("MessageIDs %q, want %q (body %s)", got, want, body)
+			}
 		}
 	})
 }

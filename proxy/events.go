@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/spillwayhq/spillway/spool"
 )
 
 const (
@@ -81,7 +83,7 @@ func (s *Server) ingestRequest(ctx *fasthttp.RequestCtx, ep endpoint) {
 		s.failEvents(ctx, ep, err)
 		return
 	}
-	received := len(in.events) + len(in.dead)
+	received := len(in.events) - in.skipped + len(in.dead)
 	// Counted once submitted, not once stored: waiting for the commit
 	// would keep the buffers of every request holding a flagged event
 	// from the pool (see below). A request the spool then fails is
@@ -170,7 +172,8 @@ func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint) (*ingest,
 	// fasthttp's pool for other connections instead of waiting out the
 	// commit: at 64 connections of 100-event batches that is 5 MB.
 	ctx.Request.ResetBody()
-	done, err := s.sp.Submit(in.events, in.dead)
+	done, skipped, err := s.sp.SubmitFrom(spool.SourceHTTP, in.events, in.dead)
+	in.skipped = skipped
 	return in, done, err
 }
 

@@ -142,9 +142,10 @@ func (pp *parser) fastEvent(s *fastScan, in *ingest, ep endpoint, keys *keyMemo,
 		}
 		if esc {
 			switch string(k) {
-			case segment.FieldWriteKey, segment.FieldSentAt, segment.FieldTimestamp, segment.FieldType:
-				// Read unescaped: of the others only non-empty lengths
-				// are, the same escaped.
+			case segment.FieldWriteKey, segment.FieldSentAt, segment.FieldTimestamp, segment.FieldType, segment.FieldMessageID:
+				// Read unescaped (a messageId is the de-duplication
+				// key): of the others only non-empty lengths are, the
+				// same escaped.
 				return false
 			}
 		}

@@ -44,13 +44,14 @@ type fakeSpool struct {
 	readyErr error
 }
 
-// Submit copies what it is given, as the spool does, and runs appendFn as
-// the commit: a blocking appendFn is a slow commit, and its error is the
-// commit's outcome.
-func (f *fakeSpool) Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error) {
+// SubmitFrom copies what it is given, as the spool does, and runs appendFn
+// as the commit: a blocking appendFn is a slow commit, and its error is
+// the commit's outcome. It skips nothing: the spool's tests cover that.
+func (f *fakeSpool) SubmitFrom(_ string, events []spool.Event, dead []spool.DeadLetter) (<-chan error, int, error) {
 	var c appendCall
 	for _, e := range events {
 		e.Data = bytes.Clone(e.Data)
+		e.MessageID = bytes.Clone(e.MessageID)
 		c.events = append(c.events, e)
 	}
 	for _, d := range dead {
@@ -64,14 +65,14 @@ func (f *fakeSpool) Submit(events []spool.Event, dead []spool.DeadLetter) (<-cha
 	if fn != nil {
 		if err := fn(); err != nil {
 			done <- err
-			return done, nil
+			return done, 0, nil
 		}
 	}
 	f.mu.Lock()
 	f.calls = append(f.calls, c)
 	f.mu.Unlock()
 	done <- nil
-	return done, nil
+	return done, 0, nil
 }
 
 func (f *fakeSpool) setAppend(fn func() error) {

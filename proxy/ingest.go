@@ -13,12 +13,18 @@ import (
 // allocates almost nothing: the parser's buffers, the output events and the
 // inflate buffer are all reused once Append has returned.
 type ingest struct {
-	out      []byte // every output event, back to back
-	events   []spool.Event
-	dead     []spool.DeadLetter
-	spans    []span // output bytes of events[i]
+	out    []byte // every output event, back to back
+	events []spool.Event
+	dead   []spool.DeadLetter
+	spans  []span // output bytes of events[i]
+	// ids holds the client's messageIds back to back, idSpans events[i]'s
+	// (empty where spillway assigned it): copied, since the body they
+	// are read from is let go before the spool reads them.
+	ids      []byte
+	idSpans  []span
 	deadSpan []span // output bytes of dead[i]
 	rejected []rejection
+	skipped  int     // events the spool skipped as duplicates
 	found    []found // tracking plan violations, counted once submitted
 	scratch  []byte  // answer body, batch-level context
 
@@ -73,8 +79,11 @@ func (in *ingest) reset() {
 	clear(in.dead)
 	in.dead = in.dead[:0]
 	in.spans = in.spans[:0]
+	in.ids = in.ids[:0]
+	in.idSpans = in.idSpans[:0]
 	in.deadSpan = in.deadSpan[:0]
 	in.rejected = in.rejected[:0]
+	in.skipped = 0
 	in.found = in.found[:0]
 	in.scratch = in.scratch[:0]
 }
@@ -85,6 +94,11 @@ func (in *ingest) reset() {
 func (in *ingest) sliceEvents() {
 	for i, s := range in.spans {
 		in.events[i].Data = in.out[s.start:s.end:s.end]
+	}
+	for i, s := range in.idSpans {
+		if s.end > s.start {
+			in.events[i].MessageID = in.ids[s.start:s.end:s.end]
+		}
 	}
 	for i, s := range in.deadSpan {
 		in.dead[i].Event = in.out[s.start:s.end:s.end]

@@ -9,6 +9,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/valyala/fastjson"
+
 	"github.com/spillwayhq/spillway/internal/privacy"
 	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
@@ -138,6 +140,12 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 		}
 		in.events = append(in.events, spool.Event{WriteKey: wk})
 		in.spans = append(in.spans, span{start, len(in.out)})
+		id := span{len(in.ids), len(in.ids)}
+		if f.messageID.t == fastjson.TypeString {
+			in.ids = append(in.ids, f.messageID.s...)
+			id.end = len(in.ids)
+		}
+		in.idSpans = append(in.idSpans, id)
 		return nil
 	}
 	if err := pp.applyPrivacy(in, start); err != nil {

@@ -21,10 +21,11 @@ import (
 // Spool is what the proxy needs of the spool. It is declared here so that
 // the proxy's tests run against a fake and never open Badger.
 type Spool interface {
-	// Submit puts events and dead letters in one commit and returns a
-	// channel that receives nil once they are durable, or why not. It
-	// keeps nothing of the slices it is given once it returns.
-	Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error)
+	// SubmitFrom puts events and dead letters in one commit and returns a
+	// channel that receives nil once they are durable, or why not, and
+	// how many events it skipped as already stored (their messageId was).
+	// It keeps nothing of the slices it is given once it returns.
+	SubmitFrom(source string, events []spool.Event, dead []spool.DeadLetter) (<-chan error, int, error)
 	// Ready is nil while Submit would accept events.
 	Ready() error
 }

@@ -13,11 +13,13 @@ import (
 
 // Store is what a source needs of the spool.
 type Store interface {
-	// Submit puts events and dead letters in one commit and returns a
-	// channel that receives nil once they are durable, or why not; on
-	// spool.ErrFull or spool.ErrClosed nothing of the call was taken. It
-	// keeps nothing of the slices it is given once it returns.
-	Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error)
+	// SubmitFrom puts events and dead letters in one commit and returns
+	// a channel that receives nil once they are durable, or why not, and
+	// how many events it skipped as already stored (their messageId seen
+	// within the de-duplication window); on spool.ErrFull or
+	// spool.ErrClosed nothing of the call was taken. It keeps nothing of
+	// the slices it is given once it returns.
+	SubmitFrom(source string, events []spool.Event, dead []spool.DeadLetter) (<-chan error, int, error)
 	// Ready is nil while Submit would accept events.
 	Ready() error
 }

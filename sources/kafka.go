@@ -276,12 +276,12 @@ func (s *kafkaSource) store(recs []*kgo.Record) (int, error) {
 			continue
 		}
 		// Submit copies: events and dead are ours again at once.
-		done, err := s.st.Submit(events, dead)
+		done, skipped, err := s.st.SubmitFrom(spool.SourceKafka, events, dead)
 		if err != nil {
 			submitErr = err
 			break
 		}
-		chunks = append(chunks, chunk{end: i + 1, events: len(events), invalid: len(dead), done: done})
+		chunks = append(chunks, chunk{end: i + 1, events: len(events) - skipped, invalid: len(dead), done: done})
 		events, dead, size = events[:0], dead[:0], 0
 	}
 	durable, stored, invalid := 0, 0, 0
@@ -308,9 +308,13 @@ func (s *kafkaSource) store(recs []*kgo.Record) (int, error) {
 // letter instead (reason invalid), its value kept as a JSON string.
 func (s *kafkaSource) event(r *kgo.Record) (spool.Event, *spool.DeadLetter) {
 	var writeKey string
+	var messageID []byte
 	for _, h := range r.Headers {
-		if h.Key == headerWriteKey {
+		switch h.Key {
+		case headerWriteKey:
 			writeKey = string(h.Value)
+		case headerMessageID:
+			messageID = h.Value
 		}
 	}
 	if err := s.checkObject(r.Value); err != nil {
@@ -322,7 +326,9 @@ func (s *kafkaSource) event(r *kgo.Record) (spool.Event, *spool.DeadLetter) {
 			Event:    quoteJSON(r.Value),
 		}
 	}
-	return spool.Event{WriteKey: writeKey, Data: r.Value}, nil
+	// A record read again after a rebalance, or sent twice by a sidecar,
+	// carries the same messageId: the spool stores it once.
+	return spool.Event{WriteKey: writeKey, MessageID: messageID, Data: r.Value}, nil
 }
 
 func (s *kafkaSource) checkObject(b []byte) error {

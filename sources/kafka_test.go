@@ -347,17 +347,17 @@ type failingStore struct {
 	calls        int
 }
 
-func (f *failingStore) Submit(events []spool.Event, dead []spool.DeadLetter) (<-chan error, error) {
+func (f *failingStore) SubmitFrom(source string, events []spool.Event, dead []spool.DeadLetter) (<-chan error, int, error) {
 	f.calls++
 	switch {
 	case f.refuse != nil && f.calls%7 == 3:
-		return nil, f.refuse
+		return nil, 0, f.refuse
 	case f.fail != nil && f.calls%11 == 5:
 		done := make(chan error, 1)
 		done <- f.fail
-		return done, nil
+		return done, 0, nil
 	}
-	return f.Spool.Submit(events, dead)
+	return f.Spool.SubmitFrom(source, events, dead)
 }
 
 // TestRecordsNotStoredAreFetchedAgain: the records of a chunk that is not
@@ -418,4 +418,63 @@ func TestRecordsNotStoredAreFetchedAgain(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRecordsReadTwiceAreStoredOnce: the same records in the topic twice
+// (a sidecar that sent a batch again, or records read again after a
+// rebalance) are stored once, by their messageId, and counted.
+func TestRecordsReadTwiceAreStoredOnce(t *testing.T) {
+	c := newCluster(t, 1, 3)
+	p := produce(t, c, "twice", 400, 0)
+	produce(t, c, "twice", 400, 0)
+	reg := prometheus.NewRegistry()
+	sp, err := spool.Open(spool.Config{Dir: t.TempDir(), Sync: spool.SyncInterval, Consumers: []string{"d"}, DedupeWindow: spool.DefaultDedupeWindow}, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close(context.Background()) })
+	var logs testkit.Buffer
+	g, m := startSource(t, c, sp, &logs)
+	testkit.Eventually(t, func() bool {
+		return testutil.ToFloat64(m.records.WithLabelValues(testTopic, outcomeStored)) == 400 && g.srcs[0].commitLag() == 0
+	}, "the 800 records consumed: stored %v, lag %v", func() any { return testutil.ToFloat64(m.records.WithLabelValues(testTopic, outcomeStored)) }, func() any { return g.srcs[0].commitLag() })
+	if err := g.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s := &stored{sp: sp, count: map[string]int{}}
+	s.read(t)
+	if len(s.recs) != len(p.at) {
+		t.Errorf("stored %d events of 400 distinct ones sent twice", len(s.recs))
+	}
+	for id, n := range s.count {
+		if n != 1 {
+			t.Errorf("%s stored %d times", id, n)
+		}
+	}
+	if got := gathered(t, reg, "spillway_events_deduplicated_total", "source", spool.SourceKafka); got != 400 {
+		t.Errorf("spillway_events_deduplicated_total{source=kafka} = %v, want 400", got)
+	}
+}
+
+// gathered is the value of the metric name whose label has value.
+func gathered(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{%s=%q}", name, label, value)
+	return 0
 }

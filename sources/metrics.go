@@ -33,7 +33,7 @@ func newMetrics(reg prometheus.Registerer, names []string, g *Group) (*metrics, 
 	m := &metrics{
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spillway_source_records_total",
-			Help: "Records consumed and durable in the spool, as events (stored) or as dead letters (invalid).",
+			Help: "Records consumed and durable in the spool, as events (stored; records skipped as already stored are not counted) or as dead letters (invalid).",
 		}, []string{"source", "outcome"}),
 		rebalances: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spillway_source_rebalances_total",

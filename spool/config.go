@@ -90,6 +90,15 @@ type Config struct {
 	MinFreeBytes int64
 	// Consumers names every destination; each has a durable cursor.
 	Consumers []string
+	// DedupeWindow is how long a stored event's (write key, messageId)
+	// is remembered, so that SubmitFrom skips its duplicates. Zero turns
+	// de-duplication off (--dedupe-window, default DefaultDedupeWindow).
+	DedupeWindow time.Duration
+	// DedupeMaxBytes bounds the messageId index on disk; the oldest
+	// entries go first. Zero means DefaultDedupeMaxBytes.
+	DedupeMaxBytes int64
+
+	now func() time.Time // the index's clock; nil: time.Now. For tests.
 }
 
 // MinMaxBytes is the smallest MaxBytes that --spool-max-bytes takes, 0
@@ -113,6 +122,9 @@ func (c *Config) ValidateFlags() error {
 	if c.SyncInterval == 0 {
 		return errors.New("--sync-interval must be > 0")
 	}
+	if c.DedupeMaxBytes < MinDedupeMaxBytes {
+		return fmt.Errorf("--dedupe-max-bytes %d bytes is too small: give at least 64KiB", c.DedupeMaxBytes)
+	}
 	if c.MaxBytes > 0 && c.MaxBytes < MinMaxBytes {
 		return fmt.Errorf("--spool-max-bytes %d bytes is too small: the spool's own databases take up to about 2 MiB; give at least 4MiB, or 0 for no bound", c.MaxBytes)
 	}
@@ -134,6 +146,10 @@ func (c *Config) Validate() error {
 		return errors.New("--when-full must be block or drop-oldest")
 	case c.MinFreeBytes < 0:
 		return errors.New("min free bytes must be >= 0")
+	case c.DedupeWindow < 0:
+		return errors.New("--dedupe-window must be >= 0 (0 turns de-duplication off)")
+	case c.DedupeMaxBytes != 0 && c.DedupeMaxBytes < MinDedupeMaxBytes:
+		return fmt.Errorf("--dedupe-max-bytes %d bytes is too small: give at least 64KiB", c.DedupeMaxBytes)
 	}
 	// A name given twice is one consumer: that destination names are
 	// unique is forwarders' rule, checked there.

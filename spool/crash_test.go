@@ -37,7 +37,10 @@ const (
 // files throughout. Mode "die" kills itself with SIGKILL after the last
 // batch instead of closing.
 func runCrashChild(dir string) int {
-	if os.Getenv(crashModeEnv) == crashModeDeadLetters {
+	switch os.Getenv(crashModeEnv) {
+	case "dedupe":
+		return runDedupeCrashChild(dir)
+	case crashModeDeadLetters:
 		return runDeadLetterCrashChild(dir)
 	}
 	s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, nil)

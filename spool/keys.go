@@ -21,6 +21,10 @@ const (
 	prefixLegacyDead = 'd'
 	// 'q' | first seq (8): a quarantined block, skipped by readers. Meta store.
 	prefixQuarantine = 'q'
+	// 'l' | consumer length (2) | consumer | write key length (2) | write
+	// key | seq (8) | stored unix ms (8) -> a parked event's JSON, in the
+	// consumer's lane for that key (lanes.go). Meta store.
+	prefixLane = 'l'
 )
 
 const blockKeyLen = 1 + 8 + 4 + 8

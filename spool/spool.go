@@ -77,6 +77,8 @@ type Spool struct {
 	deadMu    sync.Mutex
 	deadCount uint64
 
+	dedupe *dedupeIndex // the messageId index; its methods lock it
+
 	// leased is the durable lease on sequence numbers (numbering.go);
 	// leaseMu serialises its writes.
 	leaseMu sync.Mutex
@@ -100,6 +102,7 @@ type Spool struct {
 	fillClosed bool   // the writer has stopped: Submit answers ErrClosed
 	fillFull   bool   // a submitter waits for the filling group to be taken
 	assigned   uint64 // the number the next submitted event gets
+	fillGroup  uint64 // the filling group's number, from 1
 
 	mu        sync.Mutex
 	next      uint64        // sequence number of the next event appended
@@ -182,6 +185,11 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		_ = meta.Close()
 		return nil, err
 	}
+	if s.dedupe, err = s.openDedupe(reg); err != nil {
+		s.closeGenerations()
+		_ = meta.Close()
+		return nil, err
+	}
 	s.metrics = newMetrics(reg, s)
 	if err := s.openDeadLetters(); err != nil {
 		s.closeGenerations()
@@ -192,6 +200,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	s.refreshSize()
 	s.fillTaken = sync.NewCond(&s.fillMu)
 	s.assigned = s.next
+	s.fillGroup = 1
 	// Read before the maintenance loop starts reclaiming.
 	gens, next := len(s.gens), s.next
 	s.spawn(s.writeLoop)

@@ -29,6 +29,11 @@ type Event struct {
 	// Data is the event's JSON. Append copies nothing: the caller must not
 	// modify it until Append returns.
 	Data []byte
+	// MessageID is the messageId the client gave the event, for
+	// AppendFrom and SubmitFrom to skip it if already stored. Leave it
+	// empty when spillway assigned the messageId: such an event is never
+	// a duplicate. Like Data, it must not change until the call returns.
+	MessageID []byte
 }
 
 // Record is one stored event as a consumer reads it.

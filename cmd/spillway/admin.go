@@ -147,6 +147,9 @@ func printStatus(ctx context.Context, client *adminClient, asJSON bool, w io.Wri
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if err := printLanes(rows, w); err != nil {
+		return err
+	}
 	return printViolations(ctx, client, w)
 }
 
@@ -297,6 +300,27 @@ func checkSpoolDir(dir string) error {
 	}
 	if !spool.Exists(dir) {
 		return fmt.Errorf("--spool-dir %s holds no spool (no meta/ database): give the directory spillway run used", dir)
+	}
+	return nil
+}
+
+// printLanes lists, per destination, the write keys with a lane of their
+// own: masked, with their state, backlog, lag and last error.
+func printLanes(rows []forwarders.DestinationStatus, w io.Writer) error {
+	for _, r := range rows {
+		if len(r.Lanes) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s: %d write key(s) not up\n", r.Name, r.LanesNotUp)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "WRITE KEY\tSTATE\tBACKLOG\tLAG\tLAST ERROR")
+		for _, l := range r.Lanes {
+			lag := time.Duration(l.LagSeconds * float64(time.Second)).Round(time.Millisecond)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", l.WriteKey, l.State, l.BacklogEvents, lag, l.LastError)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/spillwayhq/spillway/forwarders"
+	"github.com/spillwayhq/spillway/spool"
 )
 
 // byteSize is a flag.Value taking sizes such as 32KiB, 500KB or 1GiB.
@@ -160,4 +161,12 @@ func isHostName(s string) bool {
 		}
 	}
 	return true
+}
+
+// dedupeFlags registers the messageId de-duplication flags.
+func dedupeFlags(fs *flag.FlagSet, c *serverConfig) {
+	c.spool.DedupeWindow = spool.DefaultDedupeWindow
+	c.spool.DedupeMaxBytes = spool.DefaultDedupeMaxBytes
+	fs.DurationVar(&c.spool.DedupeWindow, "dedupe-window", c.spool.DedupeWindow, "an event whose write key and client messageId were stored this recently is not stored again (answered 200, counted); 0 turns de-duplication off")
+	fs.Var((*byteSize)(&c.spool.DedupeMaxBytes), "dedupe-max-bytes", "bound on the messageId index on disk, at least 64KiB: past it the oldest entries go and the window held shrinks")
 }

@@ -80,6 +80,7 @@ func serverFlags(stderr io.Writer) (*flag.FlagSet, *serverConfig) {
 	c.spool.MaxBytes = spool.DefaultMaxBytes
 	fs.Var((*byteSize)(&c.spool.MaxBytes), "spool-max-bytes", "bound on the spool's size on disk: at least 4MiB, or 0 for no bound")
 	fs.StringVar(&c.whenFull, "when-full", "block", "beyond --spool-max-bytes: block (answer 503) or drop-oldest (drop the oldest undelivered events, counted)")
+	dedupeFlags(fs, c)
 
 	fs.Var(&c.destinations, "destination", "NAME=URL, repeatable; none means stdout://")
 	fs.Var(&c.sourceSpecs, "source", "[NAME=]kafka://BROKERS/TOPIC?group=GROUP, repeatable: consume the topic a Kafka destination writes, as a member of the consumer group")

@@ -100,12 +100,12 @@ type spillwayProc struct {
 	started, ready time.Time
 }
 
-func (r *runner) startSpillway(ctx context.Context, name string, dests []string) (*spillwayProc, error) {
+func (r *runner) startSpillway(ctx context.Context, name string, dests []string, extra ...string) (*spillwayProc, error) {
 	spool := filepath.Join(r.work, name+".spool")
 	if err := os.RemoveAll(spool); err != nil {
 		return nil, err
 	}
-	return r.startSpillwayOn(ctx, name, spool, dests, 50*time.Millisecond)
+	return r.startSpillwayOn(ctx, name, spool, dests, 50*time.Millisecond, extra...)
 }
 
 // startSpillwayOn starts spillway on the spool directory given, fresh or
@@ -130,8 +130,8 @@ func (r *runner) startSpillwayOn(ctx context.Context, name, spool string, dests 
 	for _, d := range dests {
 		args = append(args, "--destination", d)
 	}
-	args = append(args, extra...)
 	args = append(args, r.cfg.spillwayArgs...)
+	args = append(args, extra...)
 	cmd := exec.Command(r.spillway, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	sp.started = time.Now()
@@ -196,6 +196,8 @@ type loadSpec struct {
 	rate     float64 // events/s, 0: closed loop
 	duration time.Duration
 	warmup   time.Duration
+	// spillwayArgs are added to spillway's flags for this workload.
+	spillwayArgs []string
 }
 
 type loadRun struct {

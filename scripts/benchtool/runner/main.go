@@ -180,10 +180,17 @@ func (r *runner) runAll(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := r.dedupeOff(ctx, "W1", w1, batch, sinkDest); err != nil {
+		return err
+	}
+	var w2 *row
 	if r.selected("W2") {
-		if _, err = r.closedLoop(ctx, "W2", "track x1, 64 conns", track, nil, []string{sinkDest}); err != nil {
+		if w2, err = r.closedLoop(ctx, "W2", "track x1, 64 conns", track, nil, []string{sinkDest}); err != nil {
 			return err
 		}
+	}
+	if err := r.dedupeOff(ctx, "W2", w2, track, sinkDest); err != nil {
+		return err
 	}
 	if r.selected("W3") {
 		var ceiling *loadResult
@@ -233,6 +240,28 @@ func (r *runner) runAll(ctx context.Context) error {
 	return nil
 }
 
+// dedupeOff runs NAMEoff, if selected: workload name (on, its row, when
+// it ran) with --dedupe-window 0. De-duplication is on by default, so its
+// cost is name's rate over NAMEoff's.
+func (r *runner) dedupeOff(ctx context.Context, name string, on *row, spec loadSpec, sinkDest string) error {
+	if !r.selected(name + "off") {
+		return nil
+	}
+	spec.spillwayArgs = []string{"--dedupe-window", "0"}
+	var ceiling *loadResult
+	if on != nil {
+		ceiling = on.Ceiling
+	}
+	off, err := r.closedLoop(ctx, name+"off", name+", --dedupe-window 0", spec, ceiling, []string{sinkDest})
+	if err != nil {
+		return err
+	}
+	if on != nil && on.Spillway != nil && off.Spillway.EventsPerS > 0 {
+		off.Notes = append(off.Notes, fmt.Sprintf("%s (de-duplication on) took %.3f x %soff's events/s", name, on.Spillway.EventsPerS/off.Spillway.EventsPerS, name))
+	}
+	return nil
+}
+
 // row is one line of the table, and the JSON record of one workload.
 type row struct {
 	Name, Desc string
@@ -276,7 +305,7 @@ func (r *runner) closedLoop(ctx context.Context, name, desc string, spec loadSpe
 			return rw, err
 		}
 	}
-	sp, err := r.startSpillway(ctx, name, dests)
+	sp, err := r.startSpillway(ctx, name, dests, spec.spillwayArgs...)
 	if err != nil {
 		return rw, err
 	}

@@ -7,7 +7,8 @@
 // Each delivered event is printed to stdout as the SDK sent it, one JSON
 // object a line, so that the caller knows the messageIds the SDK chose.
 // Each request the SDK makes is logged to stderr. SDK_MAX_RETRIES, when set,
-// overrides the SDK's maxRetries. SDK_BIG_EVENT_BYTES, when set, adds a
+// overrides the SDK's maxRetries, SDK_HTTP_TIMEOUT_MS its
+// httpRequestTimeout. SDK_BIG_EVENT_BYTES, when set, adds a
 // track "Big Event" after the first of the others whose properties.blob
 // holds that many characters.
 import { Analytics } from '@segment/analytics-node'
@@ -21,6 +22,9 @@ if (!url || !writeKey || !run) {
 const settings = { writeKey, host: url }
 if (process.env.SDK_MAX_RETRIES) {
   settings.maxRetries = Number(process.env.SDK_MAX_RETRIES)
+}
+if (process.env.SDK_HTTP_TIMEOUT_MS) {
+  settings.httpRequestTimeout = Number(process.env.SDK_HTTP_TIMEOUT_MS)
 }
 const analytics = new Analytics(settings)
 
