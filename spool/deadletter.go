@@ -46,12 +46,20 @@ func (s *Spool) walkDead(f Filter, from uint64, fn func(DeadLetter) error) (next
 		rit.Close()
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDeadBlock}, PrefetchValues: true, PrefetchSize: 4})
 		defer it.Close()
+		touched := 0
 		for it.Seek(start); it.Valid(); it.Next() {
 			var dead []DeadLetter
 			err := it.Item().Value(func(v []byte) (err error) {
+				touched += len(v)
 				dead, err = openDeadBlock(v)
 				return err
 			})
+			if touched > releaseEveryBytes {
+				// A long walk would otherwise hold the whole store
+				// resident until it ends.
+				s.releaseTablePages()
+				touched = 0
+			}
 			if err != nil {
 				return fmt.Errorf("decode dead-letter block %d: %w", binary.BigEndian.Uint64(it.Item().Key()[1:]), err)
 			}

@@ -10,6 +10,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// releaseEveryBytes is how much of meta's tables a walk reads between two
+// releaseTablePages.
+const releaseEveryBytes = 4 << 20
+
 // releaseTablePages hands back the memory of meta's table files that a
 // walk of the dead-letter store touched. Badger maps its tables into
 // memory; every page a walk reads stays resident, counted in the
