@@ -202,7 +202,7 @@ func (s *Spool) openDedupe(reg prometheus.Registerer) (*dedupeIndex, error) {
 	if d.maxBytes == 0 {
 		d.maxBytes = DefaultDedupeMaxBytes
 	}
-	d.capacity = max(1, int(d.maxBytes/dedupeEntryBytes/2))
+	d.capacity = dedupeCapacity(d.maxBytes)
 	for _, src := range []string{SourceHTTP, SourceKafka} {
 		d.deduplicated.WithLabelValues(src)
 	}

@@ -204,6 +204,30 @@ type blockedBloom struct {
 
 const bloomProbes = 7
 
+// dedupeCapacity is how many entries an epoch of the index holds under a
+// bound of maxBytes on disk: two epochs share it.
+func dedupeCapacity(maxBytes int64) int {
+	return max(1, int(maxBytes/dedupeEntryBytes/2))
+}
+
+// bloomBlocks is the size, in 64-byte blocks, of the filter of an epoch of
+// entries.
+func bloomBlocks(entries int) int { return max(1, entries*dedupeFilterBits/512) }
+
+// DedupeFilterBytes is the memory the index's filters take outside the Go
+// heap at most, so that a memory limit for the heap can leave room for
+// them: 5.6 MiB at the default bound.
+func (c Config) DedupeFilterBytes() int64 {
+	if c.DedupeWindow == 0 {
+		return 0
+	}
+	maxBytes := c.DedupeMaxBytes
+	if maxBytes == 0 {
+		maxBytes = DefaultDedupeMaxBytes
+	}
+	return 2 * 64 * int64(bloomBlocks(dedupeCapacity(maxBytes)))
+}
+
 // newBlockedBloom maps the filter's memory outside the Go heap: two
 // filters are 5.6 MiB at the default bound, and counted in the heap under
 // spillway's 40 MiB GOMEMLIMIT they made the collector run far more often
@@ -211,7 +235,7 @@ const bloomProbes = 7
 // until a key sets a bit in them. free must be called once the filter is
 // no longer used.
 func newBlockedBloom(entries int) blockedBloom {
-	n := max(1, entries*dedupeFilterBits/512)
+	n := bloomBlocks(entries)
 	mem, err := unix.Mmap(-1, 0, n*64, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		return blockedBloom{blocks: make([][8]uint64, n)} // on the heap, then

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/spillwayhq/spillway/internal/testkit"
+	"github.com/spillwayhq/spillway/spool"
 )
 
 // scrape is one read of /metrics.
@@ -336,15 +337,17 @@ func TestMemoryLimitIsSpillwaysUnlessGOMEMLIMITIsSet(t *testing.T) {
 	for _, tt := range []struct {
 		gomemlimit, gogc  string
 		wantLimit, wantGC float64
+		dedupe            string
 	}{
-		{"", "", defaultMemoryLimit, 100},
-		{"128MiB", "", 128 << 20, 100},
-		{"", "25", defaultMemoryLimit, 25},
+		{"", "", defaultMemoryLimit - float64(spool.Config{DedupeWindow: spool.DefaultDedupeWindow}.DedupeFilterBytes()), 100, "24h"},
+		{"", "", defaultMemoryLimit, 100, "0"},
+		{"128MiB", "", 128 << 20, 100, "24h"},
+		{"", "25", defaultMemoryLimit, 25, "0"},
 	} {
-		t.Run("GOMEMLIMIT="+tt.gomemlimit+",GOGC="+tt.gogc, func(t *testing.T) {
+		t.Run("GOMEMLIMIT="+tt.gomemlimit+",GOGC="+tt.gogc+",dedupe="+tt.dedupe, func(t *testing.T) {
 			t.Setenv("GOMEMLIMIT", tt.gomemlimit)
 			t.Setenv("GOGC", tt.gogc)
-			p := startSpillway(t, "", io.Discard, "--spool-dir", t.TempDir())
+			p := startSpillway(t, "", io.Discard, "--spool-dir", t.TempDir(), "--dedupe-window", tt.dedupe)
 			m := scrapeMetrics(t, p.url())
 			if got, ok := m.value("go_gc_gomemlimit_bytes"); !ok || got != tt.wantLimit {
 				t.Errorf("go_gc_gomemlimit_bytes = %v (present %v), want %v", got, ok, tt.wantLimit)

@@ -260,7 +260,9 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		// acknowledgements wait (p99 about 15% lower, BENCHMARKS.md). A
 		// heap that needs more than the limit makes the collector run up
 		// to half the CPU: such loads set GOMEMLIMIT.
-		limit := int64(defaultMemoryLimit)
+		// The index's filters live outside the heap, within the same
+		// 64 MiB.
+		limit := defaultMemoryLimit - c.spool.DedupeFilterBytes()
 		if len(c.sources) > 0 {
 			limit = relayMemoryLimit
 		}
