@@ -62,25 +62,7 @@ func TestKilledArchiveKeepsEveryEventOnceInTheBucket(t *testing.T) {
 	for cycle := range cycles {
 		p := startSpillway(t, "", nil, args...)
 		ctx, cancel := context.WithCancel(t.Context())
-		var wg sync.WaitGroup
-		for w := range 4 {
-			wg.Go(func() {
-				client := &http.Client{Timeout: 5 * time.Second}
-				defer client.CloseIdleConnections()
-				for i := 0; ctx.Err() == nil; i++ {
-					evs := trackEvents(fmt.Sprintf("c%d-w%d-%d", cycle, w, i), 20)
-					code, err := postBatch(ctx, client, p.url(), "wk", evs)
-					if err != nil || code != 200 {
-						continue
-					}
-					mu.Lock()
-					for _, e := range evs {
-						acked[e["messageId"].(string)] = true
-					}
-					mu.Unlock()
-				}
-			})
-		}
+		wg := postAcked(ctx, p.url(), fmt.Sprintf("c%d", cycle), 4, 20, &mu, acked)
 		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond)
 		p.kill()
 		cancel()

@@ -236,6 +236,33 @@ func (s *segmentAPI) refused() []string {
 	return slices.Clone(s.errs)
 }
 
+// postAcked starts clients that post batches of n track events, their
+// messageIds tagged tag, to url until ctx ends, and records under mu, in
+// acked, every event answered 200. What is not acknowledged a client
+// would send again: it is not the test's to check.
+func postAcked(ctx context.Context, url, tag string, clients, n int, mu *sync.Mutex, acked map[string]bool) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for w := range clients {
+		wg.Go(func() {
+			client := &http.Client{Timeout: 5 * time.Second}
+			defer client.CloseIdleConnections()
+			for i := 0; ctx.Err() == nil; i++ {
+				evs := trackEvents(fmt.Sprintf("%s-w%d-%d", tag, w, i), n)
+				code, err := postBatch(ctx, client, url, "wk", evs)
+				if err != nil || code != 200 {
+					continue
+				}
+				mu.Lock()
+				for _, e := range evs {
+					acked[e["messageId"].(string)] = true
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	return &wg
+}
+
 // waitForAll waits until has reports every id in acked, read under mu.
 func waitForAll(t testing.TB, where string, mu *sync.Mutex, acked map[string]bool, has func(string) bool) {
 	t.Helper()

@@ -191,25 +191,7 @@ func TestKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
 		p := startSpillway(t, "", nil, args...)
 		resent += metricValue(t, p, `spillway_events_resent_total{destination="hook"}`)
 		ctx, cancel := context.WithCancel(t.Context())
-		var wg sync.WaitGroup
-		for w := range 8 {
-			wg.Go(func() {
-				client := &http.Client{Timeout: 5 * time.Second}
-				defer client.CloseIdleConnections()
-				for i := 0; ctx.Err() == nil; i++ {
-					evs := trackEvents(fmt.Sprintf("c%d-w%d-%d", cycle, w, i), 20)
-					code, err := postBatch(ctx, client, p.url(), "wk", evs)
-					if err != nil || code != 200 {
-						continue // not acknowledged: the client would retry; not ours to check
-					}
-					mu.Lock()
-					for _, e := range evs {
-						acked[e["messageId"].(string)] = true
-					}
-					mu.Unlock()
-				}
-			})
-		}
+		wg := postAcked(ctx, p.url(), fmt.Sprintf("c%d", cycle), 8, 20, &mu, acked)
 		time.Sleep(time.Duration(100+rng.IntN(700)) * time.Millisecond)
 		kills++
 		p.kill()
