@@ -840,7 +840,10 @@ func (d *dedupeIndex) loadRuns() error {
 }
 
 // replayDedupeLog reads back the keys that were committed after the
-// newest run was written, from the generations' logs.
+// newest run was written, from the generations' logs. An entry a crash
+// damaged (with --sync=interval a power cut may take the value-log bytes
+// its key points to) is forgotten, not fatal: its events may be stored
+// again if they are sent again, and spillway starts.
 func (s *Spool) replayDedupeLog(d *dedupeIndex) error {
 	for _, g := range s.gens {
 		db, err := g.acquire(s.openFinished)
@@ -852,11 +855,14 @@ func (s *Spool) replayDedupeLog(d *dedupeIndex) error {
 			defer it.Close()
 			for it.Seek(dedupeLogKey(d.watermark)); it.Valid(); it.Next() {
 				v, err := it.Item().ValueCopy(nil)
-				if err != nil {
-					return err
+				if err == nil && (len(v) < 8 || len(v) < 8+8*int(binary.BigEndian.Uint32(v[4:]))) {
+					err = fmt.Errorf("%w: dedupe log entry of %d bytes", errCorrupt, len(v))
 				}
-				if len(v) < 8 || len(v) < 8+8*int(binary.BigEndian.Uint32(v[4:])) {
-					return fmt.Errorf("%w: dedupe log entry of %d bytes", errCorrupt, len(v))
+				if err != nil {
+					s.log.Warn("dedupe log entry unreadable after a crash; its messageIds are forgotten",
+						"generation", filepath.Base(g.dir), "err", err)
+					d.forgotten = unixSeconds(d.now())
+					continue
 				}
 				at, n := binary.BigEndian.Uint32(v), int(binary.BigEndian.Uint32(v[4:]))
 				for i := range n {
