@@ -166,6 +166,7 @@ type dlqResult struct {
 type floorResult struct {
 	Bytes     int64         `json:"bytes"`
 	Metric    float64       `json:"metric_bytes"`
+	Dedupe    int64         `json:"dedupe_index_bytes"` // spillway_dedupe_index_bytes when last measured
 	Allowed   int64         `json:"allowed_bytes"`
 	Took      time.Duration `json:"took_ns"`
 	Reached   bool          `json:"reached"`
@@ -754,7 +755,8 @@ func (s *soak) readDLQ(sw *spillway) {
 }
 
 // waitFloor waits for the spool to shrink back to a fresh spool's size
-// plus the dead letters.
+// plus the dead letters and the messageId index, which keeps what was
+// stored within --dedupe-window up to its own bound, by design.
 func (s *soak) waitFloor(ctx context.Context, sw *spillway) {
 	f := &s.floor
 	f.Allowed = s.baseline.SpoolBytes + s.dlq.Bytes + 8<<20
@@ -763,6 +765,8 @@ func (s *soak) waitFloor(ctx context.Context, sw *spillway) {
 		f.Bytes = diskUsage(s.spoolDir())
 		if m, err := scrape(sw.base()); err == nil {
 			f.Metric = m.sum("spillway_spool_bytes")
+			f.Dedupe = int64(m.sum("spillway_dedupe_index_bytes"))
+			f.Allowed = s.baseline.SpoolBytes + s.dlq.Bytes + f.Dedupe + 8<<20
 		}
 		if f.Bytes <= f.Allowed {
 			f.Reached = true
@@ -776,8 +780,8 @@ func (s *soak) waitFloor(ctx context.Context, sw *spillway) {
 		}
 	}
 	f.Took = time.Since(t0)
-	s.logf("spool after the drain: %s on disk (spillway_spool_bytes %s), allowed %s (fresh %s + dead letters %s + 8 MiB), after %.0fs",
-		mib(f.Bytes), mib(int64(f.Metric)), mib(f.Allowed), mib(s.baseline.SpoolBytes), mib(s.dlq.Bytes), f.Took.Seconds())
+	s.logf("spool after the drain: %s on disk (spillway_spool_bytes %s), allowed %s (fresh %s + dead letters %s + messageId index %s + 8 MiB), after %.0fs",
+		mib(f.Bytes), mib(int64(f.Metric)), mib(f.Allowed), mib(s.baseline.SpoolBytes), mib(s.dlq.Bytes), mib(f.Dedupe), f.Took.Seconds())
 }
 
 // shutdown stops whatever is still running and unmounts, leaving the spool

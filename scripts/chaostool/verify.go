@@ -250,8 +250,8 @@ func (s *soak) result() *result {
 		"peak %s%s", mib(r.PeakRSSKiB<<10), listOrEmpty(over))
 	if complete {
 		r.add("spool back near its floor after the drain", s.floor.Reached,
-			"%s on disk after %.0fs; allowed %s (fresh %s + dead letters %s + 8 MiB)",
-			mib(s.floor.Bytes), s.floor.Took.Seconds(), mib(s.floor.Allowed), mib(s.baseline.SpoolBytes), mib(s.dlq.Bytes))
+			"%s on disk after %.0fs; allowed %s (fresh %s + dead letters %s + messageId index %s + 8 MiB)",
+			mib(s.floor.Bytes), s.floor.Took.Seconds(), mib(s.floor.Allowed), mib(s.baseline.SpoolBytes), mib(s.dlq.Bytes), mib(s.floor.Dedupe))
 		r.add("clean stop after the drain", s.floor.FinalExit == 0, "exit status %d", s.floor.FinalExit)
 		s.growthChecks(r)
 	}
