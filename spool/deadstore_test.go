@@ -15,6 +15,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spillwayhq/spillway/internal/procstat"
 )
 
 // deadLettersOf makes n dead letters of about size bytes of random text
@@ -266,23 +267,14 @@ func TestKilledWhileStoringDeadLettersKeepsThemAndTheirCount(t *testing.T) {
 	}
 }
 
-// rssFile is the process's resident file-backed memory, from
-// /proc/self/status.
+// rssFile is the process's resident file-backed memory.
 func rssFile(t *testing.T) int {
 	t.Helper()
-	status, err := os.ReadFile("/proc/self/status")
+	kib, err := procstat.StatusKiB(os.Getpid(), "RssFile")
 	if err != nil {
-		t.Skip("no /proc/self/status:", err)
+		t.Skip("no RssFile in /proc/self/status:", err)
 	}
-	for line := range strings.Lines(string(status)) {
-		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
-			var kb int
-			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
-			return kb << 10
-		}
-	}
-	t.Skip("no RssFile in /proc/self/status")
-	return 0
+	return int(kib) << 10
 }
 
 // Reading the whole dead-letter store (a listing, a replay) leaves none of

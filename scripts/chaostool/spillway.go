@@ -14,8 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spillwayhq/spillway/internal/procstat"
 	"github.com/spillwayhq/spillway/scripts/internal/procs"
-	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 )
 
 var httpc = &http.Client{Timeout: 3 * time.Second}

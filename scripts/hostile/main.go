@@ -20,7 +20,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/spillwayhq/spillway/scripts/internal/procstat"
+	"github.com/spillwayhq/spillway/internal/procstat"
 	"io"
 	"net"
 	"net/http"

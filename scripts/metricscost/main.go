@@ -22,7 +22,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/spillwayhq/spillway/scripts/internal/procstat"
+	"github.com/spillwayhq/spillway/internal/procstat"
 	"io"
 	"log"
 	"net/http"

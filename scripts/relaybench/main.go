@@ -41,8 +41,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/spillwayhq/spillway/internal/procstat"
 	"github.com/spillwayhq/spillway/scripts/internal/procs"
-	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 )
 
 type config struct {

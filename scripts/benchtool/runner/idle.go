@@ -12,8 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spillwayhq/spillway/internal/procstat"
 	"github.com/spillwayhq/spillway/internal/testkit"
-	"github.com/spillwayhq/spillway/scripts/internal/procstat"
 )
 
 // idleResult is what the idle workload measures (issue #23): what a

@@ -1,6 +1,6 @@
-// Package procstat holds what the measurement scripts under scripts/ need
-// of the processes they start: a free loopback address, readiness, and
-// CPU time and memory from /proc (Linux).
+// Package procstat holds what the measurement scripts under scripts/, and
+// tests that bound memory, need of processes: a free loopback address,
+// readiness, and CPU time and memory from /proc (Linux).
 package procstat
 
 import (
