@@ -484,31 +484,6 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 	return nil
 }
 
-// updateMeta writes what fill sets to the meta store, committing as many
-// transactions as Badger's size limit needs: a group of requests full of
-// rejected events holds more than one transaction may. A crash between
-// them keeps the earlier ones, and the client, never answered, retries:
-// a dead letter may be stored twice, never lost.
-func (s *Spool) updateMeta(fill func(set func(k, v []byte) error) error) error {
-	txn := s.meta.NewTransaction(true)
-	defer func() { txn.Discard() }()
-	set := func(k, v []byte) error {
-		err := txn.Set(k, v)
-		if !errors.Is(err, badger.ErrTxnTooBig) {
-			return err
-		}
-		if err := txn.Commit(); err != nil {
-			return err
-		}
-		txn = s.meta.NewTransaction(true)
-		return txn.Set(k, v)
-	}
-	if err := fill(set); err != nil {
-		return err
-	}
-	return txn.Commit()
-}
-
 // checkDiskRoom refuses a write when the file system is nearly full.
 // Badger writes through mmapped files, where running out of space is a
 // SIGBUS rather than an error, so we stop while room remains.
