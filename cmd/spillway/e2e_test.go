@@ -27,6 +27,11 @@ import (
 )
 
 // binary is spillway built once for the tests that run it as a process.
+// Those that spend their time waiting on it (kills, power cuts, drains,
+// restarts, a browser) call t.Parallel(): each works on its own spool,
+// sinks and port, so they overlap and the package takes about as long as
+// the longest of them. Tests that set the environment the binary reads
+// (t.Setenv) stay sequential, which also keeps them off the parallel ones.
 var binary string
 
 func buildBinary() (cleanup func(), err error) {
