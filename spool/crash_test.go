@@ -189,7 +189,6 @@ func TestACrashAtAnyFileSizingLeavesASpoolThatOpens(t *testing.T) {
 		}
 		n := i + 1
 		t.Run(fmt.Sprintf("killed at ftruncate %d", n), func(t *testing.T) {
-			t.Parallel()
 			dir := t.TempDir()
 			cmd := crashChild(t, dir, "", strace, "-f", "-o", "/dev/null", "-e", "trace=ftruncate",
 				"-e", fmt.Sprintf("inject=ftruncate:signal=KILL:when=%d", n))

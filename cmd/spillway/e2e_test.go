@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -254,6 +255,9 @@ func postAcked(ctx context.Context, url, tag string, clients, n int, mu *sync.Mu
 			for i := 0; ctx.Err() == nil; i++ {
 				evs := trackEvents(fmt.Sprintf("%s-w%d-%d", tag, w, i), n)
 				code, err := postBatch(ctx, client, url, "wk", evs)
+				if deadAddress(err) {
+					return
+				}
 				if err != nil || code != 200 {
 					continue
 				}
@@ -266,6 +270,16 @@ func postAcked(ctx context.Context, url, tag string, clients, n int, mu *sync.Mu
 		})
 	}
 	return &wg
+}
+
+// deadAddress reports whether err says nothing listens at the address any
+// more: the spillway there was killed. A client must stop posting then
+// rather than until the test cancels it, as another test running in
+// parallel may bind the freed port meanwhile, and its spillway or sink
+// would acknowledge the posts, which this test would then count as its
+// own, acknowledged and never delivered.
+func deadAddress(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // waitForAll waits until has reports every id in acked, read under mu.

@@ -179,6 +179,9 @@ func (r *powerRig) load(ctx context.Context, p *process, tag string) *sync.WaitG
 					evs[0]["properties"].(map[string]any)["poison"] = true
 				}
 				code, err := postBatch(ctx, client, p.url(), "wk", evs)
+				if deadAddress(err) {
+					return
+				}
 				if err != nil || code != 200 {
 					continue
 				}
