@@ -103,15 +103,15 @@ func (d *Dispatcher) handOffTo(ctx context.Context, a *archiveForwarder) (int, e
 	default:
 		h.redo, h.from = &p, p.First
 	}
-	f, err := sp.ScratchFile()
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	h.obj.sink = newFileSink(f)
+	scratch := &fileSink{open: sp.ScratchFile}
+	defer scratch.close()
+	h.obj.sink = scratch
 	limit := min(a.dest.BatchBytes, handOffObjectBytes)
-	var recs []spool.Record
-	var arena []byte
+	var (
+		recs  []spool.Record
+		arena []byte
+		err   error
+	)
 	for {
 		recs, arena, err = sp.ReadInto(name, recs[:0], arena[:0], 1<<16, archiveRead)
 		if err != nil {

@@ -3,9 +3,12 @@ package forwarders
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -392,4 +395,40 @@ func TestFallbackHandOffRepeatedAfterACrashHandsEachEventOffOnce(t *testing.T) {
 			checkOnce(t, archivedIDs(t, s, "raw/spillway/undelivered/hook/"), evs)
 		})
 	}
+}
+
+// failingScratch is a spool whose first scratch files cannot be written,
+// as on a full disk.
+type failingScratch struct {
+	*spool.Spool
+	dir    string
+	failed atomic.Int32 // scratch files still to fail
+}
+
+func (f *failingScratch) ScratchFile() (*os.File, error) {
+	if f.failed.Add(-1) < 0 {
+		return f.Spool.ScratchFile()
+	}
+	path := filepath.Join(f.dir, "read-only")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		return nil, err
+	}
+	return os.Open(path) // open for reading: every write fails
+}
+
+func TestArchiveDropsAnObjectWhoseScratchFileFailsAndWritesItAgain(t *testing.T) {
+	s := startStore(t)
+	sp := &failingScratch{Spool: openSpool(t, t.TempDir(), "archive"), dir: t.TempDir()}
+	sp.failed.Store(2)
+	g := startGroup(t, sp, nil, archiveSpec(s, "flush=10ms"))
+	evs := hourEvents(10, time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC))
+	appendEvents(t, sp, evs...)
+	testkit.Eventually(t, func() bool { return sp.Backlog("archive").Events == 0 }, "backlog %d", backlog(sp, "archive"))
+	if err := shutdown(t, g, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := sp.failed.Load(); n >= 0 {
+		t.Fatalf("%d failing scratch files left unused", n+1)
+	}
+	checkOnce(t, archivedIDs(t, s, "raw/"), evs)
 }

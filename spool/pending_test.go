@@ -3,6 +3,7 @@ package spool
 import (
 	"context"
 	"errors"
+	"os"
 	"testing"
 )
 
@@ -48,5 +49,38 @@ func TestPendingRangeSurvivesReopen(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, want)
 			}
 		})
+	}
+}
+
+func TestScratchFileLeavesNothingInTheDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, Consumers: []string{"archive"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	before, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.ScratchFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("an object being built"); err != nil {
+		t.Fatal(err)
+	}
+	// Unlinked while open, a crash cannot leave it behind.
+	after, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Errorf("directory held %d entries, %d with a scratch file open", len(before), len(after))
+	}
+	buf := make([]byte, 9)
+	if _, err := f.ReadAt(buf, 3); err != nil || string(buf) != "object be" {
+		t.Errorf("read back %q, %v", buf, err)
 	}
 }
