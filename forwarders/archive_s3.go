@@ -26,7 +26,6 @@ type s3Store struct {
 	client       *minio.Client
 	bucket       string
 	storageClass string
-	threads      uint
 	timeout      time.Duration
 }
 
@@ -37,7 +36,7 @@ func newS3Store(d Destination) (*s3Store, error) {
 		return nil, err
 	}
 	return &s3Store{client: client, bucket: d.Archive.Bucket, storageClass: d.Archive.StorageClass,
-		threads: uint(d.Concurrency), timeout: d.Timeout}, nil
+		timeout: d.Timeout}, nil
 }
 
 // NewS3Client returns a client of the store a's bucket is in, for the
@@ -80,7 +79,8 @@ func (s *s3Store) put(ctx context.Context, key string, body io.ReaderAt, size in
 	// A seekable body of known length: up to singlePutBytes the client
 	// hashes it in place (rewinding it) and sends it in one PUT, holding
 	// none of it in memory. Beyond, it copies each part into a buffer to
-	// hash it: parts of the smallest size S3 takes bound that buffer.
+	// hash it, one part at a time: parts of the smallest size S3 takes
+	// bound that buffer.
 	var partSize uint64
 	if size > singlePutBytes {
 		partSize = multipartPartBytes
@@ -89,7 +89,6 @@ func (s *s3Store) put(ctx context.Context, key string, body io.ReaderAt, size in
 		PartSize:     partSize,
 		ContentType:  "application/x-ndjson",
 		StorageClass: s.storageClass,
-		NumThreads:   s.threads,
 		// The payload is not signed chunk by chunk (aws-chunked), which
 		// some S3-compatible stores keep inside multipart parts; its MD5
 		// lets the store check it instead.
