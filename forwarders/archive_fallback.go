@@ -94,15 +94,11 @@ func (d *Dispatcher) handOffTo(ctx context.Context, a *archiveForwarder) (int, e
 		return 0, err
 	}
 	h := handOff{d: d, a: a, sp: sp, under: path.Join(undeliveredDir, name)}
-	switch p, ok, err := sp.PendingRange(name); {
-	case err != nil:
+	p, ok, err := sp.PendingRange(name)
+	if err != nil {
 		return 0, err
-	case !ok:
-	case p.Confirmed:
-		h.from = p.Last + 1
-	default:
-		h.redo, h.from = &p, p.First
 	}
+	h.from, h.redo = resumeAt(p, ok)
 	scratch := &fileSink{open: sp.ScratchFile}
 	defer scratch.close()
 	h.obj.sink = scratch
@@ -110,7 +106,6 @@ func (d *Dispatcher) handOffTo(ctx context.Context, a *archiveForwarder) (int, e
 	var (
 		recs  []spool.Record
 		arena []byte
-		err   error
 	)
 	for {
 		recs, arena, err = sp.ReadInto(name, recs[:0], arena[:0], 1<<16, archiveRead)

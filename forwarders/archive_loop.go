@@ -337,14 +337,7 @@ func (l *archiveLoop) loadMark() bool {
 	for {
 		p, ok, err := l.sp.PendingRange(l.d.dest.Name)
 		if err == nil {
-			switch {
-			case !ok:
-			case p.Confirmed:
-				l.from = p.Last + 1
-			default:
-				l.redo = &p
-				l.from = p.First
-			}
+			l.from, l.redo = resumeAt(p, ok)
 			retry.succeeded(l.d)
 			return true
 		}
@@ -353,6 +346,19 @@ func (l *archiveLoop) loadMark() bool {
 			return false
 		}
 	}
+}
+
+// resumeAt says where a consumer whose last recorded range is p (if ok)
+// starts: after a confirmed range, or at an unconfirmed one, to cut it
+// again as it was (redo).
+func resumeAt(p spool.Pending, ok bool) (from uint64, redo *spool.Pending) {
+	switch {
+	case !ok:
+		return 0, nil
+	case p.Confirmed:
+		return p.Last + 1, nil
+	}
+	return p.First, &p
 }
 
 // fill reads and compresses events into the object until it is due: true
