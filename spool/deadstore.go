@@ -25,9 +25,9 @@ import (
 const deadBlockRawBytes = 60 << 10
 
 // deadTxnBytes bounds the blocks of one meta transaction, well inside
-// Badger's limit (15% of meta's 1 MiB memtable), so that each transaction
+// Badger's limit (15% of meta's 512 KiB memtable), so that each transaction
 // holds whole blocks and the count that goes with them.
-const deadTxnBytes = 100 << 10
+const deadTxnBytes = 64 << 10
 
 func deadBlockKey(first uint64) []byte {
 	k := make([]byte, 9)
