@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -191,11 +192,40 @@ func (s *Spool) commitDeadLetters(blocks []deadBlock, marker []byte) error {
 // blocks, and deletes the legacy keys given, keeping the stored count
 // exact in every transaction: a crash between two of them leaves a count
 // that matches the blocks. The caller holds deadMu.
-func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]byte) error {
+func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]byte) (err error) {
 	count := s.deadCount
 	txn := s.meta.NewTransaction(true)
-	defer func() { txn.Discard() }()
 	size, pending := 0, false
+	// The transactions are handed to Badger without waiting for each:
+	// its writer applies them in order and syncs what is pending at once,
+	// so a group's dead letters cost one fsync, not one per transaction.
+	// In order, a crash leaves the count of the last durable one, which
+	// matches the blocks durable with it.
+	type inFlight struct {
+		count uint64
+		done  chan error
+	}
+	var sent []inFlight
+	defer func() {
+		txn.Discard()
+		failed := err != nil
+		for _, c := range sent {
+			if cerr := <-c.done; cerr != nil {
+				failed = true
+				err = cmp.Or(err, cerr)
+			} else if !failed {
+				s.deadCount = c.count
+			}
+		}
+		if failed && len(sent) > 1 {
+			// A transaction after a failed one may have been applied, its
+			// count including blocks that are not there: count again.
+			if rerr := s.recountDeadLetters(); rerr != nil {
+				s.log.Error("recount dead letters", "err", rerr)
+			}
+		}
+		s.metrics.deadLetters.Set(float64(s.deadCount))
+	}()
 	commit := func() error {
 		if !pending {
 			return nil
@@ -203,11 +233,9 @@ func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]by
 		if err := txn.Set(deadCountKey, binary.BigEndian.AppendUint64(nil, count)); err != nil {
 			return err
 		}
-		if err := txn.Commit(); err != nil {
-			return err
-		}
-		s.metrics.deadLetters.Set(float64(count))
-		s.deadCount = count
+		done := make(chan error, 1)
+		txn.CommitWith(func(err error) { done <- err })
+		sent = append(sent, inFlight{count, done})
 		txn = s.meta.NewTransaction(true)
 		size, pending = 0, false
 		return nil
