@@ -188,6 +188,9 @@ func TestACrashAtAnyFileSizingLeavesASpoolThatOpens(t *testing.T) {
 			continue
 		}
 		n := i + 1
+		// One after another: run side by side, a child killed under strace
+		// was seen still holding its spool's directory lock when the
+		// subtest opened the spool again.
 		t.Run(fmt.Sprintf("killed at ftruncate %d", n), func(t *testing.T) {
 			dir := t.TempDir()
 			cmd := crashChild(t, dir, "", strace, "-f", "-o", "/dev/null", "-e", "trace=ftruncate",
