@@ -8,7 +8,6 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/spillwayhq/spillway/internal/plan"
-	"github.com/spillwayhq/spillway/internal/segment"
 	"github.com/spillwayhq/spillway/spool"
 )
 
@@ -81,21 +80,10 @@ type found struct{ typ, label string }
 // plan. A flagged event is rewritten in place with context.violations; a
 // blocked one is reported as its violations' JSON, for its dead letter.
 func (pp *parser) checkPlan(in *ingest, ps *planState, start int) (blocked []plan.Violation, err error) {
-	jp, _ := pp.jsonParsers.Get().(*fastjson.Parser)
-	if jp == nil {
-		jp = new(fastjson.Parser)
-	}
-	defer pp.jsonParsers.Put(jp)
-	v, err := jp.ParseBytes(in.out[start:])
-	if err != nil {
-		return nil, fmt.Errorf("reparse stored event: %w", err) // written by us: a bug
-	}
-	vs, action := ps.check(v)
+	vs, action, label := ps.check(in.out[start:])
 	if len(vs) == 0 {
 		return nil, nil
 	}
-	typ, name := subject(v)
-	label := ps.p.Label(typ, name)
 	for _, x := range vs {
 		in.found = append(in.found, found{x.Type, label})
 	}
@@ -110,6 +98,15 @@ func (pp *parser) checkPlan(in *ingest, ps *planState, start int) (blocked []pla
 		if out, ok := spliceViolations(in.out, in.out[start:end], violations); ok {
 			in.out = out
 		} else {
+			jp, _ := pp.jsonParsers.Get().(*fastjson.Parser)
+			if jp == nil {
+				jp = new(fastjson.Parser)
+			}
+			defer pp.jsonParsers.Put(jp)
+			v, err := jp.ParseBytes(in.out[start:end])
+			if err != nil {
+				return nil, fmt.Errorf("reparse stored event: %w", err) // written by us: a bug
+			}
 			in.out = appendFlagged(in.out, v, violations)
 		}
 		in.out = in.out[:start+copy(in.out[start:], in.out[end:])]
@@ -233,24 +230,15 @@ func skipValue(b []byte, i int) (int, bool) {
 	return 0, false
 }
 
-// subject is plan.Subject without copies: the strings are the parsed
-// event's, valid while it is.
-func subject(v *fastjson.Value) (typ, name string) {
-	typ = unsafeString(v.GetStringBytes(segment.FieldType))
-	switch typ {
-	case segment.Track:
-		name = unsafeString(v.GetStringBytes(segment.FieldEvent))
-	case segment.Page, segment.Screen:
-		name = unsafeString(v.GetStringBytes("name"))
+// check returns the violations of an event as the proxy stores it, what
+// they lead to, and the event's label for the violations' metric.
+func (ps *planState) check(event []byte) (vs []plan.Violation, action plan.Action, label string) {
+	typ, name := plan.SubjectJSON(event)
+	vs, _ = ps.p.CheckJSON(event, typ, name, ps.unplanned != plan.Ignore)
+	if len(vs) == 0 {
+		return nil, plan.Ignore, ""
 	}
-	return typ, name
-}
-
-// check returns an event's violations and what they lead to.
-func (ps *planState) check(v *fastjson.Value) ([]plan.Violation, plan.Action) {
-	typ, name := subject(v)
-	vs, _ := ps.p.Check(v, typ, name, ps.unplanned != plan.Ignore)
-	return vs, plan.Verdict(vs, ps.mode, ps.unplanned)
+	return vs, plan.Verdict(vs, ps.mode, ps.unplanned), ps.p.Label(typ, name)
 }
 
 // appendFlagged appends the event v with violations (a JSON array) as its
@@ -321,7 +309,7 @@ func (s *Server) recheck(d *spool.DeadLetter) bool {
 	if err != nil || v.Type() != fastjson.TypeObject {
 		return false // not what the proxy stores: leave it for a person
 	}
-	vs, action := ps.check(v)
+	vs, action, _ := ps.check(d.Event)
 	switch action {
 	case plan.Block:
 		return false

@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"bytes"
 	"encoding/json"
 	"math/big"
 	"net/netip"
@@ -19,8 +20,8 @@ import (
 // of the proxy spends on it. Tracking plans use a small part of JSON
 // Schema (types, required and nested properties, enums, formats, bounds),
 // so a rule whose compiled schema uses only that part is checked by the
-// walk below, straight on the parsed event and allocating nothing while
-// the event keeps the plan. A rule using anything else (references,
+// walk below, straight on the event's JSON text and allocating nothing
+// while the event keeps the plan. A rule using anything else (references,
 // combinators, conditionals, ...) keeps the library's own validation.
 // FuzzParse holds the two to the same violations.
 
@@ -126,17 +127,38 @@ func primitive(v any) bool {
 }
 
 // walker holds what one validation needs: the path of the value being
-// checked, built in place.
+// checked, built in place, and room to unescape strings.
 type walker struct {
-	path []string
-	vs   []Violation
+	path    []string
+	vs      []Violation
+	unquote []byte
 }
 
 func (w *walker) field() string { return strings.Join(w.path, ".") }
 
-// typeName is the JSON Schema type of v, as the library names it.
-func typeName(v *fastjson.Value) string {
-	switch v.Type() {
+// kindOf is the type of the JSON value that starts at v[0].
+func kindOf(v []byte) fastjson.Type {
+	switch v[0] {
+	case '{':
+		return fastjson.TypeObject
+	case '[':
+		return fastjson.TypeArray
+	case '"':
+		return fastjson.TypeString
+	case 't':
+		return fastjson.TypeTrue
+	case 'f':
+		return fastjson.TypeFalse
+	case 'n':
+		return fastjson.TypeNull
+	}
+	return fastjson.TypeNumber
+}
+
+// typeName is the JSON Schema type of a value of type t, as the library
+// names it.
+func typeName(t fastjson.Type) string {
+	switch t {
 	case fastjson.TypeNull:
 		return "null"
 	case fastjson.TypeTrue, fastjson.TypeFalse:
@@ -161,20 +183,17 @@ func isInteger(text string) bool {
 	return ok && r.IsInt()
 }
 
-func (f *fastSchema) typeOK(v *fastjson.Value) bool {
+func (f *fastSchema) typeOK(t fastjson.Type, v []byte) bool {
 	if f.types == nil {
 		return true
 	}
-	t := typeName(v)
+	name := typeName(t)
 	for _, want := range f.types {
-		if want == t {
+		if want == name {
 			return true
 		}
-		if want == "integer" && t == "number" {
-			var buf [64]byte
-			if isInteger(string(v.MarshalTo(buf[:0]))) {
-				return true
-			}
+		if want == "integer" && t == fastjson.TypeNumber && isInteger(unsafeString(v)) {
+			return true
 		}
 	}
 	return false
@@ -196,75 +215,72 @@ func newNumBound(r *big.Rat) *numBound {
 	return &numBound{r, f}
 }
 
-// compare compares the number v with the bound as JSON Schema does,
-// exactly. Floats decide unless they are equal: rounding to the nearest
-// float never reverses an order, only merges what is close.
-func (b *numBound) compare(v *fastjson.Value) int {
-	if x, err := v.Float64(); err == nil {
+// compare compares the number whose text is v with the bound as JSON
+// Schema does, exactly. Floats decide unless they are equal: rounding to
+// the nearest float never reverses an order, only merges what is close.
+func (b *numBound) compare(v []byte) int {
+	if x, err := strconv.ParseFloat(unsafeString(v), 64); err == nil {
 		if x < b.f {
 			return -1
 		} else if x > b.f {
 			return 1
 		}
 	}
-	var buf [64]byte
-	n, ok := new(big.Rat).SetString(string(v.MarshalTo(buf[:0])))
+	n, ok := new(big.Rat).SetString(string(v))
 	if !ok {
 		return 0
 	}
 	return n.Cmp(b.exact)
 }
 
-// validate appends the violations of v, checked in the library's order:
-// a wrong type, const, enum or format ends the checks of a value.
-func (w *walker) validate(f *fastSchema, v *fastjson.Value) {
+// validate appends the violations of the JSON value that starts at b[i],
+// checked in the library's order: a wrong type, const, enum or format
+// ends the checks of a value. It returns where the value ends: a value is
+// read once, and skipped where its rule says nothing of it.
+func (w *walker) validate(f *fastSchema, b []byte, i int) (end int) {
 	s := f.src
-	if !f.typeOK(v) {
-		w.vs = append(w.vs, Violation{TypeType, w.field(), subject(w.field()) + " must be " + strings.Join(f.types, " or ") + ", not " + typeName(v)})
-		return
+	t := kindOf(b[i:])
+	if t == fastjson.TypeObject && s.Const == nil && s.Enum == nil && s.Format == nil {
+		if !f.typeOK(t, nil) {
+			w.vs = append(w.vs, Violation{TypeType, w.field(), subject(w.field()) + " must be " + strings.Join(f.types, " or ") + ", not object"})
+			return valueEnd(b, i)
+		}
+		return w.object(f, b, i)
 	}
-	if s.Const != nil && !equalPrimitive(v, *s.Const) {
+	end = valueEnd(b, i)
+	v := b[i:end]
+	if !f.typeOK(t, v) {
+		w.vs = append(w.vs, Violation{TypeType, w.field(), subject(w.field()) + " must be " + strings.Join(f.types, " or ") + ", not " + typeName(t)})
+		return end
+	}
+	if s.Const != nil && !w.equalPrimitive(t, v, *s.Const) {
 		w.vs = append(w.vs, Violation{TypeEnum, w.field(), subject(w.field()) + " must be " + planValues([]any{*s.Const})})
-		return
+		return end
 	}
-	if s.Enum != nil && !slices.ContainsFunc(s.Enum.Values, func(e any) bool { return equalPrimitive(v, e) }) {
+	if s.Enum != nil && !slices.ContainsFunc(s.Enum.Values, func(e any) bool { return w.equalPrimitive(t, v, e) }) {
 		w.vs = append(w.vs, Violation{TypeEnum, w.field(), subject(w.field()) + " must be one of " + planValues(s.Enum.Values)})
-		return
+		return end
 	}
-	if s.Format != nil && !formatOK(s.Format, v) {
+	if s.Format != nil && !w.formatOK(s.Format, t, v) {
 		w.vs = append(w.vs, Violation{TypeFormat, w.field(), subject(w.field()) + " must be a valid " + s.Format.Name})
-		return
+		return end
 	}
-	switch v.Type() {
+	switch t {
 	case fastjson.TypeObject:
-		w.object(f, v)
+		w.object(f, b, i)
 	case fastjson.TypeArray:
-		arr, _ := v.Array()
-		if s.MinItems != nil && len(arr) < *s.MinItems {
-			w.other("minItems")
-		}
-		if s.MaxItems != nil && len(arr) > *s.MaxItems {
-			w.other("maxItems")
-		}
-		if f.items != nil {
-			for i, e := range arr {
-				w.path = append(w.path, strconv.Itoa(i))
-				w.validate(f.items, e)
-				w.path = w.path[:len(w.path)-1]
-			}
-		}
+		w.array(f, v)
 	case fastjson.TypeString:
 		if f.strChecks {
-			b, _ := v.StringBytes()
-			n := utf8.RuneCount(b)
+			str := w.str(v)
+			n := utf8.RuneCountInString(str)
 			if s.MinLength != nil && n < *s.MinLength {
 				w.other("minLength")
 			}
 			if s.MaxLength != nil && n > *s.MaxLength {
 				w.other("maxLength")
 			}
-			// The regexp keeps nothing of the string it matches.
-			if s.Pattern != nil && !s.Pattern.MatchString(unsafe.String(unsafe.SliceData(b), len(b))) {
+			if s.Pattern != nil && !s.Pattern.MatchString(str) {
 				w.other("pattern")
 			}
 		}
@@ -282,17 +298,42 @@ func (w *walker) validate(f *fastSchema, v *fastjson.Value) {
 			w.other("exclusiveMaximum")
 		}
 	}
+	return end
+}
+
+// str returns the contents of the JSON string v, unescaped. It is valid
+// until the next call, and is v's own bytes when nothing is escaped.
+func (w *walker) str(v []byte) string {
+	in := v[1 : len(v)-1]
+	if bytes.IndexByte(in, '\\') < 0 {
+		return unsafeString(in)
+	}
+	var s string
+	if json.Unmarshal(v, &s) != nil {
+		return unsafeString(in) // not the proxy's, which writes valid JSON
+	}
+	w.unquote = append(w.unquote[:0], s...)
+	return unsafeString(w.unquote)
+}
+
+// ownStr is str, copied when it was unescaped into the walker's room:
+// valid for as long as v is.
+func (w *walker) ownStr(v []byte) string {
+	s := w.str(v)
+	if bytes.IndexByte(v, '\\') >= 0 {
+		return strings.Clone(s)
+	}
+	return s
 }
 
 // formatOK checks a value against a format as the library does; the
 // formats every event meets (an IP address in context.ip) without the
 // allocations of the library's checks.
-func formatOK(f *jsonschema.Format, v *fastjson.Value) bool {
-	b, err := v.StringBytes()
-	if err != nil {
-		return f.Validate(FromFastJSON(v)) == nil // formats judge strings; most pass the rest
+func (w *walker) formatOK(f *jsonschema.Format, t fastjson.Type, v []byte) bool {
+	if t != fastjson.TypeString {
+		return f.Validate(treeOf(v)) == nil // formats judge strings; most pass the rest
 	}
-	s := unsafe.String(unsafe.SliceData(b), len(b))
+	s := w.str(v)
 	switch f.Name {
 	case "ipv4":
 		return ipv4OK(s)
@@ -336,62 +377,133 @@ func ipv4OK(s string) bool {
 }
 
 func (w *walker) other(keyword string) {
-	w.vs = append(w.vs, Violation{TypeOther, w.field(), subject(w.field()) + " does not meet the plan's " + keyword})
+	w.vs = append(w.vs, w.otherViolation(keyword))
 }
 
-// object checks an object's required members, then its members in the
-// order the event has them, so that the first violation is that of the
-// first field the app wrote wrong.
-func (w *walker) object(f *fastSchema, v *fastjson.Value) {
-	o, _ := v.Object()
-	for _, r := range f.required {
-		if o.Get(r) == nil {
-			w.path = append(w.path, r)
-			w.vs = append(w.vs, Violation{TypeRequired, w.field(), w.field() + " is required"})
-			w.path = w.path[:len(w.path)-1]
-		}
-	}
-	if len(f.props) == 0 && f.additional == nil && !f.noMore {
-		return
-	}
+func (w *walker) otherViolation(keyword string) Violation {
+	return Violation{TypeOther, w.field(), subject(w.field()) + " does not meet the plan's " + keyword}
+}
+
+// object checks the object that starts at b[i]: its required members,
+// then its members in the order the event has them, so that the first
+// violation is that of the first field the app wrote wrong. It returns
+// where the object ends.
+func (w *walker) object(f *fastSchema, b []byte, i int) (end int) {
+	start, mark := i, len(w.vs)
+	var seen uint64 // of f.required, by index; past 64, looked up again
 	extra := false
-	o.Visit(func(k []byte, c *fastjson.Value) {
-		sub := f.additional
-		key := unsafe.String(unsafe.SliceData(k), len(k)) // read only while Visit runs; w.field copies
-		if i, known := slices.BinarySearchFunc(f.props, key, func(p fastProp, k string) int { return strings.Compare(p.name, k) }); known {
-			sub = f.props[i].s
-		} else if f.noMore {
-			extra = true
-			return
+	for i = skipSpace(b, i+1); i < len(b) && b[i] != '}'; {
+		keyEnd := stringEnd(b, i)
+		key := b[i:keyEnd]
+		i = skipSpace(b, skipSpace(b, keyEnd)+1) // past ':'
+		i = skipSpace(b, w.member(f, key, b, i, &seen, &extra))
+		if i < len(b) && b[i] == ',' {
+			i = skipSpace(b, i+1)
 		}
-		if sub == nil {
-			return
+	}
+	end = min(i+1, len(b))
+	var missing []Violation
+	for r, name := range f.required {
+		if r < 64 && seen&(1<<r) != 0 || r >= 64 && w.hasMember(b[start:end], name) {
+			continue
 		}
-		w.path = append(w.path, key)
-		w.validate(sub, c)
+		w.path = append(w.path, name)
+		missing = append(missing, Violation{TypeRequired, w.field(), w.field() + " is required"})
 		w.path = w.path[:len(w.path)-1]
-	})
+	}
+	w.vs = slices.Insert(w.vs, mark, missing...)
 	if extra {
 		w.other("additionalProperties")
 	}
+	return end
 }
 
-// equalPrimitive compares v with a value of the plan as JSON Schema does:
-// numbers by value, 1 and 1.0 alike.
-func equalPrimitive(v *fastjson.Value, want any) bool {
+// member checks one member of an object: quotedKey, as the event writes
+// it, and its value, which starts at b[i]. It returns where the value
+// ends.
+func (w *walker) member(f *fastSchema, quotedKey, b []byte, i int, seen *uint64, extra *bool) (end int) {
+	key := w.str(quotedKey)
+	for r, name := range f.required[:min(len(f.required), 64)] {
+		if name == key {
+			*seen |= 1 << r
+		}
+	}
+	sub := f.additional
+	if p, known := slices.BinarySearchFunc(f.props, key, func(p fastProp, k string) int { return strings.Compare(p.name, k) }); known {
+		sub = f.props[p].s
+	} else if f.noMore {
+		*extra, sub = true, nil
+	}
+	if sub == nil {
+		return valueEnd(b, i)
+	}
+	if bytes.IndexByte(quotedKey, '\\') >= 0 {
+		key = strings.Clone(key) // w.str's room is reused below
+	}
+	w.path = append(w.path, key)
+	end = w.validate(sub, b, i)
+	w.path = w.path[:len(w.path)-1]
+	return end
+}
+
+// hasMember reports whether the object v has the member key.
+func (w *walker) hasMember(v []byte, key string) bool {
+	for i := skipSpace(v, 1); i < len(v) && v[i] != '}'; {
+		keyEnd := stringEnd(v, i)
+		if w.str(v[i:keyEnd]) == key {
+			return true
+		}
+		i = skipSpace(v, valueEnd(v, skipSpace(v, skipSpace(v, keyEnd)+1)))
+		if i < len(v) && v[i] == ',' {
+			i = skipSpace(v, i+1)
+		}
+	}
+	return false
+}
+
+// array checks the array v's items, then its length.
+func (w *walker) array(f *fastSchema, v []byte) {
+	mark, n := len(w.vs), 0
+	for i := skipSpace(v, 1); i < len(v) && v[i] != ']'; n++ {
+		var end int
+		if f.items != nil {
+			w.path = append(w.path, strconv.Itoa(n))
+			end = w.validate(f.items, v, i)
+			w.path = w.path[:len(w.path)-1]
+		} else {
+			end = valueEnd(v, i)
+		}
+		i = skipSpace(v, end)
+		if i < len(v) && v[i] == ',' {
+			i = skipSpace(v, i+1)
+		}
+	}
+	s := f.src
+	var bounds []Violation
+	if s.MinItems != nil && n < *s.MinItems {
+		bounds = append(bounds, w.otherViolation("minItems"))
+	}
+	if s.MaxItems != nil && n > *s.MaxItems {
+		bounds = append(bounds, w.otherViolation("maxItems"))
+	}
+	w.vs = slices.Insert(w.vs, mark, bounds...)
+}
+
+// equalPrimitive compares the value v, of type t, with a value of the
+// plan as JSON Schema does: numbers by value, 1 and 1.0 alike.
+func (w *walker) equalPrimitive(t fastjson.Type, v []byte, want any) bool {
 	switch want := want.(type) {
 	case nil:
-		return v.Type() == fastjson.TypeNull
+		return t == fastjson.TypeNull
 	case bool:
-		return v.Type() == fastjson.TypeTrue && want || v.Type() == fastjson.TypeFalse && !want
+		return t == fastjson.TypeTrue && want || t == fastjson.TypeFalse && !want
 	case string:
-		b, err := v.StringBytes()
-		return err == nil && string(b) == want
+		return t == fastjson.TypeString && w.str(v) == want
 	case json.Number, float64, int:
-		if v.Type() != fastjson.TypeNumber {
+		if t != fastjson.TypeNumber {
 			return false
 		}
-		a, ok1 := new(big.Rat).SetString(string(v.MarshalTo(nil)))
+		a, ok1 := new(big.Rat).SetString(string(v))
 		b, ok2 := new(big.Rat).SetString(numberText(want))
 		return ok1 && ok2 && a.Cmp(b) == 0
 	}
@@ -409,3 +521,71 @@ func numberText(v any) string {
 	}
 	return ""
 }
+
+// The walk reads the JSON text as the proxy writes it, without building
+// values: parsing it into a tree first cost as much as the walk, and
+// more while the collector runs, as every pointer the parser stores then
+// goes through a write barrier. It trusts the text to be valid: the
+// proxy's own output, or the text of a value fastjson parsed.
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the end of the JSON string that starts at b[i], past
+// its closing quote.
+func stringEnd(b []byte, i int) int {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '"':
+			return j + 1
+		case '\\':
+			j++
+		}
+	}
+	return len(b)
+}
+
+// valueEnd returns the end of the JSON value that starts at b[i].
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				j = stringEnd(b, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(b)
+	}
+	j := i
+	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+		j++
+	}
+	return j
+}
+
+// treeOf is the JSON text v as the library validates it, read as fastjson
+// reads it (bytes that are not UTF-8 kept as they are).
+func treeOf(v []byte) any {
+	var p fastjson.Parser
+	parsed, err := p.ParseBytes(v)
+	if err != nil {
+		return nil // the proxy's own output: valid
+	}
+	return FromFastJSON(parsed)
+}
+
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }

@@ -263,11 +263,18 @@ func (p *Plan) Label(typ, name string) string {
 // unplanned reports a track event with no rule, which holds one violation
 // of TypeUnplanned if reportUnplanned.
 func (p *Plan) Check(v *fastjson.Value, typ, name string, reportUnplanned bool) (vs []Violation, unplanned bool) {
-	return p.check(v, typ, name, reportUnplanned, true)
+	return p.check(v.MarshalTo(nil), typ, name, reportUnplanned, true)
 }
 
-// check is Check, through the fast walk where a rule allows it if fast.
-func (p *Plan) check(v *fastjson.Value, typ, name string, reportUnplanned, fast bool) (vs []Violation, unplanned bool) {
+// CheckJSON is Check of the event's JSON text, which must be valid: the
+// proxy checks the events it writes without parsing them again.
+func (p *Plan) CheckJSON(event []byte, typ, name string, reportUnplanned bool) (vs []Violation, unplanned bool) {
+	return p.check(event, typ, name, reportUnplanned, true)
+}
+
+// check is CheckJSON, through the fast walk where a rule allows it if
+// fast.
+func (p *Plan) check(event []byte, typ, name string, reportUnplanned, fast bool) (vs []Violation, unplanned bool) {
 	var tree any // the event as the library reads it, made once if needed
 	w := walkers.Get().(*walker)
 	defer func() {
@@ -277,12 +284,12 @@ func (p *Plan) check(v *fastjson.Value, typ, name string, reportUnplanned, fast 
 	apply := func(r *rule) {
 		if r.fast != nil && fast {
 			w.vs, w.path = vs, w.path[:0]
-			w.validate(r.fast, v)
+			w.validate(r.fast, event, skipSpace(event, 0))
 			vs = w.vs
 			return
 		}
 		if tree == nil {
-			tree = FromFastJSON(v)
+			tree = treeOf(event)
 		}
 		vs = appendViolations(vs, r.schema.Validate(tree))
 	}
@@ -427,6 +434,55 @@ func Subject(v *fastjson.Value) (typ, name string) {
 		name = string(v.GetStringBytes(segment.FieldEvent))
 	case segment.Page, segment.Screen:
 		name = string(v.GetStringBytes("name"))
+	}
+	return typ, name
+}
+
+// SubjectJSON is Subject of an event's JSON text, which must be valid
+// and an object, read without parsing it. The strings are the event's own
+// bytes unless escaped: valid while the event is.
+func SubjectJSON(event []byte) (typ, name string) {
+	var w walker
+	var nameField string
+	var seenType, seenEvent, seenName bool // the first of a repeated key counts, as in Subject
+	for i := skipSpace(event, skipSpace(event, 0)+1); i < len(event) && event[i] != '}'; {
+		keyEnd := stringEnd(event, i)
+		key := event[i:keyEnd]
+		i = skipSpace(event, skipSpace(event, keyEnd)+1)
+		end := valueEnd(event, i)
+		isString := event[i] == '"'
+		switch k := w.str(key); {
+		case k == segment.FieldType && !seenType:
+			seenType = true
+			if isString {
+				typ = w.ownStr(event[i:end])
+			}
+		case k == segment.FieldEvent && !seenEvent:
+			seenEvent = true
+			if isString {
+				name = w.ownStr(event[i:end])
+			}
+		case k == "name" && !seenName:
+			seenName = true
+			if isString {
+				nameField = w.ownStr(event[i:end])
+			}
+		}
+		if seenType && (typ == segment.Track && seenEvent || (typ == segment.Page || typ == segment.Screen) && seenName ||
+			typ != segment.Track && typ != segment.Page && typ != segment.Screen) {
+			break // the rest cannot change the answer
+		}
+		i = skipSpace(event, end)
+		if i < len(event) && event[i] == ',' {
+			i = skipSpace(event, i+1)
+		}
+	}
+	switch typ {
+	case segment.Track:
+	case segment.Page, segment.Screen:
+		name = nameField
+	default:
+		name = ""
 	}
 	return typ, name
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-func loadTestPlan(t *testing.T) *Plan {
+func loadTestPlan(t testing.TB) *Plan {
 	t.Helper()
 	p, err := Load(filepath.Join("testdata", "plan.json"))
 	if err != nil {
@@ -27,10 +27,13 @@ func check(t *testing.T, p *Plan, event string, reportUnplanned bool) ([]Violati
 		t.Fatal(err)
 	}
 	typ, name := Subject(v)
-	slowVs, slowUnplanned := p.check(v, typ, name, reportUnplanned, false)
+	slowVs, slowUnplanned := p.check(v.MarshalTo(nil), typ, name, reportUnplanned, false)
 	vs, unplanned := p.Check(v, typ, name, reportUnplanned)
 	if !sameViolations(vs, slowVs) || unplanned != slowUnplanned {
 		t.Errorf("%s: the fast walk found %v, the library %v", event, vs, slowVs)
+	}
+	if raw, _ := p.CheckJSON([]byte(event), typ, name, reportUnplanned); !sameViolations(raw, slowVs) {
+		t.Errorf("%s as written: the fast walk found %v, the library %v", event, raw, slowVs)
 	}
 	return vs, unplanned
 }
@@ -178,7 +181,7 @@ func FuzzParse(f *testing.F) {
 			v := fastjson.MustParse(e)
 			typ, name := Subject(v)
 			vs, _ := p.Check(v, typ, name, true)
-			if slow, _ := p.check(v, typ, name, true, false); !sameViolations(vs, slow) {
+			if slow, _ := p.check(v.MarshalTo(nil), typ, name, true, false); !sameViolations(vs, slow) {
 				t.Fatalf("%s against %s: the fast walk found %v, the library %v", e, data, vs, slow)
 			}
 			for _, x := range vs {
@@ -189,6 +192,61 @@ func FuzzParse(f *testing.F) {
 			_ = AppendJSON(nil, vs)
 		}
 	})
+}
+
+// FuzzCheckJSON checks whatever event it is given against the test plan:
+// the fast walk reads the event's text itself, escapes, white space and
+// nesting included, and must find what the library finds in the parsed
+// event; SubjectJSON must read what Subject does.
+func FuzzCheckJSON(f *testing.F) {
+	p := loadTestPlan(f)
+	for _, e := range []string{
+		`{"type":"track","event":"Order Completed","properties":{"orderId":"o","revenue":1}}`,
+		`{ "type" : "track" , "event":"Order Completed", "properties" : { "orderId" : "\u006f\"x" , "revenue" : -1.5e3 , "products":[ {"sku":"a"} , {} ] } }`,
+		`{"type":"page","name":"Pricing","properties":{"path":"/p\\","n":[1,[2,{"a":"]}"}]]}}`,
+		`{"type":"identify","traits":{"email":"a@b.c","\u0065mail":1}}`,
+		`{"type":"track","\u0065vent":"E","name":"N","context":{"type":"x"}}`,
+		`{"type":"screen","name":"Home","event":"x"}`,
+	} {
+		f.Add(e)
+	}
+	f.Fuzz(func(t *testing.T, event string) {
+		v, err := fastjson.Parse(event)
+		// fastjson takes raw control characters in strings and repeated
+		// members, which the proxy never stores (the library reads the
+		// last of a repeated member, the walk checks each).
+		if err != nil || v.Type() != fastjson.TypeObject || !json.Valid([]byte(event)) || repeatsAKey(v) {
+			return
+		}
+		typ, name := Subject(v)
+		if rt, rn := SubjectJSON([]byte(event)); rt != typ || rn != name {
+			t.Fatalf("%s: SubjectJSON read %q %q, Subject %q %q", event, rt, rn, typ, name)
+		}
+		slow, slowUnplanned := p.check(v.MarshalTo(nil), typ, name, true, false)
+		raw, unplanned := p.CheckJSON([]byte(event), typ, name, true)
+		if !sameViolations(raw, slow) || unplanned != slowUnplanned {
+			t.Fatalf("%s: the fast walk found %v, the library %v", event, raw, slow)
+		}
+	})
+}
+
+func repeatsAKey(v *fastjson.Value) bool {
+	repeats := false
+	switch v.Type() {
+	case fastjson.TypeObject:
+		o, _ := v.Object()
+		seen := map[string]bool{}
+		o.Visit(func(k []byte, c *fastjson.Value) {
+			repeats = repeats || seen[string(k)] || repeatsAKey(c)
+			seen[string(k)] = true
+		})
+	case fastjson.TypeArray:
+		a, _ := v.Array()
+		for _, c := range a {
+			repeats = repeats || repeatsAKey(c)
+		}
+	}
+	return repeats
 }
 
 // sameViolations compares two lists of violations as sets: the library
