@@ -206,6 +206,7 @@ func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]by
 		if err := txn.Commit(); err != nil {
 			return err
 		}
+		s.noteUnsynced()
 		s.metrics.deadLetters.Set(float64(count))
 		s.deadCount = count
 		txn = s.meta.NewTransaction(true)
@@ -436,6 +437,12 @@ func (s *Spool) recountDeadLetters() error {
 		return err
 	}
 	s.deadCount = n
+	if n == 0 {
+		// No count and no dead letters reads as zero again at the next
+		// open, and the first dead letters store their count with them:
+		// a commit here would cost every start on a new spool an fsync.
+		return nil
+	}
 	err = s.meta.Update(func(txn *badger.Txn) error {
 		return txn.Set(deadCountKey, binary.BigEndian.AppendUint64(nil, n))
 	})
