@@ -202,11 +202,15 @@ func (s *Spool) releaseMemory() {
 
 // dropIdleBuffers lets go of the memory that serves a spool under load
 // and nothing once its destinations have caught up: the block bodies the
-// writer recycles (about 1 MiB each), the recent cache every reader has
-// passed, and the block each caught-up reader decoded last. The coders
-// stay: making one costs the first event after a quiet spell.
+// writer recycles (about 1 MiB each), the recent cache and the newest
+// block uncompressed once every reader has passed them, the block each
+// caught-up reader decoded last, and the coders beyond one of each
+// (about 1.3 MiB an encoder): one stays, since making one costs the first
+// event after a quiet spell, and a burst leaves one per core.
 func (s *Spool) dropIdleBuffers() {
 	scratchBuffers.drain()
+	encoders.trim(1)
+	decoders.trim(1)
 	next := s.nextSeq()
 	for _, c := range s.consumers {
 		c.mu.Lock()
@@ -222,6 +226,7 @@ func (s *Spool) dropIdleBuffers() {
 	s.mu.Lock()
 	if s.next == next { // no commit since: nobody can want these yet
 		s.recent, s.recentLen = nil, 0
+		s.hot = hotBlock{} // readers copy it under s.mu only
 	}
 	s.mu.Unlock()
 }
