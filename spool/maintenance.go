@@ -2,6 +2,7 @@ package spool
 
 import (
 	"errors"
+	badger "github.com/dgraph-io/badger/v4"
 	"io/fs"
 	"path/filepath"
 	"runtime"
@@ -243,15 +244,38 @@ func (s *Spool) nextSeq() uint64 {
 // flush adds a table, and every read looks through all of them.
 const metaMaxL0Tables = 4
 
-// compactMeta compacts meta's tree once its level 0 has grown.
+// compactMeta compacts meta's tree once its level 0 has grown, and
+// releases the pages of the tables written since its last pass.
 func (s *Spool) compactMeta() {
 	levels := s.meta.Levels()
-	if len(levels) == 0 || levels[0].NumTables < metaMaxL0Tables {
-		return
+	if len(levels) > 0 && levels[0].NumTables >= metaMaxL0Tables {
+		if err := s.meta.Flatten(1); err != nil {
+			s.log.Warn("compact meta", "err", err)
+		}
+		levels = s.meta.Levels()
 	}
-	if err := s.meta.Flatten(1); err != nil {
-		s.log.Warn("compact meta", "err", err)
+	// Badger writes a table through its mapping, so every page of a new
+	// one is resident: with dead letters arriving at full load (a
+	// blocking tracking plan), meta's new tables alone took spillway
+	// 25 MiB over its bound, and the Go heap, squeezed under the same
+	// limit, spent its time collecting.
+	if shape := shapeOf(levels); shape != s.metaTables {
+		s.metaTables = shape
+		s.releaseTablePages()
 	}
+}
+
+// metaTreeShape tells two states of meta's tree apart well enough to
+// see that a table was added or replaced.
+type metaTreeShape struct{ tables, bytes int64 }
+
+func shapeOf(levels []badger.LevelInfo) metaTreeShape {
+	var t metaTreeShape
+	for _, l := range levels {
+		t.tables += int64(l.NumTables)
+		t.bytes += l.Size
+	}
+	return t
 }
 
 func newStoppedTimer() *time.Timer {

@@ -74,6 +74,9 @@ type Spool struct {
 	// maintenancePasses counts the maintenance loop's passes: an idle
 	// spool makes none.
 	maintenancePasses atomic.Int64
+	// metaTables is meta's tree as compactMeta last released its pages:
+	// the maintenance loop's alone.
+	metaTables metaTreeShape
 	// deadMu serialises writes to the dead-letter store, whose blocks
 	// and count change together; deadCount is the stored count.
 	deadMu    sync.Mutex

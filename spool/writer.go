@@ -309,19 +309,21 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 	for _, r := range sg.reqs {
 		dead = append(dead, r.dead...)
 	}
+	// Compression is most of a group's CPU: spread its blocks, the dead
+	// letters' among them, over the cores.
+	var wg sync.WaitGroup
 	if len(dead) > 0 {
-		sg.dead = s.sealDeadLetters(dead, time.Now())
+		wg.Go(func() { sg.dead = s.sealDeadLetters(dead, time.Now()) })
 	}
 	if len(sg.reqs) < len(f.reqs) {
+		wg.Wait()
 		s.settleDedupe(f.group, f.keys, time.Time{}, ErrFull)
 		return sg
 	}
 	sg.keys, sg.keysAt = f.keys, s.dedupe.now()
 	stored := time.Now()
 	sg.blocks = make([]sealedBlock, len(f.blocks))
-	// Compression is most of a group's CPU: spread its blocks over the
-	// cores, no more at once than there are coders kept.
-	var wg sync.WaitGroup
+	// No more event blocks at once than there are coders kept.
 	slots := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for i, b := range f.blocks {
 		slots <- struct{}{}
@@ -411,13 +413,29 @@ func (s *Spool) rotateGeneration() {
 }
 
 func (s *Spool) commitGroup(sg *sealedGroup) error {
-	if len(sg.dead) > 0 {
-		// Dead letters first: if the blocks then fail, the client retries
-		// and at worst a dead letter is stored twice, never lost.
-		if err := s.commitDeadLetters(sg.dead, nil); err != nil {
-			return err
-		}
+	if len(sg.dead) == 0 {
+		return s.commitBlocks(sg)
 	}
+	if len(sg.blocks) == 0 {
+		return s.commitDeadLetters(sg.dead, nil)
+	}
+	// Dead letters live in meta, the events in the active generation:
+	// committed at once, the group waits for one fsync's time instead of
+	// two. Its requests are answered only once both are durable; if one
+	// fails they are answered with the error, and the client's retry
+	// stores again what the other made durable: at worst a dead letter
+	// or an event stored twice, never one lost.
+	deadErr := make(chan error, 1)
+	go func() { deadErr <- s.commitDeadLetters(sg.dead, nil) }()
+	err := s.commitBlocks(sg)
+	if derr := <-deadErr; err == nil {
+		err = derr
+	}
+	return err
+}
+
+// commitBlocks commits the group's event blocks to the active generation.
+func (s *Spool) commitBlocks(sg *sealedGroup) error {
 	if len(sg.blocks) == 0 {
 		return nil
 	}

@@ -33,8 +33,9 @@ type fastSchema struct {
 	additional *fastSchema
 	noMore     bool // additionalProperties: false
 	items      *fastSchema
-	numeric    bool // minimum, maximum or an exclusive bound
-	strLen     bool // minLength or maxLength
+	// The numeric bounds; nil: none.
+	minimum, maximum, exclusiveMinimum, exclusiveMaximum *numBound
+	strChecks                                            bool // minLength, maxLength or pattern
 }
 
 type fastProp struct {
@@ -61,13 +62,13 @@ func compileFast(s *jsonschema.Schema) *fastSchema {
 		s.UniqueItems || s.Contains != nil || s.MinContains != nil || s.MaxContains != nil ||
 		s.AdditionalItems != nil || len(s.PrefixItems) > 0 || s.UnevaluatedItems != nil ||
 		s.ContentEncoding != nil || s.ContentMediaType != nil || s.ContentSchema != nil ||
-		s.MultipleOf != nil || len(s.Extensions) > 0 || s.MinItems != nil || s.MaxItems != nil ||
-		s.Pattern != nil {
+		s.MultipleOf != nil || len(s.Extensions) > 0 {
 		return nil
 	}
 	f := &fastSchema{src: s, required: s.Required,
-		numeric: s.Minimum != nil || s.Maximum != nil || s.ExclusiveMinimum != nil || s.ExclusiveMaximum != nil,
-		strLen:  s.MinLength != nil || s.MaxLength != nil}
+		minimum: newNumBound(s.Minimum), maximum: newNumBound(s.Maximum),
+		exclusiveMinimum: newNumBound(s.ExclusiveMinimum), exclusiveMaximum: newNumBound(s.ExclusiveMaximum),
+		strChecks: s.MinLength != nil || s.MaxLength != nil || s.Pattern != nil}
 	if s.Types != nil && !s.Types.IsEmpty() {
 		f.types = s.Types.ToStrings()
 	}
@@ -179,14 +180,30 @@ func (f *fastSchema) typeOK(v *fastjson.Value) bool {
 	return false
 }
 
-// compareNumber compares the number v with a bound as JSON Schema does,
+// numBound is a numeric bound of the plan, also as the float nearest to
+// it: converting the exact value on every comparison was most of the
+// cost of checking a number.
+type numBound struct {
+	exact *big.Rat
+	f     float64
+}
+
+func newNumBound(r *big.Rat) *numBound {
+	if r == nil {
+		return nil
+	}
+	f, _ := r.Float64()
+	return &numBound{r, f}
+}
+
+// compare compares the number v with the bound as JSON Schema does,
 // exactly. Floats decide unless they are equal: rounding to the nearest
 // float never reverses an order, only merges what is close.
-func compareNumber(v *fastjson.Value, bound *big.Rat) int {
+func (b *numBound) compare(v *fastjson.Value) int {
 	if x, err := v.Float64(); err == nil {
-		if b, _ := bound.Float64(); x < b {
+		if x < b.f {
 			return -1
-		} else if x > b {
+		} else if x > b.f {
 			return 1
 		}
 	}
@@ -195,7 +212,7 @@ func compareNumber(v *fastjson.Value, bound *big.Rat) int {
 	if !ok {
 		return 0
 	}
-	return n.Cmp(bound)
+	return n.Cmp(b.exact)
 }
 
 // validate appends the violations of v, checked in the library's order:
@@ -222,8 +239,14 @@ func (w *walker) validate(f *fastSchema, v *fastjson.Value) {
 	case fastjson.TypeObject:
 		w.object(f, v)
 	case fastjson.TypeArray:
+		arr, _ := v.Array()
+		if s.MinItems != nil && len(arr) < *s.MinItems {
+			w.other("minItems")
+		}
+		if s.MaxItems != nil && len(arr) > *s.MaxItems {
+			w.other("maxItems")
+		}
 		if f.items != nil {
-			arr, _ := v.Array()
 			for i, e := range arr {
 				w.path = append(w.path, strconv.Itoa(i))
 				w.validate(f.items, e)
@@ -231,7 +254,7 @@ func (w *walker) validate(f *fastSchema, v *fastjson.Value) {
 			}
 		}
 	case fastjson.TypeString:
-		if f.strLen {
+		if f.strChecks {
 			b, _ := v.StringBytes()
 			n := utf8.RuneCount(b)
 			if s.MinLength != nil && n < *s.MinLength {
@@ -240,21 +263,23 @@ func (w *walker) validate(f *fastSchema, v *fastjson.Value) {
 			if s.MaxLength != nil && n > *s.MaxLength {
 				w.other("maxLength")
 			}
+			// The regexp keeps nothing of the string it matches.
+			if s.Pattern != nil && !s.Pattern.MatchString(unsafe.String(unsafe.SliceData(b), len(b))) {
+				w.other("pattern")
+			}
 		}
 	case fastjson.TypeNumber:
-		if f.numeric {
-			if s.Minimum != nil && compareNumber(v, s.Minimum) < 0 {
-				w.other("minimum")
-			}
-			if s.Maximum != nil && compareNumber(v, s.Maximum) > 0 {
-				w.other("maximum")
-			}
-			if s.ExclusiveMinimum != nil && compareNumber(v, s.ExclusiveMinimum) <= 0 {
-				w.other("exclusiveMinimum")
-			}
-			if s.ExclusiveMaximum != nil && compareNumber(v, s.ExclusiveMaximum) >= 0 {
-				w.other("exclusiveMaximum")
-			}
+		if f.minimum != nil && f.minimum.compare(v) < 0 {
+			w.other("minimum")
+		}
+		if f.maximum != nil && f.maximum.compare(v) > 0 {
+			w.other("maximum")
+		}
+		if f.exclusiveMinimum != nil && f.exclusiveMinimum.compare(v) <= 0 {
+			w.other("exclusiveMinimum")
+		}
+		if f.exclusiveMaximum != nil && f.exclusiveMaximum.compare(v) >= 0 {
+			w.other("exclusiveMaximum")
 		}
 	}
 }

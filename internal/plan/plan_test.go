@@ -227,6 +227,21 @@ func TestTheFastWalkTakesPlainPlans(t *testing.T) {
 	if q.track["E"].fast != nil {
 		t.Error("a rule with $ref went to the fast walk")
 	}
+	// Patterns and array bounds are common in exported plans: a rule
+	// using them must not fall back to the library's walk, which costs
+	// more than the rest of ingest.
+	r, err := Parse([]byte(`{"rules":[{"type":"TRACK","key":"E","jsonSchema":{"properties":{"properties":{"properties":{"id":{"type":"string","pattern":"^p_"},"tags":{"type":"array","minItems":1,"maxItems":3}}}}}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.track["E"].fast == nil {
+		t.Error("a rule with pattern and minItems/maxItems is not taken by the fast walk")
+	}
+	for e, want := range map[string]int{`{"properties":{"id":"p_1","tags":["a"]}}`: 0, `{"properties":{"id":"q_1","tags":[]}}`: 2, `{"properties":{"id":"p","tags":[1,2,3,4]}}`: 2} {
+		if vs, _ := check(t, r, `{"type":"track","event":"E",`+e[1:], true); len(vs) != want {
+			t.Errorf("%s: %d violations %v, want %d", e, len(vs), vs, want)
+		}
+	}
 	vs, _ := check(t, q, `{"type":"track","event":"E","properties":{}}`, true)
 	if len(vs) != 0 {
 		t.Errorf("violations %v", vs)

@@ -68,7 +68,7 @@ func run() int {
 	fs.DurationVar(&c.down, "down", 0, "W4: how long the sink is down (default 60s, --quick 10s)")
 	fs.DurationVar(&c.drainMax, "drain-max", 0, "W4: longest wait for the backlog to drain (default 180s, --quick 30s)")
 	fs.IntVar(&c.conns, "conns", 64, "load generator connections")
-	fs.StringVar(&c.only, "only", "W1,W2,W3,R50,W4", "workloads to run, comma-separated; idle (no traffic, a burst, a backlog restart: several minutes) only when named")
+	fs.StringVar(&c.only, "only", "W1,W2,W3,R50,W4", "workloads to run, comma-separated; idle (no traffic, a burst, a backlog restart: several minutes), W1off, W2off, W1flag, W1block and W1privacy only when named")
 	fs.Float64Var(&c.halfRate, "half-rate", 0, "events/s for R50 and W4 (default: half of W1's measured rate)")
 	fs.StringVar(&c.work, "work", "", "directory for spools and logs (default: a new temporary directory)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (spools and logs)")
@@ -181,6 +181,9 @@ func (r *runner) runAll(ctx context.Context) error {
 		}
 	}
 	if err := r.dedupeOff(ctx, "W1", w1, batch, sinkDest); err != nil {
+		return err
+	}
+	if err := r.contracts(ctx, w1, batch, sinkDest); err != nil {
 		return err
 	}
 	var w2 *row
