@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"slices"
 	"time"
@@ -17,8 +18,8 @@ import (
 // finished in four fifths of its time is not likely to in the last fifth.
 const handOffShare = 5
 
-// handOffObjectBytes bounds the events of one hand-off object, all held
-// in memory while it is read and compressed.
+// handOffObjectBytes bounds the events of one hand-off object: an object
+// stored is a part of the hand-off kept if the time runs out after it.
 const handOffObjectBytes = 4 << 20
 
 // drainShare returns the context the drain waits under: ctx itself, or,
@@ -73,46 +74,117 @@ func (g *Group) archive(name string) *archiveForwarder {
 }
 
 // handOffTo reads the destination's backlog from its cursor and writes it
-// to a in objects of at most the archive's batch_bytes, each acknowledged
-// once stored. It returns how many events were handed off.
+// to a in objects of at most handOffObjectBytes of events, under
+// PREFIX/undelivered/NAME/, each decided as the archive's own objects are:
+// its range recorded in the spool (the destination's pending range, which
+// a destination of another kind does not use) before its upload, marked
+// confirmed once stored, then acknowledged. A hand-off that a crash cut
+// short is repeated at the next shutdown from the saved cursor, which may
+// be behind: it cuts an unconfirmed range again with the same bounds,
+// overwriting its object with the same bytes, and skips a confirmed one,
+// so each event is in one hand-off object. It returns how many events
+// were handed off.
 func (d *Dispatcher) handOffTo(ctx context.Context, a *archiveForwarder) (int, error) {
+	sp, ok := d.sp.(rangeStore)
+	if !ok {
+		return 0, errors.New("the spool cannot record object ranges")
+	}
 	name := d.dest.Name
-	if err := d.sp.Rewind(name); err != nil {
+	if err := sp.Rewind(name); err != nil {
 		return 0, err
 	}
-	under := path.Join(undeliveredDir, name)
-	var recs, batch []spool.Record
-	var arena []byte
-	handed := 0
+	h := handOff{d: d, a: a, sp: sp, under: path.Join(undeliveredDir, name)}
+	p, ok, err := sp.PendingRange(name)
+	if err != nil {
+		return 0, err
+	}
+	h.from, h.redo = resumeAt(p, ok)
+	scratch := &fileSink{open: sp.ScratchFile}
+	defer scratch.close()
+	h.obj.sink = scratch
+	limit := min(a.dest.BatchBytes, handOffObjectBytes)
+	var (
+		recs  []spool.Record
+		arena []byte
+	)
 	for {
-		var err error
-		recs, arena, err = d.sp.ReadInto(name, recs[:0], arena[:0], 1<<16, min(a.dest.BatchBytes, handOffObjectBytes))
+		recs, arena, err = sp.ReadInto(name, recs[:0], arena[:0], 1<<16, archiveRead)
 		if err != nil {
-			return handed, err
+			return h.handed, err
 		}
 		if len(recs) == 0 {
-			return handed, d.sp.Ack(name, d.sp.Position(name))
-		}
-		batch = batch[:0]
-		for _, r := range recs {
-			if d.route.wants(r.Data) {
-				batch = append(batch, r)
+			if err := h.put(ctx); err != nil {
+				return h.handed, err
 			}
+			return h.handed, sp.Ack(name, sp.Position(name))
 		}
-		if err := putRetrying(ctx, a, under, batch, d.dest.BackoffMin); err != nil {
-			return handed, err
-		}
-		handed += len(batch)
-		if err := d.sp.Ack(name, recs[len(recs)-1].Seq+1); err != nil {
-			return handed, err
+		for _, r := range recs {
+			if h.redo != nil && r.Seq > h.redo.Last || h.redo == nil && h.obj.raw >= limit {
+				if err := h.put(ctx); err != nil {
+					return h.handed, err
+				}
+			}
+			if r.Seq < h.from || !d.route.wants(r.Data) {
+				continue
+			}
+			if err := h.obj.add(r); err != nil {
+				return h.handed, err
+			}
 		}
 	}
 }
 
-// putRetrying writes recs as one object, retrying failures until ctx ends.
-func putRetrying(ctx context.Context, a *archiveForwarder, under string, recs []spool.Record, wait time.Duration) error {
+// handOff is the state of one destination's handOffTo.
+type handOff struct {
+	d     *Dispatcher
+	a     *archiveForwarder
+	sp    rangeStore
+	under string
+	// from is the first event not in a confirmed hand-off object.
+	from uint64
+	// redo is an unconfirmed range an interrupted hand-off left.
+	redo   *spool.Pending
+	obj    objectBuilder
+	handed int
+}
+
+// put writes the object built so far, if any, as handOffTo says.
+func (h *handOff) put(ctx context.Context) error {
+	o, name := &h.obj, h.d.dest.Name
+	if o.events == 0 {
+		if h.redo != nil {
+			// None of its events is left (dropped while the spool was full).
+			h.from, h.redo = h.redo.Last+1, nil
+		}
+		return nil
+	}
+	body, size, err := o.finish()
+	if err != nil {
+		return err
+	}
+	p := spool.Pending{First: o.first, Last: o.last}
+	if h.redo == nil {
+		if err := h.sp.SetPending(name, p); err != nil {
+			return err
+		}
+	}
+	if err := putRetrying(ctx, h.a, o.key(h.a.dest.Archive.Prefix, h.under), body, size, h.d.dest.BackoffMin); err != nil {
+		return err
+	}
+	p.Confirmed = true
+	if err := h.sp.SetPending(name, p); err != nil {
+		return err
+	}
+	h.from, h.redo = p.Last+1, nil
+	h.handed += o.events
+	o.reset()
+	return h.sp.Ack(name, p.Last+1)
+}
+
+// putRetrying uploads one object, retrying failures until ctx ends.
+func putRetrying(ctx context.Context, a *archiveForwarder, key string, body io.ReaderAt, size int64, wait time.Duration) error {
 	for fails := 1; ; fails++ {
-		err := a.putRecords(ctx, under, recs)
+		err := a.store.put(ctx, key, body, size)
 		if err == nil || ctx.Err() != nil {
 			return err
 		}

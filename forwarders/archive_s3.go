@@ -1,10 +1,10 @@
 package forwarders
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 
@@ -14,10 +14,11 @@ import (
 
 // objectStore is where an archive puts its objects.
 type objectStore interface {
-	// put writes body under key, replacing any object there. It returns
-	// once the store has the whole object, or an error classified as
-	// Send's are.
-	put(ctx context.Context, key string, body []byte) error
+	// put writes the size bytes of body under key, replacing any object
+	// there. It returns once the store has the whole object, or an error
+	// classified as Send's are. body is read from its start at each call,
+	// so a retry sends the same bytes.
+	put(ctx context.Context, key string, body io.ReaderAt, size int64) error
 }
 
 // s3Store puts objects into a bucket of any S3-compatible store.
@@ -25,7 +26,6 @@ type s3Store struct {
 	client       *minio.Client
 	bucket       string
 	storageClass string
-	threads      uint
 	timeout      time.Duration
 }
 
@@ -36,7 +36,7 @@ func newS3Store(d Destination) (*s3Store, error) {
 		return nil, err
 	}
 	return &s3Store{client: client, bucket: d.Archive.Bucket, storageClass: d.Archive.StorageClass,
-		threads: uint(d.Concurrency), timeout: d.Timeout}, nil
+		timeout: d.Timeout}, nil
 }
 
 // NewS3Client returns a client of the store a's bucket is in, for the
@@ -73,13 +73,22 @@ func NewS3Client(a ArchiveOptions) (*minio.Client, error) {
 	return client, nil
 }
 
-func (s *s3Store) put(ctx context.Context, key string, body []byte) error {
+func (s *s3Store) put(ctx context.Context, key string, body io.ReaderAt, size int64) error {
 	putCtx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	_, err := s.client.PutObject(putCtx, s.bucket, key, bytes.NewReader(body), int64(len(body)), minio.PutObjectOptions{
+	// A seekable body of known length: up to singlePutBytes the client
+	// hashes it in place (rewinding it) and sends it in one PUT, holding
+	// none of it in memory. Beyond, it copies each part into a buffer to
+	// hash it, one part at a time: parts of the smallest size S3 takes
+	// bound that buffer.
+	var partSize uint64
+	if size > singlePutBytes {
+		partSize = multipartPartBytes
+	}
+	_, err := s.client.PutObject(putCtx, s.bucket, key, io.NewSectionReader(body, 0, size), size, minio.PutObjectOptions{
+		PartSize:     partSize,
 		ContentType:  "application/x-ndjson",
 		StorageClass: s.storageClass,
-		NumThreads:   s.threads,
 		// The payload is not signed chunk by chunk (aws-chunked), which
 		// some S3-compatible stores keep inside multipart parts; its MD5
 		// lets the store check it instead.
@@ -91,6 +100,14 @@ func (s *s3Store) put(ctx context.Context, key string, body []byte) error {
 	}
 	return nil
 }
+
+// singlePutBytes is the largest object sent in one PUT: minio-go's own
+// threshold. multipartPartBytes is the part size of larger ones, S3's
+// smallest.
+const (
+	singlePutBytes     = 16 << 20
+	multipartPartBytes = 5 << 20
+)
 
 // misconfiguredCodes are the store's answers that only a change of
 // configuration or permissions fixes.

@@ -3,9 +3,12 @@ package forwarders
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,7 +38,7 @@ func hourEvents(n int, start time.Time) []ev {
 	return out
 }
 
-var objectKeyRE = regexp.MustCompile(`^raw/spillway/dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/(\d{20})-(\d{20})\.ndjson\.gz$`)
+var objectKeyRE = regexp.MustCompile(`^raw/spillway/(?:undelivered/[^/]+/)?dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/(\d{20})-(\d{20})\.ndjson\.gz$`)
 
 // archivedIDs reads every object under prefix, checks its name against
 // its contents (range, partition of the first event), and counts each
@@ -343,4 +346,89 @@ func TestArchiveOfAMissingBucketIsMisconfigured(t *testing.T) {
 	if st := g.Status()[0]; !strings.Contains(st.LastError, "NoSuchBucket") || st.BacklogEvents != 3 || st.DeadLettered != 0 {
 		t.Errorf("status %+v, want NoSuchBucket, the 3 events kept", st)
 	}
+}
+
+func TestFallbackHandOffRepeatedAfterACrashHandsEachEventOffOnce(t *testing.T) {
+	// A first spool hands four events off. A second one, the same events
+	// and six more, is what a crash during that hand-off leaves: the
+	// range recorded (confirmed or not), the cursor before it. Its
+	// hand-off must not write the four events into a second object.
+	for name, confirmed := range map[string]bool{
+		"the crash came after the store's confirmation was recorded":  true,
+		"the crash came between the upload and recording its success": false,
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := startStore(t)
+			evs := hourEvents(10, time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC))
+			handOffAll := func(sp *spool.Spool) {
+				t.Helper()
+				down := testkit.NewSink(t, func(int, *testkit.Request) testkit.Answer {
+					return testkit.Answer{Status: http.StatusServiceUnavailable}
+				})
+				g := startGroup(t, sp, nil, "hook="+down.URL+"?"+opts(testOpts, "fallback=archive"), archiveSpec(s, "flush=1h"))
+				if err := shutdown(t, g, time.Second); err != nil {
+					t.Fatalf("shutdown: %v", err)
+				}
+			}
+			first := openSpool(t, t.TempDir(), "hook", "archive")
+			appendEvents(t, first, evs[:4]...)
+			handOffAll(first)
+			if keys := s.Keys(t, "raw/spillway/undelivered/"); len(keys) != 1 {
+				t.Fatalf("objects %v after the first hand-off, want one", keys)
+			}
+
+			sp := openSpool(t, t.TempDir(), "hook", "archive", "peek")
+			appendEvents(t, sp, evs[:4]...)
+			recs, err := sp.Read("peek", 10, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sp.SetPending("hook", spool.Pending{First: recs[0].Seq, Last: recs[3].Seq, Confirmed: confirmed}); err != nil {
+				t.Fatal(err)
+			}
+			appendEvents(t, sp, evs[4:]...)
+			handOffAll(sp)
+			keys := s.Keys(t, "raw/spillway/undelivered/")
+			if len(keys) != 2 {
+				t.Errorf("objects %v, want the first hand-off's and one of the six events after it", keys)
+			}
+			checkOnce(t, archivedIDs(t, s, "raw/spillway/undelivered/hook/"), evs)
+		})
+	}
+}
+
+// failingScratch is a spool whose first scratch files cannot be written,
+// as on a full disk.
+type failingScratch struct {
+	*spool.Spool
+	dir    string
+	failed atomic.Int32 // scratch files still to fail
+}
+
+func (f *failingScratch) ScratchFile() (*os.File, error) {
+	if f.failed.Add(-1) < 0 {
+		return f.Spool.ScratchFile()
+	}
+	path := filepath.Join(f.dir, "read-only")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		return nil, err
+	}
+	return os.Open(path) // open for reading: every write fails
+}
+
+func TestArchiveDropsAnObjectWhoseScratchFileFailsAndWritesItAgain(t *testing.T) {
+	s := startStore(t)
+	sp := &failingScratch{Spool: openSpool(t, t.TempDir(), "archive"), dir: t.TempDir()}
+	sp.failed.Store(2)
+	g := startGroup(t, sp, nil, archiveSpec(s, "flush=10ms"))
+	evs := hourEvents(10, time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC))
+	appendEvents(t, sp, evs...)
+	testkit.Eventually(t, func() bool { return sp.Backlog("archive").Events == 0 }, "backlog %d", backlog(sp, "archive"))
+	if err := shutdown(t, g, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := sp.failed.Load(); n >= 0 {
+		t.Fatalf("%d failing scratch files left unused", n+1)
+	}
+	checkOnce(t, archivedIDs(t, s, "raw/"), evs)
 }

@@ -100,7 +100,7 @@ func (s *Spool) openMeta() (*badger.DB, error) {
 	// that hold a whole dead-letter block, and smaller tables, cut it to
 	// 8 to 12 MiB.
 	meta, err := badger.Open(s.badgerOptions(dir).
-		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(1 << 20).
+		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(512 << 10).
 		WithBaseTableSize(512 << 10).WithBlockSize(64 << 10).
 		// Checked whole when opened, its tables, most of them dead-letter
 		// blocks, were read into memory at every start: the damage check

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -25,9 +26,9 @@ import (
 const deadBlockRawBytes = 60 << 10
 
 // deadTxnBytes bounds the blocks of one meta transaction, well inside
-// Badger's limit (15% of meta's 1 MiB memtable), so that each transaction
+// Badger's limit (15% of meta's 512 KiB memtable), so that each transaction
 // holds whole blocks and the count that goes with them.
-const deadTxnBytes = 100 << 10
+const deadTxnBytes = 64 << 10
 
 func deadBlockKey(first uint64) []byte {
 	k := make([]byte, 9)
@@ -191,11 +192,43 @@ func (s *Spool) commitDeadLetters(blocks []deadBlock, marker []byte) error {
 // blocks, and deletes the legacy keys given, keeping the stored count
 // exact in every transaction: a crash between two of them leaves a count
 // that matches the blocks. The caller holds deadMu.
-func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]byte) error {
+func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]byte) (err error) {
 	count := s.deadCount
 	txn := s.meta.NewTransaction(true)
-	defer func() { txn.Discard() }()
 	size, pending := 0, false
+	// The transactions are handed to Badger without waiting for each:
+	// its writer applies them in order and syncs what is pending at once,
+	// so a group's dead letters cost one fsync, not one per transaction.
+	// In order, a crash leaves the count of the last durable one, which
+	// matches the blocks durable with it.
+	type inFlight struct {
+		count uint64
+		done  chan error
+	}
+	var sent []inFlight
+	defer func() {
+		txn.Discard()
+		failed := err != nil
+		for _, c := range sent {
+			if cerr := <-c.done; cerr != nil {
+				failed = true
+				err = cmp.Or(err, cerr)
+			} else if !failed {
+				s.deadCount = c.count
+			}
+		}
+		if failed && len(sent) > 1 {
+			// A transaction after a failed one may have been applied, its
+			// count including blocks that are not there: count again.
+			if rerr := s.recountDeadLetters(true); rerr != nil {
+				s.log.Error("recount dead letters", "err", rerr)
+			}
+		}
+		s.metrics.deadLetters.Set(float64(s.deadCount))
+		if len(sent) > 0 {
+			s.noteUnsynced()
+		}
+	}()
 	commit := func() error {
 		if !pending {
 			return nil
@@ -203,12 +236,9 @@ func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]by
 		if err := txn.Set(deadCountKey, binary.BigEndian.AppendUint64(nil, count)); err != nil {
 			return err
 		}
-		if err := txn.Commit(); err != nil {
-			return err
-		}
-		s.noteUnsynced()
-		s.metrics.deadLetters.Set(float64(count))
-		s.deadCount = count
+		done := make(chan error, 1)
+		txn.CommitWith(func(err error) { done <- err })
+		sent = append(sent, inFlight{count, done})
 		txn = s.meta.NewTransaction(true)
 		size, pending = 0, false
 		return nil
@@ -368,7 +398,7 @@ func (s *Spool) openDeadLetters() error {
 	if err == nil && !counted {
 		err = s.migrateLegacyDeadLetters()
 		if err == nil {
-			err = s.recountDeadLetters()
+			err = s.recountDeadLetters(false)
 		}
 		s.releaseTablePages()
 	}
@@ -415,8 +445,10 @@ func (s *Spool) migrateLegacyDeadLetters() error {
 	}
 }
 
-// recountDeadLetters counts the stored dead letters and stores the count.
-func (s *Spool) recountDeadLetters() error {
+// recountDeadLetters counts the stored dead letters and stores the count;
+// a count of zero only if stored is set (a count is stored, which may be
+// wrong).
+func (s *Spool) recountDeadLetters(stored bool) error {
 	var n uint64
 	err := s.meta.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDeadBlock}})
@@ -437,7 +469,7 @@ func (s *Spool) recountDeadLetters() error {
 		return err
 	}
 	s.deadCount = n
-	if n == 0 {
+	if n == 0 && !stored {
 		// No count and no dead letters reads as zero again at the next
 		// open, and the first dead letters store their count with them:
 		// a commit here would cost every start on a new spool an fsync.

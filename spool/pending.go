@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -83,4 +84,21 @@ func (s *Spool) PendingRange(consumer string) (p Pending, ok bool, err error) {
 		return Pending{}, false, fmt.Errorf("read pending range: %w", err)
 	}
 	return p, true, nil
+}
+
+// ScratchFile returns a new empty file in the spool's directory, already
+// unlinked, for a consumer to build a unit of delivery in that is too big
+// to hold in memory (an archive's object of tens of MiB). Unlinked, it
+// leaves nothing behind after a crash; its space returns when it is
+// closed.
+func (s *Spool) ScratchFile() (*os.File, error) {
+	f, err := os.CreateTemp(s.cfg.Dir, "scratch-*"+tmpSuffix)
+	if err != nil {
+		return nil, fmt.Errorf("spool: create scratch file: %w", err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("spool: unlink scratch file: %w", err)
+	}
+	return f, nil
 }

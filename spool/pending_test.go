@@ -3,6 +3,8 @@ package spool
 import (
 	"context"
 	"errors"
+	"os"
+	"strings"
 	"testing"
 )
 
@@ -48,5 +50,36 @@ func TestPendingRangeSurvivesReopen(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, want)
 			}
 		})
+	}
+}
+
+func TestScratchFileLeavesNothingInTheDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, Consumers: []string{"archive"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	f, err := s.ScratchFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("an object being built"); err != nil {
+		t.Fatal(err)
+	}
+	// Unlinked while open, a crash cannot leave it behind.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "scratch") {
+			t.Errorf("%s in the spool's directory while a scratch file is open", e.Name())
+		}
+	}
+	buf := make([]byte, 9)
+	if _, err := f.ReadAt(buf, 3); err != nil || string(buf) != "object be" {
+		t.Errorf("read back %q, %v", buf, err)
 	}
 }

@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -208,9 +207,21 @@ func (s *Spool) submit(source string, events []Event, dead []DeadLetter, force b
 		b.count++
 		s.assigned++
 	}
-	for _, d := range dead {
-		d.Event = bytes.Clone(d.Event)
-		r.dead = append(r.dead, d)
+	if len(dead) > 0 {
+		// The caller's buffers are theirs again once this returns: one
+		// copy of the request's dead events, not one allocation each.
+		n := 0
+		for i := range dead {
+			n += len(dead[i].Event)
+		}
+		events := make([]byte, 0, n)
+		r.dead = make([]DeadLetter, len(dead))
+		for i, d := range dead {
+			start := len(events)
+			events = append(events, d.Event...)
+			d.Event = events[start:len(events):len(events)]
+			r.dead[i] = d
+		}
 	}
 	f.reqs = append(f.reqs, r)
 	f.bytes += size
