@@ -33,6 +33,7 @@ var httpKinds = []httpKind{
 // TestHTTPKindsConformance runs every HTTP kind through the same server
 // behaviours, end to end: spool, dispatcher, forwarder, server.
 func TestHTTPKindsConformance(t *testing.T) {
+	t.Parallel()
 	longBody := `{"message":"bad event"}` + strings.Repeat(" ", 1500)
 	scenarios := []struct {
 		scenario string
@@ -174,6 +175,9 @@ spillway_destination_up{destination="dest"} 1
 		t.Run(k.name, func(t *testing.T) {
 			for _, sc := range scenarios {
 				t.Run(sc.scenario, func(t *testing.T) {
+					// Each scenario has its own sink, spool and registry;
+					// the timeouts and Retry-After waits overlap.
+					t.Parallel()
 					s := testkit.NewSink(t, sc.answer)
 					sp := openSpool(t, t.TempDir(), "dest")
 					reg := prometheus.NewRegistry()

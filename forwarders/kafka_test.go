@@ -285,6 +285,7 @@ func checkPlacement(t *testing.T, recs []*kgo.Record, evs []kafkaEvent, partitio
 }
 
 func TestKafkaDeliversEveryEventWhereItsKeyPutsItInOrder(t *testing.T) {
+	t.Parallel()
 	const partitions = 8
 	c := newKafkaCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(partitions, "events"))
 	sp := openSpool(t, t.TempDir(), "k")
@@ -360,6 +361,7 @@ func TestKafkaKeyChoices(t *testing.T) {
 // arrives, each user's in order. It runs on synctest's clock, on an
 // in-memory network: franz-go's backoffs and metadata waits take no time.
 func TestKafkaLosesNothingThroughBrokerFaults(t *testing.T) {
+	t.Parallel()
 	const partitions = 6
 	scenarios := []struct {
 		scenario string
@@ -851,6 +853,7 @@ func testKafkaForwarderConformance(t *testing.T) {
 }
 
 func TestKafkaEveryCompressionAndAcksSettingDelivers(t *testing.T) {
+	t.Parallel()
 	c := newKafkaCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(3, "events"))
 	wantCodec := map[string]int8{"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 	for _, params := range []string{"compression=none", "compression=gzip", "compression=snappy", "compression=lz4",

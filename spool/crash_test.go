@@ -23,7 +23,9 @@ import (
 // The crash tests re-run the test binary as a child that works on a spool
 // and prints every acknowledgement, the parent kills it at a chosen moment,
 // then opens the spool again and checks what survived (os/exec's
-// helper-process pattern).
+// helper-process pattern). Each works in a directory of its own and spends
+// its time waiting on its children, so they call t.Parallel(); so do the
+// tests that wait on the maintenance loop to measure a full spool.
 const (
 	crashChildEnv = "SPILLWAY_SPOOL_CRASH_CHILD"
 	crashModeEnv  = "SPILLWAY_SPOOL_CRASH_MODE"
@@ -155,6 +157,7 @@ var ftruncateLine = regexp.MustCompile(`ftruncate\(\d+<([^>]*)>, (\d+)\)`)
 // (dgraph-io/badger#2207), and spillway could not start without an
 // operator. Every start must succeed and keep what was acknowledged.
 func TestACrashAtAnyFileSizingLeavesASpoolThatOpens(t *testing.T) {
+	t.Parallel()
 	strace := needStrace(t)
 	// A run without faults lists the calls to aim at.
 	trace := filepath.Join(t.TempDir(), "trace")
@@ -185,6 +188,9 @@ func TestACrashAtAnyFileSizingLeavesASpoolThatOpens(t *testing.T) {
 			continue
 		}
 		n := i + 1
+		// One after another: run side by side, a child killed under strace
+		// was seen still holding its spool's directory lock when the
+		// subtest opened the spool again.
 		t.Run(fmt.Sprintf("killed at ftruncate %d", n), func(t *testing.T) {
 			dir := t.TempDir()
 			cmd := crashChild(t, dir, "", strace, "-f", "-o", "/dev/null", "-e", "trace=ftruncate",
@@ -201,6 +207,7 @@ func TestACrashAtAnyFileSizingLeavesASpoolThatOpens(t *testing.T) {
 // when the save that covered them was lost). Numbering resumed at zero
 // then, below numbers destinations had already passed.
 func TestNumberingNeverGoesBackAfterACrash(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	out, err := crashChild(t, dir, "die").Output()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
@@ -272,6 +279,7 @@ func TestADamagedSequenceLeaseStopsTheStart(t *testing.T) {
 // backlog gauge counted them as events (2.8 million for 1.7 million sent,
 // in a soak), so it must count what is stored.
 func TestBacklogAfterSeveralCrashesCountsStoredEventsOnly(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	acked := 0
 	for range 3 {
@@ -292,6 +300,7 @@ func TestBacklogAfterSeveralCrashesCountsStoredEventsOnly(t *testing.T) {
 // generation before a crash's skipped numbers counted those numbers as
 // dropped events (1.59 million for 31,000 events, in a soak).
 func TestDropOldestAfterACrashCountsEventsNotSkippedNumbers(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	out, _ := crashChild(t, dir, "die").Output()
 	stored := lastAcked(t, out)

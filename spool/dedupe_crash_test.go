@@ -45,6 +45,7 @@ func runDedupeCrashChild(dir string) int {
 // After kill -9 at a random moment: every acknowledged event's key is in
 // the index, and every key in the index is of an event that was stored.
 func TestKillNineLeavesTheIndexAndTheEventsConsistent(t *testing.T) {
+	t.Parallel()
 	rng := rand.New(rand.NewPCG(25, 25))
 	for cycle := range 6 {
 		dir := t.TempDir()

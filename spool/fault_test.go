@@ -44,6 +44,7 @@ func randomEvents(n, size int) []Event {
 }
 
 func TestFullDiskAnswersFullKeepsWhatWasStoredAndRecovers(t *testing.T) {
+	t.Parallel()
 	mnt := mountTmpfs(t, "160m")
 	ballast := filepath.Join(mnt, "ballast")
 	if err := os.WriteFile(ballast, make([]byte, 40<<20), 0o600); err != nil {

@@ -133,12 +133,12 @@ func TestMaintenanceCompactsMetaWithoutBadgerCompactors(t *testing.T) {
 	s := openTest(t, t.TempDir(), "a")
 	defer s.Close(context.Background())
 	// Small writes, as cursor saves and read marks are, through meta's
-	// 1 MiB memtable: a table in level 0 for each flush.
-	const prefix, n = 0xee, 60000
+	// 512 KiB memtable: a table in level 0 for each flush.
+	const prefix, n, perTxn = 0xee, 60000, 500
 	val := []byte(strings.Repeat("v", 64))
-	for i := 0; i < n; i += 1000 {
+	for i := 0; i < n; i += perTxn {
 		err := s.meta.Update(func(txn *badger.Txn) error {
-			for j := i; j < i+1000; j++ {
+			for j := i; j < i+perTxn; j++ {
 				if err := txn.Set(binary.BigEndian.AppendUint64([]byte{prefix}, uint64(j)), val); err != nil {
 					return err
 				}

@@ -151,6 +151,7 @@ func TestAnalyticsNodeRetryingAfterALate200DeliversOneCopy(t *testing.T) {
 // entry survived), and every event attempted must reach the sink (no entry
 // survived for an event that was not stored, which would skip it forever).
 func TestKilledProcessKeepsTheIndexConsistentWithTheEvents(t *testing.T) {
+	t.Parallel()
 	cycles := 5
 	if testing.Short() {
 		cycles = 2
@@ -260,6 +261,7 @@ func checkIndexAgainstEvents(t *testing.T, p *process, hook *sink, attempted [][
 // is lost, and still no acknowledged event lacks its entry and no entry
 // outlives its event.
 func TestPowerCutsKeepTheIndexConsistentWithTheEvents(t *testing.T) {
+	t.Parallel()
 	cuts := 4
 	if testing.Short() {
 		cuts = 2

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -27,6 +28,11 @@ import (
 )
 
 // binary is spillway built once for the tests that run it as a process.
+// Those that spend their time waiting on it (kills, power cuts, drains,
+// restarts, a browser) call t.Parallel(): each works on its own spool,
+// sinks and port, so they overlap and the package takes about as long as
+// the longest of them. Tests that set the environment the binary reads
+// (t.Setenv) stay sequential, which also keeps them off the parallel ones.
 var binary string
 
 func buildBinary() (cleanup func(), err error) {
@@ -249,6 +255,9 @@ func postAcked(ctx context.Context, url, tag string, clients, n int, mu *sync.Mu
 			for i := 0; ctx.Err() == nil; i++ {
 				evs := trackEvents(fmt.Sprintf("%s-w%d-%d", tag, w, i), n)
 				code, err := postBatch(ctx, client, url, "wk", evs)
+				if deadAddress(err) {
+					return
+				}
 				if err != nil || code != 200 {
 					continue
 				}
@@ -261,6 +270,16 @@ func postAcked(ctx context.Context, url, tag string, clients, n int, mu *sync.Mu
 		})
 	}
 	return &wg
+}
+
+// deadAddress reports whether err says nothing listens at the address any
+// more: the spillway there was killed. A client must stop posting then
+// rather than until the test cancels it, as another test running in
+// parallel may bind the freed port meanwhile, and its spillway or sink
+// would acknowledge the posts, which this test would then count as its
+// own, acknowledged and never delivered.
+func deadAddress(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // waitForAll waits until has reports every id in acked, read under mu.

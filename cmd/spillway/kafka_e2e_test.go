@@ -80,6 +80,7 @@ func (k *kafkaTopic) counts() (unique, records int) {
 // load, restarts it on the same spool, and checks that every event
 // answered 200 reaches the topic.
 func TestKafkaKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
+	t.Parallel()
 	cycles := 3
 	if testing.Short() {
 		cycles = 1

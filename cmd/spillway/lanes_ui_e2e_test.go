@@ -15,6 +15,7 @@ import (
 // /ui lists, under its destination, a write key the upstream refuses:
 // masked, with its state and backlog.
 func TestUIListsTheLanesOfRefusedWriteKeys(t *testing.T) {
+	t.Parallel()
 	chromium := findChromium(t)
 	const refusedKey = "rkey-revoked-123"
 	upstream := testkit.NewSink(t, func(_ int, r *testkit.Request) testkit.Answer {

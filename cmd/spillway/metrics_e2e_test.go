@@ -282,6 +282,7 @@ func TestMetricsAfterAKnownLoad(t *testing.T) {
 // TestLogsShowDrainProgressAndNeverAWriteKey runs a shutdown that cannot
 // drain (its destination answers 503) with every log on, and reads them.
 func TestLogsShowDrainProgressAndNeverAWriteKey(t *testing.T) {
+	t.Parallel()
 	const key, wrongKey = "wk-logs-secret-0123456789", "wk-wrong-secret-9876543210"
 	failing := newSink(t)
 	failing.setStatus(http.StatusServiceUnavailable)

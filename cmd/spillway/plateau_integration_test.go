@@ -20,6 +20,8 @@ import (
 // destination is down, and checks that once it has drained the size falls
 // back near its floor within about a minute.
 func TestIntegrationSpoolSizePlateausAndFallsBackAfterABacklog(t *testing.T) {
+	// Beside the power-cut tests in scripts/test: this one mostly waits.
+	t.Parallel()
 	steady := 150 * time.Second
 	hook := newSink(t)
 	dir := t.TempDir()

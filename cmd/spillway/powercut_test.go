@@ -179,6 +179,9 @@ func (r *powerRig) load(ctx context.Context, p *process, tag string) *sync.WaitG
 					evs[0]["properties"].(map[string]any)["poison"] = true
 				}
 				code, err := postBatch(ctx, client, p.url(), "wk", evs)
+				if deadAddress(err) {
+					return
+				}
 				if err != nil || code != 200 {
 					continue
 				}
@@ -234,8 +237,6 @@ func ackedSet(r *powerRig) map[string]bool {
 // purged, and during start-up recovery itself. Every start must succeed,
 // and at the end every acknowledged event must have been delivered.
 func TestPowerCutsUnderLoadLoseNoAcknowledgedEvent(t *testing.T) {
-	// Run with the tests that only wait (TestDLQReplayWaitsForTheServersAnswer
-	// waits 11 s), once the others are done, so that their waits cost no time.
 	t.Parallel()
 	cuts := 32
 	if testing.Short() {
@@ -292,6 +293,7 @@ func TestPowerCutsUnderLoadLoseNoAcknowledgedEvent(t *testing.T) {
 // that, the destination back, everything acknowledged after the last drop
 // is delivered and the backlog empties.
 func TestPowerCutsWithDropOldestStartAndDeliver(t *testing.T) {
+	t.Parallel()
 	cuts := 8
 	if testing.Short() {
 		cuts = 3
@@ -332,6 +334,7 @@ func TestPowerCutsWithDropOldestStartAndDeliver(t *testing.T) {
 // which two background fsyncs completed was covered by the second (they
 // run one after another), and must survive.
 func TestPowerCutsWithIntervalSyncLoseAtMostAnInterval(t *testing.T) {
+	t.Parallel()
 	cuts := 8
 	if testing.Short() {
 		cuts = 3
@@ -389,6 +392,7 @@ func TestPowerCutsWithIntervalSyncLoseAtMostAnInterval(t *testing.T) {
 // say where numbering stood, and it went back, below numbers already
 // delivered; the sequence lease keeps it going forward.
 func TestPowerCutAfterDeliveredGenerationsWereRemovedKeepsNumbering(t *testing.T) {
+	t.Parallel()
 	r := newPowerRig(t, crashSeed(t), "--sync", "interval", "--sync-interval", "1h")
 	r.pad = 1000
 	p := r.start()
@@ -416,6 +420,7 @@ func TestPowerCutAfterDeliveredGenerationsWereRemovedKeepsNumbering(t *testing.T
 // with the background fsync an hour away, acknowledged events live only
 // in memory, and a cut must lose some.
 func TestPowerCutCatchesAcknowledgingBeforeTheFsync(t *testing.T) {
+	t.Parallel()
 	r := newPowerRig(t, crashSeed(t), "--sync", "interval", "--sync-interval", "1h")
 	p := r.start()
 	ctx, cancel := context.WithCancel(t.Context())

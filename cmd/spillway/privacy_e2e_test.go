@@ -74,6 +74,7 @@ func mustNotHoldSecrets(t *testing.T, where string, b []byte) {
 // still there), nor in the dead letters, the live tail, or any
 // destination. A destination's own rules apply to it alone.
 func TestGlobalPrivacyRulesKeepFieldsOffTheDisk(t *testing.T) {
+	t.Parallel()
 	file := filepath.Join(t.TempDir(), "events.ndjson")
 	hook := newSink(t)
 	stuck := newSink(t)
@@ -172,6 +173,7 @@ func TestGlobalPrivacyRulesKeepFieldsOffTheDisk(t *testing.T) {
 // same key file hash a user alike, as HMAC-SHA256 of the key file's
 // trimmed content; one with another key hashes it differently.
 func TestHashesAgreeAcrossProcessesWithTheSameKey(t *testing.T) {
+	t.Parallel()
 	same := writeKeyFile(t, "shared-key")
 	other := writeKeyFile(t, "another-key")
 	hashed := func(keyFile string) string {

@@ -43,6 +43,7 @@ func (r *relay) start(t *testing.T) {
 // arrives, each user's events in order through each life of each relay,
 // and the duplicates the kill costs are counted.
 func TestRelaysInAGroupDeliverEveryAcknowledgedEventThroughAKill(t *testing.T) {
+	t.Parallel()
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0))

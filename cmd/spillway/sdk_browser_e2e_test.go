@@ -101,6 +101,7 @@ type ajsRequest struct {
 // real binary forwarding to a Segment-compatible upstream, in both of the
 // Segment.io integration's delivery strategies.
 func TestAnalyticsJSInAHeadlessBrowser(t *testing.T) {
+	t.Parallel()
 	chromium := findChromium(t)
 	version := findAnalyticsNext(t)
 	for _, tc := range []struct {

@@ -229,6 +229,7 @@ func checkNodeEnrichment(t *testing.T, where, libVersion string, sdk, got map[st
 // destination with the fields the SDK gave it, and reaches the latter under
 // the key it came with, with a sentAt of its sending.
 func TestAnalyticsNodeSendsEveryCallThroughUnchanged(t *testing.T) {
+	t.Parallel()
 	node, libVersion := findNodeSDK(t)
 	api := newSegmentAPI(t)
 	file := filepath.Join(t.TempDir(), "events.ndjson")
@@ -288,6 +289,7 @@ func TestAnalyticsNodeSendsEveryCallThroughUnchanged(t *testing.T) {
 // unknown key reports its events failed with the 401 and none is stored,
 // while the SDK with the accepted key delivers all of its own.
 func TestAnalyticsNodeUnderWriteKeys(t *testing.T) {
+	t.Parallel()
 	node, libVersion := findNodeSDK(t)
 	file := filepath.Join(t.TempDir(), "events.ndjson")
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--flush-interval", "20ms",
@@ -393,6 +395,7 @@ func TestAnalyticsNodeRetriesThroughASpillwayRestart(t *testing.T) {
 // reach the destination, the big one is in `dlq list` as too_large with
 // its real size, and the SDK made one request.
 func TestAnalyticsNodeBatchWithAnEventOverTheLimit(t *testing.T) {
+	t.Parallel()
 	node, libVersion := findNodeSDK(t)
 	file := filepath.Join(t.TempDir(), "events.ndjson")
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--flush-interval", "20ms",

@@ -145,6 +145,7 @@ func TestAnalyticsGoSendsAllSixCallsThroughToWebhookAndFile(t *testing.T) {
 }
 
 func TestFailingDestinationDoesNotDelayTheOther(t *testing.T) {
+	t.Parallel()
 	healthy, failing := newSink(t), newSink(t)
 	failing.setStatus(503)
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(), "--flush-interval", "50ms",
@@ -171,6 +172,7 @@ func TestFailingDestinationDoesNotDelayTheOther(t *testing.T) {
 // reaches the destination, and that what was delivered twice is bounded by
 // what the spool says it sent again.
 func TestKilledProcessLosesNoAcknowledgedEvent(t *testing.T) {
+	t.Parallel()
 	cycles := 20
 	if testing.Short() {
 		cycles = 3
@@ -248,6 +250,7 @@ func TestShutdownDrainsAndExitsZero(t *testing.T) {
 // at the next start, and every event acknowledged before the signal
 // delivered after it.
 func TestShutdownAnswers503WhileDrainingUntilASecondSignal(t *testing.T) {
+	t.Parallel()
 	d := startDraining(t, "10m")
 	p := d.p
 
@@ -345,6 +348,7 @@ func (d *draining) restartDelivers(t *testing.T) *process {
 // or at a second signal), and once the disk is back a restart delivers
 // every acknowledged event.
 func TestShutdownOnAStuckDiskExitsAndLosesNothing(t *testing.T) {
+	t.Parallel()
 	for _, secondSignal := range []bool{false, true} {
 		t.Run(fmt.Sprintf("second_signal=%v", secondSignal), func(t *testing.T) {
 			hook := newSink(t)
@@ -417,6 +421,7 @@ func TestShutdownOnAStuckDiskExitsAndLosesNothing(t *testing.T) {
 // must fail as any other does instead: the process answers, the failure is
 // logged and reported, and the events stay in the spool.
 func TestClosedStdoutFailsTheDestinationNotTheProcess(t *testing.T) {
+	t.Parallel()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)

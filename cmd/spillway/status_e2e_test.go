@@ -22,6 +22,7 @@ import (
 var statusFields = []string{"backlog_events", "dead_lettered", "delivered", "kind", "lag_seconds", "last_error", "last_error_at", "name", "retried", "state"}
 
 func TestStatusCommandAgainstARunningServer(t *testing.T) {
+	t.Parallel()
 	healthy, failing := newSink(t), newSink(t)
 	failing.setStatus(http.StatusServiceUnavailable)
 	p := startSpillway(t, "", nil, "--spool-dir", t.TempDir(),

@@ -81,6 +81,7 @@ func browserProblem(ev any) (string, bool) {
 // TestUIInAHeadlessBrowser opens /ui in chromium against the real binary
 // with a healthy and a failing destination.
 func TestUIInAHeadlessBrowser(t *testing.T) {
+	t.Parallel()
 	chromium := findChromium(t)
 	healthy, failing := newSink(t), newSink(t)
 	failing.setStatus(http.StatusServiceUnavailable)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -120,6 +121,20 @@ func Parse(data []byte) (*Plan, error) {
 	// Schemas refer to nothing outside the plan: a $ref to a file or URL
 	// would make loading depend on the machine.
 	c.UseLoader(noLoader{})
+	// A plan repeats its patterns (an id's shape in every event that
+	// carries the id): each is compiled and held once.
+	patterns := map[string]jsonschema.Regexp{}
+	c.UseRegexpEngine(func(s string) (jsonschema.Regexp, error) {
+		if re, ok := patterns[s]; ok {
+			return re, nil
+		}
+		re, err := regexp.Compile(s)
+		if err != nil {
+			return nil, err
+		}
+		patterns[s] = re
+		return re, nil
+	})
 	for i, fr := range *file.Rules {
 		r, err := compileRule(c, i, fr)
 		if err != nil {

@@ -263,3 +263,24 @@ func TestFormatsAsTheLibraryReadsThem(t *testing.T) {
 		}
 	}
 }
+
+// TestARepeatedPatternIsCompiledOnce: plans repeat the shape of an id in
+// every rule that carries it; each rule holding its own compiled copy
+// made a 50-rule plan cost a megabyte of heap.
+func TestARepeatedPatternIsCompiledOnce(t *testing.T) {
+	p, err := Parse([]byte(`{"rules":[
+		{"type":"TRACK","key":"A","jsonSchema":{"properties":{"properties":{"properties":{"id":{"type":"string","pattern":"^p_[0-9]+$"}}}}}},
+		{"type":"TRACK","key":"B","jsonSchema":{"properties":{"properties":{"properties":{"id":{"type":"string","pattern":"^p_[0-9]+$"}}}}}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pattern := func(key string) any {
+		return p.track[key].schema.Properties["properties"].Properties["id"].Pattern
+	}
+	if a, b := pattern("A"), pattern("B"); a == nil || a != b {
+		t.Errorf("the two rules hold patterns %p and %p, want one", a, b)
+	}
+	if vs, _ := check(t, p, `{"type":"track","event":"B","properties":{"id":"q_1"}}`, true); len(vs) != 1 {
+		t.Errorf("violations %v, want the pattern's", vs)
+	}
+}
