@@ -2,6 +2,8 @@
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
+# go.mod replaces a module with the patched copy there.
+COPY third_party ./third_party
 RUN go mod download
 COPY . .
 ARG VERSION=dev

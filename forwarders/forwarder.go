@@ -121,6 +121,17 @@ func newRequestBody() *requestBody {
 	return b
 }
 
+// dropRequestBodies lets go of the free bodies.
+func dropRequestBodies() {
+	for {
+		select {
+		case <-requestBodies:
+		default:
+			return
+		}
+	}
+}
+
 func (b *requestBody) reader() io.ReadCloser {
 	b.refs.Add(1)
 	return &bodyReader{Reader: bytes.NewReader(b.buf), body: b}

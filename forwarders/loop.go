@@ -33,7 +33,17 @@ type loop struct {
 	draining bool
 	drain    <-chan struct{} // nil once draining
 	timer    *time.Timer
+	// idleSince is when the loop caught up while holding the memory of
+	// finished batches; zero otherwise (see idleMemoryAfter).
+	idleSince time.Time
 }
+
+// idleMemoryAfter is how long a caught-up loop keeps the memory of the
+// batches it has sent (a batch_bytes arena each, and the request bodies)
+// for the next ones. The spool hands the heap back to the system 5 s after
+// the last acknowledgement: what is let go before then goes back with it,
+// and an idle sidecar is charged for its RSS.
+const idleMemoryAfter = 2 * time.Second
 
 // slot is a launched batch's place in the acknowledgement order.
 type slot struct {
@@ -281,6 +291,9 @@ func (l *loop) caughtUp() bool {
 func (l *loop) wait(now time.Time) bool {
 	// Logs the dead letters that are due, and says when the others are.
 	deadline := l.d.logDeadLetters(now, false)
+	if release := l.idleMemoryAt(now); !release.IsZero() {
+		deadline = earliest(deadline, release)
+	}
 	if len(l.cur.recs) > 0 && !l.due(now) {
 		deadline = earliest(deadline, l.flushAt())
 	}
@@ -315,6 +328,25 @@ func (l *loop) wait(now time.Time) bool {
 		l.draining, l.drain = true, nil
 	}
 	return true
+}
+
+// idleMemoryAt lets go of the finished batches' memory once the loop has
+// been caught up for idleMemoryAfter, and otherwise returns when it will,
+// or zero.
+func (l *loop) idleMemoryAt(now time.Time) time.Time {
+	if !l.caughtUp() || len(l.free) == 0 {
+		l.idleSince = time.Time{}
+		return time.Time{}
+	}
+	if l.idleSince.IsZero() {
+		l.idleSince = now
+	}
+	if at := l.idleSince.Add(idleMemoryAfter); now.Before(at) {
+		return at
+	}
+	l.free, l.idleSince = nil, time.Time{}
+	dropRequestBodies()
+	return time.Time{}
 }
 
 // earliest is the earlier of two times, zero standing for none.

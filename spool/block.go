@@ -98,8 +98,11 @@ func (p *freeList[T]) get() T {
 }
 
 // drain lets go of every kept item.
-func (p *freeList[T]) drain() {
-	for {
+func (p *freeList[T]) drain() { p.trim(0) }
+
+// trim lets go of the kept items beyond keep.
+func (p *freeList[T]) trim(keep int) {
+	for len(p.free) > keep {
 		select {
 		case <-p.free:
 		default:

@@ -220,11 +220,14 @@ func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]by
 		if failed && len(sent) > 1 {
 			// A transaction after a failed one may have been applied, its
 			// count including blocks that are not there: count again.
-			if rerr := s.recountDeadLetters(); rerr != nil {
+			if rerr := s.recountDeadLetters(true); rerr != nil {
 				s.log.Error("recount dead letters", "err", rerr)
 			}
 		}
 		s.metrics.deadLetters.Set(float64(s.deadCount))
+		if len(sent) > 0 {
+			s.noteUnsynced()
+		}
 	}()
 	commit := func() error {
 		if !pending {
@@ -395,7 +398,7 @@ func (s *Spool) openDeadLetters() error {
 	if err == nil && !counted {
 		err = s.migrateLegacyDeadLetters()
 		if err == nil {
-			err = s.recountDeadLetters()
+			err = s.recountDeadLetters(false)
 		}
 		s.releaseTablePages()
 	}
@@ -442,8 +445,10 @@ func (s *Spool) migrateLegacyDeadLetters() error {
 	}
 }
 
-// recountDeadLetters counts the stored dead letters and stores the count.
-func (s *Spool) recountDeadLetters() error {
+// recountDeadLetters counts the stored dead letters and stores the count;
+// a count of zero only if stored is set (a count is stored, which may be
+// wrong).
+func (s *Spool) recountDeadLetters(stored bool) error {
 	var n uint64
 	err := s.meta.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDeadBlock}})
@@ -464,6 +469,12 @@ func (s *Spool) recountDeadLetters() error {
 		return err
 	}
 	s.deadCount = n
+	if n == 0 && !stored {
+		// No count and no dead letters reads as zero again at the next
+		// open, and the first dead letters store their count with them:
+		// a commit here would cost every start on a new spool an fsync.
+		return nil
+	}
 	err = s.meta.Update(func(txn *badger.Txn) error {
 		return txn.Set(deadCountKey, binary.BigEndian.AppendUint64(nil, n))
 	})

@@ -223,6 +223,43 @@ func (s *Spool) createGeneration(num uint64) (*generation, error) {
 	return g, nil
 }
 
+// generationAhead is a generation being created in the background.
+type generationAhead struct {
+	done chan struct{}
+	g    *generation
+	err  error
+}
+
+// createAhead starts creating the generation after every one in gens, for
+// the writer to start in once Open has recovered the rest.
+func (s *Spool) createAhead(gens []*generation) *generationAhead {
+	num := uint64(0)
+	if len(gens) > 0 {
+		num = gens[len(gens)-1].num + 1
+	}
+	s.nextGen = num + 1
+	a := &generationAhead{done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		a.g, a.err = s.createGeneration(num)
+	}()
+	return a
+}
+
+func (a *generationAhead) wait() (*generation, error) {
+	<-a.done
+	return a.g, a.err
+}
+
+// discard closes the generation when Open fails: left empty, the next
+// Open removes it.
+func (a *generationAhead) discard() {
+	if g, err := a.wait(); err == nil && g.db != nil {
+		_ = g.db.Close()
+		g.db = nil
+	}
+}
+
 // startGeneration moves the writer to a new generation, holding events
 // from s.next on: the spare if one is ready, else one opened now. Only the
 // committer (or recover, before it runs) calls it.

@@ -3,6 +3,7 @@ package spool
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
@@ -179,12 +181,18 @@ func TestReleasedMemoryLeavesReadingIntact(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A burst leaves a coder of each kind per core.
+	encoders.put(encoders.build())
+	encoders.put(encoders.build())
 	s.releaseMemory()
 	s.mu.Lock()
-	recent := len(s.recent)
+	recent, hot := len(s.recent), s.hot.buf != nil
 	s.mu.Unlock()
-	if recent != 0 || s.consumers["a"].block.raw != nil {
-		t.Errorf("after a drain: %d recent blocks and a decoded block kept, want none", recent)
+	if recent != 0 || hot || s.consumers["a"].block.raw != nil {
+		t.Errorf("after a drain: %d recent blocks, the newest block uncompressed (%v) and a decoded block kept, want none", recent, hot)
+	}
+	if n := len(encoders.free); n > 1 {
+		t.Errorf("after a drain: %d encoders kept, want at most 1", n)
 	}
 	if err := s.Append(t.Context(), events(50, 10), nil); err != nil {
 		t.Fatal(err)
@@ -194,5 +202,104 @@ func TestReleasedMemoryLeavesReadingIntact(t *testing.T) {
 		if len(recs) != 10 || recs[0].Seq != 50 || string(recs[9].Data) != `{"n":59}` {
 			t.Errorf("%s read %d records after the release, want events 50 to 59", c, len(recs))
 		}
+	}
+}
+
+// Under --sync=interval the background fsync runs within SyncInterval of
+// a write, once for all writes meanwhile, and not at all while nothing is
+// written: on a ticker an idle spool synced 20 times a second.
+func TestIntervalSyncRunsOnlyAfterWrites(t *testing.T) {
+	dir := t.TempDir()
+	defer encoders.drain()
+	defer decoders.drain()
+	synctest.Test(t, func(t *testing.T) {
+		s, err := Open(Config{Dir: dir, Consumers: []string{"a"}, Sync: SyncInterval}, nil, prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close(context.Background())
+		syncs := func() uint64 {
+			t.Helper()
+			var m dto.Metric
+			if err := s.metrics.fsync.Write(&m); err != nil {
+				t.Fatal(err)
+			}
+			return m.GetHistogram().GetSampleCount()
+		}
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if n := syncs(); n != 0 {
+			t.Fatalf("an idle hour made %d background syncs, want 0", n)
+		}
+		for i := range 3 {
+			if err := s.Append(t.Context(), events(i, 1), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		if n := syncs(); n != 0 {
+			t.Fatalf("%d syncs before SyncInterval passed, want 0", n)
+		}
+		time.Sleep(DefaultSyncInterval)
+		synctest.Wait()
+		if n := syncs(); n != 1 {
+			t.Fatalf("%d syncs SyncInterval after three commits, want 1", n)
+		}
+		// A cursor saved is a meta write: synced too, then nothing more.
+		if err := s.Ack("a", 3); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(cursorSaveEvery + DefaultSyncInterval)
+		synctest.Wait()
+		if n := syncs(); n != 2 {
+			t.Fatalf("%d syncs after the cursor was saved, want 2", n)
+		}
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if n := syncs(); n != 2 {
+			t.Errorf("%d syncs after an idle hour, want still 2", n)
+		}
+	})
+}
+
+// The spool is locked before Open touches anything in it: a second Open
+// fails without sweeping the first one's files or creating a generation.
+func TestASecondOpenOfALockedSpoolTouchesNothing(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What a writeFileDurably of the running spool has in flight.
+	inFlight := filepath.Join(dir, "lease"+tmpSuffix)
+	if err := os.WriteFile(inFlight, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gens := func() int {
+		found, err := listGenerations(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(found)
+	}
+	before := gens()
+	if _, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, nil); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open: %v, want ErrLocked", err)
+	}
+	if _, err := os.Stat(inFlight); err != nil {
+		t.Errorf("the refused Open swept the running spool's file: %v", err)
+	}
+	if after := gens(); after != before {
+		t.Errorf("the refused Open changed the generations: %d before, %d after", before, after)
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, nil)
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
 	}
 }

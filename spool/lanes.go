@@ -90,6 +90,7 @@ func (s *Spool) Park(consumer, writeKey string, recs []Record) (int, error) {
 	added := 0
 	txn := s.meta.NewTransaction(true)
 	defer func() { txn.Discard() }()
+	defer s.noteUnsynced()
 	for i := range recs {
 		if recs[i].WriteKey != writeKey {
 			return 0, fmt.Errorf("spool: park: event %d has another write key", recs[i].Seq)
@@ -184,6 +185,7 @@ func (s *Spool) Unpark(consumer, writeKey string, recs []Record) error {
 	prefix := lanePrefix(consumer, writeKey)
 	txn := s.meta.NewTransaction(true)
 	defer func() { txn.Discard() }()
+	defer s.noteUnsynced()
 	for i := range recs {
 		k := laneKey(prefix, recs[i].Seq, recs[i].Stored)
 		err := txn.Delete(k)

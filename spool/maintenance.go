@@ -203,11 +203,15 @@ func (s *Spool) releaseMemory() {
 
 // dropIdleBuffers lets go of the memory that serves a spool under load
 // and nothing once its destinations have caught up: the block bodies the
-// writer recycles (about 1 MiB each), the recent cache every reader has
-// passed, and the block each caught-up reader decoded last. The coders
-// stay: making one costs the first event after a quiet spell.
+// writer recycles (about 1 MiB each), the recent cache and the newest
+// block uncompressed once every reader has passed them, the block each
+// caught-up reader decoded last, and the coders beyond one of each
+// (about 1.3 MiB an encoder): one stays, since making one costs the first
+// event after a quiet spell, and a burst leaves one per core.
 func (s *Spool) dropIdleBuffers() {
 	scratchBuffers.drain()
+	encoders.trim(1)
+	decoders.trim(1)
 	next := s.nextSeq()
 	for _, c := range s.consumers {
 		c.mu.Lock()
@@ -223,6 +227,7 @@ func (s *Spool) dropIdleBuffers() {
 	s.mu.Lock()
 	if s.next == next { // no commit since: nobody can want these yet
 		s.recent, s.recentLen = nil, 0
+		s.hot = hotBlock{} // readers copy it under s.mu only
 	}
 	s.mu.Unlock()
 }
@@ -489,29 +494,67 @@ func DiskUsage(dir string) int64 {
 	return total
 }
 
-// syncLoop makes SyncInterval writes durable in the background.
+// syncLoop makes SyncInterval writes durable in the background, within
+// SyncInterval of the first write not yet synced. It sleeps while
+// everything written is synced: on a ticker an idle spool woke 20 times a
+// second to sync nothing.
 func (s *Spool) syncLoop() {
-	tick := time.NewTicker(s.cfg.SyncInterval)
-	defer tick.Stop()
+	due := newStoppedTimer()
+	defer due.Stop()
+	armed := false
+	changed := s.Changed()
 	for {
+		// An armed sync covers every write until it runs.
+		var changedC, unsyncedC <-chan struct{}
+		if !armed {
+			changedC, unsyncedC = changed, s.unsynced
+		}
 		select {
 		case <-s.quit:
 			return
-		case <-tick.C:
+		case <-changedC:
+			due.Reset(s.cfg.SyncInterval)
+			armed = true
+		case <-unsyncedC:
+			due.Reset(s.cfg.SyncInterval)
+			armed = true
+		case <-due.C:
+			armed = false
+			// Taken before the sync, which covers every write so far:
+			// only those after it arm the next one.
+			changed = s.Changed()
+			select {
+			case <-s.unsynced:
+			default:
+			}
+			s.syncActive()
 		}
-		start := time.Now()
-		s.genMu.Lock()
-		active := s.active
-		s.genMu.Unlock()
-		db, err := active.acquire(s.openGeneration)
-		if err == nil {
-			err = errors.Join(db.Sync(), s.meta.Sync())
-			active.release()
-		}
-		if err != nil {
-			s.log.Error("background fsync", "err", err)
-			continue
-		}
-		s.metrics.fsync.Observe(time.Since(start).Seconds())
 	}
+}
+
+// noteUnsynced tells syncLoop that meta was written. Commits of events
+// tell it through Changed.
+func (s *Spool) noteUnsynced() {
+	select {
+	case s.unsynced <- struct{}{}:
+	default:
+	}
+}
+
+// syncActive fsyncs the active generation and meta.
+func (s *Spool) syncActive() {
+	start := time.Now()
+	s.genMu.Lock()
+	active := s.active
+	s.genMu.Unlock()
+	db, err := active.acquire(s.openGeneration)
+	if err == nil {
+		err = errors.Join(db.Sync(), s.meta.Sync())
+		active.release()
+	}
+	if err != nil {
+		s.log.Error("background fsync", "err", err)
+		return
+	}
+	s.metrics.fsync.Observe(time.Since(start).Seconds())
 }

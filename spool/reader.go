@@ -98,6 +98,7 @@ func (s *Spool) leaseReads(c *consumer, upTo uint64) error {
 	if err != nil {
 		return fmt.Errorf("save read mark: %w", err)
 	}
+	s.noteUnsynced()
 	c.savedRead.Store(upTo)
 	return nil
 }
@@ -360,6 +361,7 @@ func (s *Spool) saveCursors(final bool) error {
 	if err != nil {
 		return fmt.Errorf("save cursors: %w", err)
 	}
+	s.noteUnsynced()
 	for _, d := range moved {
 		d.c.saved.Store(d.cur)
 		d.c.savedRead.Store(d.read)

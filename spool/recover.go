@@ -3,10 +3,10 @@ package spool
 import (
 	"cmp"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	badger "github.com/dgraph-io/badger/v4"
 )
@@ -16,11 +16,8 @@ import (
 // cursor starts at the oldest stored event, so a newly added destination
 // receives the backlog. A generation that cannot be opened stops the
 // start-up with its name: guessing past damage could lose intact data.
-func (s *Spool) recover() error {
-	if err := errors.Join(sweepRemovals(s.cfg.Dir), sweepTemporary(s.cfg.Dir)); err != nil {
-		return err
-	}
-	if err := s.recoverGenerations(); err != nil {
+func (s *Spool) recover(gens []*generation, ahead *generationAhead) error {
+	if err := s.recoverGenerations(gens); err != nil {
 		return err
 	}
 	pos, err := s.readPositions()
@@ -45,21 +42,25 @@ func (s *Spool) recover() error {
 	}
 	// Writing always continues in a fresh generation, so that every
 	// generation the writer has left is only ever opened read-only.
+	g, err := ahead.wait()
+	if err != nil {
+		return err
+	}
+	s.genMu.Lock()
+	s.spare = g
+	s.genMu.Unlock()
 	return s.startGeneration()
 }
 
 // recoverGenerations opens every generation once, to learn its range and
 // replay what a crash left in its memtables, removes the empty ones, and
 // orders the rest by their first event.
-func (s *Spool) recoverGenerations() error {
-	gens, err := listGenerations(s.cfg.Dir)
-	if err != nil {
-		return fmt.Errorf("list generations: %w", err)
-	}
+func (s *Spool) recoverGenerations(gens []*generation) error {
+	newest := s.scanGenerations(gens)
 	kept := gens[:0]
-	for _, g := range gens {
+	for i, g := range gens {
 		s.nextGen = max(s.nextGen, g.num+1)
-		last, err := s.scanGeneration(g)
+		last, err := newest[i].meta, newest[i].err
 		if err != nil {
 			return err
 		}
@@ -82,6 +83,38 @@ func (s *Spool) recoverGenerations() error {
 	slices.SortFunc(kept, func(a, b *generation) int { return cmp.Compare(a.first, b.first) })
 	s.gens = kept
 	return nil
+}
+
+// scanWorkers is how many generations are opened and scanned at once at
+// start-up: each open is mostly waiting on the file system, and a 1 GiB
+// backlog is 250 generations, which one at a time kept a restarted
+// spillway unready for most of a second.
+const scanWorkers = 4
+
+type scanned struct {
+	meta blockMeta
+	err  error
+}
+
+// scanGenerations scans every generation, scanWorkers at a time, and
+// returns each one's newest block or error, in the order of gens.
+func (s *Spool) scanGenerations(gens []*generation) []scanned {
+	out := make([]scanned, len(gens))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(scanWorkers, len(gens)) {
+		wg.Go(func() {
+			for i := range next {
+				out[i].meta, out[i].err = s.scanGeneration(gens[i])
+			}
+		})
+	}
+	for i := range gens {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return out
 }
 
 // scanGeneration settles g after a crash, sets its first event and block

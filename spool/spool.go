@@ -44,6 +44,7 @@ const recentCacheBytes = 1 << 20
 type Spool struct {
 	cfg     Config
 	meta    *badger.DB // cursors and dead letters
+	dirLock *os.File   // held from Open to Close: one process per spool
 	log     *slog.Logger
 	metrics *metrics
 
@@ -54,6 +55,7 @@ type Spool struct {
 	spareTaken  chan struct{} // tells the maintenance loop the writer moved to the spare
 	acked       chan struct{} // tells the maintenance loop a cursor moved
 	metaWritten chan struct{} // tells the maintenance loop dead letters were stored
+	unsynced    chan struct{} // tells syncLoop meta was written
 	quit        chan struct{}
 	wg          sync.WaitGroup
 
@@ -173,31 +175,20 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		spareTaken:  make(chan struct{}, 1),
 		acked:       make(chan struct{}, 1),
 		metaWritten: make(chan struct{}, 1),
+		unsynced:    make(chan struct{}, 1),
 		quit:        make(chan struct{}),
 		changed:     make(chan struct{}),
 		consumers:   make(map[string]*consumer, len(cfg.Consumers)),
 		dropEpisode: map[string]uint64{},
 	}
-	meta, err := s.openMeta()
+	lock, err := lockDir(cfg.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("open spool %s: %w", cfg.Dir, err)
-	}
-	s.meta = meta
-	if err := s.recover(); err != nil {
-		s.closeGenerations()
-		_ = meta.Close()
 		return nil, err
 	}
-	if s.dedupe, err = s.openDedupe(reg); err != nil {
-		s.closeGenerations()
-		_ = meta.Close()
+	s.dirLock = lock
+	if err := s.open(reg); err != nil {
+		_ = lock.Close()
 		return nil, err
-	}
-	s.metrics = newMetrics(reg, s)
-	if err := s.openDeadLetters(); err != nil {
-		s.closeGenerations()
-		_ = meta.Close()
-		return nil, fmt.Errorf("open spool %s: dead letters: %w", cfg.Dir, err)
 	}
 	s.countResent()
 	s.refreshSize()
@@ -214,6 +205,46 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	}
 	logger.Info("spool open", "dir", cfg.Dir, "sync", cfg.Sync.String(), "generations", gens, "next_seq", next)
 	return s, nil
+}
+
+// open recovers the spool in its locked directory. What it opened before
+// a failure it closes.
+func (s *Spool) open(reg prometheus.Registerer) error {
+	if err := errors.Join(sweepRemovals(s.cfg.Dir), sweepTemporary(s.cfg.Dir)); err != nil {
+		return err
+	}
+	found, err := listGenerations(s.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("list generations: %w", err)
+	}
+	// The writer always starts in a new generation: it is created while
+	// meta opens and the others are scanned. Each Badger open is a dozen
+	// fsyncs or more, on an empty spool most of the time to ready.
+	ahead := s.createAhead(found)
+	meta, err := s.openMeta()
+	if err != nil {
+		ahead.discard()
+		return fmt.Errorf("open spool %s: %w", s.cfg.Dir, err)
+	}
+	s.meta = meta
+	fail := func(err error) error {
+		s.closeGenerations()
+		_ = meta.Close()
+		return err
+	}
+	err = s.recover(found, ahead)
+	if err != nil {
+		ahead.discard()
+		return fail(err)
+	}
+	if s.dedupe, err = s.openDedupe(reg); err != nil {
+		return fail(err)
+	}
+	s.metrics = newMetrics(reg, s)
+	if err := s.openDeadLetters(); err != nil {
+		return fail(fmt.Errorf("open spool %s: dead letters: %w", s.cfg.Dir, err))
+	}
+	return nil
 }
 
 // countResent counts, for each consumer, the stored events between its
@@ -321,6 +352,7 @@ func (s *Spool) closeAll() error {
 	if metaErr != nil {
 		metaErr = fmt.Errorf("close spool meta: %w", metaErr)
 	}
+	_ = s.dirLock.Close()
 	return errors.Join(cursorsErr, leaseErr, generationsErr, spareErr, metaErr)
 }
 

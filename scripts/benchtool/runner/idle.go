@@ -27,13 +27,16 @@ type idleResult struct {
 	// of single events sent one after the other right after it, and
 	// WakeAckP50Ms that of wakeSamples first events after a quiet spell.
 	WakeAckMs, WakeDeliverMs, WarmAckP50Ms, WakeAckP50Ms float64
-	BurstEvents                                          uint64
-	AfterBurst                                           quietWindow // once the burst is delivered
-	BacklogBytes                                         int64       // on disk when spillway was restarted on it
-	BacklogEvents                                        uint64
-	StartBacklogMs                                       float64
-	BacklogDrainS                                        float64 // from the sink's return to the last backlog event
-	BacklogDrained                                       bool
+	// The disk alone, as a ceiling for the two above: the p50 of a bare
+	// write and fsync after a quiet spell, and of ones back to back.
+	DiskColdSyncP50Ms, DiskWarmSyncP50Ms float64
+	BurstEvents                          uint64
+	AfterBurst                           quietWindow // once the burst is delivered
+	BacklogBytes                         int64       // on disk when spillway was restarted on it
+	BacklogEvents                        uint64
+	StartBacklogMs                       float64
+	BacklogDrainS                        float64 // from the sink's return to the last backlog event
+	BacklogDrained                       bool
 }
 
 // quietWindow is one measurement of spillway with no traffic.
@@ -224,6 +227,49 @@ func (r *runner) wake(ctx context.Context, sp *spillwayProc, res *idleResult) er
 		wakes = append(wakes, d)
 	}
 	res.WakeAckP50Ms = ms(median(wakes))
+	return r.diskSyncs(ctx, res)
+}
+
+// diskSyncs times a bare write and fsync of a file in the work directory
+// after quiet spells as long as wake's, and back to back: what the disk
+// alone adds to an acknowledgement after idling, since every one waits
+// for an fsync (two, Badger's value log and its memtable).
+func (r *runner) diskSyncs(ctx context.Context, res *idleResult) error {
+	f, err := os.CreateTemp(r.work, "disk-sync-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	var off int64
+	writeSync := func() (time.Duration, error) {
+		if _, err := f.WriteAt([]byte(fmt.Sprintf(trackBody, off)), off); err != nil {
+			return 0, err
+		}
+		off += 4096
+		start := time.Now()
+		err := f.Sync()
+		return time.Since(start), err
+	}
+	var cold, warm []time.Duration
+	for range wakeSamples {
+		if err := sleepCtx(ctx, 7*time.Second); err != nil {
+			return err
+		}
+		d, err := writeSync()
+		if err != nil {
+			return err
+		}
+		cold = append(cold, d)
+		for range 7 {
+			d, err := writeSync()
+			if err != nil {
+				return err
+			}
+			warm = append(warm, d)
+		}
+	}
+	res.DiskColdSyncP50Ms, res.DiskWarmSyncP50Ms = ms(median(cold)), ms(median(warm))
 	return nil
 }
 
@@ -353,6 +399,8 @@ func printIdle(w io.Writer, res *idleResult) {
 		res.WakeAckMs, res.WakeDeliverMs, defaultFlush)
 	fmt.Fprintf(w, "  ack p50: %.2f ms for %d first events after 7 s quiet spells, %.2f ms for 51 events one after the other once awake\n",
 		res.WakeAckP50Ms, wakeSamples, res.WarmAckP50Ms)
+	fmt.Fprintf(w, "  the disk alone: a bare write and fsync takes %.2f ms (p50) after 7 s quiet spells, %.2f ms back to back\n",
+		res.DiskColdSyncP50Ms, res.DiskWarmSyncP50Ms)
 	fmt.Fprintf(w, "  burst: %s events, delivered before the second window\n", rate(float64(res.BurstEvents)))
 	for _, q := range []quietWindow{res.Quiet, res.AfterBurst} {
 		if len(q.FilesChanged) > 0 {
