@@ -303,3 +303,38 @@ func TestASecondOpenOfALockedSpoolTouchesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestACommitWakesMaintenanceWhileAPassWaitsForTheAgeDeadline: once a
+// pass had set the next one for the active generation's age deadline (a
+// minute away), commits no longer woke the maintenance loop, so the
+// spool's size went unmeasured for as long: a spool filling past
+// --spool-max-bytes neither refused nor dropped, and a full disk went
+// unnoticed. A commit now brings a pass within maintenanceEvery.
+func TestACommitWakesMaintenanceWhileAPassWaitsForTheAgeDeadline(t *testing.T) {
+	dir := t.TempDir()
+	defer encoders.drain()
+	defer decoders.drain()
+	synctest.Test(t, func(t *testing.T) {
+		s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close(context.Background())
+		if err := s.Append(t.Context(), events(0, 10), nil); err != nil {
+			t.Fatal(err)
+		}
+		// The pass after it prepares the spare and sets the next one for
+		// the generation's age deadline.
+		time.Sleep(3 * maintenanceEvery)
+		synctest.Wait()
+		before := s.maintenancePasses.Load()
+		if err := s.Append(t.Context(), events(10, 10), nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * maintenanceEvery)
+		synctest.Wait()
+		if got := s.maintenancePasses.Load() - before; got == 0 {
+			t.Fatalf("no maintenance pass within %v of a commit (the next was due at the age deadline, %v away)", 2*maintenanceEvery, genMaxAge)
+		}
+	})
+}

@@ -67,9 +67,12 @@ func (s *Spool) maintenanceLoop() {
 		// A pass already due covers every commit until it runs, unless the
 		// writer has moved to its spare: the next one is opened at the
 		// first commit into the new active generation, which at full load
-		// fills in a fraction of the time to that pass.
+		// fills in a fraction of the time to that pass. A pass set for the
+		// active generation's age deadline is not due: the commits until
+		// then must be measured, or a filling spool would neither refuse
+		// nor drop, and a full disk go unnoticed, for up to genMaxAge.
 		var changedC <-chan struct{}
-		if passAt.IsZero() || s.spareMissing() {
+		if passAt.IsZero() || s.spareMissing() || time.Until(passAt) > maintenanceEvery {
 			changedC = changed
 		}
 		// An armed save covers every acknowledgement until it fires.
