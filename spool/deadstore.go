@@ -199,35 +199,10 @@ func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]by
 	// The transactions are handed to Badger without waiting for each:
 	// its writer applies them in order and syncs what is pending at once,
 	// so a group's dead letters cost one fsync, not one per transaction.
-	// In order, a crash leaves the count of the last durable one, which
-	// matches the blocks durable with it.
-	type inFlight struct {
-		count uint64
-		done  chan error
-	}
-	var sent []inFlight
+	var sent []deadCommit
 	defer func() {
 		txn.Discard()
-		failed := err != nil
-		for _, c := range sent {
-			if cerr := <-c.done; cerr != nil {
-				failed = true
-				err = cmp.Or(err, cerr)
-			} else if !failed {
-				s.deadCount = c.count
-			}
-		}
-		if failed && len(sent) > 1 {
-			// A transaction after a failed one may have been applied, its
-			// count including blocks that are not there: count again.
-			if rerr := s.recountDeadLetters(true); rerr != nil {
-				s.log.Error("recount dead letters", "err", rerr)
-			}
-		}
-		s.metrics.deadLetters.Set(float64(s.deadCount))
-		if len(sent) > 0 {
-			s.noteUnsynced()
-		}
+		err = s.awaitDeadCommits(sent, err)
 	}()
 	commit := func() error {
 		if !pending {
@@ -238,7 +213,7 @@ func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]by
 		}
 		done := make(chan error, 1)
 		txn.CommitWith(func(err error) { done <- err })
-		sent = append(sent, inFlight{count, done})
+		sent = append(sent, deadCommit{count, done})
 		txn = s.meta.NewTransaction(true)
 		size, pending = 0, false
 		return nil
@@ -275,6 +250,38 @@ func (s *Spool) writeDeadBlocks(blocks []deadBlock, marker []byte, legacy [][]by
 		pending = true
 	}
 	return commit()
+}
+
+// deadCommit is a dead-letter transaction handed to Badger: the count it
+// stores, and its outcome.
+type deadCommit struct {
+	count uint64
+	done  chan error
+}
+
+// awaitDeadCommits waits for the transactions sent, in order, and keeps
+// the count of the last one durable before a failure: in order, a crash
+// too leaves the count of the last durable one, which matches the blocks
+// durable with it. It returns err, or else the first failure.
+func (s *Spool) awaitDeadCommits(sent []deadCommit, err error) error {
+	failed := err != nil
+	for _, c := range sent {
+		if cerr := <-c.done; cerr != nil {
+			failed = true
+			err = cmp.Or(err, cerr)
+		} else if !failed {
+			s.deadCount = c.count
+		}
+	}
+	if failed && len(sent) > 1 {
+		// A transaction after a failed one may have been applied, its
+		// count including blocks that are not there: count again.
+		if rerr := s.recountDeadLetters(true); rerr != nil {
+			s.log.Error("recount dead letters", "err", rerr)
+		}
+	}
+	s.metrics.deadLetters.Set(float64(s.deadCount))
+	return err
 }
 
 // deleteDead removes the dead letters of dls that keep selects, rewriting

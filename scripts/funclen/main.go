@@ -1,5 +1,5 @@
 // Command funclen lists the longest functions of the product code (tests,
-// scripts and generated files excluded) and the largest files, so that a
+// scripts, third-party and generated files excluded) and the largest files, so that a
 // change that is meant to make the code easier to read can show it did.
 //
 //	go run ./scripts/funclen [-n 10] [dir]
@@ -51,7 +51,7 @@ func top(spans []span, n int) []span {
 }
 
 // measure walks the product packages: everything but tests, scripts,
-// testdata and node_modules.
+// testdata, node_modules and third_party (others' code, carried as it is).
 func measure(root string) (funcs, files []span, err error) {
 	fset := token.NewFileSet()
 	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
@@ -60,7 +60,7 @@ func measure(root string) (funcs, files []span, err error) {
 		}
 		if d.IsDir() {
 			switch d.Name() {
-			case "scripts", "testdata", "node_modules", ".git":
+			case "scripts", "testdata", "node_modules", ".git", "third_party":
 				return filepath.SkipDir
 			}
 			return nil
