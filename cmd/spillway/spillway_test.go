@@ -367,13 +367,20 @@ func TestShutdownOnAStuckDiskExitsAndLosesNothing(t *testing.T) {
 					acked[e["messageId"].(string)] = true
 				}
 			}
-			// Once the generation opened ahead of need is there too, so that
-			// none is half made when they go.
+			// Once the generation opened ahead of need is there too, and
+			// opened: Badger's open of a directory that went away midway
+			// ends the process (log.Fatal) instead of leaving a close to
+			// hang. Its value log is the last file the open creates.
 			var gens []string
 			testkit.Eventually(t, func() bool {
 				gens, _ = filepath.Glob(filepath.Join(spoolDir, "gen-*"))
+				for _, g := range gens {
+					if logs, _ := filepath.Glob(filepath.Join(g, "*.vlog")); len(logs) == 0 {
+						return false
+					}
+				}
 				return len(gens) >= 2
-			}, "two generations")
+			}, "two generations opened")
 			moved := t.TempDir()
 			for _, g := range gens {
 				if err := os.Rename(g, filepath.Join(moved, filepath.Base(g))); err != nil {
