@@ -402,6 +402,33 @@ func TestACutShortTableStopsTheStartNamingItsGeneration(t *testing.T) {
 	}
 }
 
+// TestATornTableTheManifestDoesNotListDoesNotStopTheStart: a power cut
+// while Badger builds a table (meta flushes one at start-up, replaying
+// its log) can leave whatever the disk kept of it; the MANIFEST does not
+// list it yet and Badger deletes it. The footer check took it for damage
+// and spillway refused to start. The spool's events and dead letters all
+// remain.
+func TestATornTableTheManifestDoesNotListDoesNotStopTheStart(t *testing.T) {
+	dir, table := closedSpoolWithATable(t)
+	torn := make([]byte, 200)
+	for i := range torn {
+		torn[i] = byte(i*7 + 1) // no zeros: lengths that cannot fit
+	}
+	for _, d := range []string{filepath.Dir(table), metaDir(dir)} {
+		if err := os.WriteFile(filepath.Join(d, "999999.sst"), torn, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatalf("a torn table outside the MANIFEST stopped the start: %v", err)
+	}
+	defer s.Close(context.Background())
+	if got := readAll(t, s, "a"); len(got) != 20*50 {
+		t.Errorf("read %d events after the start, want %d", len(got), 20*50)
+	}
+}
+
 // TestAGenerationWithoutItsManifestStopsTheStart: a read-write open would
 // start it anew, deleting the tables that list its blocks.
 func TestAGenerationWithoutItsManifestStopsTheStart(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/table"
 )
 
 // settleGeneration makes a finished generation openable read-only: after
@@ -53,11 +54,9 @@ func (s *Spool) settleGeneration(dir string) (*badger.DB, error) {
 //     them unchecked when it opens a table, in a goroutine of its own, so a
 //     table cut short is a panic that ends the process naming nothing; its
 //     checksums cover the rest. The layout is Badger's (table.initIndex):
-//     ... index | index length (4) | checksum | checksum length (4). A table
-//     a crash left half made is sized before it is written, its footer
-//     zeros, and not in the MANIFEST, which Badger then deletes: zeros pass
-//     here, and so does an empty file (a crash between creating and sizing
-//     it).
+//     ... index | index length (4) | checksum | checksum length (4). Only
+//     the tables the MANIFEST lists are checked: one a crash left half
+//     made is not listed, and Badger deletes it.
 //   - Data files without the MANIFEST that lists them. Opened read-write,
 //     Badger would start the database anew and delete its tables: for a
 //     generation every key, so every block; for meta every cursor and dead
@@ -71,13 +70,18 @@ func checkDamage(dir string) error {
 	if err != nil {
 		return err
 	}
-	manifest, data := false, false
+	listed, manifest := manifestTables(dir)
+	data := false
 	for _, e := range entries {
 		switch name := e.Name(); {
-		case name == "MANIFEST":
-			manifest = true
 		case filepath.Ext(name) == ".sst":
 			data = true
+			// A table the MANIFEST does not list was being made when the
+			// process died, and Badger deletes it: after a power cut, what
+			// the disk kept of it may be anything.
+			if id, ok := table.ParseFileID(name); ok && listed != nil && !listed[id] {
+				continue
+			}
 			if err := checkTableFooter(filepath.Join(dir, name)); err != nil {
 				return err
 			}
@@ -89,6 +93,26 @@ func checkDamage(dir string) error {
 		return errors.New("its MANIFEST is missing but its data files are there")
 	}
 	return nil
+}
+
+// manifestTables returns the tables the MANIFEST in dir lists, and
+// whether there is a MANIFEST; listed is nil if it cannot be read, which
+// Badger's open reports.
+func manifestTables(dir string) (listed map[uint64]bool, exists bool) {
+	f, err := os.Open(filepath.Join(dir, "MANIFEST"))
+	if err != nil {
+		return nil, !errors.Is(err, fs.ErrNotExist)
+	}
+	defer f.Close()
+	m, _, err := badger.ReplayManifestFile(f, 0, badger.DefaultOptions(dir).WithLogger(nil))
+	if err != nil {
+		return nil, true
+	}
+	listed = make(map[uint64]bool, len(m.Tables))
+	for id := range m.Tables {
+		listed[id] = true
+	}
+	return listed, true
 }
 
 // checkTableFooter checks the footer of the table at path (see checkDamage),
