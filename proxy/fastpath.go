@@ -6,6 +6,7 @@ import (
 
 	"github.com/valyala/fastjson"
 
+	"github.com/spillwayhq/spillway/internal/jsontext"
 	"github.com/spillwayhq/spillway/internal/segment"
 )
 
@@ -88,7 +89,7 @@ func fastBatchTop(s *fastScan, bt *batchTop) (batchStart, batchEnd int, ok bool)
 			batchStart = s.i
 			var ok bool
 			if batchEnd, ok = batchEndFromTail(s.b); !ok || batchEnd <= batchStart {
-				batchEnd, ok = skipContainer(s.b, s.i)
+				batchEnd, ok = jsontext.ValueEnd(s.b, s.i)
 			}
 			s.i = batchEnd
 			return ok
@@ -218,47 +219,6 @@ func batchEndFromTail(b []byte) (int, bool) {
 		if !str() || !expect(',') {
 			return 0, false
 		}
-	}
-	return 0, false
-}
-
-// skipContainer returns the index past the array or object at i, checking
-// only that its brackets balance outside strings: the pass that follows
-// reads it all.
-func skipContainer(b []byte, i int) (int, bool) {
-	depth := 0
-	for i < len(b) {
-		switch b[i] {
-		case '"':
-			// The closing quote is the first not escaped by an odd run of
-			// backslashes.
-			j := i + 1
-			for {
-				q := bytes.IndexByte(b[j:], '"')
-				if q < 0 {
-					return 0, false
-				}
-				j += q
-				bs := 0
-				for k := j - 1; k > i && b[k] == '\\'; k-- {
-					bs++
-				}
-				j++
-				if bs%2 == 0 {
-					break
-				}
-			}
-			i = j
-			continue
-		case '[', '{':
-			depth++
-		case ']', '}':
-			depth--
-			if depth == 0 {
-				return i + 1, true
-			}
-		}
-		i++
 	}
 	return 0, false
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/spillwayhq/spillway/internal/jsontext"
 )
 
 // Beyond these the fast path declines.
@@ -48,7 +50,7 @@ func (s *fastScan) fieldValue() (sc scalar, esc, ok bool) {
 		}
 		return sc, esc, ok
 	}
-	return scalar{set: true, t: typeOf(s.b[start])}, false, s.value(1)
+	return scalar{set: true, t: jsontext.Kind(s.b[start])}, false, s.value(1)
 }
 
 // discard reads a value as fieldValue does, without copying it to out.
@@ -58,24 +60,6 @@ func (s *fastScan) discard() (sc scalar, esc, ok bool) {
 	sc, esc, ok = s.fieldValue()
 	s.junk, s.out = s.out, out
 	return sc, esc, ok
-}
-
-func typeOf(c byte) fastjson.Type {
-	switch c {
-	case '{':
-		return fastjson.TypeObject
-	case '[':
-		return fastjson.TypeArray
-	case '"':
-		return fastjson.TypeString
-	case 't':
-		return fastjson.TypeTrue
-	case 'f':
-		return fastjson.TypeFalse
-	case 'n':
-		return fastjson.TypeNull
-	}
-	return fastjson.TypeNumber
 }
 
 // value copies the value at s.i.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/valyala/fastjson"
 
+	"github.com/spillwayhq/spillway/internal/jsontext"
 	"github.com/spillwayhq/spillway/internal/plan"
 	"github.com/spillwayhq/spillway/spool"
 )
@@ -142,13 +143,13 @@ func appendViolations(b []byte, vs []plan.Violation) []byte {
 func spliceViolations(out, event, violations []byte) ([]byte, bool) {
 	i := 1 // past '{'
 	for i < len(event) && event[i] != '}' {
-		keyEnd, ok := skipValue(event, i)
+		keyEnd, ok := jsontext.ValueEnd(event, i)
 		if !ok || keyEnd >= len(event) || event[keyEnd] != ':' {
 			return out, false
 		}
 		key := event[i:keyEnd]
 		vStart := keyEnd + 1
-		vEnd, ok := skipValue(event, vStart)
+		vEnd, ok := jsontext.ValueEnd(event, vStart)
 		if !ok {
 			return out, false
 		}
@@ -184,14 +185,14 @@ func spliceViolations(out, event, violations []byte) ([]byte, bool) {
 // hasMember reports whether the compact object obj has the key (quoted).
 func hasMember(obj []byte, key string) bool {
 	for i := 1; i < len(obj) && obj[i] != '}'; {
-		keyEnd, ok := skipValue(obj, i)
+		keyEnd, ok := jsontext.ValueEnd(obj, i)
 		if !ok || keyEnd >= len(obj) {
 			return true // unreadable: let the slow path judge
 		}
 		if string(obj[i:keyEnd]) == key {
 			return true
 		}
-		vEnd, ok := skipValue(obj, keyEnd+1)
+		vEnd, ok := jsontext.ValueEnd(obj, keyEnd+1)
 		if !ok {
 			return true
 		}
@@ -201,33 +202,6 @@ func hasMember(obj []byte, key string) bool {
 		}
 	}
 	return false
-}
-
-// skipValue returns the index past the compact JSON value at i.
-func skipValue(b []byte, i int) (int, bool) {
-	if i >= len(b) {
-		return 0, false
-	}
-	switch b[i] {
-	case '{', '[':
-		return skipContainer(b, i)
-	case '"':
-		for j := i + 1; j < len(b); j++ {
-			switch b[j] {
-			case '\\':
-				j++
-			case '"':
-				return j + 1, true
-			}
-		}
-		return 0, false
-	}
-	for j := i; j < len(b); j++ {
-		if b[j] == ',' || b[j] == '}' || b[j] == ']' {
-			return j, j > i
-		}
-	}
-	return 0, false
 }
 
 // check returns the violations of an event as the proxy stores it, what

@@ -13,6 +13,8 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/valyala/fastjson"
+
+	"github.com/spillwayhq/spillway/internal/jsontext"
 )
 
 // The schema library validates a tree of maps and slices: converting each
@@ -136,25 +138,6 @@ type walker struct {
 
 func (w *walker) field() string { return strings.Join(w.path, ".") }
 
-// kindOf is the type of the JSON value that starts at v[0].
-func kindOf(v []byte) fastjson.Type {
-	switch v[0] {
-	case '{':
-		return fastjson.TypeObject
-	case '[':
-		return fastjson.TypeArray
-	case '"':
-		return fastjson.TypeString
-	case 't':
-		return fastjson.TypeTrue
-	case 'f':
-		return fastjson.TypeFalse
-	case 'n':
-		return fastjson.TypeNull
-	}
-	return fastjson.TypeNumber
-}
-
 // typeName is the JSON Schema type of a value of type t, as the library
 // names it.
 func typeName(t fastjson.Type) string {
@@ -239,7 +222,7 @@ func (b *numBound) compare(v []byte) int {
 // read once, and skipped where its rule says nothing of it.
 func (w *walker) validate(f *fastSchema, b []byte, i int) (end int) {
 	s := f.src
-	t := kindOf(b[i:])
+	t := jsontext.Kind(b[i])
 	if t == fastjson.TypeObject && s.Const == nil && s.Enum == nil && s.Format == nil {
 		if !f.typeOK(t, nil) {
 			w.vs = append(w.vs, Violation{TypeType, w.field(), subject(w.field()) + " must be " + strings.Join(f.types, " or ") + ", not object"})
@@ -392,13 +375,13 @@ func (w *walker) object(f *fastSchema, b []byte, i int) (end int) {
 	start, mark := i, len(w.vs)
 	var seen uint64 // of f.required, by index; past 64, looked up again
 	extra := false
-	for i = skipSpace(b, i+1); i < len(b) && b[i] != '}'; {
-		keyEnd := stringEnd(b, i)
+	for i = jsontext.SkipSpace(b, i+1); i < len(b) && b[i] != '}'; {
+		keyEnd := valueEnd(b, i)
 		key := b[i:keyEnd]
-		i = skipSpace(b, skipSpace(b, keyEnd)+1) // past ':'
-		i = skipSpace(b, w.member(f, key, b, i, &seen, &extra))
+		i = jsontext.SkipSpace(b, jsontext.SkipSpace(b, keyEnd)+1) // past ':'
+		i = jsontext.SkipSpace(b, w.member(f, key, b, i, &seen, &extra))
 		if i < len(b) && b[i] == ',' {
-			i = skipSpace(b, i+1)
+			i = jsontext.SkipSpace(b, i+1)
 		}
 	}
 	end = min(i+1, len(b))
@@ -448,14 +431,14 @@ func (w *walker) member(f *fastSchema, quotedKey, b []byte, i int, seen *uint64,
 
 // hasMember reports whether the object v has the member key.
 func (w *walker) hasMember(v []byte, key string) bool {
-	for i := skipSpace(v, 1); i < len(v) && v[i] != '}'; {
-		keyEnd := stringEnd(v, i)
+	for i := jsontext.SkipSpace(v, 1); i < len(v) && v[i] != '}'; {
+		keyEnd := valueEnd(v, i)
 		if w.str(v[i:keyEnd]) == key {
 			return true
 		}
-		i = skipSpace(v, valueEnd(v, skipSpace(v, skipSpace(v, keyEnd)+1)))
+		i = jsontext.SkipSpace(v, valueEnd(v, jsontext.SkipSpace(v, jsontext.SkipSpace(v, keyEnd)+1)))
 		if i < len(v) && v[i] == ',' {
-			i = skipSpace(v, i+1)
+			i = jsontext.SkipSpace(v, i+1)
 		}
 	}
 	return false
@@ -464,7 +447,7 @@ func (w *walker) hasMember(v []byte, key string) bool {
 // array checks the array v's items, then its length.
 func (w *walker) array(f *fastSchema, v []byte) {
 	mark, n := len(w.vs), 0
-	for i := skipSpace(v, 1); i < len(v) && v[i] != ']'; n++ {
+	for i := jsontext.SkipSpace(v, 1); i < len(v) && v[i] != ']'; n++ {
 		var end int
 		if f.items != nil {
 			w.path = append(w.path, strconv.Itoa(n))
@@ -473,9 +456,9 @@ func (w *walker) array(f *fastSchema, v []byte) {
 		} else {
 			end = valueEnd(v, i)
 		}
-		i = skipSpace(v, end)
+		i = jsontext.SkipSpace(v, end)
 		if i < len(v) && v[i] == ',' {
-			i = skipSpace(v, i+1)
+			i = jsontext.SkipSpace(v, i+1)
 		}
 	}
 	s := f.src
@@ -528,53 +511,13 @@ func numberText(v any) string {
 // goes through a write barrier. It trusts the text to be valid: the
 // proxy's own output, or the text of a value fastjson parsed.
 
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// stringEnd returns the end of the JSON string that starts at b[i], past
-// its closing quote.
-func stringEnd(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '"':
-			return j + 1
-		case '\\':
-			j++
-		}
+// valueEnd is jsontext.ValueEnd of text the walk trusts: a value that
+// the end of b cuts off (an event that is a bare number) ends there.
+func valueEnd(b []byte, i int) int {
+	if end, ok := jsontext.ValueEnd(b, i); ok {
+		return end
 	}
 	return len(b)
-}
-
-// valueEnd returns the end of the JSON value that starts at b[i].
-func valueEnd(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return stringEnd(b, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(b); j++ {
-			switch b[j] {
-			case '"':
-				j = stringEnd(b, j) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					return j + 1
-				}
-			}
-		}
-		return len(b)
-	}
-	j := i
-	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
-		j++
-	}
-	return j
 }
 
 // treeOf is the JSON text v as the library validates it, read as fastjson

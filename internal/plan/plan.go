@@ -16,6 +16,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 	"github.com/valyala/fastjson"
 
+	"github.com/spillwayhq/spillway/internal/jsontext"
 	"github.com/spillwayhq/spillway/internal/segment"
 )
 
@@ -284,7 +285,7 @@ func (p *Plan) check(event []byte, typ, name string, reportUnplanned, fast bool)
 	apply := func(r *rule) {
 		if r.fast != nil && fast {
 			w.vs, w.path = vs, w.path[:0]
-			w.validate(r.fast, event, skipSpace(event, 0))
+			w.validate(r.fast, event, jsontext.SkipSpace(event, 0))
 			vs = w.vs
 			return
 		}
@@ -445,10 +446,10 @@ func SubjectJSON(event []byte) (typ, name string) {
 	var w walker
 	var nameField string
 	var seenType, seenEvent, seenName bool // the first of a repeated key counts, as in Subject
-	for i := skipSpace(event, skipSpace(event, 0)+1); i < len(event) && event[i] != '}'; {
-		keyEnd := stringEnd(event, i)
+	for i := jsontext.SkipSpace(event, jsontext.SkipSpace(event, 0)+1); i < len(event) && event[i] != '}'; {
+		keyEnd := valueEnd(event, i)
 		key := event[i:keyEnd]
-		i = skipSpace(event, skipSpace(event, keyEnd)+1)
+		i = jsontext.SkipSpace(event, jsontext.SkipSpace(event, keyEnd)+1)
 		end := valueEnd(event, i)
 		isString := event[i] == '"'
 		switch k := w.str(key); {
@@ -472,9 +473,9 @@ func SubjectJSON(event []byte) (typ, name string) {
 			typ != segment.Track && typ != segment.Page && typ != segment.Screen) {
 			break // the rest cannot change the answer
 		}
-		i = skipSpace(event, end)
+		i = jsontext.SkipSpace(event, end)
 		if i < len(event) && event[i] == ',' {
-			i = skipSpace(event, i+1)
+			i = jsontext.SkipSpace(event, i+1)
 		}
 	}
 	switch typ {
