@@ -360,11 +360,7 @@ func ipv4OK(s string) bool {
 }
 
 func (w *walker) other(keyword string) {
-	w.vs = append(w.vs, w.otherViolation(keyword))
-}
-
-func (w *walker) otherViolation(keyword string) Violation {
-	return Violation{TypeOther, w.field(), subject(w.field()) + " does not meet the plan's " + keyword}
+	w.vs = append(w.vs, Violation{TypeOther, w.field(), subject(w.field()) + " does not meet the plan's " + keyword})
 }
 
 // object checks the object that starts at b[i]: its required members,
@@ -385,16 +381,16 @@ func (w *walker) object(f *fastSchema, b []byte, i int) (end int) {
 		}
 	}
 	end = min(i+1, len(b))
-	var missing []Violation
+	from := len(w.vs)
 	for r, name := range f.required {
 		if r < 64 && seen&(1<<r) != 0 || r >= 64 && w.hasMember(b[start:end], name) {
 			continue
 		}
 		w.path = append(w.path, name)
-		missing = append(missing, Violation{TypeRequired, w.field(), w.field() + " is required"})
+		w.vs = append(w.vs, Violation{TypeRequired, w.field(), w.field() + " is required"})
 		w.path = w.path[:len(w.path)-1]
 	}
-	w.vs = slices.Insert(w.vs, mark, missing...)
+	w.putFirst(mark, from)
 	if extra {
 		w.other("additionalProperties")
 	}
@@ -462,14 +458,24 @@ func (w *walker) array(f *fastSchema, v []byte) {
 		}
 	}
 	s := f.src
-	var bounds []Violation
+	from := len(w.vs)
 	if s.MinItems != nil && n < *s.MinItems {
-		bounds = append(bounds, w.otherViolation("minItems"))
+		w.other("minItems")
 	}
 	if s.MaxItems != nil && n > *s.MaxItems {
-		bounds = append(bounds, w.otherViolation("maxItems"))
+		w.other("maxItems")
 	}
-	w.vs = slices.Insert(w.vs, mark, bounds...)
+	w.putFirst(mark, from)
+}
+
+// putFirst moves the violations appended since from to mark, ahead of
+// those found between mark and from, each group in its order: the
+// library reports a value's own violations before its members', and
+// these are known only once the members are read.
+func (w *walker) putFirst(mark, from int) {
+	slices.Reverse(w.vs[mark:from])
+	slices.Reverse(w.vs[from:])
+	slices.Reverse(w.vs[mark:])
 }
 
 // equalPrimitive compares the value v, of type t, with a value of the

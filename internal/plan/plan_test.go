@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -340,5 +341,26 @@ func TestARepeatedPatternIsCompiledOnce(t *testing.T) {
 	}
 	if vs, _ := check(t, p, `{"type":"track","event":"B","properties":{"id":"q_1"}}`, true); len(vs) != 1 {
 		t.Errorf("violations %v, want the pattern's", vs)
+	}
+}
+
+// TestAValuesOwnViolationsComeBeforeItsMembers: the first violation is
+// what a blocked event's answer names, so the walk keeps the library's
+// order: an object's missing members, an array's length, then what its
+// members or items break, in the event's order.
+func TestAValuesOwnViolationsComeBeforeItsMembers(t *testing.T) {
+	p, err := Parse([]byte(`{"rules":[{"type":"TRACK","key":"E","jsonSchema":{"properties":{"properties":{"required":["a","z"],"properties":{
+		"b":{"type":"string"},"c":{"type":"string"},"l":{"type":"array","minItems":3,"items":{"type":"string"}}}}}}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, _ := check(t, p, `{"type":"track","event":"E","properties":{"b":1,"c":2,"l":[1]}}`, true)
+	var got []string
+	for _, v := range vs {
+		got = append(got, v.Type+" "+v.Field)
+	}
+	want := []string{"Required properties.a", "Required properties.z", "Type properties.b", "Type properties.c", "Other properties.l", "Type properties.l.0"}
+	if !slices.Equal(got, want) {
+		t.Errorf("violations in the order %q, want %q", got, want)
 	}
 }
