@@ -54,7 +54,7 @@ func (r *runner) contracts(ctx context.Context, w1 *row, spec loadSpec, sinkDest
 			return err
 		}
 		if w1 != nil && w1.Spillway != nil && w1.Spillway.EventsPerS > 0 {
-			rw.Notes = append(rw.Notes, fmt.Sprintf("%s accepted %.3f x W1's events/s (target 0.85)", w.name, rw.Spillway.EventsPerS/w1.Spillway.EventsPerS))
+			rw.Notes = append(rw.Notes, fmt.Sprintf("accepted %.3f x W1's events/s (target 0.85)", rw.Spillway.EventsPerS/w1.Spillway.EventsPerS))
 		}
 	}
 	return nil
