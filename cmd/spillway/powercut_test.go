@@ -128,10 +128,13 @@ func (r *powerRig) cut(p *process, mode powercut.Mode) powercut.Stats {
 func (r *powerRig) start() *process {
 	r.t.Helper()
 	p := startSpillway(r.t, "", nil, r.args...)
-	m := nextSeqLog.FindStringSubmatch(p.stderr.String())
-	if m == nil {
-		r.t.Fatalf("no next_seq in the spool's start-up log: %s", p.stderr)
-	}
+	// The line was written before /readyz answered, but it reaches the
+	// buffer through exec's copying goroutine, which may not have run yet.
+	var m []string
+	testkit.Eventually(r.t, func() bool {
+		m = nextSeqLog.FindStringSubmatch(p.stderr.String())
+		return m != nil
+	}, "next_seq in the spool's start-up log: %s", p.stderr)
 	next, _ := strconv.ParseUint(m[1], 10, 64)
 	// Every acknowledged event took a number of its own, from 0.
 	r.mu.Lock()
