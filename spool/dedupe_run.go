@@ -230,7 +230,7 @@ func (c Config) DedupeFilterBytes() int64 {
 
 // newBlockedBloom maps the filter's memory outside the Go heap: two
 // filters are 5.6 MiB at the default bound, and counted in the heap under
-// spillway's 40 MiB GOMEMLIMIT they made the collector run far more often
+// spillway's GOMEMLIMIT (then 40 MiB) they made the collector run far more often
 // (a third of the throughput at W1). The pages are the kernel's zeroes
 // until a key sets a bit in them. free must be called once the filter is
 // no longer used.

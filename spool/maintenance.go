@@ -94,6 +94,8 @@ func (s *Spool) maintenanceLoop() {
 			active()
 		case <-s.metaWritten:
 			active()
+		case <-s.logPagesDue:
+			s.releaseLogPages()
 		case <-ackedC:
 			save.Reset(cursorSaveEvery)
 			saveArmed = true

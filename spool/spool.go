@@ -55,6 +55,7 @@ type Spool struct {
 	spareTaken  chan struct{} // tells the maintenance loop the writer moved to the spare
 	acked       chan struct{} // tells the maintenance loop a cursor moved
 	metaWritten chan struct{} // tells the maintenance loop dead letters were stored
+	logPagesDue chan struct{} // tells it releaseLogEveryBytes were committed
 	unsynced    chan struct{} // tells syncLoop meta was written
 	quit        chan struct{}
 	wg          sync.WaitGroup
@@ -100,6 +101,9 @@ type Spool struct {
 	nextGen uint64        // number of the next generation created
 	// activeBytes is what the writer has put in the active generation.
 	activeBytes int64
+	// logUnreleased is what the writer has put in value logs since their
+	// pages were last released; the writer's alone.
+	logUnreleased int64
 
 	fillMu     sync.Mutex
 	fillTaken  *sync.Cond // signalled when the writer takes the filling group
@@ -175,6 +179,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		spareTaken:  make(chan struct{}, 1),
 		acked:       make(chan struct{}, 1),
 		metaWritten: make(chan struct{}, 1),
+		logPagesDue: make(chan struct{}, 1),
 		unsynced:    make(chan struct{}, 1),
 		quit:        make(chan struct{}),
 		changed:     make(chan struct{}),

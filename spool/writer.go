@@ -489,6 +489,13 @@ func (s *Spool) commitBlocks(sg *sealedGroup) error {
 		s.active.setStarted(time.Now())
 	}
 	s.activeBytes += written // the writer's alone: no lock
+	if s.logUnreleased += written; s.logUnreleased >= releaseLogEveryBytes {
+		s.logUnreleased = 0
+		select {
+		case s.logPagesDue <- struct{}{}:
+		default:
+		}
+	}
 	s.writtenSince.Add(written)
 	s.mu.Lock()
 	for _, b := range sg.blocks {
