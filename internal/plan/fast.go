@@ -3,6 +3,7 @@ package plan
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"math/big"
 	"net/netip"
 	"slices"
@@ -159,11 +160,12 @@ func typeName(t fastjson.Type) string {
 // isInteger reports whether a number's text is an integer's, 1.0 and 1e2
 // included, as the library reads it.
 func isInteger(text string) bool {
-	if !strings.ContainsAny(text, ".eE") {
-		return true
+	if strings.ContainsAny(text, "eE") {
+		r, ok := new(big.Rat).SetString(text)
+		return ok && r.IsInt()
 	}
-	r, ok := new(big.Rat).SetString(text)
-	return ok && r.IsInt()
+	dot := strings.IndexByte(text, '.')
+	return dot < 0 || strings.Trim(text[dot+1:], "0") == ""
 }
 
 func (f *fastSchema) typeOK(t fastjson.Type, v []byte) bool {
@@ -188,6 +190,9 @@ func (f *fastSchema) typeOK(t fastjson.Type, v []byte) bool {
 type numBound struct {
 	exact *big.Rat
 	f     float64
+	// smallInt: the bound is an integer of at most 15 digits, which f
+	// holds exactly.
+	smallInt bool
 }
 
 func newNumBound(r *big.Rat) *numBound {
@@ -195,7 +200,7 @@ func newNumBound(r *big.Rat) *numBound {
 		return nil
 	}
 	f, _ := r.Float64()
-	return &numBound{r, f}
+	return &numBound{exact: r, f: f, smallInt: r.IsInt() && math.Abs(f) < 1e15}
 }
 
 // compare compares the number whose text is v with the bound as JSON
@@ -207,6 +212,12 @@ func (b *numBound) compare(v []byte) int {
 			return -1
 		} else if x > b.f {
 			return 1
+		}
+		// Equal as floats: a value at an integer bound, the common case,
+		// is equal exactly if its text is an integer short enough to
+		// convert exactly.
+		if digits := bytes.TrimPrefix(v, []byte("-")); b.smallInt && len(digits) <= 15 && bytes.IndexAny(digits, ".eE") < 0 {
+			return 0
 		}
 	}
 	n, ok := new(big.Rat).SetString(string(v))
@@ -360,7 +371,8 @@ func ipv4OK(s string) bool {
 }
 
 func (w *walker) other(keyword string) {
-	w.vs = append(w.vs, Violation{TypeOther, w.field(), subject(w.field()) + " does not meet the plan's " + keyword})
+	field := w.field()
+	w.vs = append(w.vs, Violation{TypeOther, field, subject(field) + " does not meet the plan's " + keyword})
 }
 
 // object checks the object that starts at b[i]: its required members,

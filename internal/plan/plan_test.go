@@ -2,6 +2,7 @@ package plan
 
 import (
 	"encoding/json"
+	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -362,5 +363,30 @@ func TestAValuesOwnViolationsComeBeforeItsMembers(t *testing.T) {
 	want := []string{"Required properties.a", "Required properties.z", "Type properties.b", "Type properties.c", "Other properties.l", "Type properties.l.0"}
 	if !slices.Equal(got, want) {
 		t.Errorf("violations in the order %q, want %q", got, want)
+	}
+}
+
+// TestNumberComparisonsAreExact holds the fast comparisons of a number's
+// text with a bound, and the integer test, to exact arithmetic, where
+// floats merge values close to the bound.
+func TestNumberComparisonsAreExact(t *testing.T) {
+	bounds := []string{"1", "0", "-3", "999999999999999", "1000000000000000000", "0.5"}
+	values := []string{"1", "0.99999999999999999", "1.00000000000000001", "1.0", "-3", "-3.0000000000000001",
+		"999999999999999", "999999999999998.9999", "1000000000000000001", "-0", "2e0", "0.5", "0.50000000000000001"}
+	for _, bs := range bounds {
+		br, _ := new(big.Rat).SetString(bs)
+		b := newNumBound(br)
+		for _, vs := range values {
+			vr, _ := new(big.Rat).SetString(vs)
+			if got, want := b.compare([]byte(vs)), vr.Cmp(br); got != want {
+				t.Errorf("%s against the bound %s: %d, want %d", vs, bs, got, want)
+			}
+		}
+	}
+	for _, vs := range values {
+		vr, _ := new(big.Rat).SetString(vs)
+		if got, want := isInteger(vs), vr.IsInt(); got != want {
+			t.Errorf("isInteger(%s) = %v, want %v", vs, got, want)
+		}
 	}
 }
