@@ -124,7 +124,10 @@ type dedupeIndex struct {
 	// is the newest group settled: groups settle in order, and claim
 	// drops their maps, so that the committer never waits for fillMu.
 	pending []pendingGroup
-	settled atomic.Uint64
+	// freePending holds settled groups' maps, emptied, for the next
+	// groups: a map a group was most of what claims allocated.
+	freePending []map[uint64]struct{}
+	settled     atomic.Uint64
 	// commits counts the groups settled, so that a submitter knows
 	// whether what it looked up before taking fillMu may have changed.
 	commits atomic.Uint64
@@ -133,6 +136,10 @@ type dedupeIndex struct {
 	// way into a run, which flushLoop writes.
 	open   map[uint64]uint32
 	frozen []*frozenKeys
+	// spare is the map of the last frozen keys written, emptied: the next
+	// open map, whose buckets at full load were a tenth of what the spool
+	// allocated.
+	spare  map[uint64]uint32
 	epochs []*dedupeEpoch // oldest first; at most two
 	// watermark is the sequence number below which every committed key is
 	// in a run.
@@ -303,7 +310,8 @@ type dedupeLookup struct {
 // It runs before the submitter takes fillMu, which every submitter
 // shares: held for these lookups, it cost a fifth of the throughput.
 func (d *dedupeIndex) lookup(events []Event) *dedupeLookup {
-	var l dedupeLookup
+	l := lookups.Get().(*dedupeLookup)
+	l.keys, l.index, l.stored = l.keys[:0], l.index[:0], l.stored[:0]
 	for i := range events {
 		if len(events[i].MessageID) > 0 {
 			l.keys = append(l.keys, dedupeKey(events[i].WriteKey, events[i].MessageID))
@@ -311,18 +319,24 @@ func (d *dedupeIndex) lookup(events []Event) *dedupeLookup {
 		}
 	}
 	if len(l.keys) == 0 {
-		return &l
+		return l
 	}
-	l.stored = make([]bool, len(l.keys))
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	l.commits = d.commits.Load()
 	cutoff := d.cutoff()
-	for j, k := range l.keys {
-		l.stored[j] = d.stored(k, cutoff)
+	for _, k := range l.keys {
+		l.stored = append(l.stored, d.stored(k, cutoff))
 	}
-	return &l
+	return l
 }
+
+// lookups keep a request's lookup slices for the next: at full load they
+// were half of what the index allocated per request.
+var lookups = sync.Pool{New: func() any { return new(dedupeLookup) }}
+
+// done returns l to its pool; l is not used after.
+func (l *dedupeLookup) done() { lookups.Put(l) }
 
 // claim completes lookup under fillMu, group being the filling group's
 // number: it returns the indexes of the duplicates, ascending, and the
@@ -338,6 +352,10 @@ func (d *dedupeIndex) claim(l *dedupeLookup, group uint64, keys []uint64) (dups 
 	// ran before it.
 	settled := d.settled.Load()
 	for len(d.pending) > 0 && d.pending[0].group <= settled {
+		if len(d.freePending) < 4 {
+			clear(d.pending[0].keys)
+			d.freePending = append(d.freePending, d.pending[0].keys)
+		}
 		d.pending[0] = pendingGroup{}
 		d.pending = d.pending[1:]
 	}
@@ -372,7 +390,11 @@ func (d *dedupeIndex) claim(l *dedupeLookup, group uint64, keys []uint64) (dups 
 			continue
 		}
 		if cur == nil {
-			cur = make(map[uint64]struct{}, len(l.keys))
+			if n := len(d.freePending); n > 0 {
+				cur, d.freePending = d.freePending[n-1], d.freePending[:n-1]
+			} else {
+				cur = make(map[uint64]struct{}, len(l.keys))
+			}
 			d.pending = append(d.pending, pendingGroup{group, cur})
 		}
 		cur[k] = struct{}{}
@@ -508,7 +530,11 @@ func (d *dedupeIndex) freeze(watermark uint64, gen *generation, open func(dir st
 	}
 	d.mu.Lock()
 	d.frozen = append(d.frozen, &frozenKeys{keys: d.open, watermark: watermark, gen: gen})
-	d.open = make(map[uint64]uint32, min(len(d.open), d.openMax))
+	if d.spare != nil {
+		d.open, d.spare = d.spare, nil
+	} else {
+		d.open = make(map[uint64]uint32, min(len(d.open), d.openMax))
+	}
 	d.mu.Unlock()
 	select {
 	case d.kick <- struct{}{}:
@@ -621,6 +647,7 @@ func (d *dedupeIndex) writeFrozen(f *frozenKeys) error {
 	if len(entries) == 0 {
 		d.watermark = max(d.watermark, watermark)
 		d.frozen = d.frozen[1:]
+		d.keepSpare(f.keys)
 		d.mu.Unlock()
 		return nil
 	}
@@ -669,6 +696,7 @@ func (d *dedupeIndex) writeFrozen(f *frozenKeys) error {
 	}
 	defer d.mu.Unlock()
 	d.frozen = d.frozen[1:]
+	d.keepSpare(f.keys)
 	if merge != nil {
 		epoch.runs[len(epoch.runs)-1] = r
 		d.bytes -= merge.size
@@ -680,6 +708,25 @@ func (d *dedupeIndex) writeFrozen(f *frozenKeys) error {
 	d.watermark = max(d.watermark, watermark)
 	d.enforceBounds()
 	return nil
+}
+
+// keepSpare keeps keys, written and no longer looked up, as the next open
+// map. d.mu held.
+func (d *dedupeIndex) keepSpare(keys map[uint64]uint32) {
+	if d.spare == nil && len(keys) <= d.openMax {
+		clear(keys)
+		d.spare = keys
+	}
+}
+
+// dropSpare lets go of the spare map, about 1 MiB after a burst.
+func (d *dedupeIndex) dropSpare() {
+	if !d.enabled() {
+		return
+	}
+	d.mu.Lock()
+	d.spare = nil
+	d.mu.Unlock()
 }
 
 // makeRoom drops the oldest runs until size more bytes fit, keeping keep;

@@ -215,6 +215,7 @@ func (s *Spool) releaseMemory() {
 // event after a quiet spell, and a burst leaves one per core.
 func (s *Spool) dropIdleBuffers() {
 	scratchBuffers.drain()
+	s.dedupe.dropSpare()
 	encoders.trim(1)
 	decoders.trim(1)
 	next := s.nextSeq()

@@ -157,6 +157,7 @@ func (s *Spool) submit(source string, events []Event, dead []DeadLetter, force b
 	var found *dedupeLookup
 	if source != "" && s.dedupe.enabled() {
 		found = s.dedupe.lookup(events)
+		defer found.done()
 	}
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
