@@ -345,6 +345,11 @@ func (l *loop) idleMemoryAt(now time.Time) time.Time {
 		return at
 	}
 	l.free, l.idleSince = nil, time.Time{}
+	if len(l.cur.recs) == 0 {
+		l.cur.mem = nil // the next read makes it again
+	}
+	// The last read's records point into a batch's memory.
+	clear(l.readBuf[:cap(l.readBuf)])
 	dropRequestBodies()
 	return time.Time{}
 }
