@@ -78,7 +78,7 @@ func main() {
 	flag.IntVar(&c.rate, "rate", 5000, "events/s produced while relays rebalance")
 	flag.DurationVar(&c.sessionTimeout, "session-timeout", 6*time.Second, "the relays' session_timeout (kfake's minimum is 6s, as Kafka's default)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the work directory (spools, logs)")
-	flag.StringVar(&c.relayMemLimit, "relay-gomemlimit", "", "GOMEMLIMIT of the relays (default: spillway's own, 48 MiB)")
+	flag.StringVar(&c.relayMemLimit, "relay-gomemlimit", "", "GOMEMLIMIT of the relays (default: spillway's own, 45 MiB)")
 	flag.BoolVar(&c.skipHTTP, "skip-http", false, "skip the HTTP run (to try relay settings)")
 	flag.BoolVar(&c.skipRebalance, "skip-rebalance", false, "skip the rebalance runs")
 	flag.StringVar(&c.profile, "profile", "", "write a CPU profile of the relay's first 3 s of draining to this file")
