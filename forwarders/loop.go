@@ -346,7 +346,9 @@ func (l *loop) idleMemoryAt(now time.Time) time.Time {
 	}
 	l.free, l.idleSince = nil, time.Time{}
 	if len(l.cur.recs) == 0 {
-		l.cur.mem = nil // the next read makes it again
+		// Not nil, which the next read would make whole again at once:
+		// empty, grown by the reads that fill it.
+		l.cur.mem = &batchMem{}
 	}
 	// The last read's records point into a batch's memory.
 	clear(l.readBuf[:cap(l.readBuf)])
