@@ -149,7 +149,12 @@ func (s *kafkaSource) stop(ctx context.Context) error {
 		s.m.commitErrors.WithLabelValues(s.name).Inc()
 		err = fmt.Errorf("source %s: commit offsets at stop: %w (the next owner reads again what was stored since the last commit)", s.name, err)
 	}
-	s.cl.Close()
+	// With BlockRebalanceOnPoll, Close leaves the group and waits for the
+	// rebalance that causes, which a poll not yet allowed blocks: run may
+	// have returned holding one (the spool refusing during the shutdown),
+	// or still be storing it. A relay stopped so never exited. Its records
+	// are not marked: the partitions' next owner reads them again.
+	s.cl.CloseAllowingRebalance()
 	s.log.Info("stopped consuming", "topic", s.topic)
 	return err
 }
