@@ -36,20 +36,28 @@ func spoolFiles(t *testing.T, dir string) map[string]time.Time {
 	return files
 }
 
-// TestAnIdleHourCostsNoPassAndTheFirstEventAfterItIsCommittedAtOnce runs
-// under synctest: the hour is the bubble's clock, not the machine's.
-func TestAnIdleHourCostsNoPassAndTheFirstEventAfterItIsCommittedAtOnce(t *testing.T) {
-	dir := t.TempDir()
+// inBubble runs fn under synctest, on a spool of cfg opened in the bubble
+// (whose clock is the bubble's) and closed after fn.
+func inBubble(t *testing.T, cfg Config, fn func(t *testing.T, s *Spool)) {
 	// zstd coders hold channels: those made in the bubble must not go on
 	// serving the other tests from the process-wide free lists.
 	defer encoders.drain()
 	defer decoders.drain()
 	synctest.Test(t, func(t *testing.T) {
-		s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
+		s, err := Open(cfg, nil, prometheus.NewRegistry())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer s.Close(context.Background())
+		fn(t, s)
+	})
+}
+
+// TestAnIdleHourCostsNoPassAndTheFirstEventAfterItIsCommittedAtOnce runs
+// under synctest: the hour is the bubble's clock, not the machine's.
+func TestAnIdleHourCostsNoPassAndTheFirstEventAfterItIsCommittedAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	inBubble(t, Config{Dir: dir, Consumers: []string{"a"}}, func(t *testing.T, s *Spool) {
 		if err := s.Append(t.Context(), events(0, 10), nil); err != nil {
 			t.Fatal(err)
 		}
@@ -219,15 +227,7 @@ func TestReleasedMemoryLeavesReadingIntact(t *testing.T) {
 // a write, once for all writes meanwhile, and not at all while nothing is
 // written: on a ticker an idle spool synced 20 times a second.
 func TestIntervalSyncRunsOnlyAfterWrites(t *testing.T) {
-	dir := t.TempDir()
-	defer encoders.drain()
-	defer decoders.drain()
-	synctest.Test(t, func(t *testing.T) {
-		s, err := Open(Config{Dir: dir, Consumers: []string{"a"}, Sync: SyncInterval}, nil, prometheus.NewRegistry())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close(context.Background())
+	inBubble(t, Config{Dir: t.TempDir(), Consumers: []string{"a"}, Sync: SyncInterval}, func(t *testing.T, s *Spool) {
 		syncs := func() uint64 {
 			t.Helper()
 			var m dto.Metric
@@ -321,15 +321,7 @@ func TestASecondOpenOfALockedSpoolTouchesNothing(t *testing.T) {
 // --spool-max-bytes neither refused nor dropped, and a full disk went
 // unnoticed. A commit now brings a pass within maintenanceEvery.
 func TestACommitWakesMaintenanceWhileAPassWaitsForTheAgeDeadline(t *testing.T) {
-	dir := t.TempDir()
-	defer encoders.drain()
-	defer decoders.drain()
-	synctest.Test(t, func(t *testing.T) {
-		s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, prometheus.NewRegistry())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close(context.Background())
+	inBubble(t, Config{Dir: t.TempDir(), Consumers: []string{"a"}}, func(t *testing.T, s *Spool) {
 		if err := s.Append(t.Context(), events(0, 10), nil); err != nil {
 			t.Fatal(err)
 		}
