@@ -28,3 +28,11 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// unlockDir releases the lock lockDir took. Unlocked, not only closed: a
+// child process forked at that moment holds a copy of the file for an
+// instant, and a lock released by closing lasts as long as any copy.
+func unlockDir(f *os.File) {
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	_ = f.Close()
+}

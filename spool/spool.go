@@ -192,7 +192,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 	}
 	s.dirLock = lock
 	if err := s.open(reg); err != nil {
-		_ = lock.Close()
+		unlockDir(lock)
 		return nil, err
 	}
 	s.countResent()
@@ -357,7 +357,7 @@ func (s *Spool) closeAll() error {
 	if metaErr != nil {
 		metaErr = fmt.Errorf("close spool meta: %w", metaErr)
 	}
-	_ = s.dirLock.Close()
+	unlockDir(s.dirLock)
 	return errors.Join(cursorsErr, leaseErr, generationsErr, spareErr, metaErr)
 }
 
