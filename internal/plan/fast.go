@@ -384,13 +384,8 @@ func (w *walker) object(f *fastSchema, b []byte, i int) (end int) {
 	var seen uint64 // of f.required, by index; past 64, looked up again
 	extra := false
 	for i = jsontext.SkipSpace(b, i+1); i < len(b) && b[i] != '}'; {
-		keyEnd := valueEnd(b, i)
-		key := b[i:keyEnd]
-		i = jsontext.SkipSpace(b, jsontext.SkipSpace(b, keyEnd)+1) // past ':'
-		i = jsontext.SkipSpace(b, w.member(f, key, b, i, &seen, &extra))
-		if i < len(b) && b[i] == ',' {
-			i = jsontext.SkipSpace(b, i+1)
-		}
+		key, value := memberAt(b, i)
+		i = nextMember(b, w.member(f, key, b, value, &seen, &extra))
 	}
 	end = min(i+1, len(b))
 	from := len(w.vs)
@@ -440,16 +435,30 @@ func (w *walker) member(f *fastSchema, quotedKey, b []byte, i int, seen *uint64,
 // hasMember reports whether the object v has the member key.
 func (w *walker) hasMember(v []byte, key string) bool {
 	for i := jsontext.SkipSpace(v, 1); i < len(v) && v[i] != '}'; {
-		keyEnd := valueEnd(v, i)
-		if w.str(v[i:keyEnd]) == key {
+		k, value := memberAt(v, i)
+		if w.str(k) == key {
 			return true
 		}
-		i = jsontext.SkipSpace(v, valueEnd(v, jsontext.SkipSpace(v, jsontext.SkipSpace(v, keyEnd)+1)))
-		if i < len(v) && v[i] == ',' {
-			i = jsontext.SkipSpace(v, i+1)
-		}
+		i = nextMember(v, valueEnd(v, value))
 	}
 	return false
+}
+
+// memberAt reads the member of an object whose key starts at b[i]: the
+// key as written, quoted, and where its value starts.
+func memberAt(b []byte, i int) (key []byte, value int) {
+	keyEnd := valueEnd(b, i)
+	return b[i:keyEnd], jsontext.SkipSpace(b, jsontext.SkipSpace(b, keyEnd)+1) // past ':'
+}
+
+// nextMember returns where the member after the value that ends at b[end]
+// starts, or where its object ends.
+func nextMember(b []byte, end int) int {
+	i := jsontext.SkipSpace(b, end)
+	if i < len(b) && b[i] == ',' {
+		i = jsontext.SkipSpace(b, i+1)
+	}
+	return i
 }
 
 // array checks the array v's items, then its length.

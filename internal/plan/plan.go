@@ -447,9 +447,8 @@ func SubjectJSON(event []byte) (typ, name string) {
 	var nameField string
 	var seenType, seenEvent, seenName bool // the first of a repeated key counts, as in Subject
 	for i := jsontext.SkipSpace(event, jsontext.SkipSpace(event, 0)+1); i < len(event) && event[i] != '}'; {
-		keyEnd := valueEnd(event, i)
-		key := event[i:keyEnd]
-		i = jsontext.SkipSpace(event, jsontext.SkipSpace(event, keyEnd)+1)
+		key, value := memberAt(event, i)
+		i = value
 		end := valueEnd(event, i)
 		isString := event[i] == '"'
 		switch k := w.str(key); {
@@ -473,10 +472,7 @@ func SubjectJSON(event []byte) (typ, name string) {
 			typ != segment.Track && typ != segment.Page && typ != segment.Screen) {
 			break // the rest cannot change the answer
 		}
-		i = jsontext.SkipSpace(event, end)
-		if i < len(event) && event[i] == ',' {
-			i = jsontext.SkipSpace(event, i+1)
-		}
+		i = nextMember(event, end)
 	}
 	switch typ {
 	case segment.Track:
