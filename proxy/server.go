@@ -61,14 +61,17 @@ const bodySlack = 64 << 10
 // Server is the HTTP surface of spillway. Its zero value is not usable;
 // call New.
 type Server struct {
-	cfg     Config
-	sp      Spool
-	opts    Options
-	log     *slog.Logger
-	m       *metrics
-	pp      *parser
-	srv     *fasthttp.Server
-	ingest  sync.Pool
+	cfg    Config
+	sp     Spool
+	opts   Options
+	log    *slog.Logger
+	m      *metrics
+	pp     *parser
+	srv    *fasthttp.Server
+	ingest sync.Pool
+	// answers holds the success bodies that list rejected events, rendered
+	// before the commit so that the request's ingest need not wait it out.
+	answers sync.Pool
 	parsing chan struct{} // one token per request being parsed; GOMAXPROCS of them
 
 	adminSrv *fasthttp.Server
@@ -147,6 +150,7 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 		parsing: make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
 	s.ingest.New = func() any { return newIngest() }
+	s.answers.New = func() any { return new([]byte) }
 	s.setPlan(ps)
 	s.srv = s.newHTTPServer(s.handle, cfg.MaxRequestBytes+bodySlack)
 	// Admin requests carry no bodies worth the name.

@@ -159,6 +159,14 @@ func appendEvent(dst []byte, e *Event) []byte {
 // less garbage.
 var scratchBuffers = newFreeList(4, func() *[]byte { return new([]byte) })
 
+// deadBuffers recycles the bodies of dead-letter blocks apart from
+// scratchBuffers: a group's dead letters are often a fraction of its
+// events, and a body that held them, handed to the events next, was grown
+// again (with a tracking plan blocking half the events, that regrowth was
+// most of what the spool allocated). Two: a filling group and a sealing
+// one.
+var deadBuffers = newFreeList(2, func() *[]byte { return new([]byte) })
+
 // sealBlock compresses body into a fresh envelope of exactly its size,
 // since the envelope stays in memory for as long as it is a recent block.
 func sealBlock(body []byte) []byte {

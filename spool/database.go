@@ -86,7 +86,7 @@ func (s *Spool) openFinished(dir string) (*badger.DB, error) {
 	return db, nil
 }
 
-// openMeta opens the database of cursors, read marks and dead letters,
+// openMeta opens the database of cursors, read marks, marks and lanes,
 // after repairing what a crash may have left in it.
 func (s *Spool) openMeta() (*badger.DB, error) {
 	dir := metaDir(s.cfg.Dir)
@@ -96,16 +96,14 @@ func (s *Spool) openMeta() (*badger.DB, error) {
 	if err := checkDamage(dir); err != nil {
 		return nil, fmt.Errorf("meta: %w", err)
 	}
-	// Dead-letter blocks live in meta's LSM tree (below the value
-	// threshold), where compaction reclaims deleted ones; Badger caps a
+	// Parked events (lanes) live in meta's LSM tree (below the value
+	// threshold), where compaction reclaims them once unparked: Badger's
+	// value-log GC reclaimed nothing after deletes. Badger caps a
 	// transaction at 15% of the memtable, so a larger one than a
-	// generation's means fewer commits for a group of them.
-	// Badger builds a table in memory, a block at a time, and a value
-	// larger than its block makes it grow the block by doubling: with its
-	// 4 KiB blocks and 2 MiB tables, building meta's tables from dead
-	// letters arriving at full load held 24 to 34 MiB of heap. Blocks
-	// that hold a whole dead-letter block, and smaller tables, cut it to
-	// 8 to 12 MiB.
+	// generation's means fewer commits for a park. Badger builds a table
+	// in memory, a block at a time, and a value larger than its block
+	// makes it grow the block by doubling: blocks that hold a whole
+	// event, and small tables, keep that to a few MiB.
 	meta, err := badger.Open(s.badgerOptions(dir).
 		WithValueThreshold(64 << 10).WithValueLogFileSize(4 << 20).WithMemTableSize(512 << 10).
 		WithBaseTableSize(512 << 10).WithBlockSize(64 << 10).

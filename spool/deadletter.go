@@ -2,11 +2,10 @@ package spool
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-
-	badger "github.com/dgraph-io/badger/v4"
+	"io/fs"
+	"slices"
 )
 
 // DeadLetter stores dead letters, fsynced like a block. Unlike Append it
@@ -18,7 +17,6 @@ func (s *Spool) DeadLetter(ctx context.Context, dls []DeadLetter) error {
 // DeadLetters calls fn for each dead letter f selects, oldest first, up to
 // f.Limit. An error from fn stops the walk and is returned.
 func (s *Spool) DeadLetters(f Filter, fn func(DeadLetter) error) error {
-	defer s.releaseTablePages()
 	_, err := s.walkDead(f, 0, fn)
 	return err
 }
@@ -32,57 +30,66 @@ var (
 
 // walkDead is DeadLetters from the dead letter numbered from on. It
 // returns the number after the last one it visited, where a walk that
-// fn stopped goes on.
+// fn stopped goes on. The store is locked a frame at a time, not for the
+// walk: fn may be slow (a listing written to a client), and the writer
+// stores dead letters meanwhile.
 func (s *Spool) walkDead(f Filter, from uint64, fn func(DeadLetter) error) (next uint64, err error) {
+	var files fileCache
+	defer files.close()
 	n := 0
 	next = from
-	err = s.meta.View(func(txn *badger.Txn) error {
-		// The block holding from may start before it.
-		start := deadBlockKey(from)
-		rit := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDeadBlock}, Reverse: true})
-		if rit.Seek(start); rit.Valid() {
-			start = rit.Item().KeyCopy(nil)
+	var missing *deadSegment
+	for {
+		s.deadMu.Lock()
+		i, ok := s.dead.frameAt(from)
+		var fr deadFrame
+		var path string
+		if ok {
+			fr = s.dead.frames[i]
+			path = s.dead.path(fr.seg, segmentSuffix)
 		}
-		rit.Close()
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixDeadBlock}, PrefetchValues: true, PrefetchSize: 4})
-		defer it.Close()
-		touched := 0
-		for it.Seek(start); it.Valid(); it.Next() {
-			var dead []DeadLetter
-			err := it.Item().Value(func(v []byte) (err error) {
-				touched += len(v)
-				dead, err = openDeadBlock(v)
-				return err
-			})
-			if touched > releaseEveryBytes {
-				// A long walk would otherwise hold the whole store
-				// resident until it ends.
-				s.releaseTablePages()
-				touched = 0
+		s.deadMu.Unlock()
+		if !ok {
+			return next, nil
+		}
+		file, err := files.open(path)
+		if errors.Is(err, fs.ErrNotExist) && fr.seg != missing {
+			// Rewritten or removed since the lookup: look again.
+			missing = fr.seg
+			continue
+		}
+		if err != nil {
+			return next, err
+		}
+		dead, err := readDeadFrame(file, fr)
+		if errors.Is(err, errCorrupt) {
+			// Damage on disk: the frame's letters are lost, the rest of
+			// the store is not.
+			s.log.Error("dead-letter frame damaged: its letters are skipped", "first_id", fr.first, "last_id", fr.last, "err", err)
+			from = fr.last + 1
+			continue
+		}
+		if err != nil {
+			return next, err
+		}
+		s.deadMu.Lock()
+		dead = slices.DeleteFunc(dead, func(d DeadLetter) bool { return d.ID < from || fr.seg.isGone(d.ID) })
+		s.deadMu.Unlock()
+		for _, d := range dead {
+			if f.Limit > 0 && n >= f.Limit {
+				return next, nil
 			}
-			if err != nil {
-				return fmt.Errorf("decode dead-letter block %d: %w", binary.BigEndian.Uint64(it.Item().Key()[1:]), err)
+			next = d.ID + 1
+			if !f.Matches(&d) {
+				continue
 			}
-			for _, d := range dead {
-				if d.ID < from {
-					continue
-				}
-				if f.Limit > 0 && n >= f.Limit {
-					return nil
-				}
-				next = d.ID + 1
-				if !f.Matches(&d) {
-					continue
-				}
-				n++
-				if err := fn(d); err != nil {
-					return err
-				}
+			n++
+			if err := fn(d); err != nil {
+				return next, err
 			}
 		}
-		return nil
-	})
-	return next, err
+		from = fr.last + 1
+	}
 }
 
 // deadChunkBytes bounds the events of the dead letters Replay and Purge
@@ -101,7 +108,6 @@ const deadChunkBytes = 256 << 10
 // again) are left for the next call: a walk that took them would replay
 // such an event for as long as it is refused.
 func (s *Spool) eachDeadChunk(ctx context.Context, f Filter, fn func([]DeadLetter) error) error {
-	defer s.releaseTablePages()
 	var chunk []DeadLetter
 	from, seen, until := uint64(0), 0, s.nextDead.Load()
 	for {

@@ -293,7 +293,7 @@ func TestListingDeadLettersLeavesTheirPagesOutOfMemory(t *testing.T) {
 	}
 	s = openTest(t, dir, "a")
 	defer s.Close(context.Background())
-	store := DiskUsage(metaDir(dir))
+	store := DiskUsage(deadDir(dir))
 	before := rssFile(t)
 	n := 0
 	if err := s.DeadLetters(Filter{}, func(DeadLetter) error { n++; return nil }); err != nil || n != 4800 {

@@ -160,9 +160,9 @@ func TestMaintenanceCompactsMetaWithoutBadgerCompactors(t *testing.T) {
 	// The loop's first pass may come while the flushes are still being
 	// made, compacting some of them: what counts is that level 0 ends
 	// below the bound with the rest compacted below it. Each look is a
-	// meta write noted, as a dead letter's store notes one.
+	// wake-up of the loop, as a stored dead letter makes one.
 	compacted := func() bool {
-		s.noteMetaWrite()
+		s.noteDeadWrite()
 		levels := s.meta.Levels()
 		below := 0
 		for _, l := range levels[1:] {

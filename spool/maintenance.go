@@ -92,7 +92,7 @@ func (s *Spool) maintenanceLoop() {
 				s.prepareSpare()
 			}
 			active()
-		case <-s.metaWritten:
+		case <-s.deadWritten:
 			active()
 		case <-s.logPagesDue:
 			s.releaseLogPages()
@@ -159,11 +159,11 @@ func (s *Spool) maintain(now time.Time) time.Time {
 	return time.Time{}
 }
 
-// noteMetaWrite tells the maintenance loop that meta has grown: dead
-// letters take room under --spool-max-bytes too, and add to meta's tree.
-func (s *Spool) noteMetaWrite() {
+// noteDeadWrite tells the maintenance loop that dead letters were stored:
+// they take room under --spool-max-bytes too.
+func (s *Spool) noteDeadWrite() {
 	select {
-	case s.metaWritten <- struct{}{}:
+	case s.deadWritten <- struct{}{}:
 	default:
 	}
 }
@@ -208,13 +208,14 @@ func (s *Spool) releaseMemory() {
 
 // dropIdleBuffers lets go of the memory that serves a spool under load
 // and nothing once its destinations have caught up: the block bodies the
-// writer recycles (about 1 MiB each), the recent cache and the newest
+// writer recycles (about 1 MiB each, the dead letters' too), the recent cache and the newest
 // block uncompressed once every reader has passed them, the block each
 // caught-up reader decoded last, and the coders beyond one of each
 // (about 1.3 MiB an encoder): one stays, since making one costs the first
 // event after a quiet spell, and a burst leaves one per core.
 func (s *Spool) dropIdleBuffers() {
 	scratchBuffers.drain()
+	deadBuffers.drain()
 	s.dedupe.dropSpare()
 	encoders.trim(1)
 	decoders.trim(1)
@@ -455,7 +456,7 @@ func (s *Spool) refreshSize() {
 			// Dead letters stay until an operator replays or purges
 			// them: a store that fills the spool keeps it full however
 			// well the destinations do, and says so here.
-			dead := DiskUsage(metaDir(s.cfg.Dir))
+			dead := DiskUsage(deadDir(s.cfg.Dir))
 			attrs := []any{"bytes", total, "max_bytes", s.cfg.MaxBytes, "dead_letter_bytes", dead}
 			if dead >= total/2 {
 				attrs = append(attrs, "hint", "most of the spool is dead letters, kept until replayed or purged: see spillway dlq")
@@ -547,7 +548,7 @@ func (s *Spool) noteUnsynced() {
 	}
 }
 
-// syncActive fsyncs the active generation and meta.
+// syncActive fsyncs the active generation, meta and the dead letters.
 func (s *Spool) syncActive() {
 	start := time.Now()
 	s.genMu.Lock()
@@ -555,7 +556,10 @@ func (s *Spool) syncActive() {
 	s.genMu.Unlock()
 	db, err := active.acquire(s.openGeneration)
 	if err == nil {
-		err = errors.Join(db.Sync(), s.meta.Sync())
+		s.deadMu.Lock()
+		deadErr := s.dead.sync()
+		s.deadMu.Unlock()
+		err = errors.Join(db.Sync(), s.meta.Sync(), deadErr)
 		active.release()
 	}
 	if err != nil {

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -263,7 +264,14 @@ func (s *Spool) quarantine(g *generation, m blockMeta, cause error) error {
 	}
 	ev, _ := json.Marshal(corruptEvent{FirstSeq: m.first, Events: m.count, Generation: filepath.Base(g.dir)})
 	dl := DeadLetter{Reason: ReasonCorrupt, Error: cause.Error(), Event: ev}
-	if err := s.storeDeadLetters([]DeadLetter{dl}, time.Now(), quarantineKey(m.first)); err != nil {
+	if err := s.DeadLetter(context.Background(), []DeadLetter{dl}); err != nil {
+		return fmt.Errorf("quarantine block %d: %w", m.first, err)
+	}
+	// The mark after the dead letter: a crash between the two finds the
+	// block damaged again at the next start and dead-letters it twice,
+	// where the other order could lose the only record of the damage.
+	err := s.meta.Update(func(txn *badger.Txn) error { return txn.Set(quarantineKey(m.first), nil) })
+	if err != nil {
 		return fmt.Errorf("quarantine block %d: %w", m.first, err)
 	}
 	s.quarantined[m.first] = true

@@ -35,7 +35,8 @@ const recentCacheBytes = 1 << 20
 // later one in this list is held, except as the arrows say:
 //
 //	consumer.mu -> Spool.mu, genMu, quarantineMu, generation.mu
-//	quarantineMu -> generation.mu, deadMu
+//	quarantineMu -> generation.mu, fillMu (its dead letter is stored
+//	through the writer, which never takes quarantineMu)
 //	genMu -> generation.mu
 //	fillMu (with fillTaken), leaseMu, deadMu: nothing taken under them
 //
@@ -43,7 +44,7 @@ const recentCacheBytes = 1 << 20
 // draws the whole path.
 type Spool struct {
 	cfg     Config
-	meta    *badger.DB // cursors and dead letters
+	meta    *badger.DB // cursors, read marks, quarantine marks, lanes
 	dirLock *os.File   // held from Open to Close: one process per spool
 	log     *slog.Logger
 	metrics *metrics
@@ -54,7 +55,7 @@ type Spool struct {
 	rotate      chan struct{} // asks the writer to start a new generation
 	spareTaken  chan struct{} // tells the maintenance loop the writer moved to the spare
 	acked       chan struct{} // tells the maintenance loop a cursor moved
-	metaWritten chan struct{} // tells the maintenance loop dead letters were stored
+	deadWritten chan struct{} // tells the maintenance loop dead letters were stored
 	logPagesDue chan struct{} // tells it releaseLogEveryBytes were committed
 	unsynced    chan struct{} // tells syncLoop meta was written
 	quit        chan struct{}
@@ -78,10 +79,9 @@ type Spool struct {
 	// metaTables is meta's tree as compactMeta last released its pages:
 	// the maintenance loop's alone.
 	metaTables metaTreeShape
-	// deadMu serialises writes to the dead-letter store, whose blocks
-	// and count change together; deadCount is the stored count.
-	deadMu    sync.Mutex
-	deadCount uint64
+	// deadMu guards the dead-letter store.
+	deadMu sync.Mutex
+	dead   *deadLog
 
 	dedupe *dedupeIndex // the messageId index; its methods lock it
 
@@ -178,7 +178,7 @@ func Open(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Spool, e
 		rotate:      make(chan struct{}, 1),
 		spareTaken:  make(chan struct{}, 1),
 		acked:       make(chan struct{}, 1),
-		metaWritten: make(chan struct{}, 1),
+		deadWritten: make(chan struct{}, 1),
 		logPagesDue: make(chan struct{}, 1),
 		unsynced:    make(chan struct{}, 1),
 		quit:        make(chan struct{}),
@@ -266,8 +266,9 @@ func (s *Spool) countResent() {
 	}
 }
 
-// metaDir is the spool's database of cursors, read marks and dead letters
-// (FORMAT.md), the first thing Open creates.
+// metaDir is the spool's database of cursors, read marks, quarantine
+// marks, lanes and pending ranges (FORMAT.md), the first thing Open
+// creates.
 func metaDir(spoolDir string) string { return filepath.Join(spoolDir, "meta") }
 
 // Exists reports whether dir holds a spool: its meta database with the
@@ -353,12 +354,15 @@ func (s *Spool) closeAll() error {
 		// Never written: remove it rather than leave an empty database.
 		spareErr = s.spare.remove()
 	}
+	s.deadMu.Lock()
+	deadErr := s.dead.close()
+	s.deadMu.Unlock()
 	metaErr := s.meta.Close()
 	if metaErr != nil {
 		metaErr = fmt.Errorf("close spool meta: %w", metaErr)
 	}
 	unlockDir(s.dirLock)
-	return errors.Join(cursorsErr, leaseErr, generationsErr, spareErr, metaErr)
+	return errors.Join(cursorsErr, leaseErr, generationsErr, spareErr, deadErr, metaErr)
 }
 
 func (s *Spool) consumer(name string) (*consumer, error) {

@@ -14,8 +14,7 @@ import (
 )
 
 type appendReq struct {
-	force bool         // see submit
-	dead  []DeadLetter // copies: the caller's memory is its own again
+	force bool // see submit
 	done  chan error
 	// source and skipped count the duplicates skipped once the request
 	// succeeds; relies is the oldest earlier group holding the first copy
@@ -94,17 +93,22 @@ func (s *Spool) SubmitFrom(source string, events []Event, dead []DeadLetter) (<-
 type filling struct {
 	reqs   []*appendReq
 	blocks []*fillingBlock
-	bytes  int // event bytes copied in
-	group  uint64
-	keys   []uint64 // the messageId index's keys of its events
+	// dead and forcedDead are its dead letters' blocks, encoded as
+	// stored; forced ones (from delivery) apart, since they are stored
+	// even when the others are refused.
+	dead, forcedDead []*fillingBlock
+	bytes            int // event bytes copied in
+	group            uint64
+	keys             []uint64 // the messageId index's keys of its events
 }
 
 // fillingBlock is a block being filled: headerRoom bytes left free for the
-// header, then the events as encodeBody lays them out.
+// header, then the events as encodeBody lays them out; or dead letters
+// first to last, as appendDeadLetter lays them out.
 type fillingBlock struct {
-	first uint64
-	count int
-	body  *[]byte // from scratchBuffers
+	first, last uint64
+	count       int
+	body        *[]byte // from scratchBuffers
 }
 
 // headerRoom fits a block body's header: stored millis and a uvarint count.
@@ -154,6 +158,11 @@ func (s *Spool) submit(source string, events []Event, dead []DeadLetter, force b
 		return r.done, 0, nil
 	}
 	size := sizeOfEvents(events)
+	if !force {
+		for i := range dead {
+			size += len(dead[i].Event)
+		}
+	}
 	var found *dedupeLookup
 	if source != "" && s.dedupe.enabled() {
 		found = s.dedupe.lookup(events)
@@ -209,25 +218,49 @@ func (s *Spool) submit(source string, events []Event, dead []DeadLetter, force b
 		s.assigned++
 	}
 	if len(dead) > 0 {
-		// The caller's buffers are theirs again once this returns: one
-		// copy of the request's dead events, not one allocation each.
-		n := 0
-		for i := range dead {
-			n += len(dead[i].Event)
-		}
-		events := make([]byte, 0, n)
-		r.dead = make([]DeadLetter, len(dead))
-		for i, d := range dead {
-			start := len(events)
-			events = append(events, d.Event...)
-			d.Event = events[start:len(events):len(events)]
-			r.dead[i] = d
-		}
+		s.fillDead(f, dead, force)
 	}
 	f.reqs = append(f.reqs, r)
 	f.bytes += size
 	s.kickWriter()
 	return r.done, r.skipped, nil
+}
+
+// fillDead numbers dead letters, dates those that have no date yet and
+// encodes them into the filling group's blocks, as events are: copied
+// once, straight into the buffer they are compressed from. A block holds
+// consecutive ids only, so that no two stored blocks' ranges overlap:
+// every dead letter is numbered here, under fillMu. s.fillMu is held.
+func (s *Spool) fillDead(f *filling, dead []DeadLetter, force bool) {
+	blocks := &f.dead
+	if force {
+		blocks = &f.forcedDead
+	}
+	var b *fillingBlock
+	if n := len(*blocks); n > 0 {
+		b = (*blocks)[n-1]
+	}
+	id := s.nextDead.Add(uint64(len(dead))) - uint64(len(dead))
+	var now time.Time
+	for i := range dead {
+		d := &dead[i]
+		at := d.At
+		if at.IsZero() {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			at = now
+		}
+		if b == nil || b.last+1 != id || len(*b.body)+deadLetterSize(d) > deadBlockRawBytes {
+			b = &fillingBlock{first: id, body: deadBuffers.get()}
+			*b.body = (*b.body)[:0]
+			*blocks = append(*blocks, b)
+		}
+		*b.body = appendDeadLetter(*b.body, d, id, at)
+		b.last = id
+		b.count++
+		id++
+	}
 }
 
 func (s *Spool) kickWriter() {
@@ -303,8 +336,15 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 				scratchBuffers.put(b.body)
 			}
 		}
+		for _, blocks := range [][]*fillingBlock{f.dead, f.forcedDead} {
+			for _, b := range blocks {
+				deadBuffers.put(b.body)
+			}
+		}
 	}()
-	if err := s.checkDiskRoom(); err != nil {
+	dead := f.forcedDead
+	refused := s.checkDiskRoom()
+	if refused != nil {
 		// Only forced requests (dead letters from delivery, which hold no
 		// events) go on; the numbers the others took are skipped.
 		kept := sg.reqs[:0:0]
@@ -312,39 +352,41 @@ func (s *Spool) seal(f *filling) *sealedGroup {
 			if r.force {
 				kept = append(kept, r)
 			} else {
-				r.done <- err
+				r.done <- refused
 			}
 		}
 		sg.reqs = kept
-	}
-	var dead []DeadLetter
-	for _, r := range sg.reqs {
-		dead = append(dead, r.dead...)
+	} else {
+		dead = append(dead, f.dead...)
+		sg.keys, sg.keysAt = f.keys, s.dedupe.now()
+		sg.blocks = make([]sealedBlock, len(f.blocks))
 	}
 	// Compression is most of a group's CPU: spread its blocks, the dead
-	// letters' among them, over the cores.
+	// letters' among them, over the cores, no more at once than there are
+	// coders kept.
 	var wg sync.WaitGroup
-	if len(dead) > 0 {
-		wg.Go(func() { sg.dead = s.sealDeadLetters(dead, time.Now()) })
-	}
-	if len(sg.reqs) < len(f.reqs) {
-		wg.Wait()
-		s.settleDedupe(f.group, f.keys, time.Time{}, ErrFull)
-		return sg
-	}
-	sg.keys, sg.keysAt = f.keys, s.dedupe.now()
-	stored := time.Now()
-	sg.blocks = make([]sealedBlock, len(f.blocks))
-	// No more event blocks at once than there are coders kept.
 	slots := make(chan struct{}, runtime.GOMAXPROCS(0))
-	for i, b := range f.blocks {
+	sg.dead = make([]deadBlock, len(dead))
+	for i, b := range dead {
 		slots <- struct{}{}
 		wg.Go(func() {
-			sg.blocks[i] = sealFillingBlock(b, stored)
+			sg.dead[i] = deadBlock{first: b.first, last: b.last, count: b.count, val: sealBlock(*b.body)}
+			<-slots
+		})
+	}
+	stored := time.Now()
+	for i := range sg.blocks {
+		slots <- struct{}{}
+		wg.Go(func() {
+			sg.blocks[i] = sealFillingBlock(f.blocks[i], stored)
 			<-slots
 		})
 	}
 	wg.Wait()
+	if refused != nil {
+		s.settleDedupe(f.group, f.keys, time.Time{}, ErrFull)
+		return sg
+	}
 	if n := len(f.blocks); n > 0 {
 		last := f.blocks[n-1]
 		sg.hot = hotBlock{meta: sg.blocks[n-1].meta, body: sg.blocks[n-1].body, buf: last.body}
@@ -429,16 +471,16 @@ func (s *Spool) commitGroup(sg *sealedGroup) error {
 		return s.commitBlocks(sg)
 	}
 	if len(sg.blocks) == 0 {
-		return s.commitDeadLetters(sg.dead, nil)
+		return s.commitDeadLetters(sg.dead)
 	}
-	// Dead letters live in meta, the events in the active generation:
-	// committed at once, the group waits for one fsync's time instead of
-	// two. Its requests are answered only once both are durable; if one
+	// Dead letters have their own files, the events the active
+	// generation: committed at once, the group waits for one fsync's time
+	// instead of two. Its requests are answered only once both are durable; if one
 	// fails they are answered with the error, and the client's retry
 	// stores again what the other made durable: at worst a dead letter
 	// or an event stored twice, never one lost.
 	deadErr := make(chan error, 1)
-	go func() { deadErr <- s.commitDeadLetters(sg.dead, nil) }()
+	go func() { deadErr <- s.commitDeadLetters(sg.dead) }()
 	err := s.commitBlocks(sg)
 	if derr := <-deadErr; err == nil {
 		err = derr

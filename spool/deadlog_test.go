@@ -1,0 +1,311 @@
+package spool
+
+import (
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// deadFiles returns the names of the dead-letter store's files.
+func deadFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(deadDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func withSuffix(names []string, suffix string) []string {
+	var out []string
+	for _, n := range names {
+		if strings.HasSuffix(n, suffix) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// A crash while a frame was being appended leaves part of it at the end of
+// the newest segment: it was never acknowledged, and everything before it
+// opens, is counted and is listed; the store takes new letters after it.
+func TestATornDeadLetterFrameIsCutOffAndEverythingBeforeItKept(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openWithRegistry(t, dir)
+	rnd := rand.New(rand.NewPCG(1, 7))
+	for range 3 {
+		if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 50, 300)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	segs := withSuffix(deadFiles(t, dir), segmentSuffix)
+	if len(segs) != 1 {
+		t.Fatalf("segments %v, want one", segs)
+	}
+	path := filepath.Join(deadDir(dir), segs[0])
+	whole, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first 200 bytes of a frame: a header that promises more.
+	if err := os.WriteFile(path, append(slices.Clone(whole), whole[:200]...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s, _ = openWithRegistry(t, dir)
+	if got := deadGauge(t, s); got != 150 {
+		t.Fatalf("gauge = %d after the tear, want 150", got)
+	}
+	if ids := listDead(t, s); len(ids) != 150 || ids[149] != 149 {
+		t.Fatalf("listed %d dead letters after the tear, want 150 ending at id 149", len(ids))
+	}
+	if info, err := os.Stat(path); err != nil || info.Size() != int64(len(whole)) {
+		t.Fatalf("the torn segment is %v bytes (%v), want it cut back to %d", info.Size(), err, len(whole))
+	}
+	if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 1, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = openWithRegistry(t, dir)
+	defer s.Close(context.Background())
+	if ids := listDead(t, s); len(ids) != 151 || ids[150] != 150 {
+		t.Fatalf("after a new letter and a restart: %d listed, want 151 ending at id 150", len(ids))
+	}
+}
+
+// Purging every dead letter gives their disk space back: no segment is
+// left, and the count after a restart is zero.
+func TestPurgingEveryDeadLetterRemovesTheirFiles(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	rnd := rand.New(rand.NewPCG(2, 7))
+	// Random text, so that they fill more than one segment.
+	for range 12 {
+		if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 400, 2000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if segs := withSuffix(deadFiles(t, dir), segmentSuffix); len(segs) < 2 {
+		t.Fatalf("segments %v: the letters should fill more than one", segs)
+	}
+	if n, err := s.Purge(Filter{}); err != nil || n != 4800 {
+		t.Fatalf("purge = %d, %v; want 4800", n, err)
+	}
+	if left := deadFiles(t, dir); len(left) != 0 {
+		t.Fatalf("files left after purging every dead letter: %v", left)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = openWithRegistry(t, dir)
+	defer s.Close(context.Background())
+	if got := deadGauge(t, s); got != 0 || len(listDead(t, s)) != 0 {
+		t.Fatalf("gauge %d after purging everything and a restart", got)
+	}
+}
+
+// A segment with half of its letters deleted is rewritten without them.
+// A crash after the new revision is in place and before the old one's
+// files are gone leaves both on disk: the next open keeps the new one,
+// and neither revives a deleted letter nor loses a kept one.
+func TestAHalfDeletedSegmentIsRewrittenAndACrashMidRewriteLosesNothing(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openWithRegistry(t, dir)
+	rnd := rand.New(rand.NewPCG(3, 7))
+	var dead []DeadLetter
+	for i := range 3000 {
+		reason := ReasonRejected
+		if i%4 != 0 {
+			reason = ReasonExpired
+		}
+		dead = append(dead, deadLettersOf(rnd, reason, 1, 400)...)
+	}
+	if err := s.DeadLetter(t.Context(), dead); err != nil {
+		t.Fatal(err)
+	}
+	before := deadFiles(t, dir)
+	old := map[string][]byte{}
+	for _, name := range before {
+		b, err := os.ReadFile(filepath.Join(deadDir(dir), name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		old[name] = b
+	}
+	if n, err := s.Purge(Filter{Reason: ReasonExpired}); err != nil || n != 2250 {
+		t.Fatalf("purge = %d, %v; want 2250", n, err)
+	}
+	after := deadFiles(t, dir)
+	for _, name := range after {
+		if _, kept := old[name]; kept {
+			t.Fatalf("files before the purge %v, after %v: want the segment rewritten, the old revision gone", before, after)
+		}
+	}
+	if got := deadGauge(t, s); got != 750 {
+		t.Fatalf("gauge = %d after the purge, want 750", got)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Put the old revision back, with a deletion record of its own, as a
+	// crash before their removal leaves them.
+	for name, b := range old {
+		if err := os.WriteFile(filepath.Join(deadDir(dir), name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		gone := binary.BigEndian.AppendUint64(nil, 1)
+		frame := append(appendFrameHeader(nil, gone), gone...)
+		base := strings.TrimSuffix(name, segmentSuffix)
+		if err := os.WriteFile(filepath.Join(deadDir(dir), base+goneSuffix), frame, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ = openWithRegistry(t, dir)
+	defer s.Close(context.Background())
+	ids := listDead(t, s)
+	if len(ids) != 750 || deadGauge(t, s) != 750 {
+		t.Fatalf("after the crash: %d listed, gauge %d; want 750", len(ids), deadGauge(t, s))
+	}
+	for _, id := range ids {
+		if id%4 != 0 {
+			t.Fatalf("id %d listed: it was purged", id)
+		}
+	}
+	if files := deadFiles(t, dir); !slices.Equal(files, after) {
+		t.Fatalf("files after the open %v, want the new revision alone %v", files, after)
+	}
+}
+
+// A spool of the previous format keeps its dead letters in meta, in blocks
+// with their count. Opened, they move to the store's files, ids kept; a
+// crash before meta's copies were deleted moves nothing twice.
+func TestDeadLetterBlocksInMetaMoveToTheirOwnFilesOnce(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rnd := rand.New(rand.NewPCG(4, 7))
+	dead := deadLettersOf(rnd, ReasonRejected, 900, 300)
+	for i := range dead {
+		dead[i].ID = uint64(5 + i)
+	}
+	blocks := sealDeadBlocks(dead)
+	writeMeta := func() {
+		db, err := badger.Open(badger.DefaultOptions(metaDir(dir)).WithLogger(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		err = db.Update(func(txn *badger.Txn) error {
+			for _, b := range blocks {
+				k := binary.BigEndian.AppendUint64([]byte{prefixDeadBlock}, b.first)
+				if err := txn.Set(k, b.val); err != nil {
+					return err
+				}
+			}
+			return txn.Set(deadCountKey, binary.BigEndian.AppendUint64(nil, uint64(len(dead))))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeMeta()
+	check := func(round string) {
+		s, _ := openWithRegistry(t, dir)
+		defer s.Close(context.Background())
+		ids := listDead(t, s)
+		if len(ids) != len(dead) || ids[0] != 5 || ids[len(ids)-1] != uint64(4+len(dead)) || deadGauge(t, s) != len(dead) {
+			t.Fatalf("%s: %d listed (gauge %d), want ids 5..%d", round, len(ids), deadGauge(t, s), 4+len(dead))
+		}
+		err := s.meta.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{})
+			defer it.Close()
+			for it.Rewind(); it.Valid(); it.Next() {
+				switch it.Item().Key()[0] {
+				case prefixDeadBlock, prefixDeadCount, prefixLegacyDead:
+					t.Errorf("%s: key %x left in meta", round, it.Item().Key())
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("moved")
+	writeMeta() // as if the crash came before meta's copies were deleted
+	check("moved again")
+}
+
+// A frame damaged on disk costs its own letters only: a listing, a
+// replay, a purge go on with the rest, whether the damage is found when a
+// walk reads the frame (an older segment) or at the open (the newest,
+// checked whole for a torn end: damage followed by whole frames is not
+// one, and nothing after it is cut off).
+func TestADamagedDeadLetterFrameCostsOnlyItsOwnLetters(t *testing.T) {
+	for _, older := range []bool{true, false} {
+		t.Run(map[bool]string{true: "older segment", false: "newest segment"}[older], func(t *testing.T) {
+			dir := t.TempDir()
+			s, _ := openWithRegistry(t, dir)
+			rnd := rand.New(rand.NewPCG(5, 7))
+			for range 3 {
+				// One call a frame: forced dead letters, a group each.
+				if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 100, 300)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(deadDir(dir), withSuffix(deadFiles(t, dir), segmentSuffix)[0])
+			want := 200
+			if older {
+				// A new segment after a restart makes the first an older one.
+				s, _ = openWithRegistry(t, dir)
+				if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 1, 10)); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Close(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				want++
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Into the second frame's payload, past its header.
+			second := frameHeaderLen + int(binary.BigEndian.Uint32(data[0:4]))
+			data[second+frameHeaderLen+deadFrameMetaLen+40] ^= 0xff
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s, _ = openWithRegistry(t, dir)
+			defer s.Close(context.Background())
+			ids := listDead(t, s)
+			if len(ids) != want || ids[99] != 99 || ids[100] != 200 {
+				t.Fatalf("listed %d dead letters; want %d: the first and third frames' and any new one, without ids 100..199", len(ids), want)
+			}
+			if n, err := s.Purge(Filter{}); err != nil || n != want {
+				t.Fatalf("purge = %d, %v; want the %d readable ones", n, err, want)
+			}
+		})
+	}
+}
