@@ -47,6 +47,24 @@ type fastProp struct {
 	s    *fastSchema
 }
 
+// prop returns the schema of the member key, nil if f names none. A rule
+// names a handful of members: comparing lengths first, a scan beats a
+// binary search's string comparisons, which were a fifth of the walk.
+func (f *fastSchema) prop(key string) *fastSchema {
+	if len(f.props) > 16 {
+		if p, found := slices.BinarySearchFunc(f.props, key, func(p fastProp, k string) int { return strings.Compare(p.name, k) }); found {
+			return f.props[p].s
+		}
+		return nil
+	}
+	for i := range f.props {
+		if p := &f.props[i]; len(p.name) == len(key) && p.name == key {
+			return p.s
+		}
+	}
+	return nil
+}
+
 // compileFast returns the fast form of s, or nil if s uses anything the
 // fast walk does not do.
 func compileFast(s *jsonschema.Schema) *fastSchema {
@@ -415,8 +433,8 @@ func (w *walker) member(f *fastSchema, quotedKey, b []byte, i int, seen *uint64,
 		}
 	}
 	sub := f.additional
-	if p, known := slices.BinarySearchFunc(f.props, key, func(p fastProp, k string) int { return strings.Compare(p.name, k) }); known {
-		sub = f.props[p].s
+	if p := f.prop(key); p != nil {
+		sub = p
 	} else if f.noMore {
 		*extra, sub = true, nil
 	}
