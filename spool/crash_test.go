@@ -31,6 +31,9 @@ const (
 	crashModeEnv  = "SPILLWAY_SPOOL_CRASH_MODE"
 	// crashModeDeadLetters stores dead letters instead, until killed.
 	crashModeDeadLetters = "dead-letters"
+	// crashModeDeadPurges stores dead letters and purges half of them,
+	// rewriting segments, until killed.
+	crashModeDeadPurges = "dead-purges"
 )
 
 // runCrashChild is the child's whole life: it appends batches of events,
@@ -44,6 +47,8 @@ func runCrashChild(dir string) int {
 		return runDedupeCrashChild(dir)
 	case crashModeDeadLetters:
 		return runDeadLetterCrashChild(dir)
+	case crashModeDeadPurges:
+		return runDeadPurgeCrashChild(dir)
 	}
 	s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, nil)
 	if err != nil {

@@ -1,13 +1,18 @@
 package spool
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -307,5 +312,107 @@ func TestADamagedDeadLetterFrameCostsOnlyItsOwnLetters(t *testing.T) {
 				t.Fatalf("purge = %d, %v; want the %d readable ones", n, err, want)
 			}
 		})
+	}
+}
+
+// runDeadPurgeCrashChild stores dead letters numbered in their events,
+// every other one expired, and purges the expired ones after each store,
+// which rewrites the segments holding them, until it is killed: "stored
+// N" once letters 0 to N-1 are durable, "purged N" once the expired ones
+// among them are gone.
+func runDeadPurgeCrashChild(dir string) int {
+	s, err := Open(Config{Dir: dir, Consumers: []string{"a"}}, nil, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child: open:", err)
+		return 3
+	}
+	pad := strings.Repeat("x", 500)
+	for n := 0; ; {
+		dead := make([]DeadLetter, 300)
+		for i := range dead {
+			reason := ReasonRejected
+			if (n+i)%2 == 1 {
+				reason = ReasonExpired
+			}
+			dead[i] = DeadLetter{Destination: "a", Reason: reason, Event: fmt.Appendf(nil, `{"n":%d,"pad":%q}`, n+i, pad)}
+		}
+		if err := s.DeadLetter(context.Background(), dead); err != nil {
+			fmt.Fprintln(os.Stderr, "child: dead letter:", err)
+			return 3
+		}
+		n += len(dead)
+		fmt.Printf("stored %d\n", n)
+		if _, err := s.Purge(Filter{Reason: ReasonExpired}); err != nil {
+			fmt.Fprintln(os.Stderr, "child: purge:", err)
+			return 3
+		}
+		fmt.Printf("purged %d\n", n)
+	}
+}
+
+// kill -9 while dead letters are stored and purged, segments rewritten
+// under the purges: every acknowledged letter that was not purged is
+// there once, no purged one comes back, and the count says how many are
+// listed. Each round kills the child at another point of its cycle.
+func TestKilledWhilePurgingDeadLettersKeepsTheRestAndRevivesNothing(t *testing.T) {
+	t.Parallel()
+	for round := range 4 {
+		dir := t.TempDir()
+		cmd := crashChild(t, dir, crashModeDeadPurges)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stdout)
+		stored, purged, lines := 0, 0, 0
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "stored "); ok {
+				stored, _ = strconv.Atoi(v)
+			} else if v, ok := strings.CutPrefix(sc.Text(), "purged "); ok {
+				purged, _ = strconv.Atoi(v)
+			}
+			// Past a few segments, at a point that moves with the round.
+			if lines++; lines >= 60+3*round {
+				break
+			}
+		}
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		if purged == 0 {
+			t.Fatalf("round %d: the child purged nothing", round)
+		}
+
+		s, _ := openWithRegistry(t, dir)
+		seen := map[int]bool{}
+		err = s.DeadLetters(Filter{}, func(d DeadLetter) error {
+			var ev struct{ N int }
+			if err := json.Unmarshal(d.Event, &ev); err != nil {
+				return err
+			}
+			if seen[ev.N] {
+				return fmt.Errorf("letter %d listed twice", ev.N)
+			}
+			seen[ev.N] = true
+			if ev.N%2 == 1 && ev.N < purged {
+				return fmt.Errorf("letter %d was purged and is back", ev.N)
+			}
+			return nil
+		})
+		gauge := deadGauge(t, s)
+		_ = s.Close(context.Background())
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		for n := 0; n < stored; n += 2 {
+			if !seen[n] {
+				t.Fatalf("round %d: letter %d was acknowledged, never purged, and is gone (%d stored, %d purged)", round, n, stored, purged)
+			}
+		}
+		if gauge != len(seen) {
+			t.Fatalf("round %d: the count says %d, %d are listed", round, gauge, len(seen))
+		}
 	}
 }
