@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -414,5 +415,52 @@ func TestKilledWhilePurgingDeadLettersKeepsTheRestAndRevivesNothing(t *testing.T
 		if gauge != len(seen) {
 			t.Fatalf("round %d: the count says %d, %d are listed", round, gauge, len(seen))
 		}
+	}
+}
+
+// A disk that fills while dead letters are written: the write that does
+// not fit is refused as ErrFull and leaves nothing half written, every
+// acknowledged letter is listed, before and after a restart, and the
+// store takes letters again once space returns.
+func TestADiskFullOfDeadLettersKeepsTheAcknowledgedAndRecovers(t *testing.T) {
+	t.Parallel()
+	mnt := mountTmpfs(t, "96m")
+	ballast := filepath.Join(mnt, "ballast")
+	if err := os.WriteFile(ballast, make([]byte, 40<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(mnt, "spool")
+	s := openTest(t, dir, "a")
+	acked := 0
+	var err error
+	for range 10000 {
+		dead := make([]DeadLetter, 100)
+		for i, e := range randomEvents(len(dead), 2000) {
+			dead[i] = DeadLetter{Destination: "a", Reason: ReasonRejected, Event: e.Data}
+		}
+		if err = s.DeadLetter(t.Context(), dead); err != nil {
+			break
+		}
+		acked += len(dead)
+	}
+	if !errors.Is(err, ErrFull) {
+		t.Fatalf("filling the disk with dead letters ended with %v after %d, want ErrFull", err, acked)
+	}
+	if got := len(listDead(t, s)); got != acked || deadGauge(t, s) != acked {
+		t.Fatalf("%d listed, gauge %d, after the disk filled; want the %d acknowledged", got, deadGauge(t, s), acked)
+	}
+	if err := os.Remove(ballast); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeadLetter(t.Context(), deadLettersOf(rand.New(rand.NewPCG(6, 7)), ReasonRejected, 1, 10)); err != nil {
+		t.Fatalf("a dead letter once space returned: %v", err)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, dir, "a")
+	defer s.Close(context.Background())
+	if got := len(listDead(t, s)); got != acked+1 {
+		t.Fatalf("%d listed after a restart, want %d", got, acked+1)
 	}
 }
