@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -55,6 +56,9 @@ type deadSegment struct {
 	size        int64    // where the next frame goes
 	file        *os.File // open for appending while it is the active one
 	goneFile    *os.File // open for appending once something was deleted
+	// damaged: bytes of it could not be read at the open. Kept for
+	// whoever looks into it, even once no letter of it is left.
+	damaged bool
 }
 
 func (g *deadSegment) name() string { return fmt.Sprintf("%020d-%d", g.serial, g.rev) }
@@ -144,13 +148,42 @@ func openDeadLog(spoolDir string, syncWrites bool, log *slog.Logger) (*deadLog, 
 		serials = append(serials, serial)
 	}
 	slices.Sort(serials)
+	var segs []*deadSegment
 	for i, serial := range serials {
 		g := &deadSegment{serial: serial, rev: newest[serial]}
 		if err := l.load(g, i == len(serials)-1); err != nil {
 			return nil, err
 		}
+		segs = append(segs, g)
 		l.nextSerial = serial + 1
+	}
+	slices.SortFunc(l.frames, func(a, b deadFrame) int { return cmp.Compare(a.first, b.first) })
+	// Ids are given once, so the ranges of two frames never overlap; a
+	// damaged header could say otherwise, and the index's searches rely
+	// on them not to.
+	kept := l.frames[:0]
+	for _, fr := range l.frames {
+		if n := len(kept); n > 0 && kept[n-1].last >= fr.first {
+			log.Error("dead-letter frame overlaps another, its header damaged: its letters are skipped", "segment", fr.seg.name(), "offset", fr.off)
+			fr.seg.count -= int(fr.count)
+			fr.seg.damaged = true
+			continue
+		}
+		kept = append(kept, fr)
+	}
+	l.frames = kept
+	for _, g := range segs {
+		// Deletions count only inside the frames kept: a segment is
+		// removed only when every letter of those is deleted.
+		g.gone = slices.DeleteFunc(g.gone, func(id uint64) bool {
+			i, ok := l.frameAt(id)
+			return !ok || l.frames[i].first > id || l.frames[i].seg != g
+		})
 		if g.live() <= 0 {
+			if g.damaged {
+				continue
+			}
+			// Every letter deleted: a crash came before its removal.
 			if err := l.removeSegment(g); err != nil {
 				return nil, err
 			}
@@ -159,7 +192,6 @@ func openDeadLog(spoolDir string, syncWrites bool, log *slog.Logger) (*deadLog, 
 		l.segs = append(l.segs, g)
 		l.live += uint64(g.live())
 	}
-	slices.SortFunc(l.frames, func(a, b deadFrame) int { return cmp.Compare(a.first, b.first) })
 	return l, nil
 }
 
@@ -205,6 +237,7 @@ func (l *deadLog) load(g *deadSegment, newest bool) error {
 				return f.Sync()
 			}
 			l.log.Error("dead-letter segment damaged: the letters after the damage are unreadable", "segment", g.name(), "offset", off, "why", why)
+			g.damaged = true
 			return nil
 		}
 		if _, err := f.ReadAt(hdr[:], off); err != nil {
@@ -227,6 +260,7 @@ func (l *deadLog) load(g *deadSegment, newest bool) error {
 				// Whole frames follow: damage, not a tear. They were
 				// acknowledged; this one's letters are lost.
 				l.log.Error("dead-letter frame damaged: its letters are skipped", "segment", g.name(), "offset", off)
+				g.damaged = true
 				off = next
 				continue
 			}
@@ -236,6 +270,9 @@ func (l *deadLog) load(g *deadSegment, newest bool) error {
 			first: binary.BigEndian.Uint64(hdr[8:16]),
 			last:  binary.BigEndian.Uint64(hdr[16:24]),
 			count: int32(binary.BigEndian.Uint32(hdr[24:28])),
+		}
+		if fr.last < fr.first || fr.last == math.MaxUint64 || fr.count < 1 || uint64(fr.count-1) > fr.last-fr.first {
+			return bad("bad ids")
 		}
 		l.frames = append(l.frames, fr)
 		g.count += int(fr.count)
