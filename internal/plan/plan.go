@@ -276,45 +276,70 @@ func (p *Plan) CheckJSON(event []byte, typ, name string, reportUnplanned bool) (
 // check is CheckJSON, through the fast walk where a rule allows it if
 // fast.
 func (p *Plan) check(event []byte, typ, name string, reportUnplanned, fast bool) (vs []Violation, unplanned bool) {
-	var tree any // the event as the library reads it, made once if needed
-	w := walkers.Get().(*walker)
-	defer func() {
-		w.vs = nil
-		walkers.Put(w)
-	}()
-	apply := func(r *rule) {
-		if r.fast != nil && fast {
-			w.vs, w.path = vs, w.path[:0]
-			w.validate(r.fast, event, jsontext.SkipSpace(event, 0))
-			vs = w.vs
-			return
-		}
-		if tree == nil {
-			tree = treeOf(event)
-		}
-		vs = appendViolations(vs, r.schema.Validate(tree))
-	}
-	for _, r := range p.common {
-		apply(r)
-	}
 	var r *rule
 	switch typ {
 	case segment.Track:
-		if r = p.track[name]; r == nil {
-			unplanned = true
-			if reportUnplanned {
-				vs = append(vs, Violation{Type: TypeUnplanned, Field: segment.FieldEvent,
-					Description: strconv.Quote(name) + " is not in the tracking plan"})
-			}
-		}
+		r = p.track[name]
+		unplanned = r == nil
 	case segment.Identify, segment.Group, segment.Page, segment.Screen:
 		rt := strings.ToUpper(typ)
 		if r = p.byName[rt][name]; r == nil {
 			r = p.all[rt]
 		}
 	}
+	w := walkers.Get().(*walker)
+	defer func() {
+		w.vs = nil
+		clear(w.lists)
+		walkers.Put(w)
+	}()
+	// Each rule's violations in a list of its own, w.lists[k] for the
+	// k-th rule that applies (the COMMON ones, then the event's own):
+	// the fast ones are walked together, the others validated by the
+	// library, and the lists joined in the rules' order.
+	rules := len(p.common)
 	if r != nil {
-		apply(r)
+		rules++
+	}
+	w.lists = slices.Grow(w.lists[:0], rules)[:rules]
+	clear(w.lists)
+	ruleAt := func(k int) *rule {
+		if k < len(p.common) {
+			return p.common[k]
+		}
+		return r
+	}
+	var room [maxSet]setItem
+	set := room[:0]
+	for k := range rules {
+		if f := ruleAt(k).fast; f != nil && fast {
+			set = append(set, setItem{f, k})
+		}
+	}
+	if len(set) > 0 {
+		w.path, w.cur, w.vs = w.path[:0], set[0].k, nil
+		w.validateSet(set, event, jsontext.SkipSpace(event, 0))
+		w.lists[w.cur] = w.vs
+	}
+	var tree any // the event as the library reads it, made once if needed
+	for k := range rules {
+		if ruleAt(k).fast == nil || !fast {
+			if tree == nil {
+				tree = treeOf(event)
+			}
+			w.lists[k] = appendViolations(nil, ruleAt(k).schema.Validate(tree))
+		}
+	}
+	for _, list := range w.lists {
+		if vs == nil {
+			vs = list // most often the one list with violations: no copy
+		} else {
+			vs = append(vs, list...)
+		}
+	}
+	if unplanned && reportUnplanned { // no rule of its own: after the COMMON ones
+		vs = append(vs, Violation{Type: TypeUnplanned, Field: segment.FieldEvent,
+			Description: strconv.Quote(name) + " is not in the tracking plan"})
 	}
 	return vs, unplanned
 }

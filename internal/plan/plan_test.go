@@ -209,6 +209,8 @@ func FuzzCheckJSON(f *testing.F) {
 		`{"type":"identify","traits":{"email":"a@b.c","\u0065mail":1}}`,
 		`{"type":"track","\u0065vent":"E","name":"N","context":{"type":"x"}}`,
 		`{"type":"screen","name":"Home","event":"x"}`,
+		// The COMMON rule's and the event's own, read in one walk.
+		`{"type":"track","event":"Order Completed","context":{"app":1,"ip":"x"},"properties":{"revenue":"x","products":[{}]}}`,
 	} {
 		f.Add(e)
 	}
@@ -387,6 +389,36 @@ func TestNumberComparisonsAreExact(t *testing.T) {
 		vr, _ := new(big.Rat).SetString(vs)
 		if got, want := isInteger(vs), vr.IsInt(); got != want {
 			t.Errorf("isInteger(%s) = %v, want %v", vs, got, want)
+		}
+	}
+}
+
+// TestRulesWalkedTogetherFindWhatEachFindsAlone: the COMMON rules and the
+// event's own are walked in one pass; the violations are each rule's, in
+// the order its walk alone finds them, the COMMON rules' first (the
+// answer lists the first one).
+func TestRulesWalkedTogetherFindWhatEachFindsAlone(t *testing.T) {
+	p := loadTestPlan(t)
+	for _, event := range []string{
+		`{"type":"track","event":"Order Completed","context":{"app":1,"ip":"x"},"properties":{"revenue":"x","products":[{}],"currency":"GBP"}}`,
+		`{"context":{"app":[]},"type":"track","properties":{"orderId":1},"event":"Order Completed"}`,
+		`{"type":"page","name":"Pricing","context":{"app":"a"},"properties":{}}`,
+	} {
+		b := []byte(event)
+		typ, name := SubjectJSON(b)
+		var alone []Violation
+		r := p.track[name]
+		if typ == "page" {
+			r = p.byName["PAGE"][name]
+		}
+		for _, rule := range append(slices.Clone(p.common), r) {
+			w := &walker{lists: make([][]Violation, 1)}
+			w.validate(rule.fast, b, 0)
+			alone = append(alone, w.vs...)
+		}
+		together, _ := p.CheckJSON(b, typ, name, true)
+		if len(alone) < 2 || !slices.Equal(together, alone) {
+			t.Errorf("%s:\n together %v\n alone    %v", event, together, alone)
 		}
 	}
 }
