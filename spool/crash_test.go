@@ -104,6 +104,21 @@ func crashChild(t *testing.T, dir, mode string, wrap ...string) *exec.Cmd {
 	return cmd
 }
 
+// startCrashChild starts a child in mode on dir, its output lines read
+// through the scanner it returns.
+func startCrashChild(t *testing.T, dir, mode string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := crashChild(t, dir, mode)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, bufio.NewScanner(stdout)
+}
+
 // lastAcked is the highest "acked N" the child printed.
 func lastAcked(t *testing.T, out []byte) int {
 	t.Helper()

@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -17,20 +16,28 @@ import (
 	"testing"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/spillwayhq/spillway/internal/testkit"
 )
 
 // deadFiles returns the names of the dead-letter store's files.
 func deadFiles(t *testing.T, dir string) []string {
 	t.Helper()
-	entries, err := os.ReadDir(deadDir(dir))
-	if err != nil {
+	return testkit.DirNames(t, deadDir(dir))
+}
+
+// storeDeadLetters stores rounds calls' worth of n random dead letters of
+// about size bytes each, one group each, and closes s.
+func storeDeadLetters(t *testing.T, s *Spool, rnd *rand.Rand, rounds, n, size int) {
+	t.Helper()
+	for range rounds {
+		if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, n, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
 }
 
 func withSuffix(names []string, suffix string) []string {
@@ -50,14 +57,7 @@ func TestATornDeadLetterFrameIsCutOffAndEverythingBeforeItKept(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := openWithRegistry(t, dir)
 	rnd := rand.New(rand.NewPCG(1, 7))
-	for range 3 {
-		if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 50, 300)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	storeDeadLetters(t, s, rnd, 3, 50, 300)
 	segs := withSuffix(deadFiles(t, dir), segmentSuffix)
 	if len(segs) != 1 {
 		t.Fatalf("segments %v, want one", segs)
@@ -271,26 +271,13 @@ func TestADamagedDeadLetterFrameCostsOnlyItsOwnLetters(t *testing.T) {
 			dir := t.TempDir()
 			s, _ := openWithRegistry(t, dir)
 			rnd := rand.New(rand.NewPCG(5, 7))
-			for range 3 {
-				// One call a frame: forced dead letters, a group each.
-				if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 100, 300)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := s.Close(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			storeDeadLetters(t, s, rnd, 3, 100, 300) // a frame each
 			path := filepath.Join(deadDir(dir), withSuffix(deadFiles(t, dir), segmentSuffix)[0])
 			want := 200
 			if older {
 				// A new segment after a restart makes the first an older one.
 				s, _ = openWithRegistry(t, dir)
-				if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 1, 10)); err != nil {
-					t.Fatal(err)
-				}
-				if err := s.Close(context.Background()); err != nil {
-					t.Fatal(err)
-				}
+				storeDeadLetters(t, s, rnd, 1, 1, 10)
 				want++
 			}
 			data, err := os.ReadFile(path)
@@ -359,15 +346,7 @@ func TestKilledWhilePurgingDeadLettersKeepsTheRestAndRevivesNothing(t *testing.T
 	t.Parallel()
 	for round := range 4 {
 		dir := t.TempDir()
-		cmd := crashChild(t, dir, crashModeDeadPurges)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stdout)
+		cmd, sc := startCrashChild(t, dir, crashModeDeadPurges)
 		stored, purged, lines := 0, 0, 0
 		for sc.Scan() {
 			if v, ok := strings.CutPrefix(sc.Text(), "stored "); ok {
@@ -388,7 +367,7 @@ func TestKilledWhilePurgingDeadLettersKeepsTheRestAndRevivesNothing(t *testing.T
 
 		s, _ := openWithRegistry(t, dir)
 		seen := map[int]bool{}
-		err = s.DeadLetters(Filter{}, func(d DeadLetter) error {
+		err := s.DeadLetters(Filter{}, func(d DeadLetter) error {
 			var ev struct{ N int }
 			if err := json.Unmarshal(d.Event, &ev); err != nil {
 				return err

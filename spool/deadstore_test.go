@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -62,9 +61,8 @@ func TestDeadLetterCountStaysExactThroughPartialDeletesAndRestarts(t *testing.T)
 	dir := t.TempDir()
 	s, _ := openWithRegistry(t, dir)
 	rnd := rand.New(rand.NewPCG(3, 4))
-	// Interleaved reasons, so that purging one reason rewrites every
-	// block rather than deleting whole ones; 3 MB spans many blocks and
-	// several transactions per group.
+	// Interleaved reasons, so that purging one reason deletes inside
+	// every frame rather than whole ones; 3 MB spans several frames.
 	var dead []DeadLetter
 	for i := range 6000 {
 		reason := ReasonRejected
@@ -218,8 +216,8 @@ func runDeadLetterCrashChild(dir string) int {
 	}
 }
 
-// kill -9 while dead letters are being stored, several transactions a
-// group: every acknowledged one is there, and the count says how many are.
+// kill -9 while dead letters are being stored, a group's worth at a time:
+// every acknowledged one is there, and the count says how many are.
 func TestKilledWhileStoringDeadLettersKeepsThemAndTheirCount(t *testing.T) {
 	dir := t.TempDir()
 	for round := range 3 {
@@ -231,15 +229,7 @@ func TestKilledWhileStoringDeadLettersKeepsThemAndTheirCount(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		cmd := crashChild(t, dir, crashModeDeadLetters)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(stdout)
+		cmd, sc := startCrashChild(t, dir, crashModeDeadLetters)
 		acked := 0
 		for sc.Scan() {
 			v, _ := strings.CutPrefix(sc.Text(), "acked ")
@@ -281,17 +271,8 @@ func rssFile(t *testing.T) int {
 // its table pages resident.
 func TestListingDeadLettersLeavesTheirPagesOutOfMemory(t *testing.T) {
 	dir := t.TempDir()
+	storeDeadLetters(t, openTest(t, dir, "a"), rand.New(rand.NewPCG(9, 10)), 12, 400, 4000)
 	s := openTest(t, dir, "a")
-	rnd := rand.New(rand.NewPCG(9, 10))
-	for range 12 {
-		if err := s.DeadLetter(t.Context(), deadLettersOf(rnd, ReasonRejected, 400, 4000)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	s = openTest(t, dir, "a")
 	defer s.Close(context.Background())
 	store := DiskUsage(deadDir(dir))
 	before := rssFile(t)

@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -49,17 +48,9 @@ func TestKillNineLeavesTheIndexAndTheEventsConsistent(t *testing.T) {
 	rng := rand.New(rand.NewPCG(25, 25))
 	for cycle := range 6 {
 		dir := t.TempDir()
-		cmd := crashChild(t, dir, "dedupe")
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd, sc := startCrashChild(t, dir, "dedupe")
 		killAfter := 1 + rng.IntN(60)
 		acked := 0
-		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			if _, err := fmt.Sscanf(sc.Text(), "acked %d", &acked); err == nil && acked/20 >= killAfter {
 				break

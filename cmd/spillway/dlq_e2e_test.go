@@ -170,29 +170,16 @@ func TestDLQOnADirectoryThatIsNotASpoolRefusesAndCreatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, dir := range map[string]string{"an empty directory": t.TempDir(), "a directory of other files": others} {
-		before := dirNames(t, dir)
+		before := testkit.DirNames(t, dir)
 		for _, action := range []string{"list", "replay", "purge"} {
 			var out, errOut bytes.Buffer
 			code := run(t.Context(), []string{"dlq", action, "--spool-dir", dir}, &out, &errOut)
 			if code != 1 || !strings.Contains(errOut.String(), "--spool-dir") || !strings.Contains(errOut.String(), "no spool") {
 				t.Errorf("dlq %s on %s: exit %d, stdout %q, stderr %q; want 1 saying it holds no spool", action, name, code, out.String(), errOut.String())
 			}
-			if after := dirNames(t, dir); !slices.Equal(after, before) {
+			if after := testkit.DirNames(t, dir); !slices.Equal(after, before) {
 				t.Errorf("dlq %s on %s changed it from %v to %v", action, name, before, after)
 			}
 		}
 	}
-}
-
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	return names
 }
