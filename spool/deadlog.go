@@ -115,26 +115,27 @@ func openDeadLog(spoolDir string, syncWrites bool, log *slog.Logger) (*deadLog, 
 	}
 	l := &deadLog{dir: dir, syncWrites: syncWrites, log: log, unsynced: map[*os.File]bool{}}
 	newest := map[uint64]uint64{} // serial -> its highest revision
-	var goneFiles []string
 	for _, e := range entries {
-		name := e.Name()
-		if base, ok := strings.CutSuffix(name, segmentSuffix); ok {
-			serial, rev, ok := parseSegmentName(base)
-			if !ok {
-				return nil, fmt.Errorf("%s: not a segment of the dead-letter store", filepath.Join(dir, name))
-			}
+		base, isSegment := strings.CutSuffix(e.Name(), segmentSuffix)
+		if !isSegment {
+			continue
+		}
+		if serial, rev, ok := parseSegmentName(base); ok {
 			if r, seen := newest[serial]; !seen || rev > r {
 				newest[serial] = rev
 			}
-		} else if base, ok := strings.CutSuffix(name, goneSuffix); ok {
-			goneFiles = append(goneFiles, base)
 		}
 	}
-	// Every other file is the leftover of a rewrite or a removal.
+	// Of the store's other files, those of an older revision or of no
+	// segment are the leftovers of a rewrite or a removal; a file it did
+	// not write is left alone.
 	for _, e := range entries {
 		base := strings.TrimSuffix(strings.TrimSuffix(e.Name(), segmentSuffix), goneSuffix)
 		serial, rev, ok := parseSegmentName(base)
-		if !ok {
+		if !ok || base == e.Name() {
+			if !e.IsDir() {
+				log.Warn("a file the dead-letter store did not write: left alone", "file", filepath.Join(dir, e.Name()))
+			}
 			continue
 		}
 		if r, seen := newest[serial]; !seen || rev != r {
@@ -719,13 +720,21 @@ func (l *deadLog) close() error {
 	return err
 }
 
-// fileCache keeps the segment files one walk or removal opened. An open
-// file stays readable after a rewrite removes its name.
+// fileCache keeps the segment files one walk or removal opened, a few at
+// a time: a walk of a large store would otherwise hold a descriptor for
+// each of its segments. An open file stays readable after a rewrite
+// removes its name.
 type fileCache map[string]*os.File
+
+const fileCacheSize = 4
 
 func (c *fileCache) open(path string) (*os.File, error) {
 	if f, ok := (*c)[path]; ok {
 		return f, nil
+	}
+	if len(*c) >= fileCacheSize {
+		c.close()
+		clear(*c)
 	}
 	f, err := os.Open(path)
 	if err != nil {

@@ -443,3 +443,26 @@ func TestADiskFullOfDeadLettersKeepsTheAcknowledgedAndRecovers(t *testing.T) {
 		t.Fatalf("%d listed after a restart, want %d", got, acked+1)
 	}
 }
+
+// Files in dead/ that the store did not write (an operator's notes, a
+// copy made by hand) neither stop the start nor are removed.
+func TestFilesTheDeadLetterStoreDidNotWriteAreLeftAlone(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, "a")
+	storeDeadLetters(t, s, rand.New(rand.NewPCG(8, 7)), 1, 10, 100)
+	for _, name := range []string{"notes.txt", "copy.seg", "copy.gone"} {
+		if err := os.WriteFile(filepath.Join(deadDir(dir), name), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ = openWithRegistry(t, dir)
+	defer s.Close(context.Background())
+	if n := len(listDead(t, s)); n != 10 || deadGauge(t, s) != 10 {
+		t.Fatalf("%d listed, gauge %d; want the 10 stored", n, deadGauge(t, s))
+	}
+	for _, name := range []string{"notes.txt", "copy.seg", "copy.gone"} {
+		if _, err := os.Stat(filepath.Join(deadDir(dir), name)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
