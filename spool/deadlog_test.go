@@ -466,3 +466,76 @@ func TestFilesTheDeadLetterStoreDidNotWriteAreLeftAlone(t *testing.T) {
 		}
 	}
 }
+
+// Dead letters stored, listed and purged at once, segments rewritten
+// under the walks: every walk sees ids in order and once, every purge
+// counts what it removed, and at the end the count matches the listing,
+// which holds every letter stored and not purged.
+func TestDeadLettersStoredListedAndPurgedAtOnceStayConsistent(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openWithRegistry(t, dir)
+	defer s.Close(context.Background())
+	rnd := rand.New(rand.NewPCG(9, 7))
+	const rounds = 40
+	batches := make([][]DeadLetter, rounds)
+	for i := range batches {
+		batches[i] = deadLettersOf(rnd, ReasonRejected, 100, 400)
+		for j := range batches[i] {
+			if j%2 == 1 {
+				batches[i][j].Reason = ReasonExpired
+			}
+		}
+	}
+	done := make(chan struct{})
+	errs := make(chan error, 3)
+	go func() {
+		defer close(done)
+		for _, b := range batches {
+			if err := s.DeadLetter(context.Background(), b); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	walk := func() error {
+		var last uint64
+		first := true
+		return s.DeadLetters(Filter{}, func(d DeadLetter) error {
+			if !first && d.ID <= last {
+				return fmt.Errorf("a walk gave id %d after %d", d.ID, last)
+			}
+			first, last = false, d.ID
+			return nil
+		})
+	}
+	var purged int
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		n, err := s.Purge(Filter{Reason: ReasonExpired})
+		if err != nil {
+			t.Fatal(err)
+		}
+		purged += n
+		if err := walk(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	n, err := s.Purge(Filter{Reason: ReasonExpired})
+	if err != nil {
+		t.Fatal(err)
+	}
+	purged += n
+	ids := listDead(t, s)
+	if purged != rounds*50 || len(ids) != rounds*50 || deadGauge(t, s) != rounds*50 {
+		t.Fatalf("purged %d, listed %d, gauge %d; want %d each", purged, len(ids), deadGauge(t, s), rounds*50)
+	}
+}
