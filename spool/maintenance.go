@@ -262,10 +262,10 @@ func (s *Spool) compactMeta() {
 		levels = s.meta.Levels()
 	}
 	// Badger writes a table through its mapping, so every page of a new
-	// one is resident: with dead letters arriving at full load (a
-	// blocking tracking plan), meta's new tables alone took spillway
-	// 25 MiB over its bound, and the Go heap, squeezed under the same
-	// limit, spent its time collecting.
+	// one is resident: when dead letters lived in meta, its new tables
+	// alone took spillway 25 MiB over its bound at full load (a blocking
+	// tracking plan), and the Go heap, squeezed under the same limit,
+	// spent its time collecting. Lanes' parked events still grow it.
 	if shape := shapeOf(levels); shape != s.metaTables {
 		s.metaTables = shape
 		s.releaseTablePages()

@@ -11,20 +11,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// releaseEveryBytes is how much of meta's tables a walk reads between two
-// releaseTablePages; releaseLogEveryBytes how much the writer commits
-// between two releaseLogPages (a pass over /proc/self/maps, tens of
-// microseconds).
-const (
-	releaseEveryBytes    = 4 << 20
-	releaseLogEveryBytes = 1 << 20
-)
+// releaseLogEveryBytes is how much the writer commits between two
+// releaseLogPages (a pass over /proc/self/maps, tens of microseconds).
+const releaseLogEveryBytes = 1 << 20
 
-// releaseTablePages hands back the memory of meta's table files that a
-// walk of the dead-letter store touched. Badger maps its tables into
-// memory; every page a walk reads stays resident, counted in the
-// process's RSS (and against a container's memory limit) until the kernel
-// needs it: listing 60,000 dead letters took a sidecar from 58 to 73 MiB.
+// releaseTablePages hands back the memory of meta's table files. Badger
+// maps its tables into memory and writes a new one through its mapping:
+// every page written or read stays resident, counted in the process's
+// RSS (and against a container's memory limit) until the kernel needs it.
+// When dead letters were kept in meta, listing 60,000 of them took a
+// sidecar from 58 to 73 MiB.
 func (s *Spool) releaseTablePages() {
 	dir, err := filepath.Abs(metaDir(s.cfg.Dir))
 	if err != nil {
