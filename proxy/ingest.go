@@ -23,6 +23,12 @@ type ingest struct {
 	ids      []byte
 	idSpans  []span
 	deadSpan []span // output bytes of dead[i]
+	// viol holds the violations of the dead letters a tracking plan
+	// blocked, as JSON arrays back to back, violSpan dead[i]'s (empty for
+	// other reasons): one buffer, kept with the ingest, rather than an
+	// allocation for each blocked event.
+	viol     []byte
+	violSpan []span
 	rejected []rejection
 	skipped  int     // events the spool skipped as duplicates
 	found    []found // tracking plan violations, counted once submitted
@@ -82,6 +88,8 @@ func (in *ingest) reset() {
 	in.ids = in.ids[:0]
 	in.idSpans = in.idSpans[:0]
 	in.deadSpan = in.deadSpan[:0]
+	in.viol = in.viol[:0]
+	in.violSpan = in.violSpan[:0]
 	in.rejected = in.rejected[:0]
 	in.skipped = 0
 	in.found = in.found[:0]
@@ -103,4 +111,18 @@ func (in *ingest) sliceEvents() {
 	for i, s := range in.deadSpan {
 		in.dead[i].Event = in.out[s.start:s.end:s.end]
 	}
+	for i, s := range in.violSpan {
+		if s.end > s.start {
+			in.dead[i].Violations = in.viol[s.start:s.end:s.end]
+		}
+	}
+}
+
+// addDead adds a dead letter whose event is in.out[event.start:event.end]
+// and whose violations (if any) are in.viol[viol.start:viol.end], both
+// handed out by sliceEvents.
+func (in *ingest) addDead(d spool.DeadLetter, event, viol span) {
+	in.dead = append(in.dead, d)
+	in.deadSpan = append(in.deadSpan, event)
+	in.violSpan = append(in.violSpan, viol)
 }

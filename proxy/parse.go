@@ -129,9 +129,10 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 				if err := pp.applyPrivacy(in, start); err != nil {
 					return err
 				}
-				in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
 				in.rejected = append(in.rejected, rejection{index: i, code: codeViolation, text: vs[0].Description})
-				in.dead = append(in.dead, blockedDeadLetter(bt, wk, vs))
+				from := len(in.viol)
+				in.viol = appendViolations(in.viol, vs)
+				in.addDead(blockedDeadLetter(bt, wk, vs), span{start, len(in.out)}, span{from, len(in.viol)})
 				return nil
 			}
 		}
@@ -151,14 +152,13 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 	if err := pp.applyPrivacy(in, start); err != nil {
 		return err
 	}
-	in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
 	in.rejected = append(in.rejected, ruleRejection(i, r))
-	in.dead = append(in.dead, spool.DeadLetter{
+	in.addDead(spool.DeadLetter{
 		Reason:   spool.ReasonInvalid,
 		Error:    r.String(),
 		At:       bt.now,
 		WriteKey: wk,
-	})
+	}, span{start, len(in.out)}, span{})
 	return nil
 }
 
@@ -180,15 +180,14 @@ func (pp *parser) addTooLarge(in *ingest, bt *batchTop, wk string, i, start, siz
 	str := len(in.out)
 	in.out = appendString(in.out, in.out[start:cut])
 	in.out = in.out[:start+copy(in.out[start:], in.out[str:])]
-	in.deadSpan = append(in.deadSpan, span{start, len(in.out)})
 	in.rejected = append(in.rejected, rejection{index: i, code: codeTooLarge, text: text})
-	in.dead = append(in.dead, spool.DeadLetter{
+	in.addDead(spool.DeadLetter{
 		Reason:   spool.ReasonTooLarge,
 		Error:    text,
 		At:       bt.now,
 		WriteKey: wk,
 		Size:     size,
-	})
+	}, span{start, len(in.out)}, span{})
 }
 
 // applyPrivacy applies the global privacy rules to the event written to

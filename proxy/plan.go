@@ -258,11 +258,10 @@ func appendFlagged(out []byte, v *fastjson.Value, violations []byte) []byte {
 // blockedDeadLetter is the dead letter of an event the plan blocks.
 func blockedDeadLetter(bt *batchTop, wk string, vs []plan.Violation) spool.DeadLetter {
 	return spool.DeadLetter{
-		Reason:     spool.ReasonViolation,
-		Error:      vs[0].Description,
-		At:         bt.now,
-		WriteKey:   wk,
-		Violations: plan.AppendJSON(nil, vs),
+		Reason:   spool.ReasonViolation,
+		Error:    vs[0].Description,
+		At:       bt.now,
+		WriteKey: wk,
 	}
 }
 
