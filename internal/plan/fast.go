@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"unicode/utf8"
 	"unsafe"
 
@@ -39,7 +40,8 @@ type fastSchema struct {
 	items      *fastSchema
 	// The numeric bounds; nil: none.
 	minimum, maximum, exclusiveMinimum, exclusiveMaximum *numBound
-	strChecks                                            bool // minLength, maxLength or pattern
+	strChecks                                            bool       // minLength, maxLength or pattern
+	texts                                                *fastTexts // nil: written as found
 }
 
 type fastProp struct {
@@ -66,8 +68,11 @@ func (f *fastSchema) prop(key string) *fastSchema {
 }
 
 // compileFast returns the fast form of s, or nil if s uses anything the
-// fast walk does not do.
-func compileFast(s *jsonschema.Schema) *fastSchema {
+// fast walk does not do. field is where s applies in the event, named as
+// a violation names it, and static whether that is the only place: not
+// under items or additionalProperties, whose paths hold the event's own
+// indexes and keys.
+func compileFast(s *jsonschema.Schema, field string, static bool) *fastSchema {
 	if s == nil {
 		return nil
 	}
@@ -105,7 +110,7 @@ func compileFast(s *jsonschema.Schema) *fastSchema {
 		}
 	}
 	for name, ps := range s.Properties {
-		c := compileFast(ps)
+		c := compileFast(ps, joinField(field, name), static)
 		if c == nil {
 			return nil
 		}
@@ -117,7 +122,7 @@ func compileFast(s *jsonschema.Schema) *fastSchema {
 	case bool:
 		f.noMore = !a
 	case *jsonschema.Schema:
-		if f.additional = compileFast(a); f.additional == nil {
+		if f.additional = compileFast(a, "", false); f.additional == nil {
 			return nil
 		}
 	default:
@@ -132,12 +137,98 @@ func compileFast(s *jsonschema.Schema) *fastSchema {
 		return nil
 	}
 	if items != nil {
-		if f.items = compileFast(items); f.items == nil {
+		if f.items = compileFast(items, "", false); f.items == nil {
 			return nil
 		}
 	}
+	if static {
+		f.texts = newFastTexts(f, field)
+	}
 	return f
 }
+
+func joinField(field, name string) string {
+	if field == "" {
+		return name
+	}
+	return field + "." + name
+}
+
+// fastTexts are the field and descriptions of a node's violations,
+// written when the plan loads: a node reached through named properties
+// only is always at the same place, and its violations read the same
+// every time. Built as each was found, they were most of what a flagged
+// or blocked event allocated.
+type fastTexts struct {
+	field string
+	// wrongType is written the first time a value of that type breaks
+	// the node: written for every type at load, they were a third of a
+	// plan's memory.
+	wrongType               [fastjson.TypeFalse + 1]atomic.Pointer[string]
+	constant, enum, format  string
+	requiredField, required []string // by f.required's index
+	other                   []keywordText
+}
+
+type keywordText struct{ keyword, text string }
+
+func newFastTexts(f *fastSchema, field string) *fastTexts {
+	s := f.src
+	x := &fastTexts{field: field}
+	if s.Const != nil {
+		x.constant = constText(s, field)
+	}
+	if s.Enum != nil {
+		x.enum = enumText(s, field)
+	}
+	if s.Format != nil {
+		x.format = formatText(s, field)
+	}
+	for _, name := range f.required {
+		child := joinField(field, name)
+		x.requiredField = append(x.requiredField, child)
+		x.required = append(x.required, requiredText(child))
+	}
+	for _, k := range []struct {
+		keyword string
+		set     bool
+	}{
+		{"minLength", s.MinLength != nil}, {"maxLength", s.MaxLength != nil}, {"pattern", s.Pattern != nil},
+		{"minimum", f.minimum != nil}, {"maximum", f.maximum != nil},
+		{"exclusiveMinimum", f.exclusiveMinimum != nil}, {"exclusiveMaximum", f.exclusiveMaximum != nil},
+		{"additionalProperties", f.noMore}, {"minItems", s.MinItems != nil}, {"maxItems", s.MaxItems != nil},
+	} {
+		if k.set {
+			x.other = append(x.other, keywordText{k.keyword, otherText(field, k.keyword)})
+		}
+	}
+	if f.types == nil && s.Const == nil && s.Enum == nil && s.Format == nil && x.required == nil && x.other == nil {
+		return nil // nothing of it can be broken
+	}
+	return x
+}
+
+func wrongTypeText(f *fastSchema, field string, t fastjson.Type) string {
+	return subject(field) + " must be " + strings.Join(f.types, " or ") + ", not " + typeName(t)
+}
+
+func constText(s *jsonschema.Schema, field string) string {
+	return subject(field) + " must be " + planValues([]any{*s.Const})
+}
+
+func enumText(s *jsonschema.Schema, field string) string {
+	return subject(field) + " must be one of " + planValues(s.Enum.Values)
+}
+
+func formatText(s *jsonschema.Schema, field string) string {
+	return subject(field) + " must be a valid " + s.Format.Name
+}
+
+func otherText(field, keyword string) string {
+	return subject(field) + " does not meet the plan's " + keyword
+}
+
+func requiredText(field string) string { return field + " is required" }
 
 func primitive(v any) bool {
 	switch v.(type) {
@@ -322,27 +413,27 @@ func (w *walker) validate(f *fastSchema, b []byte, i int) (end int) {
 			str := w.str(v)
 			n := utf8.RuneCountInString(str)
 			if s.MinLength != nil && n < *s.MinLength {
-				w.other("minLength")
+				w.other(f, "minLength")
 			}
 			if s.MaxLength != nil && n > *s.MaxLength {
-				w.other("maxLength")
+				w.other(f, "maxLength")
 			}
 			if s.Pattern != nil && !s.Pattern.MatchString(str) {
-				w.other("pattern")
+				w.other(f, "pattern")
 			}
 		}
 	case fastjson.TypeNumber:
 		if f.minimum != nil && f.minimum.compare(v) < 0 {
-			w.other("minimum")
+			w.other(f, "minimum")
 		}
 		if f.maximum != nil && f.maximum.compare(v) > 0 {
-			w.other("maximum")
+			w.other(f, "maximum")
 		}
 		if f.exclusiveMinimum != nil && f.exclusiveMinimum.compare(v) <= 0 {
-			w.other("exclusiveMinimum")
+			w.other(f, "exclusiveMinimum")
 		}
 		if f.exclusiveMaximum != nil && f.exclusiveMaximum.compare(v) >= 0 {
-			w.other("exclusiveMaximum")
+			w.other(f, "exclusiveMaximum")
 		}
 	}
 	return end
@@ -353,20 +444,42 @@ func (w *walker) validate(f *fastSchema, b []byte, i int) (end int) {
 // v is the value's text; nil for an object with no const, enum or format.
 func (w *walker) checksOK(f *fastSchema, t fastjson.Type, v []byte) bool {
 	s := f.src
+	x := f.texts
 	if !f.typeOK(t, v) {
-		w.vs = append(w.vs, Violation{TypeType, w.field(), subject(w.field()) + " must be " + strings.Join(f.types, " or ") + ", not " + typeName(t)})
+		if x != nil {
+			text := x.wrongType[t].Load()
+			if text == nil {
+				text = new(wrongTypeText(f, x.field, t))
+				x.wrongType[t].Store(text)
+			}
+			w.vs = append(w.vs, Violation{TypeType, x.field, *text})
+		} else {
+			w.vs = append(w.vs, Violation{TypeType, w.field(), wrongTypeText(f, w.field(), t)})
+		}
 		return false
 	}
 	if s.Const != nil && !w.equalPrimitive(t, v, *s.Const) {
-		w.vs = append(w.vs, Violation{TypeEnum, w.field(), subject(w.field()) + " must be " + planValues([]any{*s.Const})})
+		if x != nil {
+			w.vs = append(w.vs, Violation{TypeEnum, x.field, x.constant})
+		} else {
+			w.vs = append(w.vs, Violation{TypeEnum, w.field(), constText(s, w.field())})
+		}
 		return false
 	}
 	if s.Enum != nil && !slices.ContainsFunc(s.Enum.Values, func(e any) bool { return w.equalPrimitive(t, v, e) }) {
-		w.vs = append(w.vs, Violation{TypeEnum, w.field(), subject(w.field()) + " must be one of " + planValues(s.Enum.Values)})
+		if x != nil {
+			w.vs = append(w.vs, Violation{TypeEnum, x.field, x.enum})
+		} else {
+			w.vs = append(w.vs, Violation{TypeEnum, w.field(), enumText(s, w.field())})
+		}
 		return false
 	}
 	if s.Format != nil && !w.formatOK(s.Format, t, v) {
-		w.vs = append(w.vs, Violation{TypeFormat, w.field(), subject(w.field()) + " must be a valid " + s.Format.Name})
+		if x != nil {
+			w.vs = append(w.vs, Violation{TypeFormat, x.field, x.format})
+		} else {
+			w.vs = append(w.vs, Violation{TypeFormat, w.field(), formatText(s, w.field())})
+		}
 		return false
 	}
 	return true
@@ -457,9 +570,18 @@ func ipv4OK(s string) bool {
 	return groups == 4
 }
 
-func (w *walker) other(keyword string) {
+// other appends the violation of f's keyword.
+func (w *walker) other(f *fastSchema, keyword string) {
+	if x := f.texts; x != nil {
+		for _, k := range x.other {
+			if k.keyword == keyword {
+				w.vs = append(w.vs, Violation{TypeOther, x.field, k.text})
+				return
+			}
+		}
+	}
 	field := w.field()
-	w.vs = append(w.vs, Violation{TypeOther, field, subject(field) + " does not meet the plan's " + keyword})
+	w.vs = append(w.vs, Violation{TypeOther, field, otherText(field, keyword)})
 }
 
 // object checks the object that starts at b[i]: its required members,
@@ -515,13 +637,17 @@ func (w *walker) objectSet(set []setItem, b []byte, i int) (end int) {
 			if r < 64 && state[j].seen&(1<<r) != 0 || r >= 64 && w.hasMember(b[start:end], name) {
 				continue
 			}
+			if x := it.f.texts; x != nil {
+				w.vs = append(w.vs, Violation{TypeRequired, x.requiredField[r], x.required[r]})
+				continue
+			}
 			w.path = append(w.path, name)
-			w.vs = append(w.vs, Violation{TypeRequired, w.field(), w.field() + " is required"})
+			w.vs = append(w.vs, Violation{TypeRequired, w.field(), requiredText(w.field())})
 			w.path = w.path[:len(w.path)-1]
 		}
 		w.putFirst(state[j].mark, from)
 		if state[j].extra {
-			w.other("additionalProperties")
+			w.other(it.f, "additionalProperties")
 		}
 	}
 	return end
@@ -594,10 +720,10 @@ func (w *walker) array(f *fastSchema, v []byte) {
 	s := f.src
 	from := len(w.vs)
 	if s.MinItems != nil && n < *s.MinItems {
-		w.other("minItems")
+		w.other(f, "minItems")
 	}
 	if s.MaxItems != nil && n > *s.MaxItems {
-		w.other("maxItems")
+		w.other(f, "maxItems")
 	}
 	w.putFirst(mark, from)
 }

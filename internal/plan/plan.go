@@ -190,7 +190,7 @@ func compileRule(c *jsonschema.Compiler, i int, fr fileRule) (*rule, error) {
 	if r.schema, err = c.Compile(url); err != nil {
 		return nil, fmt.Errorf("jsonSchema: %v", err)
 	}
-	r.fast = compileFast(r.schema)
+	r.fast = compileFast(r.schema, "", true)
 	return r, nil
 }
 
