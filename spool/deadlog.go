@@ -289,23 +289,16 @@ func wholeFrames(f *os.File, off, end int64) bool {
 	if off >= end {
 		return false
 	}
-	var hdr [frameHeaderLen]byte
-	for off < end {
-		if _, err := f.ReadAt(hdr[:], off); err != nil {
+	rest := make([]byte, end-off)
+	if _, err := f.ReadAt(rest, off); err != nil {
+		return false
+	}
+	for len(rest) > 0 {
+		payload, ok := nextFrame(rest)
+		if !ok {
 			return false
 		}
-		size := int64(binary.BigEndian.Uint32(hdr[0:4]))
-		if size > maxFramePayload || off+frameHeaderLen+size > end {
-			return false
-		}
-		payload := make([]byte, size)
-		if _, err := f.ReadAt(payload, off+frameHeaderLen); err != nil {
-			return false
-		}
-		if crc32.Checksum(payload, castagnoli) != binary.BigEndian.Uint32(hdr[4:8]) {
-			return false
-		}
-		off += frameHeaderLen + size
+		rest = rest[frameHeaderLen+len(payload):]
 	}
 	return true
 }
@@ -430,18 +423,23 @@ func (l *deadLog) append(blocks []deadBlock) error {
 		l.retire(g) // what it holds past its last sync is uncertain
 		return fmt.Errorf("sync dead letters: %w", err)
 	}
-	off := g.size
+	l.live += uint64(l.index(g, blocks))
+	return nil
+}
+
+// index adds blocks, just written to g at its end as appendDeadFrame
+// lays them out, to the index, and returns how many letters they hold.
+func (l *deadLog) index(g *deadSegment, blocks []deadBlock) (letters int) {
 	for _, b := range blocks {
 		size := int32(deadFrameMetaLen + len(b.val))
-		fr := deadFrame{seg: g, off: off, size: size, count: int32(b.count), first: b.first, last: b.last}
+		fr := deadFrame{seg: g, off: g.size, size: size, count: int32(b.count), first: b.first, last: b.last}
 		i, _ := slices.BinarySearchFunc(l.frames, fr.first, func(fr deadFrame, id uint64) int { return cmp.Compare(fr.first, id) })
 		l.frames = slices.Insert(l.frames, i, fr)
-		off += frameHeaderLen + int64(size)
+		g.size += frameHeaderLen + int64(size)
 		g.count += b.count
-		l.live += uint64(b.count)
+		letters += b.count
 	}
-	g.size = off
-	return nil
+	return letters
 }
 
 // synced makes f's writes durable now under SyncAlways, or marks it for
@@ -632,8 +630,7 @@ func (l *deadLog) removeSegment(g *deadSegment) error {
 	if err := os.Remove(l.path(g, goneSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	l.dropFrames(g)
-	l.segs = slices.DeleteFunc(l.segs, func(s *deadSegment) bool { return s == g })
+	l.forget(g)
 	return syncDir(l.dir)
 }
 
@@ -645,8 +642,10 @@ func (l *deadLog) closeGone(g *deadSegment) {
 	}
 }
 
-func (l *deadLog) dropFrames(g *deadSegment) {
+// forget takes g and its frames out of the index.
+func (l *deadLog) forget(g *deadSegment) {
 	l.frames = slices.DeleteFunc(l.frames, func(fr deadFrame) bool { return fr.seg == g })
+	l.segs = slices.DeleteFunc(l.segs, func(s *deadSegment) bool { return s == g })
 }
 
 // rewrite replaces g by a new revision holding only its letters not
@@ -695,17 +694,8 @@ func (l *deadLog) rewrite(g *deadSegment, files *fileCache) error {
 			return err
 		}
 	}
-	l.dropFrames(g)
-	off := int64(0)
-	for _, b := range blocks {
-		size := int32(deadFrameMetaLen + len(b.val))
-		l.frames = append(l.frames, deadFrame{seg: next, off: off, size: size, count: int32(b.count), first: b.first, last: b.last})
-		off += frameHeaderLen + int64(size)
-		next.count += b.count
-	}
-	next.size = off
-	slices.SortFunc(l.frames, func(a, b deadFrame) int { return cmp.Compare(a.first, b.first) })
-	l.segs = slices.DeleteFunc(l.segs, func(s *deadSegment) bool { return s == g })
+	l.forget(g)
+	l.index(next, blocks)
 	l.segs = append(l.segs, next)
 	return nil
 }

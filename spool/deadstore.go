@@ -149,19 +149,25 @@ func openDeadBlock(val []byte) ([]DeadLetter, error) {
 
 // commitDeadLetters stores sealed dead letters, durable per Config.Sync.
 func (s *Spool) commitDeadLetters(blocks []deadBlock) error {
-	s.deadMu.Lock()
-	err := s.dead.append(blocks)
-	live := s.dead.live
-	s.deadMu.Unlock()
-	if err != nil {
+	if err := s.changeDead(func(l *deadLog) error { return l.append(blocks) }); err != nil {
 		return s.writeError(err)
 	}
+	s.noteDeadWrite()
+	return nil
+}
+
+// changeDead runs change on the dead-letter store under deadMu, then
+// publishes the count and, under SyncInterval, has the write synced.
+func (s *Spool) changeDead(change func(*deadLog) error) error {
+	s.deadMu.Lock()
+	err := change(s.dead)
+	live := s.dead.live
+	s.deadMu.Unlock()
 	s.metrics.deadLetters.Set(float64(live))
 	if s.cfg.Sync == SyncInterval {
 		s.noteUnsynced()
 	}
-	s.noteDeadWrite()
-	return nil
+	return err
 }
 
 // deleteDead removes the dead letters of dls that keep selects.
@@ -176,16 +182,8 @@ func (s *Spool) deleteDead(dls []DeadLetter, keep func(DeadLetter) bool) error {
 		return nil
 	}
 	slices.Sort(ids)
-	s.deadMu.Lock()
-	err := s.dead.remove(slices.Compact(ids))
-	live := s.dead.live
-	s.deadMu.Unlock()
-	s.metrics.deadLetters.Set(float64(live))
-	if err != nil {
+	if err := s.changeDead(func(l *deadLog) error { return l.remove(slices.Compact(ids)) }); err != nil {
 		return fmt.Errorf("delete dead letters: %w", err)
-	}
-	if s.cfg.Sync == SyncInterval {
-		s.noteUnsynced()
 	}
 	return nil
 }

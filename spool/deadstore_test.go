@@ -127,7 +127,7 @@ func TestDeadLetterCountStaysExactThroughPartialDeletesAndRestarts(t *testing.T)
 
 // A spool written when each dead letter had its own key opens with every
 // one of them, ids kept, counted, and numbering going on after them.
-func TestLegacyDeadLettersAreMovedIntoBlocks(t *testing.T) {
+func TestLegacyDeadLettersAreMovedToTheStore(t *testing.T) {
 	dir := t.TempDir()
 	s := openTest(t, dir, "a")
 	if err := s.Close(context.Background()); err != nil {
