@@ -62,7 +62,8 @@ func (s *Spool) maintenanceLoop() {
 		seen = s.nextSeq()
 	}
 	changed := s.Changed()
-	schedule(time.Now()) // what recover left: the lease, the spare, the size
+	schedule(time.Now())       // what recover left: the lease, the spare, the size
+	release.Reset(idleRelease) // what start-up and recovery used
 	for {
 		// A pass already due covers every commit until it runs, unless the
 		// writer has moved to its spare: the next one is opened at the
@@ -106,8 +107,12 @@ func (s *Spool) maintenanceLoop() {
 				s.log.Error("save cursors", "err", err)
 			}
 		case <-s.spareTaken:
-			// The old generation may be reclaimable now.
+			// The old generation may be reclaimable now, and what closing
+			// it frees is handed back once quiet again: a burst's
+			// generation is rotated out genMaxAge after it, long after
+			// the burst's own release.
 			schedule(time.Now())
+			release.Reset(idleRelease)
 		case <-release.C:
 			if next := s.nextSeq(); next != seen || saveArmed {
 				seen = next
@@ -204,6 +209,7 @@ func (s *Spool) releaseMemory() {
 	// FreeOSMemory's own, frees it.
 	runtime.GC()
 	debug.FreeOSMemory()
+	s.releaseProgramPages()
 }
 
 // dropIdleBuffers lets go of the memory that serves a spool under load

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -74,25 +75,100 @@ func (s *Spool) releaseMappedPages(selects func(path string) bool) {
 	}
 }
 
-// sharedMapping parses a line of /proc/self/maps ("start-end perms
-// offset dev inode path") and says whether it maps a file shared.
+// sharedMapping parses a line of /proc/self/maps and says whether it maps
+// a file shared.
 func sharedMapping(line []byte) (start, end uint64, path string, ok bool) {
-	fields := bytes.Fields(line)
-	if len(fields) < 6 {
+	start, end, perms, path, ok := mappingHeader(bytes.Fields(line))
+	if !ok || path == "" || perms[3] != 's' {
 		return 0, 0, "", false
 	}
-	perms := fields[1]
-	if len(perms) < 4 || perms[3] != 's' {
-		return 0, 0, "", false
+	return start, end, path, true
+}
+
+// mappingHeader parses the fields of a mapping's line in /proc/self/maps
+// or smaps: "start-end perms offset dev inode [path]".
+func mappingHeader(fields [][]byte) (start, end uint64, perms []byte, path string, ok bool) {
+	if len(fields) < 5 || len(fields[1]) < 4 {
+		return 0, 0, nil, "", false
 	}
-	addrs := bytes.SplitN(fields[0], []byte{'-'}, 2)
-	if len(addrs) != 2 {
-		return 0, 0, "", false
+	lo, hi, found := bytes.Cut(fields[0], []byte{'-'})
+	if !found {
+		return 0, 0, nil, "", false
 	}
-	start, err1 := strconv.ParseUint(string(addrs[0]), 16, 64)
-	end, err2 := strconv.ParseUint(string(addrs[1]), 16, 64)
+	start, err1 := strconv.ParseUint(string(lo), 16, 64)
+	end, err2 := strconv.ParseUint(string(hi), 16, 64)
 	if err1 != nil || err2 != nil || end <= start {
-		return 0, 0, "", false
+		return 0, 0, nil, "", false
 	}
-	return start, end, string(fields[5]), true
+	if len(fields) > 5 {
+		path = string(fields[5])
+	}
+	return start, end, fields[1], path, true
+}
+
+// releaseProgramPages drops this process's pages of its own executable.
+// Go's start-up runs every package's init, which touches most of a large
+// binary's code and read-only data: 15 of the 18 MiB a fresh sidecar was
+// resident in, of which an idle one uses a few hundred KiB. The pages stay
+// in the page cache, so what is used again is mapped again without a read
+// of the disk.
+//
+// Only read-only private mappings with no anonymous pages qualify: a
+// position-independent build's relocated data is made read-only after the
+// loader writes it, and dropping those pages would lose the writes.
+func (s *Spool) releaseProgramPages() {
+	for _, m := range programMappings() {
+		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.start), uintptr(m.end-m.start), unix.MADV_DONTNEED); errno != 0 {
+			s.log.Debug("release program pages", "err", errno)
+			return
+		}
+	}
+}
+
+// programMappings reads once which of the executable's mappings
+// releaseProgramPages may drop: they do not change while it runs, and
+// reading smaps walks the page tables of every mapping, Badger's too.
+var programMappings = sync.OnceValue(func() []mapping {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil
+	}
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return nil // not Linux: nothing to do
+	}
+	return cleanProgramMappings(smaps, exe)
+})
+
+type mapping struct{ start, end uint64 }
+
+// cleanProgramMappings returns the mappings of exe in smaps (the text of
+// /proc/self/smaps) that are private, not writable and hold no anonymous
+// page.
+func cleanProgramMappings(smaps []byte, exe string) []mapping {
+	var (
+		found []mapping
+		cur   mapping
+		ours  bool // cur maps exe, read-only and private
+	)
+	for line := range bytes.Lines(smaps) {
+		fields := bytes.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		if anon, ok := bytes.CutPrefix(line, []byte("Anonymous:")); ok {
+			if ours && len(bytes.Fields(anon)) > 0 && string(bytes.Fields(anon)[0]) == "0" {
+				found = append(found, cur)
+			}
+			ours = false
+			continue
+		}
+		start, end, perms, path, ok := mappingHeader(fields)
+		if !ok {
+			continue
+		}
+		cur = mapping{start, end}
+		ours = path == exe && len(perms) >= 4 && perms[1] == '-' && perms[3] == 'p'
+	}
+	return found
 }
