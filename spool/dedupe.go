@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -719,14 +720,22 @@ func (d *dedupeIndex) keepSpare(keys map[uint64]uint32) {
 	}
 }
 
-// dropSpare lets go of the spare map, about 1 MiB after a burst.
+// dropSpare lets go of the spare map, about 1 MiB after a burst, and of
+// the room the open map kept for one: a map made for openMax keys stays
+// that large (1.7 MiB) when it holds a burst's last few, and maps never
+// shrink.
 func (d *dedupeIndex) dropSpare() {
 	if !d.enabled() {
 		return
 	}
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.spare = nil
-	d.mu.Unlock()
+	if len(d.open) < d.openMax/4 {
+		small := make(map[uint64]uint32, len(d.open)) // maps.Clone keeps the room
+		maps.Copy(small, d.open)
+		d.open = small
+	}
 }
 
 // makeRoom drops the oldest runs until size more bytes fit, keeping keep;

@@ -145,6 +145,25 @@ func TestTheSameBatchTwiceIsStoredOnceBeforeAndAfterARestart(t *testing.T) {
 	}
 }
 
+// An idle spool shrinks the index's open map (maps do not shrink by
+// themselves): the keys in it must survive the move.
+func TestKeysHeldInMemoryAreStillFoundAfterAnIdleRelease(t *testing.T) {
+	s := openDedupeTest(t, t.TempDir(), nil, 0)
+	defer s.Close(context.Background())
+	batch := withIDs(0, 50)
+	s.appendFrom(t, batch)
+	s.dedupe.mu.Lock()
+	held := len(s.dedupe.open)
+	s.dedupe.mu.Unlock()
+	if held != 50 {
+		t.Fatalf("%d keys in the open map, want the batch's 50 (none written to a run yet)", held)
+	}
+	s.releaseMemory()
+	if got := s.appendFrom(t, batch); got != 50 {
+		t.Fatalf("after the release the batch skipped %d, want 50", got)
+	}
+}
+
 func TestOnlyTheSameWriteKeyAndMessageIDIsADuplicate(t *testing.T) {
 	s := openDedupeTest(t, t.TempDir(), nil, 0)
 	defer s.Close(context.Background())

@@ -187,6 +187,42 @@ func TestMaintenanceCompactsMetaWithoutBadgerCompactors(t *testing.T) {
 
 // Once every destination has caught up, the memory kept for a spool under
 // load goes, and reading on is unaffected.
+// A quiet spool hands back its heap 5 s after its last event, and its
+// last encoder and the program's pages after 30 s, once each: waking from
+// a short pause must not pay for them, and an idle spool must not keep
+// releasing.
+func TestAQuietSpoolHandsBackMemoryOnceAndTheProgramLater(t *testing.T) {
+	inBubble(t, Config{Dir: t.TempDir(), Consumers: []string{"a"}}, func(t *testing.T, s *Spool) {
+		count := func() (int64, int64) {
+			synctest.Wait()
+			return s.releases.Load(), s.rests.Load()
+		}
+		time.Sleep(idleRest)
+		if rel, rest := count(); rel != 0 || rest != 1 {
+			t.Errorf("%v after start-up: %d heap releases, %d of the program's pages, want 0 and 1", idleRest, rel, rest)
+		}
+		for i := range 3 { // an event every 10 s
+			if err := s.Append(t.Context(), events(i, 1), nil); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Second)
+		}
+		if rel, rest := count(); rel != 3 || rest != 1 {
+			t.Errorf("after an event every 10 s: %d heap releases, %d of the program's pages, want 3 and still 1", rel, rest)
+		}
+		if n := len(encoders.free); n != 1 {
+			t.Errorf("after a short pause %d encoders kept, want 1 for the next event", n)
+		}
+		time.Sleep(time.Hour)
+		if rel, rest := count(); rel != 3 || rest != 2 {
+			t.Errorf("after an idle hour: %d heap releases, %d of the program's pages, want 3 and 2", rel, rest)
+		}
+		if n := len(encoders.free); n != 0 {
+			t.Errorf("after a rest %d encoders kept, want none", n)
+		}
+	})
+}
+
 func TestReleasedMemoryLeavesReadingIntact(t *testing.T) {
 	s := openTest(t, t.TempDir(), "a", "b")
 	defer s.Close(context.Background())

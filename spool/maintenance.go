@@ -14,10 +14,13 @@ import (
 // maintenanceEvery is the shortest time between two maintenance passes
 // while events come in or cursors move; idleRelease is how long the spool
 // must have been quiet before the memory of its last burst is handed back
-// to the operating system.
+// to the operating system, and idleRest before what the next event would
+// pay to have again is too (see rest): about 6 ms, which a sidecar seeing
+// an event every few seconds should not pay each time.
 const (
 	maintenanceEvery = time.Second
 	idleRelease      = 5 * time.Second
+	idleRest         = 30 * time.Second
 )
 
 // maintenanceLoop saves cursors, removes generations every consumer has
@@ -38,6 +41,8 @@ func (s *Spool) maintenanceLoop() {
 	defer pass.Stop()
 	release := newStoppedTimer()
 	defer release.Stop()
+	rest := newStoppedTimer()
+	defer rest.Stop()
 	var (
 		saveArmed bool
 		passAt    time.Time // zero: no pass scheduled
@@ -56,14 +61,28 @@ func (s *Spool) maintenanceLoop() {
 	// seen is where numbering stood at the last sign of activity: commits
 	// go unnoticed while a pass is scheduled.
 	var seen uint64
+	quietAgain := func() {
+		release.Reset(idleRelease)
+		rest.Reset(idleRest)
+	}
 	active := func() {
 		schedule(time.Now())
-		release.Reset(idleRelease)
+		quietAgain()
 		seen = s.nextSeq()
 	}
+	// stillBusy reports whether the spool was active since seen, and if so
+	// waits for quiet again.
+	stillBusy := func() bool {
+		if next := s.nextSeq(); next != seen || saveArmed {
+			seen = next
+			quietAgain()
+			return true
+		}
+		return false
+	}
 	changed := s.Changed()
-	schedule(time.Now())       // what recover left: the lease, the spare, the size
-	release.Reset(idleRelease) // what start-up and recovery used
+	schedule(time.Now()) // what recover left: the lease, the spare, the size
+	rest.Reset(idleRest) // what start-up touched
 	for {
 		// A pass already due covers every commit until it runs, unless the
 		// writer has moved to its spare: the next one is opened at the
@@ -107,25 +126,31 @@ func (s *Spool) maintenanceLoop() {
 				s.log.Error("save cursors", "err", err)
 			}
 		case <-s.spareTaken:
-			// The old generation may be reclaimable now, and what closing
-			// it frees is handed back once quiet again: a burst's
-			// generation is rotated out genMaxAge after it, long after
-			// the burst's own release.
+			// The old generation may be reclaimable now.
 			schedule(time.Now())
-			release.Reset(idleRelease)
 		case <-release.C:
-			if next := s.nextSeq(); next != seen || saveArmed {
-				seen = next
-				release.Reset(idleRelease) // still busy
-				continue
+			if !stillBusy() {
+				s.releases.Add(1)
+				s.releaseMemory()
 			}
-			s.releaseMemory()
+		case <-rest.C:
+			if !stillBusy() {
+				s.rests.Add(1)
+				s.rest()
+			}
 		case <-pass.C:
 			lastPass = time.Now()
 			passAt = time.Time{}
 			s.maintenancePasses.Add(1)
+			removed := s.generationsRemoved()
 			if next := s.maintain(lastPass); !next.IsZero() {
 				schedule(next)
+			}
+			if s.generationsRemoved() != removed {
+				// What closing a generation freed is handed back once
+				// quiet again: a burst's last generation is rotated out
+				// genMaxAge after it, long after the burst's own release.
+				quietAgain()
 			}
 		}
 	}
@@ -209,6 +234,18 @@ func (s *Spool) releaseMemory() {
 	// FreeOSMemory's own, frees it.
 	runtime.GC()
 	debug.FreeOSMemory()
+}
+
+// rest hands back, once the spool has been quiet for idleRest, what a
+// short pause keeps because the next event would pay to have it again:
+// the last coder of each kind (1.4 MiB; making an encoder with its
+// dictionary takes 1.3-2.2 ms) and the pages of the program itself.
+func (s *Spool) rest() {
+	encoders.drain()
+	decoders.drain()
+	debug.FreeOSMemory()
+	// Last: the collection maps again the runtime's tables of the code
+	// on every stack.
 	s.releaseProgramPages()
 }
 
@@ -243,6 +280,12 @@ func (s *Spool) dropIdleBuffers() {
 		s.hot = hotBlock{} // readers copy it under s.mu only
 	}
 	s.mu.Unlock()
+}
+
+func (s *Spool) generationsRemoved() uint64 {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	return s.removed
 }
 
 func (s *Spool) nextSeq() uint64 {
@@ -381,6 +424,7 @@ func (s *Spool) reclaim() (busy bool) {
 func (s *Spool) forget(removed []*generation) {
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
+	s.removed += uint64(len(removed))
 	kept := s.gens[:0]
 	for _, g := range s.gens {
 		gone := false

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -109,36 +108,32 @@ func mappingHeader(fields [][]byte) (start, end uint64, perms []byte, path strin
 // releaseProgramPages drops this process's pages of its own executable.
 // Go's start-up runs every package's init, which touches most of a large
 // binary's code and read-only data: 15 of the 18 MiB a fresh sidecar was
-// resident in, of which an idle one uses a few hundred KiB. The pages stay
+// resident in, of which an idle one maps under 2 MiB again. The pages stay
 // in the page cache, so what is used again is mapped again without a read
 // of the disk.
 //
 // Only read-only private mappings with no anonymous pages qualify: a
 // position-independent build's relocated data is made read-only after the
 // loader writes it, and dropping those pages would lose the writes.
+// The mappings are read again each time: a debugger's breakpoint or an
+// eBPF agent's uprobe (some trace Go's TLS functions this way) is written
+// into a private copy of a code page, which dropping would undo.
 func (s *Spool) releaseProgramPages() {
-	for _, m := range programMappings() {
+	exe, err := os.Executable()
+	if err != nil {
+		return
+	}
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return // not Linux: nothing to do
+	}
+	for _, m := range cleanProgramMappings(smaps, exe) {
 		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.start), uintptr(m.end-m.start), unix.MADV_DONTNEED); errno != 0 {
 			s.log.Debug("release program pages", "err", errno)
 			return
 		}
 	}
 }
-
-// programMappings reads once which of the executable's mappings
-// releaseProgramPages may drop: they do not change while it runs, and
-// reading smaps walks the page tables of every mapping, Badger's too.
-var programMappings = sync.OnceValue(func() []mapping {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil
-	}
-	smaps, err := os.ReadFile("/proc/self/smaps")
-	if err != nil {
-		return nil // not Linux: nothing to do
-	}
-	return cleanProgramMappings(smaps, exe)
-})
 
 type mapping struct{ start, end uint64 }
 

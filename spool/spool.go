@@ -76,6 +76,9 @@ type Spool struct {
 	// maintenancePasses counts the maintenance loop's passes: an idle
 	// spool makes none.
 	maintenancePasses atomic.Int64
+	// releases and rests count the idle hand-backs of memory and of the
+	// program's pages: once each per quiet spell.
+	releases, rests atomic.Int64
 	// metaTables is meta's tree as compactMeta last released its pages:
 	// the maintenance loop's alone.
 	metaTables metaTreeShape
@@ -99,6 +102,7 @@ type Spool struct {
 	active  *generation   // only the committer replaces it
 	spare   *generation   // opened ahead, for the committer to move to
 	nextGen uint64        // number of the next generation created
+	removed uint64        // generations removed since Open
 	// activeBytes is what the writer has put in the active generation.
 	activeBytes int64
 	// logUnreleased is what the writer has put in value logs since their

@@ -104,8 +104,15 @@ func (r *runner) idle(ctx context.Context, sinkDest string) error {
 	}
 	// The burst's generation is rotated out and removed a minute after
 	// its first events, once delivered: that is the burst's work, not
-	// idling. The memory is handed back 5 s after the last activity.
-	if err := sleepCtx(ctx, time.Until(burstStart.Add(65*time.Second))); err != nil {
+	// idling, and so is handing back what it held, 5 s after the last
+	// activity (the rotation is one).
+	if err := sleepCtx(ctx, time.Until(burstStart.Add(60*time.Second))); err != nil {
+		return err
+	}
+	if err := waitOneGeneration(ctx, sp.spool, time.Minute); err != nil {
+		return err
+	}
+	if err := sleepCtx(ctx, 7*time.Second); err != nil {
 		return err
 	}
 	if res.AfterBurst, err = measureQuiet(ctx, sp, r.idleWindow()); err != nil {
@@ -275,6 +282,27 @@ func (r *runner) diskSyncs(ctx context.Context, res *idleResult) error {
 
 // wakeSamples is how many first events after a quiet spell are timed.
 const wakeSamples = 7
+
+// waitOneGeneration waits until the spool at dir is down to the one
+// generation an idle spool keeps.
+func waitOneGeneration(ctx context.Context, dir string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		gens, err := filepath.Glob(filepath.Join(dir, "gen-*"))
+		if err != nil {
+			return err
+		}
+		if len(gens) <= 1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d generations still in the spool %v after the burst's rotation was due", len(gens), within)
+		}
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
 
 func median(ds []time.Duration) time.Duration {
 	ds = slices.Clone(ds)
