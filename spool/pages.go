@@ -147,23 +147,19 @@ func cleanProgramMappings(smaps []byte, exe string) []mapping {
 		ours  bool // cur maps exe, read-only and private
 	)
 	for line := range bytes.Lines(smaps) {
-		fields := bytes.Fields(line)
-		if len(fields) == 0 {
-			continue
-		}
 		if anon, ok := bytes.CutPrefix(line, []byte("Anonymous:")); ok {
-			if ours && len(bytes.Fields(anon)) > 0 && string(bytes.Fields(anon)[0]) == "0" {
+			if ours && string(bytes.TrimSpace(anon)) == "0 kB" {
 				found = append(found, cur)
 			}
 			ours = false
 			continue
 		}
-		start, end, perms, path, ok := mappingHeader(fields)
+		start, end, perms, path, ok := mappingHeader(bytes.Fields(line))
 		if !ok {
 			continue
 		}
 		cur = mapping{start, end}
-		ours = path == exe && len(perms) >= 4 && perms[1] == '-' && perms[3] == 'p'
+		ours = path == exe && perms[1] == '-' && perms[3] == 'p'
 	}
 	return found
 }
