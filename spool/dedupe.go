@@ -662,17 +662,20 @@ func (d *dedupeIndex) writeFrozen(f *frozenKeys) error {
 		epochNum = d.nextEpoch
 		d.mu.Unlock()
 	}
-	all := entries
+	var run []byte
 	if merge != nil {
-		old, err := merge.readAll()
+		old, err := merge.entries()
 		if err != nil {
 			d.log.Warn("read dedupe run to merge; writing a new one", "run", filepath.Base(merge.path), "err", err)
 			merge = nil
 		} else {
-			all = mergeEntries(old, entries, cutoff)
+			run = appendMerged(make([]byte, dedupeRunHeader, dedupeRunHeader+len(old)+len(entries)*dedupeEntryBytes), old, entries, cutoff)
 		}
 	}
-	r, err := writeRun(d.dir, epochNum, watermark, merge, all)
+	if merge == nil {
+		run = appendEntries(make([]byte, dedupeRunHeader, dedupeRunHeader+len(entries)*dedupeEntryBytes), entries)
+	}
+	r, err := writeRun(d.dir, epochNum, watermark, merge, run)
 	if err != nil {
 		return fmt.Errorf("write dedupe run: %w", err)
 	}
@@ -880,14 +883,14 @@ func (d *dedupeIndex) loadRuns() error {
 			d.epochs = append(d.epochs, e)
 			d.nextEpoch = r.epoch + 1
 		}
-		all, err := r.readAll()
+		stored, err := r.entries()
 		if err != nil {
 			return fmt.Errorf("read dedupe run %s: %w", filepath.Base(r.path), err)
 		}
-		for _, en := range all {
-			e.filter.add(en.key)
+		for ; len(stored) >= dedupeEntryBytes; stored = stored[dedupeEntryBytes:] {
+			e.filter.add(binary.BigEndian.Uint64(stored))
 		}
-		e.entries += len(all)
+		e.entries += r.count
 		e.runs = append(e.runs, r)
 		d.bytes += r.size
 	}

@@ -46,30 +46,43 @@ func cmpUint64(a, b uint64) int {
 	return 0
 }
 
-// mergeEntries merges two sorted runs of entries, keeping the newer of a
-// key's two and dropping those before cutoff.
-func mergeEntries(a, b []dedupeEntry, cutoff uint32) []dedupeEntry {
-	out := make([]dedupeEntry, 0, len(a)+len(b))
-	i, j := 0, 0
-	for i < len(a) || j < len(b) {
-		var e dedupeEntry
-		switch {
-		case j == len(b) || i < len(a) && a[i].key < b[j].key:
-			e = a[i]
-			i++
-		case i == len(a) || b[j].key < a[i].key:
-			e = b[j]
-			j++
-		default:
-			e = dedupeEntry{a[i].key, max(a[i].at, b[j].at)}
-			i++
-			j++
-		}
-		if e.at >= cutoff {
-			out = append(out, e)
+// appendEntries appends entries to a run's body as stored.
+func appendEntries(body []byte, entries []dedupeEntry) []byte {
+	for _, e := range entries {
+		body = binary.BigEndian.AppendUint64(body, e.key)
+		body = binary.BigEndian.AppendUint32(body, e.at)
+	}
+	return body
+}
+
+// appendMerged appends to a run's body the entries of old (another run's,
+// as stored) and entries, both sorted by key, in key order: the newer of
+// a key's two, and none stored before cutoff. Merging as stored, not
+// decoded, halved what writing a merged run allocated.
+func appendMerged(body, old []byte, entries []dedupeEntry, cutoff uint32) []byte {
+	j := 0
+	add := func(key uint64, at uint32) {
+		if at >= cutoff {
+			body = binary.BigEndian.AppendUint64(body, key)
+			body = binary.BigEndian.AppendUint32(body, at)
 		}
 	}
-	return out
+	for ; len(old) >= dedupeEntryBytes; old = old[dedupeEntryBytes:] {
+		key, at := binary.BigEndian.Uint64(old), binary.BigEndian.Uint32(old[8:])
+		for j < len(entries) && entries[j].key < key {
+			add(entries[j].key, entries[j].at)
+			j++
+		}
+		if j < len(entries) && entries[j].key == key {
+			at = max(at, entries[j].at)
+			j++
+		}
+		add(key, at)
+	}
+	for ; j < len(entries); j++ {
+		add(entries[j].key, entries[j].at)
+	}
+	return body
 }
 
 // A run file: header, then the entries sorted by key.
@@ -79,27 +92,30 @@ func mergeEntries(a, b []dedupeEntry, cutoff uint32) []dedupeEntry {
 //	count × ( key (8) | stored unix s (4) )
 //
 // The checksum covers the header before it and the entries.
-func writeRun(dir string, epoch, watermark uint64, merged *dedupeRun, entries []dedupeEntry) (*dedupeRun, error) {
-	buf := make([]byte, dedupeRunHeader, dedupeRunHeader+len(entries)*dedupeEntryBytes)
+//
+// run is the run's body: dedupeRunHeader bytes of room, then the entries
+// as stored.
+func writeRun(dir string, epoch, watermark uint64, merged *dedupeRun, run []byte) (*dedupeRun, error) {
 	var newest uint32
-	for _, e := range entries {
-		buf = binary.BigEndian.AppendUint64(buf, e.key)
-		buf = binary.BigEndian.AppendUint32(buf, e.at)
-		newest = max(newest, e.at)
+	for e := run[dedupeRunHeader:]; len(e) >= dedupeEntryBytes; e = e[dedupeEntryBytes:] {
+		newest = max(newest, binary.BigEndian.Uint32(e[8:]))
 	}
 	var replaces uint64
 	if merged != nil {
 		replaces = merged.watermark
 	}
+	buf := run
 	copy(buf, dedupeMagic[:])
 	buf[4] = dedupeRunVersion
+	clear(buf[5:8])
 	binary.BigEndian.PutUint64(buf[8:], epoch)
 	binary.BigEndian.PutUint64(buf[16:], watermark)
 	binary.BigEndian.PutUint64(buf[24:], replaces)
-	binary.BigEndian.PutUint32(buf[32:], uint32(len(entries)))
+	binary.BigEndian.PutUint32(buf[32:], uint32((len(buf)-dedupeRunHeader)/dedupeEntryBytes))
 	binary.BigEndian.PutUint32(buf[36:], newest)
 	crc := crc32.Update(crc32.Checksum(buf[:40], castagnoli), castagnoli, buf[dedupeRunHeader:])
 	binary.BigEndian.PutUint32(buf[40:], crc)
+	clear(buf[44:dedupeRunHeader])
 	path := filepath.Join(dir, runName(epoch, watermark))
 	if err := writeFileDurably(path, buf); err != nil {
 		return nil, err
@@ -150,17 +166,13 @@ func parseRun(path string, data []byte) (*dedupeRun, error) {
 	return r, nil
 }
 
-func (r *dedupeRun) readAll() ([]dedupeEntry, error) {
+// entries reads the run's entries as stored.
+func (r *dedupeRun) entries() ([]byte, error) {
 	data := make([]byte, r.count*dedupeEntryBytes)
 	if _, err := r.f.ReadAt(data, dedupeRunHeader); err != nil {
 		return nil, err
 	}
-	out := make([]dedupeEntry, r.count)
-	for i := range out {
-		p := data[i*dedupeEntryBytes:]
-		out[i] = dedupeEntry{binary.BigEndian.Uint64(p), binary.BigEndian.Uint32(p[8:])}
-	}
-	return out, nil
+	return data, nil
 }
 
 // find looks k up with one read of the slot that may hold it.

@@ -2,7 +2,9 @@ package spool
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -477,5 +479,50 @@ func TestADamagedDedupeLogEntryDoesNotStopTheStart(t *testing.T) {
 	defer s.Close(context.Background())
 	if got := s.appendFrom(t, withIDs(0, 20)); got != 20 {
 		t.Fatalf("after the damaged entry the same batch skipped %d of 20", got)
+	}
+}
+
+// A merged run holds every key of both runs once, in order, at the later
+// of its two seconds, and none before the cutoff.
+func TestMergedRunKeepsTheNewerOfEachKeyInOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 50 {
+		want := map[uint64]uint32{}
+		gen := func(n int) []dedupeEntry {
+			seen := map[uint64]bool{}
+			var es []dedupeEntry
+			for range n {
+				k := uint64(rng.IntN(400))
+				if seen[k] {
+					continue
+				}
+				seen[k] = true
+				es = append(es, dedupeEntry{k, uint32(rng.IntN(100))})
+			}
+			slices.SortFunc(es, func(a, b dedupeEntry) int { return cmpUint64(a.key, b.key) })
+			return es
+		}
+		old, entries := gen(rng.IntN(300)), gen(rng.IntN(300))
+		cutoff := uint32(rng.IntN(60))
+		for _, e := range append(slices.Clone(old), entries...) {
+			if e.at >= cutoff {
+				want[e.key] = max(want[e.key], e.at)
+			}
+		}
+		got := appendMerged(nil, appendEntries(nil, old), entries, cutoff)
+		if len(got) != len(want)*dedupeEntryBytes {
+			t.Fatalf("round %d: %d bytes merged, want %d entries", round, len(got), len(want))
+		}
+		prev := int64(-1)
+		for ; len(got) > 0; got = got[dedupeEntryBytes:] {
+			k, at := binary.BigEndian.Uint64(got), binary.BigEndian.Uint32(got[8:])
+			if int64(k) <= prev {
+				t.Fatalf("round %d: key %d after %d", round, k, prev)
+			}
+			prev = int64(k)
+			if w, ok := want[k]; !ok || w != at {
+				t.Fatalf("round %d: key %d at %d, want %d (present %v)", round, k, at, w, ok)
+			}
+		}
 	}
 }
