@@ -58,7 +58,7 @@ func appendEntries(body []byte, entries []dedupeEntry) []byte {
 // appendMerged appends to a run's body the entries of old (another run's,
 // as stored) and entries, both sorted by key, in key order: the newer of
 // a key's two, and none stored before cutoff. Merging as stored, not
-// decoded, halved what writing a merged run allocated.
+// decoded, took what writing a merged run allocated to under half.
 func appendMerged(body, old []byte, entries []dedupeEntry, cutoff uint32) []byte {
 	j := 0
 	add := func(key uint64, at uint32) {
@@ -93,18 +93,17 @@ func appendMerged(body, old []byte, entries []dedupeEntry, cutoff uint32) []byte
 //
 // The checksum covers the header before it and the entries.
 //
-// run is the run's body: dedupeRunHeader bytes of room, then the entries
-// as stored.
-func writeRun(dir string, epoch, watermark uint64, merged *dedupeRun, run []byte) (*dedupeRun, error) {
+// buf is the run: dedupeRunHeader bytes of room, then the entries as
+// stored.
+func writeRun(dir string, epoch, watermark uint64, merged *dedupeRun, buf []byte) (*dedupeRun, error) {
 	var newest uint32
-	for e := run[dedupeRunHeader:]; len(e) >= dedupeEntryBytes; e = e[dedupeEntryBytes:] {
+	for e := buf[dedupeRunHeader:]; len(e) >= dedupeEntryBytes; e = e[dedupeEntryBytes:] {
 		newest = max(newest, binary.BigEndian.Uint32(e[8:]))
 	}
 	var replaces uint64
 	if merged != nil {
 		replaces = merged.watermark
 	}
-	buf := run
 	copy(buf, dedupeMagic[:])
 	buf[4] = dedupeRunVersion
 	clear(buf[5:8])
