@@ -289,17 +289,23 @@ func (s *Spool) startGeneration() error {
 	g.refs = 1 // the writer's
 	s.genMu.Lock()
 	prev := s.active
+	s.genMu.Unlock()
+	if prev != nil && s.cfg.Sync == SyncInterval {
+		// The background fsync follows the active generation only, so the
+		// generation left is synced here, and before the writer moves on:
+		// synced after, on a slow disk two background fsyncs of the new
+		// generation could complete while the old one's last acknowledged
+		// events were not yet on disk.
+		if err := prev.db.Sync(); err != nil {
+			s.log.Error("sync finished generation", "err", err)
+		}
+	}
+	s.genMu.Lock()
 	s.gens = append(s.gens, g)
 	s.active = g
 	s.activeBytes = 0
 	s.genMu.Unlock()
 	if prev != nil {
-		if s.cfg.Sync == SyncInterval {
-			// The background fsync follows the active generation only.
-			if err := prev.db.Sync(); err != nil {
-				s.log.Error("sync finished generation", "err", err)
-			}
-		}
 		prev.release()
 		// Readers that keep up find its blocks in the recent cache; one
 		// that needs it later reopens it read-only. Closing it is a
