@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -64,14 +65,20 @@ func (s *Spool) releaseMappedPages(selects func(path string) bool) {
 		if !ok || !selects(path) {
 			continue
 		}
-		// Not unix.Madvise: that takes a slice, and these bytes are
-		// Badger's. The call is the same.
-		_, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_DONTNEED)
-		if errno != 0 {
+		if errno := dropPages(start, end); errno != 0 {
 			s.log.Debug("release mapped pages", "err", errno)
 			return
 		}
 	}
+}
+
+// dropPages unmaps this process's pages from start to end, a file's
+// mapping: they are read again from the page cache at the next access.
+// Not unix.Madvise: that takes a slice, and these bytes are Badger's or
+// the program's. The call is the same.
+func dropPages(start, end uint64) syscall.Errno {
+	_, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_DONTNEED)
+	return errno
 }
 
 // sharedMapping parses a line of /proc/self/maps and says whether it maps
@@ -128,7 +135,7 @@ func (s *Spool) releaseProgramPages() {
 		return // not Linux: nothing to do
 	}
 	for _, m := range cleanProgramMappings(smaps, exe) {
-		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(m.start), uintptr(m.end-m.start), unix.MADV_DONTNEED); errno != 0 {
+		if errno := dropPages(m.start, m.end); errno != 0 {
 			s.log.Debug("release program pages", "err", errno)
 			return
 		}
