@@ -662,19 +662,15 @@ func (d *dedupeIndex) writeFrozen(f *frozenKeys) error {
 		epochNum = d.nextEpoch
 		d.mu.Unlock()
 	}
-	var run []byte
+	var old []byte // the merged run's entries; none without one
 	if merge != nil {
-		old, err := merge.entries()
-		if err != nil {
+		var err error
+		if old, err = merge.entries(); err != nil {
 			d.log.Warn("read dedupe run to merge; writing a new one", "run", filepath.Base(merge.path), "err", err)
 			merge = nil
-		} else {
-			run = appendMerged(make([]byte, dedupeRunHeader, dedupeRunHeader+len(old)+len(entries)*dedupeEntryBytes), old, entries, cutoff)
 		}
 	}
-	if merge == nil {
-		run = appendEntries(make([]byte, dedupeRunHeader, dedupeRunHeader+len(entries)*dedupeEntryBytes), entries)
-	}
+	run := appendMerged(make([]byte, dedupeRunHeader, dedupeRunHeader+len(old)+len(entries)*dedupeEntryBytes), old, entries, cutoff)
 	r, err := writeRun(d.dir, epochNum, watermark, merge, run)
 	if err != nil {
 		return fmt.Errorf("write dedupe run: %w", err)

@@ -46,15 +46,6 @@ func cmpUint64(a, b uint64) int {
 	return 0
 }
 
-// appendEntries appends entries to a run's body as stored.
-func appendEntries(body []byte, entries []dedupeEntry) []byte {
-	for _, e := range entries {
-		body = binary.BigEndian.AppendUint64(body, e.key)
-		body = binary.BigEndian.AppendUint32(body, e.at)
-	}
-	return body
-}
-
 // appendMerged appends to a run's body the entries of old (another run's,
 // as stored) and entries, both sorted by key, in key order: the newer of
 // a key's two, and none stored before cutoff. Merging as stored, not

@@ -509,7 +509,7 @@ func TestMergedRunKeepsTheNewerOfEachKeyInOrder(t *testing.T) {
 				want[e.key] = max(want[e.key], e.at)
 			}
 		}
-		got := appendMerged(nil, appendEntries(nil, old), entries, cutoff)
+		got := appendMerged(nil, appendMerged(nil, nil, old, 0), entries, cutoff)
 		if len(got) != len(want)*dedupeEntryBytes {
 			t.Fatalf("round %d: %d bytes merged, want %d entries", round, len(got), len(want))
 		}
