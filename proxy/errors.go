@@ -26,6 +26,8 @@ var (
 	errForbidden           = errors.New("forbidden")
 	errNotFound            = errors.New("not_found")
 	errMethodNotAllowed    = errors.New("method_not_allowed")
+	errIncompleteBody      = errors.New("incomplete_body")
+	errBodyTimeout         = errors.New("timeout")
 	// errShuttingDown is answered from BeginShutdown on, so SDKs keep their
 	// events and retry against the next instance (or this one, restarted).
 	errShuttingDown = errors.New("proxy: shutting down")
@@ -74,6 +76,9 @@ var answers = []answerRow{
 	{err: errTooLarge, status: http.StatusBadRequest, code: "too_large"},
 	{err: errInvalidEvent, status: http.StatusBadRequest, code: "invalid_event"},
 	{err: errInvalidQuery, status: http.StatusBadRequest, code: "invalid_query"},
+	{err: errIncompleteBody, status: http.StatusBadRequest, code: "incomplete_body"},
+	{err: errBodyTimeout, status: http.StatusRequestTimeout, code: "timeout",
+		message: "the body did not arrive within the read timeout"},
 	{err: errUnauthorized, status: http.StatusUnauthorized, code: "unauthorized",
 		message: "missing or unknown write key"},
 	{err: errForbidden, status: http.StatusForbidden, code: "forbidden",

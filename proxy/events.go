@@ -164,13 +164,15 @@ func appendRejected(b []byte, rejected []rejection) []byte {
 // and hands its events to the spool. Parsing is CPU work: more of it at
 // once than there are cores only holds more bodies, parsers and output
 // buffers in memory, which with many connections made memory grow with
-// their number. The ingest is taken once parsing may start: taken before,
-// each waiting request held one, and its buffers, 5 MB at 64 connections.
+// their number. So a request takes a parse token before its body is read
+// (takeBody).
 func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint) (*ingest, <-chan error, error) {
-	s.parsing <- struct{}{}
+	in, raw, err := s.takeBody(ctx)
 	defer func() { <-s.parsing }()
-	in := s.ingest.Get().(*ingest)
-	body, err := in.readBody(ctx, s.cfg.MaxRequestBytes, s.errRequestTooLarge)
+	var body []byte
+	if err == nil {
+		body, err = in.decodeBody(ctx, raw, s.cfg.MaxRequestBytes, s.errRequestTooLarge)
+	}
 	if err == nil {
 		key := basicUser(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization), in.auth[:])
 		err = s.pp.parse(in, ep, body, key, s.now())
@@ -183,10 +185,6 @@ func (s *Server) parseAndSubmit(ctx *fasthttp.RequestCtx, ep endpoint) (*ingest,
 	if err != nil {
 		return in, nil, err
 	}
-	// Everything stored is in in.out now. The body's buffer goes back to
-	// fasthttp's pool for other connections instead of waiting out the
-	// commit: at 64 connections of 100-event batches that is 5 MB.
-	ctx.Request.ResetBody()
 	done, skipped, err := s.sp.SubmitFrom(spool.SourceHTTP, in.events, in.dead)
 	in.skipped = skipped
 	return in, done, err

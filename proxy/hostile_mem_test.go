@@ -45,14 +45,16 @@ func TestIdleKeepAliveConnectionsHoldMemoryFlat(t *testing.T) {
 		open = append(open, c)
 	}
 	// What is left is the served connection's goroutine (an 8 KiB stack),
-	// its socket and bookkeeping (~3 KiB), and our client's socket and
-	// 4 KiB reader. fasthttp's 8 KiB read and 4 KiB write buffers and its
-	// request context go back to their pools while the connection is idle
-	// (ReduceMemoryUsage); holding them cost 34 KiB a connection. Each
-	// connection goes idle a moment after its answer, so the cost is
+	// its socket and bookkeeping (~3 KiB), our client's socket and 4 KiB
+	// reader, and fasthttp's 8 KiB read buffer: the handler reads event
+	// bodies itself (takeBody), and fasthttp then keeps that buffer with
+	// the connection. Its 4 KiB write buffer and its request context go
+	// back to their pools while the connection is idle
+	// (ReduceMemoryUsage); holding them too cost 34 KiB a connection.
+	// Each connection goes idle a moment after its answer, so the cost is
 	// measured again until it is in budget or the test runs out of
 	// patience.
-	const budget = 20 << 10
+	const budget = 30 << 10
 	deadline := time.Now().Add(patience(t))
 	for {
 		per := (int64(inUse()) - int64(before)) / conns
@@ -61,7 +63,7 @@ func TestIdleKeepAliveConnectionsHoldMemoryFlat(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("an idle keep-alive connection costs %d bytes, want < 20 KiB", per)
+			t.Fatalf("an idle keep-alive connection costs %d bytes, want < %d KiB", per, budget>>10)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

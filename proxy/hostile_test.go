@@ -729,3 +729,55 @@ func TestAdminBehindAReverseProxy(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowBodiesHoldUpNoOneElse: a request takes one of the GOMAXPROCS
+// parse tokens before its body is read, and hands it on when the body is
+// slow to arrive. Slow bodies on more connections than there are tokens
+// leave other requests served while they are still arriving, and each
+// slow body stored once it has arrived whole.
+func TestSlowBodiesHoldUpNoOneElse(t *testing.T) {
+	h := newHarness(t, DefaultConfig())
+	event := func(name string) string {
+		return `{"userId":"u","event":"` + name + `","properties":{"pad":"` + strings.Repeat("x", 20<<10) + `"}}`
+	}
+	slow := make([]*rawConn, 2*runtime.GOMAXPROCS(0)+1)
+	bodies := make([]string, len(slow))
+	for i := range slow {
+		bodies[i] = event(fmt.Sprintf("slow %d", i))
+		slow[i] = dialRaw(t, h)
+		// fasthttp reads 8 KiB of a body with its header; the handler
+		// waits for the rest.
+		fmt.Fprintf(slow[i], "POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(bodies[i]), bodies[i][:10<<10])
+	}
+	deadline := time.Now().Add(patience(t))
+	for h.s.slowBodies.Load() < int64(len(slow)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d slow bodies handed their token on", h.s.slowBodies.Load(), len(slow))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a := h.post(t, "/v1/track", event("fast")); a.status != http.StatusOK {
+		t.Fatalf("a request beside the slow ones: status %d: %s", a.status, a.body)
+	}
+	if n := len(h.sp.Calls()); n != 1 {
+		t.Fatalf("%d requests stored while the slow bodies were arriving, want the other one", n)
+	}
+	for i, c := range slow {
+		io.WriteString(c, bodies[i][10<<10:])
+		if status, _, b := c.answer(t); status != http.StatusOK {
+			t.Fatalf("slow request %d: status %d: %s", i, status, b)
+		}
+	}
+	var stored []string
+	for _, call := range h.sp.Calls() {
+		for _, e := range call.events {
+			stored = append(stored, string(e.Data))
+		}
+	}
+	for i := range slow {
+		name := fmt.Sprintf(`"slow %d"`, i)
+		if !slices.ContainsFunc(stored, func(d string) bool { return strings.Contains(d, name) }) {
+			t.Errorf("slow request %d answered but not stored", i)
+		}
+	}
+}

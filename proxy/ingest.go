@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"time"
 
 	"github.com/klauspost/compress/gzip"
 
@@ -38,6 +39,8 @@ type ingest struct {
 	fastJunk []byte
 	numText  []byte // for checkNumbers
 
+	raw     []byte      // the body as read, until parsed
+	stall   *time.Timer // hands the parse token on while raw is slow to arrive
 	inflate []byte
 	br      bytes.Reader
 	zr      gzip.Reader

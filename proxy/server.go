@@ -54,10 +54,6 @@ type Options struct {
 	Route func(destination string) func(event []byte) bool
 }
 
-// bodySlack lets fasthttp read bodies a little over MaxRequestBytes so
-// that they get our own 400 rather than fasthttp's refusal.
-const bodySlack = 64 << 10
-
 // Server is the HTTP surface of spillway. Its zero value is not usable;
 // call New.
 type Server struct {
@@ -73,6 +69,9 @@ type Server struct {
 	// before the commit so that the request's ingest need not wait it out.
 	answers sync.Pool
 	parsing chan struct{} // one token per request being parsed; GOMAXPROCS of them
+	// slowBodies counts the requests whose body took longer than bodyStall
+	// to arrive: each handed its parse token on meanwhile.
+	slowBodies atomic.Int64
 
 	adminSrv *fasthttp.Server
 	// adminMoved is set by ServeAdmin: from then on the main listener no
@@ -152,7 +151,9 @@ func New(cfg Config, sp Spool, opts Options, logger *slog.Logger, reg prometheus
 	s.ingest.New = func() any { return newIngest() }
 	s.answers.New = func() any { return new([]byte) }
 	s.setPlan(ps)
-	s.srv = s.newHTTPServer(s.handle, cfg.MaxRequestBytes+bodySlack)
+	s.srv = s.newHTTPServer(s.handle, cfg.MaxRequestBytes)
+	// Bodies are read by the handler once it may parse them (takeBody).
+	s.srv.StreamRequestBody = true
 	// Admin requests carry no bodies worth the name.
 	s.adminSrv = s.newHTTPServer(s.handleAdmin, 64<<10)
 	return s, nil

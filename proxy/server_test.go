@@ -357,14 +357,16 @@ func TestLimits(t *testing.T) {
 		body := `{"batch":[` + strings.Repeat(ev+",", 2) + ev + `]}`
 		wantAnswer(t, h.post(t, "/v1/batch", body), http.StatusOK, "success.json")
 	})
-	t.Run("a body far over the limit is refused by the server before it is read", func(t *testing.T) {
+	t.Run("a body far over the limit is refused by its length, the rest of it unread", func(t *testing.T) {
 		h := newHarness(t, small)
 		conn, err := net.Dial("tcp", strings.TrimPrefix(h.base, "http://"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		fmt.Fprintf(conn, "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", 100<<20)
+		// fasthttp reads the start of a body with its header; the
+		// rest of the 100 MiB is never sent.
+		fmt.Fprintf(conn, "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", 100<<20, strings.Repeat(" ", 16<<10))
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil {
 			t.Fatalf("read answer: %v", err)
