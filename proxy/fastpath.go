@@ -136,7 +136,7 @@ func (pp *parser) fastEvent(s *fastScan, in *ingest, ep endpoint, keys *keyMemo,
 		// The key has no escapes, and the fast path takes no control
 		// characters: appendString would write it as it is.
 		s.out = append(append(append(s.out, '"'), k...), '"', ':')
-		valueIn := s.i
+		valueIn, valueOut := s.i, len(s.out)
 		sc, esc, ok := s.fieldValue()
 		if !ok {
 			return false
@@ -151,6 +151,9 @@ func (pp *parser) fastEvent(s *fastScan, in *ingest, ep endpoint, keys *keyMemo,
 			}
 		}
 		keep := f.take(string(k), sc)
+		if keep && sc.t == fastjson.TypeObject && string(k) == segment.FieldContext {
+			f.contextAt, f.contextEnd = valueOut, len(s.out)
+		}
 		if !keep && string(k) == segment.FieldTimestamp {
 			if sc.t == fastjson.TypeObject || sc.t == fastjson.TypeArray {
 				return false // stored as read only if it has no whitespace to drop

@@ -29,13 +29,26 @@ func FuzzFastPathAgrees(f *testing.F) {
 	cfg.MaxBatchEvents = 32
 	open := newParser(cfg, newKeyring(nil), nil)
 	keyed := newParser(cfg, newKeyring([]string{"hdr-key", "wk"}), nil)
+	// flagging puts violations into every event it keeps: the fast path
+	// writes them where it saw the context end, the tree parser's events
+	// are read again for it.
+	flagging := newParser(cfg, newKeyring(nil), nil)
+	planFile := filepath.Join(f.TempDir(), "plan.json")
+	if err := os.WriteFile(planFile, []byte(`{"rules":[{"type":"COMMON","key":"","jsonSchema":{"required":["absent"]}}]}`), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	ps, err := Config{TrackingPlan: planFile, TrackingPlanMode: "flag"}.loadPlan()
+	if err != nil {
+		f.Fatal(err)
+	}
+	flagging.plan.Store(ps)
 	both, tree := newIngest(), newIngest()
 
 	f.Fuzz(func(t *testing.T, body []byte) {
 		if len(body) == 0 || !utf8.Valid(body) {
 			return // refused before either parser runs
 		}
-		for _, pp := range []*parser{open, keyed} {
+		for _, pp := range []*parser{open, keyed, flagging} {
 			for _, ep := range []endpoint{epBatch, epTrack, epAlias} {
 				// The same random bytes for the messageIds of both.
 				both.rnd, tree.rnd = [len(both.rnd)]byte{}, [len(tree.rnd)]byte{}

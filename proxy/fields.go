@@ -33,6 +33,10 @@ type fields struct {
 	timestampJSON               []byte
 	writeKey                    []byte
 	hasContext, hasIntegrations bool
+	// contextAt and contextEnd are where the fast path wrote the event's
+	// context object in in.out (contextEnd 0: not known), so that flagged
+	// violations go into it without reading the event again.
+	contextAt, contextEnd int
 }
 
 // scalar is a top-level field as validation and enrichment read it:

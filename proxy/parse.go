@@ -118,7 +118,7 @@ func (pp *parser) addEvent(in *ingest, ep endpoint, keys *keyMemo, bt *batchTop,
 		if ps := pp.plan.Load(); ps != nil {
 			// Before the privacy rules: the plan describes the event as the
 			// app sends it.
-			vs, err := pp.checkPlan(in, ps, start)
+			vs, err := pp.checkPlan(in, ps, start, f)
 			if err != nil {
 				return err
 			}

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/valyala/fastjson"
 
@@ -80,7 +82,7 @@ type found struct{ typ, label string }
 // checkPlan checks the event written to in.out from start against the
 // plan. A flagged event is rewritten in place with context.violations; a
 // blocked one is reported as its violations' JSON, for its dead letter.
-func (pp *parser) checkPlan(in *ingest, ps *planState, start int) (blocked []plan.Violation, err error) {
+func (pp *parser) checkPlan(in *ingest, ps *planState, start int, f *fields) (blocked []plan.Violation, err error) {
 	vs, action, label := ps.check(in.out[start:])
 	if len(vs) == 0 {
 		return nil, nil
@@ -96,6 +98,10 @@ func (pp *parser) checkPlan(in *ingest, ps *planState, start int) (blocked []pla
 		mark := len(in.scratch)
 		in.scratch = appendViolations(in.scratch, vs)
 		violations := in.scratch[mark:]
+		if insertViolations(in, f, violations) {
+			in.scratch = in.scratch[:mark]
+			return nil, nil
+		}
 		if out, ok := spliceViolations(in.out, in.out[start:end], violations); ok {
 			in.out = out
 		} else {
@@ -180,6 +186,30 @@ func spliceViolations(out, event, violations []byte) ([]byte, bool) {
 	out = append(out, `"context":{"violations":`...)
 	out = append(out, violations...)
 	return append(out, '}', '}'), true
+}
+
+// insertViolations puts violations last in the context of the event that
+// ends in.out, where the fast path saw its context object end. false,
+// with in.out as it was, where that is not known or its context may hold
+// violations already: spliceViolations' work.
+func insertViolations(in *ingest, f *fields, violations []byte) bool {
+	if f.contextEnd == 0 {
+		return false
+	}
+	context := in.out[f.contextAt:f.contextEnd]
+	if bytes.Contains(context, []byte(`"violations"`)) {
+		return false // perhaps only in a string: the slow path tells
+	}
+	key := `,"violations":`
+	if len(context) == 2 {
+		key = key[1:]
+	}
+	at, n := f.contextEnd-1, len(key)+len(violations)
+	old := len(in.out)
+	in.out = slices.Grow(in.out, n)[:old+n]
+	copy(in.out[at+n:], in.out[at:old])
+	copy(in.out[at+copy(in.out[at:], key):], violations)
+	return true
 }
 
 // hasMember reports whether the compact object obj has the key (quoted).
