@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,7 +128,7 @@ func Parse(data []byte) (*Plan, error) {
 		if re, ok := patterns[s]; ok {
 			return re, nil
 		}
-		re, err := regexp.Compile(s)
+		re, err := compilePattern(s)
 		if err != nil {
 			return nil, err
 		}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -419,6 +420,55 @@ func TestRulesWalkedTogetherFindWhatEachFindsAlone(t *testing.T) {
 		together, _ := p.CheckJSON(b, typ, name, true)
 		if len(alone) < 2 || !slices.Equal(together, alone) {
 			t.Errorf("%s:\n together %v\n alone    %v", event, together, alone)
+		}
+	}
+}
+
+// FuzzShapePatternAgreesWithRegexp: a pattern simplePattern takes
+// matches what Go's regexp matches, on any text.
+func FuzzShapePatternAgreesWithRegexp(f *testing.F) {
+	for _, c := range [][2]string{
+		{`^prod_[0-9a-f]+$`, "prod_0af3"}, {`^prod_[0-9a-f]+$`, "prod_"}, {`^prod_[0-9a-f]+$`, "prod_0aX"},
+		{`^[A-Z]{3}$`, "USD"}, {`^[A-Z]{3}$`, "US"}, {`^[A-Z]{2,3}-[0-9]*$`, "AB-"},
+		{`^[a-z]+_[0-9]+$`, "order_12"}, {`^v?[0-9]+\.[0-9]+$`, "v1.2"}, {`^[^a]$`, "é"},
+		{`^a[a-z]+$`, "ab"}, {`^[a-z]+a$`, "aba"}, {`^(?i)abc$`, "ABC"}, {`^ab+$`, "abbb"},
+		{`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`, "2026-12-08"}, {`prod_[0-9]`, "x prod_1 y"},
+	} {
+		f.Add(c[0], c[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, text string) {
+		re, err := regexp.Compile(pattern)
+		if err != nil {
+			return
+		}
+		p, ok := simplePattern(pattern)
+		if !ok {
+			return
+		}
+		if got, want := p.MatchString(text), re.MatchString(text); got != want {
+			t.Fatalf("%q on %q: %v, Go's regexp %v", pattern, text, got, want)
+		}
+	})
+}
+
+// TestIdShapedPatternsAreMatchedInOnePass: the patterns a plan uses for
+// ids are taken by simplePattern; the rest are left to Go's regexp.
+func TestIdShapedPatternsAreMatchedInOnePass(t *testing.T) {
+	for pattern, simple := range map[string]bool{
+		`^prod_[0-9a-f]+$`:             true,
+		`^[A-Z]{3}$`:                   true,
+		`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`: true,
+		`^[a-z]+_[0-9]+$`:              true,
+		`^[a-z]+a$`:                    false, // the repeat would take the a
+		`^v?v[0-9]$`:                   false,
+		`prod_[0-9]`:                   false, // unanchored
+		`^(?i)abc$`:                    false,
+		`^(ab)+$`:                      false,
+		`^[^a]+$`:                      false, // matches beyond ASCII
+		`^é$`:                          false,
+	} {
+		if _, ok := simplePattern(pattern); ok != simple {
+			t.Errorf("simplePattern(%q): %v, want %v", pattern, ok, simple)
 		}
 	}
 }
