@@ -196,12 +196,12 @@ func insertViolations(in *ingest, f *fields, violations []byte) bool {
 	if f.contextEnd == 0 {
 		return false
 	}
-	context := in.out[f.contextAt:f.contextEnd]
-	if bytes.Contains(context, []byte(`"violations"`)) {
+	object := in.out[f.contextAt:f.contextEnd]
+	if bytes.Contains(object, []byte(`"violations"`)) {
 		return false // perhaps only in a string: the slow path tells
 	}
 	key := `,"violations":`
-	if len(context) == 2 {
+	if len(object) == 2 {
 		key = key[1:]
 	}
 	at, n := f.contextEnd-1, len(key)+len(violations)
