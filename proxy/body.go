@@ -66,11 +66,27 @@ func (in *ingest) fill(r io.Reader, size, limit int, tooLarge error) ([]byte, er
 	if size < 0 {
 		want = 64 << 10
 	}
-	buf := in.raw[:0]
+	buf, over, err := readUpTo(r, in.raw, want, limit)
+	in.raw = buf[:0]
+	switch {
+	case over:
+		return nil, tooLarge
+	case err != nil:
+		return nil, bodyReadError(err)
+	}
+	return buf, nil
+}
+
+// readUpTo reads r to its end into buf's memory, made at least want
+// bytes (at most limit+1) and grown to limit+1 at most: over reports more
+// than limit bytes, and no more are read. err is a read's error other
+// than io.EOF. buf comes back, whatever it holds, so that its memory is
+// kept for the next read.
+func readUpTo(r io.Reader, buf []byte, want, limit int) (_ []byte, over bool, err error) {
+	buf = buf[:0]
 	if want = min(want, limit+1); cap(buf) < want {
 		buf = make([]byte, 0, want)
 	}
-	defer func() { in.raw = buf[:0] }()
 	for {
 		if len(buf) == cap(buf) {
 			grown := make([]byte, len(buf), min(2*cap(buf), limit+1))
@@ -80,13 +96,13 @@ func (in *ingest) fill(r io.Reader, size, limit int, tooLarge error) ([]byte, er
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if len(buf) > limit {
-			return nil, tooLarge
+			return buf, true, nil
 		}
 		if errors.Is(err, io.EOF) {
-			return buf, nil
+			return buf, false, nil
 		}
 		if err != nil {
-			return nil, bodyReadError(err)
+			return buf, false, err
 		}
 	}
 }
@@ -127,30 +143,13 @@ func (in *ingest) gunzip(raw []byte, limit int, tooLarge error) ([]byte, error) 
 	if err := in.zr.Reset(&in.br); err != nil {
 		return nil, badRequest(errInvalidGzip, "body is not valid gzip: "+err.Error())
 	}
-	buf := in.inflate[:0]
-	if want := min(limit+1, max(4*len(raw), 64<<10)); cap(buf) < want {
-		buf = make([]byte, 0, want)
-	}
-	for {
-		if len(buf) == cap(buf) {
-			grown := make([]byte, len(buf), min(2*cap(buf), limit+1))
-			copy(grown, buf)
-			buf = grown
-		}
-		n, err := in.zr.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if len(buf) > limit {
-			in.inflate = buf[:0]
-			return nil, tooLarge
-		}
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			in.inflate = buf[:0]
-			return nil, badRequest(errInvalidGzip, "body is not valid gzip: "+err.Error())
-		}
-	}
+	buf, over, err := readUpTo(&in.zr, in.inflate, max(4*len(raw), 64<<10), limit)
 	in.inflate = buf[:0]
+	switch {
+	case over:
+		return nil, tooLarge
+	case err != nil:
+		return nil, badRequest(errInvalidGzip, "body is not valid gzip: "+err.Error())
+	}
 	return buf, nil
 }
